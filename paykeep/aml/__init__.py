@@ -1,0 +1,1 @@
+"""Financial crime: sanctions screening, real-time rules, graph typologies, cases."""

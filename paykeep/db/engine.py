@@ -1,0 +1,140 @@
+"""Engine creation and the unit of work.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: every commit is fsynced, so a commit that
+returned survives a power cut, not just a process crash. Writers take the lock up front
+(``BEGIN IMMEDIATE``) so a read-then-write transaction can never be overtaken.
+PostgreSQL runs at READ COMMITTED; writers lock the rows they change in a fixed order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from paykeep.config import Settings
+from paykeep.db.errors import DatabaseUnavailable, DatabaseUrlInvalid
+from paykeep.limits import DB_LOCK_TIMEOUT_S
+
+SQLITE_SYNCHRONOUS = "FULL"
+
+
+class Database:
+    """A configured engine plus the one place transactions begin and end."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise DatabaseUrlInvalid(f"unsupported database {self.dialect!r}")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=False)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: commits when the block ends normally, rolls back otherwise."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (one consistent snapshot on both databases)."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let us own transaction boundaries (BEGIN IMMEDIATE); the driver must not open its own.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={int(DB_LOCK_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.close()
+
+
+def create_engine_for(url: str) -> Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise DatabaseUrlInvalid(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed,
+            poolclass=NullPool if parsed.database in (None, "", ":memory:") else None,
+            connect_args={"check_same_thread": False, "timeout": DB_LOCK_TIMEOUT_S},
+        )
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(
+            parsed,
+            pool_size=8,
+            max_overflow=32,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": 10,
+                "options": f"-c lock_timeout={int(DB_LOCK_TIMEOUT_S * 1000)}",
+            },
+        )
+    raise DatabaseUrlInvalid(f"unsupported database {backend!r}: use sqlite or postgresql")
+
+
+def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    """Open (and by default migrate to the latest schema) the database ``settings`` name."""
+    database = Database(create_engine_for(settings.effective_database_url))
+    try:
+        with database.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {database.engine.url.render_as_string(hide_password=True)}"
+        ) from exc
+    if migrate:
+        from paykeep.db.migrate import upgrade
+
+        upgrade(database)
+    return database
