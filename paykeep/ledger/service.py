@@ -1,0 +1,563 @@
+"""Ledger use cases: create accounts and transfers, resolve holds, query, sweep expiries.
+
+Transaction boundaries live here (through ``LedgerRepository.write``), never in the model.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from paykeep import limits
+from paykeep.clock import Clock, SystemClock
+from paykeep.db import Database
+from paykeep.ids import IdGenerator
+from paykeep.ledger.errors import (
+    AccountNotFound,
+    BatchTooLarge,
+    InvalidCursor,
+    LedgerBusy,
+    LedgerConflict,
+    TransferNotFound,
+    account_error,
+    transfer_error,
+)
+from paykeep.ledger.model import (
+    Account,
+    AccountResult,
+    Balances,
+    BalanceTuple,
+    CreateAccountResult,
+    CreateTransferResult,
+    JournalHead,
+    NewAccount,
+    NewTransfer,
+    Transfer,
+    TransferFlags,
+    TransferResult,
+    assert_zero_sum,
+    next_head,
+    plan_transfers,
+    seal,
+    validate_new_account,
+)
+from paykeep.ledger.repository import (
+    TRANSFER_COLUMNS,
+    LedgerRepository,
+    UniqueViolation,
+    WriteTx,
+    transfer_from_row,
+)
+
+_RESOLVING = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
+_PENDING = int(TransferFlags.PENDING)
+_POST = int(TransferFlags.POST_PENDING)
+_VOID = int(TransferFlags.VOID_PENDING)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAsOf:
+    account_id: int
+    as_of_ns: int
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Transfer]
+    has_more: bool
+
+
+class Ledger:
+    """The double-entry ledger. Safe to share between threads of one process."""
+
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock | None = None,
+        id_generator: IdGenerator | None = None,
+    ) -> None:
+        self.database = database
+        self.clock = clock or SystemClock()
+        self.ids = id_generator or IdGenerator(self.clock)
+        self.repo = LedgerRepository(database)
+        # SQLite has one writer at a time anyway; serializing in-process writers keeps the
+        # account cache coherent without fine-grained locking.
+        self._write_lock = threading.Lock() if database.is_sqlite else None
+
+    # ------------------------------------------------------------------ accounts
+
+    def create_accounts(self, accounts: Sequence[NewAccount]) -> list[AccountResult]:
+        """Create accounts; one result per item, in order. Idempotent per id."""
+        if len(accounts) > limits.BATCH_SIZE_MAX:
+            raise BatchTooLarge(f"at most {limits.BATCH_SIZE_MAX} accounts per call")
+        if not accounts:
+            return []
+        for _attempt in range(2):
+            try:
+                return self._create_accounts(accounts)
+            except UniqueViolation:
+                continue  # a concurrent creator won a race on id or name; decide again
+        raise LedgerConflict("accounts could not be created: concurrent conflicting writes")
+
+    def _create_accounts(self, accounts: Sequence[NewAccount]) -> list[AccountResult]:
+        import sqlite3
+
+        import psycopg
+
+        with self._writer(), self.repo.write() as tx:
+            existing = tx.load_accounts(a.id for a in accounts)
+            names = tx.load_account_names(a.name for a in accounts if a.name is not None)
+            now = self.clock.now_ns()
+            results: list[AccountResult] = []
+            rows: list[tuple[object, ...]] = []
+            for index, new in enumerate(accounts):
+                result, meta = validate_new_account(
+                    new,
+                    existing.get(new.id) if type(new.id) is int else None,
+                    names.get(new.name) if new.name is not None else None,
+                )
+                if result is CreateAccountResult.OK:
+                    rows.append(
+                        (new.id, new.currency, new.code, int(new.flags), new.name, meta, now)
+                    )
+                    # Later items in the same call see this one (idempotency within a batch).
+                    existing[new.id] = Account(
+                        new.id, new.currency, new.code, int(new.flags), new.name,
+                        new.metadata, 0, 0, 0, 0, now,
+                    )  # fmt: skip
+                    if new.name is not None:
+                        names[new.name] = new.id
+                results.append(AccountResult(index, new.id, result))
+            if rows:
+                try:
+                    tx.insert_accounts(rows)
+                except (sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as exc:
+                    raise UniqueViolation(str(exc)) from exc
+            return results
+
+    def create_account(self, account: NewAccount) -> Account:
+        """Create one account (or return it when it already exists identically)."""
+        (result,) = self.create_accounts([account])
+        if result.result not in (CreateAccountResult.OK, CreateAccountResult.EXISTS):
+            raise account_error(result.result, account.id)
+        return self.account(account.id)
+
+    def lookup_accounts(self, ids: Sequence[int]) -> dict[int, Account]:
+        with self.repo.read() as reader:
+            return reader.load_accounts(ids)
+
+    def account(self, account_id: int) -> Account:
+        found = self.lookup_accounts([account_id]).get(account_id)
+        if found is None:
+            raise AccountNotFound(f"no account {account_id}", param="account_id")
+        return found
+
+    def account_by_name(self, name: str) -> Account:
+        with self.repo.read() as reader:
+            ids = reader.load_account_names([name])
+            found = reader.load_accounts(ids.values()) if ids else {}
+        if not found:
+            raise AccountNotFound(f"no account named {name!r}", param="name")
+        return next(iter(found.values()))
+
+    # ------------------------------------------------------------------ transfers
+
+    def create_transfers(self, transfers: Sequence[NewTransfer]) -> list[TransferResult]:
+        """Apply a batch; one result per item, in order. Linked chains are atomic."""
+        if len(transfers) > limits.BATCH_SIZE_MAX:
+            raise BatchTooLarge(f"at most {limits.BATCH_SIZE_MAX} transfers per call")
+        return self._create_transfers(transfers, ())
+
+    def create_transfer(self, transfer: NewTransfer) -> Transfer:
+        """Apply one transfer and return it as stored; a rejection raises its typed error.
+
+        A replay of an already-applied transfer returns the stored transfer (``exists``).
+        """
+        (result,) = self.create_transfers([transfer])
+        if not result.applied_or_exists:
+            raise transfer_error(result.result, transfer.id)
+        return self.transfer(transfer.id)
+
+    def _create_transfers(
+        self,
+        transfers: Sequence[NewTransfer],
+        segment_ends: Sequence[int],
+        *,
+        sweeping: bool = False,
+    ) -> list[TransferResult]:
+        if not transfers:
+            return []
+        # Optimistic first: assume ids and references are new and let the unique indexes say
+        # otherwise. Replays are rare; when the database refuses a row, nothing was written
+        # and the batch is decided again with every stored transfer it names loaded.
+        try:
+            return self._apply(transfers, segment_ends, load_stored=False, sweeping=sweeping)
+        except UniqueViolation:
+            pass
+        try:
+            return self._apply(transfers, segment_ends, load_stored=True, sweeping=sweeping)
+        except UniqueViolation as exc:
+            raise LedgerConflict(
+                "a concurrent writer created the same transfer id or reference; retry"
+            ) from exc
+
+    def _writer(self) -> threading.Lock | _NoLock:
+        return self._write_lock or _NO_LOCK
+
+    def _apply(
+        self,
+        transfers: Sequence[NewTransfer],
+        segment_ends: Sequence[int],
+        *,
+        load_stored: bool,
+        sweeping: bool,
+    ) -> list[TransferResult]:
+        with self._writer():
+            with self.repo.write() as tx:
+                results, head = self._decide(tx, transfers, segment_ends, load_stored, sweeping)
+            self.repo.cache.committed(head.last_seq)
+        return results
+
+    def _decide(
+        self,
+        tx: WriteTx,
+        transfers: Sequence[NewTransfer],
+        segment_ends: Sequence[int],
+        load_stored: bool,
+        sweeping: bool,
+    ) -> tuple[list[TransferResult], JournalHead]:
+        pending_ids = [
+            t.pending_id
+            for t in transfers
+            if isinstance(t.flags, int) and t.flags & _RESOLVING and type(t.pending_id) is int
+        ]
+        pendings = tx.load_pendings(pending_ids) if pending_ids else {}
+        account_ids: set[int] = set()
+        for t in transfers:
+            if type(t.debit_account_id) is int:
+                account_ids.add(t.debit_account_id)
+            if type(t.credit_account_id) is int:
+                account_ids.add(t.credit_account_id)
+        for p in pendings.values():
+            account_ids.add(p.debit_account_id)
+            account_ids.add(p.credit_account_id)
+        if self.database.is_sqlite:
+            # One writer already (BEGIN IMMEDIATE); the account cache is validated by the head.
+            head = tx.lock_head()
+            accounts = tx.lock_accounts(account_ids)
+        else:
+            # Lock order: accounts (ascending), then the journal head. See repository.
+            accounts = tx.lock_accounts(account_ids)
+            head = tx.lock_head()
+        resolutions = tx.load_resolutions(pendings) if pendings else {}
+        if load_stored:
+            stored = tx.load_transfers(t.id for t in transfers)
+            references = tx.load_references(
+                t.reference for t in transfers if t.reference is not None
+            )
+            missing = [s.pending_id for s in stored.values() if s.pending_id not in pendings]
+            if any(missing):
+                pendings.update(tx.load_pendings(i for i in missing if i))
+        else:
+            stored, references = {}, {}
+        before: dict[int, BalanceTuple] = {
+            i: (b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted)
+            for i in account_ids
+            if (b := accounts.get(i)) is not None
+        }
+        now = self.clock.now_ns()
+        plan = plan_transfers(
+            transfers,
+            accounts=accounts,
+            stored=stored,
+            pendings=pendings,
+            resolutions=resolutions,
+            references=references,
+            now_ns=now,
+            segment_ends=segment_ends,
+            sweeping=sweeping,
+        )
+        assert_zero_sum(before, accounts, plan.touched)
+        rows = seal(plan.planned, head, now)
+        new_head = next_head(head, rows)
+        if rows:
+            touched: dict[int, Balances] = {i: accounts[i] for i in plan.touched}
+            opened = [(r.planned.id, r.expires_at_ns) for r in rows if r.planned.flags & _PENDING]
+            tx.write_batch(rows, touched, opened, plan.holds_resolved, new_head)
+        stamps = {r.planned.index: r.timestamp_ns for r in rows}
+        results = [
+            TransferResult(i, t.id, code, stamps.get(i, 0))
+            for i, (t, code) in enumerate(zip(transfers, plan.results, strict=True))
+        ]
+        for i, code in enumerate(plan.results):
+            if code is CreateTransferResult.EXISTS:
+                existing = stored.get(transfers[i].id)
+                if existing is not None:
+                    results[i] = TransferResult(i, existing.id, code, existing.timestamp_ns)
+        return results, new_head
+
+    # ------------------------------------------------------------------ holds
+
+    def expire_holds(self, limit: int = limits.EXPIRY_SWEEP_BATCH) -> int:
+        """Void every hold whose timeout has passed (at most ``limit``); returns how many.
+
+        Idempotent and safe to run from several processes: each void is an ordinary journal
+        transfer flagged ``EXPIRY``, and the unique index on ``pending_id`` lets only one
+        resolution of a hold ever exist.
+        """
+        now = self.clock.now_ns()
+        with self.repo.read() as reader:
+            due = reader.due_holds(now, limit)
+        if not due:
+            return 0
+        voids = [
+            NewTransfer(
+                id=self.ids.next_id(),
+                flags=int(TransferFlags.VOID_PENDING | TransferFlags.EXPIRY),
+                pending_id=pending_id,
+            )
+            for pending_id in due
+        ]
+        results = self._create_transfers(voids, range(len(voids)), sweeping=True)
+        return sum(1 for r in results if r.ok)
+
+    # ------------------------------------------------------------------ queries
+
+    def lookup_transfers(self, ids: Sequence[int]) -> dict[int, Transfer]:
+        with self.repo.read() as reader:
+            return reader.load_transfers(ids)
+
+    def transfer(self, transfer_id: int) -> Transfer:
+        found = self.lookup_transfers([transfer_id]).get(transfer_id)
+        if found is None:
+            raise TransferNotFound(f"no transfer {transfer_id}", param="id")
+        return found
+
+    def transfer_by_reference(self, reference: str) -> Transfer:
+        with self.repo.read() as reader:
+            ids = reader.load_references([reference])
+            found = reader.load_transfers(ids.values()) if ids else {}
+        if not found:
+            raise TransferNotFound(f"no transfer with reference {reference!r}", param="reference")
+        return next(iter(found.values()))
+
+    def head(self) -> JournalHead:
+        with self.repo.read() as reader:
+            reader.cur.execute(
+                "SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head"
+            )
+            seq, ts, digest = reader.cur.fetchone()
+        return JournalHead(seq, ts, digest)
+
+    def account_transfers(
+        self,
+        account_id: int,
+        *,
+        limit: int = limits.PAGE_SIZE_DEFAULT,
+        starting_after: int | None = None,
+    ) -> Page:
+        """Transfers debiting or crediting the account, newest first, ``limit`` at a time.
+
+        ``starting_after`` is the id of the last transfer of the previous page.
+        """
+        if type(limit) is not int or not 0 < limit <= limits.PAGE_SIZE_MAX:
+            raise InvalidCursor(f"limit must be 1..{limits.PAGE_SIZE_MAX}", param="limit")
+        with self.repo.read() as reader:
+            q = reader._q
+            below = limits.ID_MAX
+            if starting_after is not None:
+                reader.cur.execute(
+                    q("SELECT seq, debit_account_id, credit_account_id FROM ledger_transfers "
+                      "WHERE id = ?"),
+                    (starting_after,),
+                )  # fmt: skip
+                row = reader.cur.fetchone()
+                if row is None or account_id not in (row[1], row[2]):
+                    raise InvalidCursor(
+                        f"starting_after {starting_after} is not a transfer of this account",
+                        param="starting_after",
+                    )
+                below = row[0]
+            rows: list[tuple[object, ...]] = []
+            for column in ("debit_account_id", "credit_account_id"):
+                reader.cur.execute(
+                    q(f"SELECT {TRANSFER_COLUMNS} FROM ledger_transfers WHERE {column} = ? "
+                      "AND seq < ? ORDER BY seq DESC LIMIT ?"),
+                    (account_id, below, limit + 1),
+                )  # fmt: skip
+                rows.extend(reader.cur.fetchall())
+        rows.sort(key=lambda r: r[0], reverse=True)  # type: ignore[arg-type,return-value]
+        items = [transfer_from_row(r) for r in rows[:limit]]
+        return Page(items=items, has_more=len(rows) > limit)
+
+    def balance_as_of(self, account_id: int, as_of_ns: int) -> BalanceAsOf:
+        """The account's four balances as they stood at ``as_of_ns`` (inclusive).
+
+        Recomputed from the journal: a pending transfer adds to the pending balances when it is
+        written and leaves them when its post/void (or expiry) is written.
+        """
+        self.account(account_id)
+        dp = dpo = cp = cpo = 0
+        with self.repo.read() as reader:
+            for column in ("debit_account_id", "credit_account_id"):
+                reader.cur.execute(
+                    reader._q(
+                        "SELECT t.flags, t.amount_minor, p.amount_minor FROM ledger_transfers t "
+                        "LEFT JOIN ledger_transfers p ON p.id = t.pending_id "
+                        f"WHERE t.{column} = ? AND t.timestamp_ns <= ?"
+                    ),
+                    (account_id, as_of_ns),
+                )
+                is_debit = column == "debit_account_id"
+                for flags, amount, pending_amount in reader.cur.fetchall():
+                    held = amount if flags & _PENDING else 0
+                    released = pending_amount if flags & _RESOLVING else 0
+                    posted = 0 if flags & (_PENDING | _VOID) else amount
+                    if is_debit:
+                        dp += held - released
+                        dpo += posted
+                    else:
+                        cp += held - released
+                        cpo += posted
+        return BalanceAsOf(account_id, as_of_ns, dp, dpo, cp, cpo)
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+# ---------------------------------------------------------------------------------------------
+# Group commit
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Request:
+    transfers: Sequence[NewTransfer]
+    future: Future[list[TransferResult]]
+
+
+class GroupCommitter:
+    """Coalesces concurrent callers' small batches into one database transaction.
+
+    Each caller blocks in :meth:`submit` until the transaction holding its transfers commits,
+    so an acknowledged transfer is durable. A linked chain never spans two callers (each
+    caller's batch is a separate segment for the engine), and one caller's rejected transfer
+    never affects another's. If the transaction itself fails, every caller in it gets the
+    error and nothing of theirs was written.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        max_batch: int = limits.GROUP_COMMIT_BATCH_MAX,
+        queue_max: int = limits.GROUP_COMMIT_QUEUE_MAX,
+        wait_s: float = limits.GROUP_COMMIT_WAIT_S,
+    ) -> None:
+        self.ledger = ledger
+        self.max_batch = min(max_batch, limits.BATCH_SIZE_MAX)
+        self.wait_s = wait_s
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_max)
+        self._thread = threading.Thread(target=self._run, name="ledger-group-commit", daemon=True)
+        self._closed = False
+        self.commits = 0
+        self.transfers_committed = 0
+        self._thread.start()
+
+    def submit(self, transfers: Sequence[NewTransfer]) -> list[TransferResult]:
+        if self._closed:
+            raise LedgerBusy("the group committer is closed")
+        if len(transfers) > self.max_batch:
+            raise BatchTooLarge(f"at most {self.max_batch} transfers per call")
+        request = _Request(transfers, Future())
+        try:
+            self._queue.put(request, timeout=self.wait_s)
+        except queue.Full:
+            raise LedgerBusy("ledger write queue is full; retry with the same ids") from None
+        try:
+            return request.future.result(timeout=self.wait_s)
+        except TimeoutError:
+            # The batch may still commit: the caller must retry with the same ids, and the
+            # ledger's idempotency answers `exists` if it did.
+            raise LedgerBusy("ledger write timed out; retry with the same ids") from None
+
+    def submit_one(self, transfer: NewTransfer) -> TransferResult:
+        return self.submit([transfer])[0]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(timeout=self.wait_s)
+
+    def __enter__(self) -> GroupCommitter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            size = len(first.transfers)
+            while size < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                if size + len(nxt.transfers) > self.max_batch:
+                    # Too big to join this group: commit what we have, then start with it.
+                    self._commit(group)
+                    group, size = [nxt], 0
+                else:
+                    group.append(nxt)
+                size += len(nxt.transfers)
+            self._commit(group)
+
+    def _commit(self, group: list[_Request]) -> None:
+        combined: list[NewTransfer] = []
+        ends: list[int] = []
+        for request in group:
+            combined.extend(request.transfers)
+            if request.transfers:
+                ends.append(len(combined) - 1)
+        try:
+            results = self.ledger._create_transfers(combined, ends)
+        except BaseException as exc:  # every waiting caller must hear about it
+            for request in group:
+                request.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        self.transfers_committed += len(combined)
+        offset = 0
+        for request in group:
+            n = len(request.transfers)
+            mine = results[offset : offset + n]
+            request.future.set_result(
+                [TransferResult(r.index - offset, r.id, r.result, r.timestamp_ns) for r in mine]
+            )
+            offset += n
