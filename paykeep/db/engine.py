@@ -74,6 +74,13 @@ class Database:
             finally:
                 conn.rollback()
 
+    @staticmethod
+    def driver_connection(conn: Connection) -> Any:
+        """The DBAPI connection under ``conn`` (sqlite3 or psycopg), for bulk hot paths."""
+        raw = conn.connection.driver_connection
+        assert raw is not None, "connection is closed"
+        return raw
+
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -414,7 +414,7 @@ class LedgerRepository:
         """A write transaction; commits when the block ends normally (see ``Database.write``)."""
         try:
             with self.database.write() as conn:
-                raw = conn.connection.driver_connection
+                raw = Database.driver_connection(conn)
                 tx: WriteTx = (
                     SqliteTx(raw, self.cache) if self.database.is_sqlite else PostgresTx(raw)
                 )
@@ -427,7 +427,7 @@ class LedgerRepository:
     @contextmanager
     def read(self) -> Iterator[_Common]:
         with self.database.read() as conn:
-            raw = conn.connection.driver_connection
+            raw = Database.driver_connection(conn)
             reader = _Common(raw)
             if self.database.is_postgres:
                 reader.placeholder = "%s"

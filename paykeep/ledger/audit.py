@@ -1,0 +1,308 @@
+"""``paykeep audit verify``: re-derive the whole ledger from its journal and compare.
+
+Independent of the engine: it replays every transfer in journal order with its own
+arithmetic, recomputes the hash chain, and checks the stored accounts, holds and head against
+the result. Every mismatch is collected as a value (reconciliation never stops at the first);
+each names the exact journal row or account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from paykeep.db import Database
+from paykeep.ledger.model import GENESIS_HASH, AccountFlags, TransferFlags, row_digest
+
+_PENDING = int(TransferFlags.PENDING)
+_POST = int(TransferFlags.POST_PENDING)
+_VOID = int(TransferFlags.VOID_PENDING)
+_DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+#: Problems listed in full; beyond this only counted (a wrecked database must not OOM us).
+PROBLEMS_LISTED_MAX = 1_000
+_FETCH_ROWS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditProblem:
+    kind: str
+    message: str
+    seq: int | None = None
+    transfer_id: int | None = None
+    account_id: int | None = None
+
+
+@dataclass(slots=True)
+class AuditReport:
+    transfers_checked: int = 0
+    accounts_checked: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    problems: list[AuditProblem] = field(default_factory=list)
+    problems_total: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.problems_total == 0
+
+    def add(self, problem: AuditProblem) -> None:
+        self.problems_total += 1
+        if len(self.problems) < PROBLEMS_LISTED_MAX:
+            self.problems.append(problem)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "transfers_checked": self.transfers_checked,
+            "accounts_checked": self.accounts_checked,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "problems_total": self.problems_total,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+def _stream(raw: Any, is_postgres: bool, sql: str) -> Iterator[tuple[Any, ...]]:
+    # A server-side cursor on PostgreSQL so a journal of any size streams in bounded memory.
+    cur = raw.cursor(name="paykeep_audit") if is_postgres else raw.cursor()
+    try:
+        cur.execute(sql)
+        while True:
+            rows = cur.fetchmany(_FETCH_ROWS)
+            if not rows:
+                return
+            yield from rows
+    finally:
+        cur.close()
+
+
+def verify(database: Database) -> AuditReport:
+    report = AuditReport()
+    with database.read() as conn:
+        raw = Database.driver_connection(conn)
+        cur = raw.cursor()
+        cur.execute("SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head")
+        head_seq, _head_ts, head_hash = cur.fetchone()
+        report.head_seq, report.head_hash = head_seq, head_hash
+        cur.execute(
+            "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "
+            "credits_posted FROM ledger_accounts"
+        )
+        stored_accounts = {r[0]: r for r in cur.fetchall()}
+        cur.execute("SELECT transfer_id, expires_at_ns FROM ledger_holds")
+        stored_holds = {r[0]: r[1] or 0 for r in cur.fetchall()}
+
+        # account id -> [dp, dpo, cp, cpo], recomputed from the journal alone
+        balances: dict[int, list[int]] = {aid: [0, 0, 0, 0] for aid in stored_accounts}
+        pendings: dict[int, tuple[int, int, int, int]] = {}  # id -> (debit, credit, amount, exp)
+        resolved: dict[int, int] = {}  # pending id -> seq of its resolution
+        expected_seq = 0
+        prev_hash = GENESIS_HASH
+        prev_ts = 0
+        last_hash = GENESIS_HASH
+        rows = _stream(
+            raw,
+            database.is_postgres,
+            "SELECT seq, id, debit_account_id, credit_account_id, amount_minor, currency, code, "
+            "flags, pending_id, timeout_s, expires_at_ns, reference, metadata, timestamp_ns, hash "
+            "FROM ledger_transfers ORDER BY seq",
+        )
+        for row in rows:
+            (seq, tid, debit, credit, amount, currency, code, flags, pending_id, timeout_s,
+             expires, reference, metadata, ts, digest) = row  # fmt: skip
+            report.transfers_checked += 1
+            expected_seq += 1
+            if seq != expected_seq:
+                report.add(
+                    AuditProblem(
+                        "journal_gap",
+                        f"journal rows {expected_seq}..{seq - 1} are missing (deleted?)",
+                        seq=seq,
+                        transfer_id=tid,
+                    )
+                )
+                expected_seq = seq
+            recomputed = row_digest(
+                prev_hash, seq, tid, debit, credit, amount, currency, code, flags,
+                pending_id or 0, timeout_s, expires or 0, reference, metadata, ts,
+            )  # fmt: skip
+            if recomputed != digest:
+                report.add(
+                    AuditProblem(
+                        "hash_mismatch",
+                        f"transfer seq {seq} (id {tid}) does not match its hash: the row was "
+                        "changed after it was written",
+                        seq=seq,
+                        transfer_id=tid,
+                    )
+                )
+            prev_hash = digest
+            last_hash = digest
+            if ts <= prev_ts:
+                report.add(
+                    AuditProblem(
+                        "timestamp_order",
+                        f"transfer seq {seq} (id {tid}) is not later than the row before it",
+                        seq=seq,
+                        transfer_id=tid,
+                    )
+                )
+            prev_ts = ts
+            d = balances.get(debit)
+            c = balances.get(credit)
+            if d is None or c is None:
+                report.add(
+                    AuditProblem(
+                        "unknown_account",
+                        f"transfer seq {seq} (id {tid}) names an account that does not exist",
+                        seq=seq,
+                        transfer_id=tid,
+                    )
+                )
+                continue
+            if stored_accounts[debit][1] != currency or stored_accounts[credit][1] != currency:
+                report.add(
+                    AuditProblem(
+                        "currency_mismatch",
+                        f"transfer seq {seq} (id {tid}) moves {currency} between accounts "
+                        "of another currency",
+                        seq=seq,
+                        transfer_id=tid,
+                    )
+                )
+            if amount <= 0:
+                report.add(
+                    AuditProblem(
+                        "amount_not_positive", f"transfer seq {seq} has amount {amount}", seq=seq
+                    )
+                )
+            held = released = posted = 0
+            if flags & _PENDING:
+                held = amount
+                pendings[tid] = (debit, credit, amount, expires or 0)
+            elif flags & (_POST | _VOID):
+                pending = pendings.get(pending_id)
+                if pending is None:
+                    report.add(
+                        AuditProblem(
+                            "dangling_resolution",
+                            f"transfer seq {seq} (id {tid}) resolves {pending_id}, which is not "
+                            "an earlier pending transfer",
+                            seq=seq,
+                            transfer_id=tid,
+                        )
+                    )
+                    continue
+                if pending_id in resolved:
+                    report.add(
+                        AuditProblem(
+                            "hold_resolved_twice",
+                            f"pending transfer {pending_id} resolved again at seq {seq}",
+                            seq=seq,
+                            transfer_id=tid,
+                        )
+                    )
+                resolved[pending_id] = seq
+                if (pending[0], pending[1]) != (debit, credit) or amount > pending[2]:
+                    report.add(
+                        AuditProblem(
+                            "resolution_mismatch",
+                            f"transfer seq {seq} (id {tid}) does not match pending {pending_id}",
+                            seq=seq,
+                            transfer_id=tid,
+                        )
+                    )
+                released = pending[2]
+                posted = amount if flags & _POST else 0
+            else:
+                posted = amount
+            d[0] += held - released
+            d[1] += posted
+            c[2] += held - released
+            c[3] += posted
+
+    if expected_seq != head_seq or last_hash != head_hash:
+        report.add(
+            AuditProblem(
+                "head_mismatch",
+                f"journal ends at seq {expected_seq} ({last_hash[:12]}…) but the head says "
+                f"{head_seq} ({head_hash[:12]}…)",
+                seq=head_seq,
+            )
+        )
+    _check_accounts(report, stored_accounts, balances)
+    _check_holds(report, pendings, resolved, stored_holds)
+    return report
+
+
+def _check_accounts(
+    report: AuditReport,
+    stored_accounts: dict[int, tuple[Any, ...]],
+    balances: dict[int, list[int]],
+) -> None:
+    totals: dict[str, list[int]] = {}
+    for aid, (_, currency, flags, dp, dpo, cp, cpo) in sorted(stored_accounts.items()):
+        report.accounts_checked += 1
+        recomputed = balances[aid]
+        if [dp, dpo, cp, cpo] != recomputed:
+            report.add(
+                AuditProblem(
+                    "balance_mismatch",
+                    f"account {aid} stores (dp, dpo, cp, cpo) = {(dp, dpo, cp, cpo)} but its "
+                    f"journal adds up to {tuple(recomputed)}",
+                    account_id=aid,
+                )
+            )
+        if min(dp, dpo, cp, cpo) < 0:
+            report.add(AuditProblem("negative_balance", f"account {aid}", account_id=aid))
+        if flags & _DMNEC and dp + dpo > cpo:
+            report.add(
+                AuditProblem(
+                    "limit_broken", f"account {aid}: debits exceed credits", account_id=aid
+                )
+            )
+        if flags & _CMNED and cp + cpo > dpo:
+            report.add(
+                AuditProblem(
+                    "limit_broken", f"account {aid}: credits exceed debits", account_id=aid
+                )
+            )
+        t = totals.setdefault(currency, [0, 0, 0, 0])
+        for i, value in enumerate((dp, dpo, cp, cpo)):
+            t[i] += value
+    for currency, (dp, dpo, cp, cpo) in sorted(totals.items()):
+        if dp != cp or dpo != cpo:
+            report.add(
+                AuditProblem(
+                    "zero_sum_broken",
+                    f"{currency}: debits (pending {dp}, posted {dpo}) differ from credits "
+                    f"(pending {cp}, posted {cpo})",
+                )
+            )
+
+
+def _check_holds(
+    report: AuditReport,
+    pendings: dict[int, tuple[int, int, int, int]],
+    resolved: dict[int, int],
+    stored_holds: dict[int, int],
+) -> None:
+    open_holds = {pid: p[3] for pid, p in pendings.items() if pid not in resolved}
+    for pid in sorted(open_holds.keys() - stored_holds.keys()):
+        report.add(
+            AuditProblem(
+                "hold_index_missing",
+                f"open hold {pid} is missing from ledger_holds",
+                transfer_id=pid,
+            )
+        )
+    for pid in sorted(stored_holds.keys() - open_holds.keys()):
+        report.add(
+            AuditProblem(
+                "hold_index_stale",
+                f"ledger_holds lists {pid}, which is not an open hold",
+                transfer_id=pid,
+            )
+        )
