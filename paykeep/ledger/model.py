@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from typing import Any, Final
@@ -904,65 +904,72 @@ def _undo_chain(
         # ``touched`` may keep the accounts: rewriting unchanged balances is harmless.
 
 
+#: A journal row ready to write, in column order (see ``repository.TRANSFER_COLUMNS``);
+#: absent values are 0 / "" (the repository maps them to NULL).
+JournalRow = tuple[int, int, int, int, int, str, int, int, int, int, int, str, str, int, str]
+
+
 @dataclass(frozen=True, slots=True)
-class SealedRow:
-    """A planned transfer with its journal position, timestamp and chained hash."""
+class SealedBatch:
+    rows: list[JournalRow]
+    head: JournalHead
+    #: (pending transfer id, expires_at_ns or 0) for every hold the batch opens.
+    holds_opened: list[tuple[int, int]]
+    #: batch index -> timestamp assigned
+    timestamps: dict[int, int]
 
-    planned: PlannedTransfer
-    seq: int
-    timestamp_ns: int
-    expires_at_ns: int
-    hash: str
 
+def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> SealedBatch:
+    """Assign seq, a strictly increasing timestamp and the chained hash to each row.
 
-def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> list[SealedRow]:
-    """Assign seq, a strictly increasing timestamp and the chained hash to each row."""
-    rows: list[SealedRow] = []
+    This is the per-transfer hot path of every batch, so the encoding of ``row_digest`` is
+    inlined here; ``tests/ledger`` checks both produce the same hashes.
+    """
+    rows: list[JournalRow] = []
+    opened: list[tuple[int, int]] = []
+    stamps: dict[int, int] = {}
     seq = head.last_seq
     ts = max(now_ns, head.last_timestamp_ns)
     prev = head.last_hash
+    sha256 = hashlib.sha256
     for p in planned:
         seq += 1
         ts += 1
-        expires = ts + p.timeout_s * 1_000_000_000 if p.timeout_s else 0
-        digest = row_digest(
-            prev, seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor,
-            p.currency, p.code, p.flags, p.pending_id, p.timeout_s, expires, p.reference,
-            p.metadata_json, ts,
+        timeout = p.timeout_s
+        expires = ts + timeout * 1_000_000_000 if timeout else 0
+        ref = p.reference or ""
+        meta = p.metadata_json or ""
+        prev = sha256(
+            f"{prev}|{seq}|{p.id}|{p.debit_account_id}|{p.credit_account_id}|{p.amount_minor}"
+            f"|{p.currency}|{p.code}|{p.flags}|{p.pending_id}|{timeout}|{expires}"
+            f"|{len(ref)}:{ref}|{len(meta)}:{meta}|{ts}".encode()
+        ).hexdigest()
+        rows.append(
+            (seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, p.currency,
+             p.code, p.flags, p.pending_id, timeout, expires, ref, meta, ts, prev)
         )  # fmt: skip
-        rows.append(SealedRow(p, seq, ts, expires, digest))
-        prev = digest
-    return rows
+        stamps[p.index] = ts
+        if p.flags & _PENDING:
+            opened.append((p.id, expires))
+    new_head = JournalHead(seq, ts, prev) if rows else head
+    return SealedBatch(rows, new_head, opened, stamps)
 
 
-def next_head(head: JournalHead, rows: Sequence[SealedRow]) -> JournalHead:
-    if not rows:
-        return head
-    last = rows[-1]
-    return JournalHead(last.seq, last.timestamp_ns, last.hash)
+def net_by_currency(balances: Iterable[Balances]) -> dict[str, list[int]]:
+    """Per currency: [sum of (debits - credits) pending, sum of (debits - credits) posted]."""
+    out: dict[str, list[int]] = {}
+    for b in balances:
+        t = out.get(b.currency)
+        if t is None:
+            t = out[b.currency] = [0, 0]
+        t[0] += b.debits_pending - b.credits_pending
+        t[1] += b.debits_posted - b.credits_posted
+    return out
 
 
-BalanceTuple = tuple[int, int, int, int]
-
-
-def assert_zero_sum(
-    before: Mapping[int, BalanceTuple], after: Mapping[int, Balances], touched: set[int]
-) -> None:
-    """Double entry, checked independently of the engine's arithmetic: over the accounts a
-    batch touched, the change in debits equals the change in credits, per currency, for pending
-    and posted amounts separately. A failure is a programmer error, never a user error."""
-    pending: dict[str, int] = {}
-    posted: dict[str, int] = {}
-    for account_id in touched:
-        old = before[account_id]
-        new = after[account_id]
-        d_pending = (new.debits_pending - old[0]) - (new.credits_pending - old[2])
-        d_posted = (new.debits_posted - old[1]) - (new.credits_posted - old[3])
-        pending[new.currency] = pending.get(new.currency, 0) + d_pending
-        posted[new.currency] = posted.get(new.currency, 0) + d_posted
-    for kind, totals in (("pending", pending), ("posted", posted)):
-        for currency, total in totals.items():
-            if total != 0:
-                raise LedgerInvariantBroken(
-                    f"{kind} debits and credits differ by {total} in {currency}"
-                )
+def assert_zero_sum(before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
+    """Double entry, checked independently of the engine's arithmetic: over the same set of
+    accounts, net debits minus credits per currency (pending and posted separately) must be
+    unchanged by a batch. A failure is a programmer error, never a user error."""
+    if before != after:
+        raise LedgerInvariantBroken(f"batch broke double entry: before {before}, after {after}")

@@ -29,7 +29,6 @@ from paykeep.ledger.model import (
     Account,
     AccountResult,
     Balances,
-    BalanceTuple,
     CreateAccountResult,
     CreateTransferResult,
     JournalHead,
@@ -39,7 +38,7 @@ from paykeep.ledger.model import (
     TransferFlags,
     TransferResult,
     assert_zero_sum,
-    next_head,
+    net_by_currency,
     plan_transfers,
     seal,
     validate_new_account,
@@ -267,11 +266,8 @@ class Ledger:
                 pendings.update(tx.load_pendings(i for i in missing if i))
         else:
             stored, references = {}, {}
-        before: dict[int, BalanceTuple] = {
-            i: (b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted)
-            for i in account_ids
-            if (b := accounts.get(i)) is not None
-        }
+        loaded = [b for i in account_ids if (b := accounts.get(i)) is not None]
+        before = net_by_currency(loaded)
         now = self.clock.now_ns()
         plan = plan_transfers(
             transfers,
@@ -284,14 +280,12 @@ class Ledger:
             segment_ends=segment_ends,
             sweeping=sweeping,
         )
-        assert_zero_sum(before, accounts, plan.touched)
-        rows = seal(plan.planned, head, now)
-        new_head = next_head(head, rows)
-        if rows:
+        assert_zero_sum(before, net_by_currency(loaded))
+        sealed = seal(plan.planned, head, now)
+        if sealed.rows:
             touched: dict[int, Balances] = {i: accounts[i] for i in plan.touched}
-            opened = [(r.planned.id, r.expires_at_ns) for r in rows if r.planned.flags & _PENDING]
-            tx.write_batch(rows, touched, opened, plan.holds_resolved, new_head)
-        stamps = {r.planned.index: r.timestamp_ns for r in rows}
+            tx.write_batch(sealed, touched, plan.holds_resolved)
+        stamps = sealed.timestamps
         results = [
             TransferResult(i, t.id, code, stamps.get(i, 0))
             for i, (t, code) in enumerate(zip(transfers, plan.results, strict=True))
@@ -301,7 +295,7 @@ class Ledger:
                 existing = stored.get(transfers[i].id)
                 if existing is not None:
                     results[i] = TransferResult(i, existing.id, code, existing.timestamp_ns)
-        return results, new_head
+        return results, sealed.head
 
     # ------------------------------------------------------------------ holds
 
