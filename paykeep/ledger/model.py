@@ -384,9 +384,10 @@ def _metadata_ok(metadata: object) -> str | bool | None:
             return False
     try:
         text = canonical_metadata(metadata)
-    except (TypeError, ValueError):
+        size = 0 if text is None else len(text.encode())
+    except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) is a ValueError
         return False
-    if text is not None and len(text.encode()) > limits.METADATA_BYTES_MAX:
+    if size > limits.METADATA_BYTES_MAX:
         return False
     return text
 

@@ -41,7 +41,7 @@ _IN_CHUNK = 4_000
 
 
 class UniqueViolation(Exception):
-    """A unique index refused a row: the optimistic path met a replayed id or reference."""
+    """A unique index refused a row: a concurrent writer won a race on an id, reference or name."""
 
 
 def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:

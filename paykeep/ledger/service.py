@@ -193,16 +193,11 @@ class Ledger:
     ) -> list[TransferResult]:
         if not transfers:
             return []
-        # Optimistic first: assume ids and references are new and let the unique indexes say
-        # otherwise. Replays are rare; when the database refuses a row, nothing was written
-        # and the batch is decided again with every stored transfer it names loaded.
         try:
-            return self._apply(transfers, segment_ends, load_stored=False, sweeping=sweeping)
-        except UniqueViolation:
-            pass
-        try:
-            return self._apply(transfers, segment_ends, load_stored=True, sweeping=sweeping)
+            return self._apply(transfers, segment_ends, sweeping=sweeping)
         except UniqueViolation as exc:
+            # Every writer decides under the journal-head lock, so only a writer that bypasses
+            # it could get here; nothing was written and the request may be retried.
             raise LedgerConflict(
                 "a concurrent writer created the same transfer id or reference; retry"
             ) from exc
@@ -215,12 +210,11 @@ class Ledger:
         transfers: Sequence[NewTransfer],
         segment_ends: Sequence[int],
         *,
-        load_stored: bool,
         sweeping: bool,
     ) -> list[TransferResult]:
         with self._writer():
             with self.repo.write() as tx:
-                results, head = self._decide(tx, transfers, segment_ends, load_stored, sweeping)
+                results, head = self._decide(tx, transfers, segment_ends, sweeping)
             self.repo.cache.committed(head.last_seq)
         return results
 
@@ -229,7 +223,6 @@ class Ledger:
         tx: WriteTx,
         transfers: Sequence[NewTransfer],
         segment_ends: Sequence[int],
-        load_stored: bool,
         sweeping: bool,
     ) -> tuple[list[TransferResult], JournalHead]:
         pending_ids = [
@@ -256,16 +249,13 @@ class Ledger:
             accounts = tx.lock_accounts(account_ids)
             head = tx.lock_head()
         resolutions = tx.load_resolutions(pendings) if pendings else {}
-        if load_stored:
-            stored = tx.load_transfers(t.id for t in transfers)
-            references = tx.load_references(
-                t.reference for t in transfers if t.reference is not None
-            )
-            missing = [s.pending_id for s in stored.values() if s.pending_id not in pendings]
-            if any(missing):
-                pendings.update(tx.load_pendings(i for i in missing if i))
-        else:
-            stored, references = {}, {}
+        # Idempotency and reference checks need every stored transfer the batch names. These
+        # are indexed lookups, read after the locks so no other writer can change the answer.
+        stored = tx.load_transfers(t.id for t in transfers)
+        references = tx.load_references(t.reference for t in transfers if t.reference is not None)
+        missing = [s.pending_id for s in stored.values() if s.pending_id not in pendings]
+        if any(missing):
+            pendings.update(tx.load_pendings(i for i in missing if i))
         loaded = [b for i in account_ids if (b := accounts.get(i)) is not None]
         before = net_by_currency(loaded)
         now = self.clock.now_ns()
