@@ -455,8 +455,11 @@ def _inject(
         return np.array(chosen, dtype=np.int64)
 
     def moments(k: int, within_s: int, begin: int | None = None) -> np.ndarray:
-        first = begin if begin is not None else int(start_s + rng.integers(0, max(1, span_s - 2 * within_s)))
-        return np.sort(first + rng.integers(0, max(60, within_s) // 60, size=k) * 60)
+        if begin is None:
+            # Spread attempts over the whole history, so every split of it holds some.
+            begin = int(start_s + rng.integers(0, max(1, span_s - within_s)))
+        moments_s = begin + rng.integers(0, max(60, within_s) // 60, size=k) * 60
+        return np.sort(np.minimum(moments_s, start_s + span_s - 60))
 
     def fmts(k: int) -> np.ndarray:
         idx = np.array([_fmt_index(x) for x in ("ACH", "Wire", "Cheque", "Cash")], dtype=np.int8)
@@ -512,7 +515,7 @@ def _inject(
             srcs: list[np.ndarray] = []
             dsts: list[np.ndarray] = []
             ts_parts: list[np.ndarray] = []
-            begin = int(start_s + rng.integers(0, max(1, span_s - 2 * window_s)))
+            begin = int(start_s + rng.integers(0, max(1, span_s - window_s)))
             for depth, (left, right) in enumerate(zip(layers, layers[1:], strict=False)):
                 # Complete bipartite between consecutive layers, the later layer later on.
                 a, b = np.meshgrid(left, right, indexing="ij")
