@@ -119,6 +119,10 @@ class _Common:
         return sql if self.placeholder == "?" else sql.replace("?", "%s")
 
     def _select_in(self, sql_prefix: str, column: str, values: Sequence[Any]) -> list[Any]:
+        if self.placeholder == "%s":
+            # One array parameter: PostgreSQL plans it once, whatever the batch size.
+            self.cur.execute(f"{sql_prefix} WHERE {column} = ANY(%s)", (list(values),))
+            return list(self.cur.fetchall())
         out: list[Any] = []
         for chunk in _chunks(values):
             marks = ",".join([self.placeholder] * len(chunk))
