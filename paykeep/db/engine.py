@@ -8,6 +8,7 @@ PostgreSQL runs at READ COMMITTED; writers lock the rows they change in a fixed 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,14 @@ from paykeep.config import Settings
 from paykeep.db.errors import DatabaseUnavailable, DatabaseUrlInvalid
 from paykeep.limits import DB_LOCK_TIMEOUT_S
 
-SQLITE_SYNCHRONOUS = "FULL"
+#: FULL (the default) fsyncs the WAL on every commit: a commit that returned survives a power
+#: cut. NORMAL (opt-in via PAYKEEP_SQLITE_SYNCHRONOUS) survives a process crash but may lose
+#: the last commits on power loss; benchmarks state which one they ran with.
+SQLITE_SYNCHRONOUS = os.environ.get("PAYKEEP_SQLITE_SYNCHRONOUS", "FULL").upper()
+if SQLITE_SYNCHRONOUS not in ("FULL", "NORMAL", "EXTRA"):
+    raise SystemExit(
+        f"PAYKEEP_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA, not {SQLITE_SYNCHRONOUS!r}"
+    )
 
 
 class Database:
