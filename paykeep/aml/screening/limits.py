@@ -21,8 +21,8 @@ CSV_ROWS_MAX: Final = 1_000_000
 CANDIDATES_MAX: Final = 40
 #: Hits returned per screening, best first.
 HITS_MAX: Final = 10
-#: A blocking key shared by more names than this is too common to generate candidates on its
-#: own (it still counts towards a candidate's pre-score).
-POSTING_GENERATE_MAX: Final = 2_000
+#: A blocking key shared by more names than this only boosts candidates found through rarer
+#: keys once CANDIDATES_MAX names are found (it still generates when fewer are).
+POSTING_WALK_MAX: Final = 150
 #: Parties re-screened after a list change.
 PARTIES_MAX: Final = 1_000_000

@@ -275,9 +275,7 @@ def parse_un_xml(raw: bytes, source: str) -> list[ListEntity]:
             names += [_text(a.find("ALIAS_NAME")) for a in element.findall(alias_tag)]
             countries = [_text(v) for v in element.findall("NATIONALITY/VALUE")]
             countries += [_text(a.find("COUNTRY")) for a in element.findall(schema_address(kind))]
-            identifiers = [
-                _text(d.find("NUMBER")) for d in element.findall("INDIVIDUAL_DOCUMENT")
-            ]
+            identifiers = [_text(d.find("NUMBER")) for d in element.findall("INDIVIDUAL_DOCUMENT")]
             gender = _text(element.find("GENDER")).lower() or None
             entities.append(
                 ListEntity(
@@ -367,15 +365,17 @@ def parse_ftm(raw: bytes, source: str) -> list[ListEntity]:
                 names=tuple(dict.fromkeys(names)),
                 source=source,
                 birth_dates=tuple(
-                    dict.fromkeys(
-                        d[:10] for d in _ftm_values(properties, "birthDate", line_no)
-                    )
+                    dict.fromkeys(d[:10] for d in _ftm_values(properties, "birthDate", line_no))
                 ),
                 countries=tuple(dict.fromkeys(countries)),
                 identifiers=tuple(
-                    dict.fromkeys(v for p in _FTM_ID_PROPS for v in _ftm_values(properties, p, line_no))
+                    dict.fromkeys(
+                        v for p in _FTM_ID_PROPS for v in _ftm_values(properties, p, line_no)
+                    )
                 ),
-                gender=genders[0].lower() if genders and genders[0].lower() in {"male", "female"} else None,
+                gender=genders[0].lower()
+                if genders and genders[0].lower() in {"male", "female"}
+                else None,
                 programs=tuple(_ftm_values(properties, "programId", line_no)),
             )
         )
