@@ -24,6 +24,10 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 
+_REFUSED_TYPES = frozenset(
+    {"invalid_request", "not_found", "conflict", "insufficient_funds", "unprocessable"}
+)
+
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
@@ -71,7 +75,9 @@ def typed_errors() -> Iterator[None]:
     except (InvalidInput, NotFound) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     except PaykeepError as exc:
-        fail(str(exc), EXIT_CHECK_FAILED)
+        # A refused request (conflict, insufficient funds, ...) is bad input: nothing changed.
+        # Anything else (database unavailable, busy) is a failure of the run itself.
+        fail(str(exc), EXIT_BAD_INPUT if exc.type in _REFUSED_TYPES else EXIT_CHECK_FAILED)
     except (OSError, ValueError) as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_BAD_INPUT)
 

@@ -35,8 +35,8 @@ def _pg_admin() -> psycopg.Connection[tuple[object, ...]]:
 
 
 @pytest.fixture(scope="session")
-def worker_tag(worker_id: str) -> str:
-    return f"{worker_id}_{os.getpid()}"
+def worker_tag() -> str:
+    return f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
