@@ -68,7 +68,7 @@ def currency_exponent(currency: str) -> int:
 
 def is_currency(currency: object) -> bool:
     try:
-        currency_exponent(currency)  # type: ignore[arg-type]
+        currency_exponent(currency)
     except UnknownCurrency:
         return False
     return True

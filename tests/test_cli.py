@@ -85,6 +85,10 @@ def test_audit_verify_names_a_tampered_row(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert paykeep("demo", settings=settings).returncode == 0
     with sqlite3.connect(tmp_path / SQLITE_FILE_NAME) as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE ledger_transfers SET amount_minor = amount_minor + 1")
+        # An attacker with write access to the file can drop the guard; the hash chain remains.
+        conn.execute("DROP TRIGGER ledger_transfers_no_update")
         conn.execute("UPDATE ledger_transfers SET amount_minor = amount_minor + 1 WHERE seq = 2")
     done = paykeep("audit", "verify", "--json", settings=settings)
     assert done.returncode == 1

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from paykeep.db import Database
+from paykeep.limits import ID_MAX
 from paykeep.ledger.model import (
     Account,
     Balances,
@@ -42,6 +43,12 @@ _IN_CHUNK = 4_000
 
 class UniqueViolation(Exception):
     """A unique index refused a row: a concurrent writer won a race on an id, reference or name."""
+
+
+def _valid_ids(values: Iterable[object]) -> list[int]:
+    """Only ids the engine could accept: anything else cannot exist and must not reach the
+    driver (sqlite3 raises OverflowError binding ints beyond 64 bits)."""
+    return sorted({v for v in values if type(v) is int and 0 < v <= ID_MAX})
 
 
 def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
@@ -131,7 +138,7 @@ class _Common:
         return out
 
     def load_pendings(self, ids: Iterable[int]) -> dict[int, StoredPending]:
-        wanted = sorted(set(ids))
+        wanted = _valid_ids(ids)
         if not wanted:
             return {}
         rows = self._select_in(
@@ -145,7 +152,7 @@ class _Common:
         }
 
     def load_resolutions(self, pending_ids: Iterable[int]) -> dict[int, int]:
-        wanted = sorted(set(pending_ids))
+        wanted = _valid_ids(pending_ids)
         if not wanted:
             return {}
         rows = self._select_in(
@@ -154,7 +161,7 @@ class _Common:
         return {r[0]: r[1] for r in rows}
 
     def load_transfers(self, ids: Iterable[int]) -> dict[int, Transfer]:
-        wanted = sorted({i for i in ids if type(i) is int})
+        wanted = _valid_ids(ids)
         if not wanted:
             return {}
         rows = self._select_in(f"SELECT {TRANSFER_COLUMNS} FROM ledger_transfers", "id", wanted)
@@ -168,7 +175,7 @@ class _Common:
         return {r[0]: r[1] for r in rows}
 
     def load_accounts(self, ids: Iterable[int]) -> dict[int, Account]:
-        wanted = sorted({i for i in ids if type(i) is int})
+        wanted = _valid_ids(ids)
         if not wanted:
             return {}
         rows = self._select_in(f"SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts", "id", wanted)
@@ -231,13 +238,13 @@ class SqliteTx(_Common):
 
     def lock_accounts(self, ids: set[int]) -> dict[int, Balances]:
         cached = self.cache.balances
-        missing = [i for i in ids if i not in cached]
+        missing = [i for i in _valid_ids(ids) if i not in cached]
         if missing:
             rows = self._select_in(
                 "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "
                 "credits_posted FROM ledger_accounts",
                 "id",
-                sorted(missing),
+                missing,
             )
             for r in rows:
                 cached[r[0]] = Balances(r[1], r[2], r[3], r[4], r[5], r[6])
@@ -301,7 +308,7 @@ class PostgresTx(_Common):
         self.cur.execute(
             "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "
             "credits_posted FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-            (sorted(ids),),
+            (_valid_ids(ids),),
         )
         return {r[0]: Balances(r[1], r[2], r[3], r[4], r[5], r[6]) for r in self.cur.fetchall()}
 

@@ -6,7 +6,8 @@ On PostgreSQL the database enforces double entry again, independently of the eng
 - accounts are created with zero balances;
 - a transfer's accounts exist and its currency equals theirs; a post/void names a pending
   transfer with the same accounts; the journal is append-only.
-Balance limits are CHECK constraints on both databases.
+Balance limits are CHECK constraints on both databases. SQLite also refuses changes to journal
+rows and to accounts' non-balance columns (triggers that never fire on the write path).
 
 Revision ID: 0001
 Revises:
@@ -125,15 +126,14 @@ def upgrade() -> None:
         "INSERT INTO ledger_journal_head (id, last_seq, last_timestamp_ns, last_hash) "
         f"VALUES (1, 0, 0, '{'0' * 64}')"
     )
-    if postgres:
-        for statement in POSTGRES_GUARDS:
-            op.execute(statement)
+    for statement in POSTGRES_GUARDS if postgres else SQLITE_GUARDS:
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for statement in POSTGRES_GUARDS_DROP:
-            op.execute(statement)
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in POSTGRES_GUARDS_DROP if postgres else SQLITE_GUARDS_DROP:
+        op.execute(statement)
     op.drop_table("ledger_journal_head")
     op.drop_table("ledger_holds")
     op.drop_table("ledger_transfers")
@@ -256,4 +256,28 @@ POSTGRES_GUARDS_DROP = [
     "DROP FUNCTION IF EXISTS ledger_transfers_check_insert()",
     "DROP FUNCTION IF EXISTS ledger_accounts_check_insert()",
     "DROP FUNCTION IF EXISTS ledger_accounts_check_update()",
+]
+
+# SQLite: no statement-level triggers, so only the guards that cost nothing on the hot path.
+# `UPDATE OF <columns>` fires only when a statement sets one of them, which the ledger never does.
+SQLITE_GUARDS = [
+    """
+    CREATE TRIGGER ledger_transfers_no_update BEFORE UPDATE ON ledger_transfers
+    BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END
+    """,
+    """
+    CREATE TRIGGER ledger_transfers_no_delete BEFORE DELETE ON ledger_transfers
+    BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END
+    """,
+    """
+    CREATE TRIGGER ledger_accounts_immutable
+    BEFORE UPDATE OF id, currency, code, flags, name, metadata, timestamp_ns ON ledger_accounts
+    BEGIN SELECT RAISE(ABORT, 'ledger accounts are immutable except their balances'); END
+    """,
+]
+
+SQLITE_GUARDS_DROP = [
+    "DROP TRIGGER IF EXISTS ledger_accounts_immutable",
+    "DROP TRIGGER IF EXISTS ledger_transfers_no_delete",
+    "DROP TRIGGER IF EXISTS ledger_transfers_no_update",
 ]
