@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from paykeep.db import Database
-from paykeep.limits import ID_MAX
 from paykeep.ledger.model import (
     Account,
     Balances,
@@ -28,6 +27,7 @@ from paykeep.ledger.model import (
     StoredPending,
     Transfer,
 )
+from paykeep.limits import ID_MAX
 
 TRANSFER_COLUMNS = (
     "seq, id, debit_account_id, credit_account_id, amount_minor, currency, code, flags, "
