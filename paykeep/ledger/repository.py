@@ -5,10 +5,10 @@ SQLAlchemy's expression layer: a batch of 1,000 transfers is a handful of statem
 (``executemany`` on SQLite, ``COPY`` and array ``UPDATE ... FROM unnest`` on PostgreSQL).
 Everything else (queries, audit) uses plain parameterised SQL too, so both databases share it.
 
-Write transactions serialize on the journal head:
-- SQLite: ``BEGIN IMMEDIATE`` makes the connection the only writer;
-- PostgreSQL: account rows are locked ``FOR UPDATE`` in ascending id order, then the head row,
-  always in that order, so concurrent writers queue instead of deadlocking.
+Write transactions serialize on the journal head, which every writer locks first (the hash
+chain needs one order anyway): ``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` of the
+head row on PostgreSQL. Account rows are then read and updated only by the head holder, so
+limits hold across processes and no lock cycle can form.
 """
 
 from __future__ import annotations
@@ -218,25 +218,28 @@ class _Common:
         )
 
 
-class SqliteTx(_Common):
-    """A write transaction on SQLite. Balances come from a per-process cache that is valid
-    only while the journal head is the one this process last wrote (see ``AccountCache``)."""
+class _Writer(_Common):
+    """A write transaction. Every writer takes the journal-head row first — the one lock all
+    writers share, always first, so writers queue and can never deadlock — and only then
+    reads balances, which are therefore current. Balances come from a per-process cache that
+    is valid exactly while the head is the one this process last wrote (see AccountCache)."""
 
     def __init__(self, raw: Any, cache: AccountCache) -> None:
         super().__init__(raw)
         self.cache = cache
 
+    _head_sql = (
+        "SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head WHERE id = 1"
+    )
+
     def lock_head(self) -> JournalHead:
-        # BEGIN IMMEDIATE already made us the only writer; reading the head is enough.
-        self.cur.execute(
-            "SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head WHERE id = 1"
-        )
+        self.cur.execute(self._head_sql)
         seq, ts, digest = self.cur.fetchone()
-        head = JournalHead(seq, ts, digest)
         self.cache.validate(seq)
-        return head
+        return JournalHead(seq, ts, digest)
 
     def lock_accounts(self, ids: set[int]) -> dict[int, Balances]:
+        """Working balances of ``ids`` (call after ``lock_head``); absent ids are unknown."""
         cached = self.cache.balances
         missing = [i for i in _valid_ids(ids) if i not in cached]
         if missing:
@@ -249,6 +252,10 @@ class SqliteTx(_Common):
             for r in rows:
                 cached[r[0]] = Balances(r[1], r[2], r[3], r[4], r[5], r[6])
         return cached
+
+
+class SqliteTx(_Writer):
+    """SQLite: ``BEGIN IMMEDIATE`` already made this connection the only writer."""
 
     def write_batch(
         self, sealed: SealedBatch, balances: dict[int, Balances], holds_resolved: Sequence[int]
@@ -289,28 +296,13 @@ class SqliteTx(_Common):
         self._write_head(sealed.head)
 
 
-class PostgresTx(_Common):
+class PostgresTx(_Writer):
+    """PostgreSQL: the head row is locked ``FOR UPDATE``; account rows are then changed only
+    by head holders (their UPDATE locks them), so no two writers ever wait on each other
+    in a cycle, and a balance read under the head lock cannot change before commit."""
+
     placeholder = "%s"
-
-    def lock_head(self) -> JournalHead:
-        self.cur.execute(
-            "SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head "
-            "WHERE id = 1 FOR UPDATE"
-        )
-        seq, ts, digest = self.cur.fetchone()
-        return JournalHead(seq, ts, digest)
-
-    def lock_accounts(self, ids: set[int]) -> dict[int, Balances]:
-        if not ids:
-            return {}
-        # Ascending id order for every writer: two batches touching the same accounts queue
-        # behind each other and can never wait on each other in a cycle.
-        self.cur.execute(
-            "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "
-            "credits_posted FROM ledger_accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-            (_valid_ids(ids),),
-        )
-        return {r[0]: Balances(r[1], r[2], r[3], r[4], r[5], r[6]) for r in self.cur.fetchall()}
+    _head_sql = _Writer._head_sql + " FOR UPDATE"
 
     def write_batch(
         self, sealed: SealedBatch, balances: dict[int, Balances], holds_resolved: Sequence[int]
@@ -363,7 +355,7 @@ class PostgresTx(_Common):
 
 
 class AccountCache:
-    """Working balances of accounts, kept between SQLite batches by the one writer process.
+    """Working balances of accounts, kept between batches by a writer process.
 
     Balances change only through transfers, and every transfer advances the journal head. So
     the cache is valid exactly while the head's ``last_seq`` is the one this process wrote
@@ -402,7 +394,9 @@ class LedgerRepository:
             with self.database.write() as conn:
                 raw = Database.driver_connection(conn)
                 tx: WriteTx = (
-                    SqliteTx(raw, self.cache) if self.database.is_sqlite else PostgresTx(raw)
+                    SqliteTx(raw, self.cache)
+                    if self.database.is_sqlite
+                    else PostgresTx(raw, self.cache)
                 )
                 yield tx
         except BaseException:

@@ -86,9 +86,9 @@ class Ledger:
         self.clock = clock or SystemClock()
         self.ids = id_generator or IdGenerator(self.clock)
         self.repo = LedgerRepository(database)
-        # SQLite has one writer at a time anyway; serializing in-process writers keeps the
-        # account cache coherent without fine-grained locking.
-        self._write_lock = threading.Lock() if database.is_sqlite else None
+        # Writers serialize on the journal head anyway; serializing this process's writers
+        # first keeps the shared balance cache coherent without fine-grained locking.
+        self._write_lock = threading.Lock()
 
     # ------------------------------------------------------------------ accounts
 
@@ -202,8 +202,8 @@ class Ledger:
                 "a concurrent writer created the same transfer id or reference; retry"
             ) from exc
 
-    def _writer(self) -> threading.Lock | _NoLock:
-        return self._write_lock or _NO_LOCK
+    def _writer(self) -> threading.Lock:
+        return self._write_lock
 
     def _apply(
         self,
@@ -240,14 +240,9 @@ class Ledger:
         for p in pendings.values():
             account_ids.add(p.debit_account_id)
             account_ids.add(p.credit_account_id)
-        if self.database.is_sqlite:
-            # One writer already (BEGIN IMMEDIATE); the account cache is validated by the head.
-            head = tx.lock_head()
-            accounts = tx.lock_accounts(account_ids)
-        else:
-            # Lock order: accounts (ascending), then the journal head. See repository.
-            accounts = tx.lock_accounts(account_ids)
-            head = tx.lock_head()
+        # The head first: it serializes writers, and it validates the balance cache.
+        head = tx.lock_head()
+        accounts = tx.lock_accounts(account_ids)
         resolutions = tx.load_resolutions(pendings) if pendings else {}
         # Idempotency and reference checks need every stored transfer the batch names. These
         # are indexed lookups, read after the locks so no other writer can change the answer.
@@ -411,17 +406,6 @@ class Ledger:
                         cp += held - released
                         cpo += posted
         return BalanceAsOf(account_id, as_of_ns, dp, dpo, cp, cpo)
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 # ---------------------------------------------------------------------------------------------
