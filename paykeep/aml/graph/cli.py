@@ -151,6 +151,14 @@ def eval_command(
         typer.Option("--patterns", help="IBM-style patterns file for per-typology recall."),
     ] = None,
     seed: SeedOption = 0,
+    transfer: Annotated[
+        bool,
+        typer.Option(
+            "--transfer",
+            help="Also score every row with a model trained on a seeded simulation "
+            "(per-typology recall over all pattern rows).",
+        ),
+    ] = False,
     save_model: Annotated[
         bool, typer.Option("--save-model", help="Keep the trained model in the data dir.")
     ] = False,
@@ -159,7 +167,11 @@ def eval_command(
     as_json: JsonOption = False,
 ) -> None:
     """Minority-class precision, recall, F1 on a time-ordered 60/20/20 split."""
-    from paykeep.aml.graph.service import evaluate_accounts, evaluate_transactions
+    from paykeep.aml.graph.service import (
+        evaluate_accounts,
+        evaluate_transactions,
+        train_default_model,
+    )
     from paykeep.aml.graph.train import model_path
     from paykeep.aml.graph.train import save_model as save
 
@@ -174,7 +186,12 @@ def eval_command(
                 raise InvalidGraphParameter("AMLSim labels are per account: --patterns is unused")
             report, model = evaluate_accounts(txs, seed=seed)
         else:
-            report, model = evaluate_transactions(txs, attempts, seed=seed)
+            transfer_model = (
+                train_default_model("transaction", seed=seed) if transfer and attempts else None
+            )
+            report, model = evaluate_transactions(
+                txs, attempts, seed=seed, transfer_model=transfer_model
+            )
         if save_model:
             settings = settings_from(data_dir, database_url)
             report["saved_model"] = str(save(model, model_path(settings.data_dir, model.level)))

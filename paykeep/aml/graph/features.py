@@ -99,13 +99,12 @@ def _amount_major(frame: pl.DataFrame) -> pl.Expr:
     return pl.col("amount_minor").cast(pl.Float64) / scale
 
 
-def transaction_features(
-    frame: pl.DataFrame, config: DetectorConfig | None = None
-) -> FeatureSet:
+def transaction_features(frame: pl.DataFrame, config: DetectorConfig | None = None) -> FeatureSet:
     """Detect typologies and compute :data:`TRANSACTION_FEATURES` for every row of ``frame``."""
     detection, hops = detect_all(frame, config)
-    base = frame.select("row", "ts", "src", "dst", "amount_minor", "currency",
-                        "received_currency", "payment_format")
+    base = frame.select(
+        "row", "ts", "src", "dst", "amount_minor", "currency", "received_currency", "payment_format"
+    )
     major = _amount_major(frame)
     base = base.with_columns(log_amount=(major + 1.0).log())
     base = base.with_columns(
@@ -146,16 +145,20 @@ def transaction_features(
     )
     # Share of an account's transfers flagged by any detector / by a rare ("structured") one.
     hit_rows = detection.hits.select("row", "typology")
-    row_flags = base.select("row", "src", "dst").join(
-        hit_rows.group_by("row").agg(
-            pl.len().alias("n_hits"),
-            pl.col("typology").is_in(list(_STRUCTURED)).any().alias("structured"),
-        ),
-        on="row",
-        how="left",
-    ).with_columns(
-        flagged=pl.col("n_hits").is_not_null().cast(pl.Float64),
-        structured=pl.col("structured").fill_null(False).cast(pl.Float64),
+    row_flags = (
+        base.select("row", "src", "dst")
+        .join(
+            hit_rows.group_by("row").agg(
+                pl.len().alias("n_hits"),
+                pl.col("typology").is_in(list(_STRUCTURED)).any().alias("structured"),
+            ),
+            on="row",
+            how="left",
+        )
+        .with_columns(
+            flagged=pl.col("n_hits").is_not_null().cast(pl.Float64),
+            structured=pl.col("structured").fill_null(False).cast(pl.Float64),
+        )
     )
     share = (
         pl.concat(
@@ -173,15 +176,15 @@ def transaction_features(
     account = account.join(share, on="account", how="left")
     pairs = base.group_by("src", "dst").agg(pl.len().alias("pair_count"))
     reverse = pairs.select(src="dst", dst="src", reciprocal=pl.lit(1, pl.Int8))
-    sizes = detection.hits.pivot(
-        on="typology", index="row", values="size", aggregate_function="max"
-    ) if detection.hits.height else pl.DataFrame(schema={"row": pl.Int64})
+    sizes = (
+        detection.hits.pivot(on="typology", index="row", values="size", aggregate_function="max")
+        if detection.hits.height
+        else pl.DataFrame(schema={"row": pl.Int64})
+    )
     for typology in DETECTED_TYPOLOGIES:
         if typology not in sizes.columns:
             sizes = sizes.with_columns(pl.lit(None, pl.Int32).alias(typology))
-    sizes = sizes.select(
-        "row", *(pl.col(t).alias(f"{t}_size") for t in DETECTED_TYPOLOGIES)
-    )
+    sizes = sizes.select("row", *(pl.col(t).alias(f"{t}_size") for t in DETECTED_TYPOLOGIES))
     src_side = account.select(
         src="account",
         src_out_count="out_count",
@@ -210,7 +213,9 @@ def transaction_features(
         .join(pairs, on=["src", "dst"], how="left")
         .join(reverse, on=["src", "dst"], how="left")
         .join(sizes, on="row", how="left")
-        .join(hops.select("row", onward_hops="onward", inbound_hops="inbound"), on="row", how="left")
+        .join(
+            hops.select("row", onward_hops="onward", inbound_hops="inbound"), on="row", how="left"
+        )
         .with_columns(
             src_age_days=(pl.col("ts") - pl.col("src_first")) / DAY_S,
             dst_age_days=(pl.col("ts") - pl.col("dst_first")) / DAY_S,
@@ -220,8 +225,9 @@ def transaction_features(
             ),
         )
         .with_columns(
-            pl.col(*(f"{t}_size" for t in DETECTED_TYPOLOGIES), "onward_hops", "inbound_hops")
-            .fill_null(0)
+            pl.col(
+                *(f"{t}_size" for t in DETECTED_TYPOLOGIES), "onward_hops", "inbound_hops"
+            ).fill_null(0)
         )
         .sort("row")
         .select("row", *(pl.col(f).cast(pl.Float32) for f in TRANSACTION_FEATURES))
@@ -229,9 +235,7 @@ def transaction_features(
     return FeatureSet(out, detection)
 
 
-def account_features(
-    frame: pl.DataFrame, tx: FeatureSet
-) -> pl.DataFrame:
+def account_features(frame: pl.DataFrame, tx: FeatureSet) -> pl.DataFrame:
     """:data:`ACCOUNT_FEATURES` per account (``account`` column), from transaction features."""
     joined = frame.select("row", "ts", "src", "dst").join(tx.transactions, on="row", how="left")
     t_end = frame["ts"].max()
@@ -250,9 +254,9 @@ def account_features(
             pl.col("self_transfer").mean().alias(f"{side}_self"),
             pl.col("onward_hops").max().alias(f"{side}_onward"),
             pl.col("inbound_hops").max().alias(f"{side}_inbound"),
-            pl.col(f"{'src' if side == 'out' else 'dst'}_structured_share").first().alias(
-                f"{side}_structured"
-            ),
+            pl.col(f"{'src' if side == 'out' else 'dst'}_structured_share")
+            .first()
+            .alias(f"{side}_structured"),
             *(pl.col(f"{t}_size").max().alias(f"{t}_{side}_max") for t in DETECTED_TYPOLOGIES),
         )
         sides.append(agg.rename({me: "account"}))
@@ -299,9 +303,9 @@ def account_features(
         ),
         typologies_hit=pl.sum_horizontal(
             *(
-                (
-                    pl.col(f"{t}_out_max").fill_null(0) + pl.col(f"{t}_in_max").fill_null(0) > 0
-                ).cast(pl.Int8)
+                (pl.col(f"{t}_out_max").fill_null(0) + pl.col(f"{t}_in_max").fill_null(0) > 0).cast(
+                    pl.Int8
+                )
                 for t in DETECTED_TYPOLOGIES
             )
         ),

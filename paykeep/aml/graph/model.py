@@ -19,6 +19,7 @@ blind spot (a launderer hiding behind a hub), and degree features still reach th
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass, field
 from typing import Final
@@ -40,16 +41,20 @@ DETECTED_TYPOLOGIES: Final[tuple[str, ...]] = (
     "bipartite",
 )
 
-HITS_SCHEMA: Final = {
-    "row": pl.Int64,
-    "typology": pl.String,
-    "size": pl.Int32,
-    "hub": pl.Int32,
-    "win_start": pl.Int64,
-    "win_end": pl.Int64,
-    "group_id": pl.Int64,
+HITS_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "row": pl.Int64(),
+    "typology": pl.String(),
+    "size": pl.Int32(),
+    "hub": pl.Int32(),
+    "win_start": pl.Int64(),
+    "win_end": pl.Int64(),
+    "group_id": pl.Int64(),
 }
-GROUPS_SCHEMA: Final = {"group_id": pl.Int64, "typology": pl.String, "members": pl.List(pl.Int32)}
+GROUPS_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "group_id": pl.Int64(),
+    "typology": pl.String(),
+    "members": pl.List(pl.Int32),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +73,8 @@ class DetectorConfig:
     cycle_length_max: int = 12
     #: Strongly connected components larger than this are not enumerated (counted instead).
     cycle_component_nodes_max: int = 400
-    #: Simple cycles enumerated per component (Johnson's algorithm is output-sensitive).
-    cycles_per_component_max: int = 2_000
+    #: Search steps per component for temporal cycles (a bound on work, not on results).
+    cycle_steps_max: int = 200_000
     #: Accounts with more distinct counterparties in a window are skipped by path detectors.
     hub_degree_max: int = 64
     #: An intermediary of a scatter-gather has at most this many counterparties per side.
@@ -258,8 +263,10 @@ def detect_scatter_gather(
     """
     edges = _edges(frame)
     if edges.height == 0:
-        return empty_hits(), empty_groups(), pl.DataFrame(
-            schema={"row": pl.Int64, "onward": pl.UInt32, "inbound": pl.UInt32}
+        return (
+            empty_hits(),
+            empty_groups(),
+            pl.DataFrame(schema={"row": pl.Int64, "onward": pl.UInt32, "inbound": pl.UInt32}),
         )
     t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
     w = windowed(edges, config.window_s, t0)
@@ -286,17 +293,21 @@ def detect_scatter_gather(
             & (pl.col("sink") != pl.col("source"))
         )
     )
-    hops = pl.concat(
-        [
-            paths.group_by("row1").agg(pl.col("row2").n_unique().alias("onward")).rename(
-                {"row1": "row"}
-            ),
-            paths.group_by("row2").agg(pl.col("row1").n_unique().alias("inbound")).rename(
-                {"row2": "row"}
-            ),
-        ],
-        how="diagonal",
-    ).group_by("row").agg(pl.col("onward").max().fill_null(0), pl.col("inbound").max().fill_null(0))
+    hops = (
+        pl.concat(
+            [
+                paths.group_by("row1")
+                .agg(pl.col("row2").n_unique().alias("onward"))
+                .rename({"row1": "row"}),
+                paths.group_by("row2")
+                .agg(pl.col("row1").n_unique().alias("inbound"))
+                .rename({"row2": "row"}),
+            ],
+            how="diagonal",
+        )
+        .group_by("row")
+        .agg(pl.col("onward").max().fill_null(0), pl.col("inbound").max().fill_null(0))
+    )
     pairs = (
         paths.group_by("source", "sink", "win")
         .agg(pl.col("mid").unique().sort().alias("mids"))
@@ -308,8 +319,11 @@ def detect_scatter_gather(
     )
     if pairs.height == 0:
         return empty_hits(), empty_groups(), hops
-    flagged = paths.join(pairs.select("source", "sink", "win", "size", "group_id"),
-                         on=["source", "sink", "win"], how="inner")
+    flagged = paths.join(
+        pairs.select("source", "sink", "win", "size", "group_id"),
+        on=["source", "sink", "win"],
+        how="inner",
+    )
     hits = pl.concat(
         [
             flagged.select(row="row1", win="win", size="size", hub="source", group_id="group_id"),
@@ -346,13 +360,10 @@ def detect_bipartite(
     degrees = _degrees(w)
     w = _without_hubs(w, degrees, config.hub_degree_max)
     limit = config.bipartite_degree_max
-    senders = degrees.filter(
-        pl.col("out_degree").is_between(2, limit)
-    ).select("account", "win")
+    senders = degrees.filter(pl.col("out_degree").is_between(2, limit)).select("account", "win")
     receivers = degrees.filter(pl.col("in_degree").is_between(2, limit)).select("account", "win")
-    cand = (
-        w.join(senders, left_on=["src", "win"], right_on=["account", "win"], how="semi")
-        .join(receivers, left_on=["dst", "win"], right_on=["account", "win"], how="semi")
+    cand = w.join(senders, left_on=["src", "win"], right_on=["account", "win"], how="semi").join(
+        receivers, left_on=["dst", "win"], right_on=["account", "win"], how="semi"
     )
     distinct = cand.select("src", "dst", "win").unique()
     pairs = (
@@ -410,9 +421,9 @@ def detect_cycles(
 
     Per window: hubs removed, then accounts that cannot lie on a cycle (no in- or no
     out-transfer left) are peeled away in polars; rustworkx finds the strongly connected
-    components, and Johnson's algorithm enumerates simple cycles in components of at most
-    ``cycle_component_nodes_max`` accounts (at most ``cycles_per_component_max`` each). A
-    cycle counts when a rotation of it can be walked forward in time.
+    components (busier accounts are shed until each has at most
+    ``cycle_component_nodes_max`` accounts), and :func:`temporal_cycles` searches each one
+    for time-respecting rings of at most ``cycle_length_max`` hops.
     """
     stats = {"cycle_components_too_large": 0, "cycle_components_truncated": 0}
     edges = _edges(frame)
@@ -433,10 +444,18 @@ def detect_cycles(
         pairs = kept
     cycles: list[tuple[int, tuple[int, ...], int]] = []  # (win, accounts, first ts)
     for (win,), part in pairs.partition_by("win", as_dict=True, maintain_order=True).items():
-        cycles.extend(_window_cycles(int(win), part, config, stats))  # type: ignore[call-overload]
+        cycles.extend(_window_cycles(int(win), part, config, stats))
     if not cycles:
         return empty_hits(), empty_groups(), stats
+    # A cycle inside the overlap of two windows is found twice: keep its earliest window.
     cycles.sort()
+    seen: set[tuple[int, ...]] = set()
+    unique_cycles = []
+    for cycle in cycles:
+        if cycle[1] not in seen:
+            seen.add(cycle[1])
+            unique_cycles.append(cycle)
+    cycles = unique_cycles
     rows: list[tuple[int, int, int, int, int]] = []  # src, dst, win, size, group
     members: list[list[int]] = []
     for group_id, (win, ring, _) in enumerate(cycles):
@@ -453,9 +472,7 @@ def detect_cycles(
     )
     # Shortest cycle first: the tightest explanation for a transfer.
     flagged = flagged.with_columns(size=-pl.col("size"), hub=pl.lit(None, pl.Int32))
-    hits = _finish_hits(flagged, "cycle", config.window_s, t0).with_columns(
-        pl.col("size").abs()
-    )
+    hits = _finish_hits(flagged, "cycle", config.window_s, t0).with_columns(pl.col("size").abs())
     groups = pl.DataFrame(
         {
             "group_id": list(range(len(members))),
@@ -480,22 +497,72 @@ def _window_cycles(
         times[(int(src), int(dst))] = list(ts_list)
         edge_list.append((index[int(src)], index[int(dst)]))
     graph.add_edges_from_no_data(edge_list)
+    outgoing: dict[int, list[tuple[int, list[int]]]] = {}
+    for (src, dst), ts_list in times.items():
+        outgoing.setdefault(src, []).append((dst, ts_list))
     found: list[tuple[int, tuple[int, ...], int]] = []
     for component in _small_components(graph, config, stats):
-        sub = graph.subgraph(sorted(component))
-        enumerated = 0
-        for cycle in rx.simple_cycles(sub):
-            enumerated += 1
-            if enumerated > config.cycles_per_component_max:
-                stats["cycle_components_truncated"] += 1
-                break
-            if len(cycle) > config.cycle_length_max:
-                continue
-            ring = tuple(int(sub[i]) for i in cycle)
-            first = temporal_start(ring, times, config.window_s)
-            if first is not None:
-                found.append((win, _canonical(ring), first))
+        members = {int(graph[i]) for i in component}
+        adjacency = {
+            a: [(b, ts) for b, ts in outgoing.get(a, []) if b in members] for a in sorted(members)
+        }
+        rings, truncated = temporal_cycles(
+            adjacency, config.cycle_length_max, config.window_s, config.cycle_steps_max
+        )
+        if truncated:
+            stats["cycle_components_truncated"] += 1
+        found.extend((win, ring, first) for ring, first in rings)
     return found
+
+
+def temporal_cycles(
+    adjacency: dict[int, list[tuple[int, list[int]]]],
+    length_max: int,
+    window_s: int,
+    steps_max: int,
+) -> tuple[list[tuple[tuple[int, ...], int]], bool]:
+    """Time-respecting simple cycles of at most ``length_max`` hops lasting ``window_s``.
+
+    A walk may start at any transfer (money can enter a ring anywhere); rings are named by
+    their rotation starting at the smallest account, so each is reported once with its
+    earliest start. Each hop takes the earliest transfer no earlier than the previous hop
+    (greedy is optimal for reachability). Bounded length and a step budget
+    keep dense components from exploding, unlike unbounded enumeration (Johnson's algorithm
+    lists long cycles first and never reaches short laundering rings in dense graphs).
+    Returns ``(cycles as (ring, start time), truncated)``.
+    """
+    found: dict[tuple[int, ...], int] = {}
+    steps = 0
+    truncated = False
+
+    def extend(root: int, path: list[int], now: int, start: int) -> None:
+        nonlocal steps, truncated
+        for nxt, ts_list in adjacency[path[-1]]:
+            steps += 1
+            if steps > steps_max:
+                truncated = True
+                return
+            i = bisect.bisect_left(ts_list, now)
+            if i == len(ts_list) or ts_list[i] - start > window_s:
+                continue
+            if nxt == root:
+                ring = _canonical(tuple(path))
+                if ring not in found or start < found[ring]:
+                    found[ring] = start
+            elif nxt not in path and len(path) < length_max:
+                path.append(nxt)
+                extend(root, path, ts_list[i], start)
+                path.pop()
+            if truncated:
+                return
+
+    for root in sorted(adjacency):
+        for first, ts_list in adjacency[root]:
+            for start in ts_list:
+                extend(root, [root, first], start, start)
+                if truncated:
+                    return list(found.items()), True
+    return list(found.items()), False
 
 
 #: Degree caps tried, in turn, inside a component too large to enumerate: laundering rings
@@ -524,9 +591,7 @@ def _small_components(
             continue
         cap = _COMPONENT_DEGREE_CAPS[level]
         sub = graph.subgraph(component)
-        keep = [
-            i for i in sub.node_indices() if sub.in_degree(i) + sub.out_degree(i) <= cap
-        ]
+        keep = [i for i in sub.node_indices() if sub.in_degree(i) + sub.out_degree(i) <= cap]
         smaller = sub.subgraph(keep)
         # Map back to the indices of ``graph`` through the node payloads (account ids).
         position = {graph[i]: i for i in component}
@@ -541,38 +606,13 @@ def _canonical(ring: tuple[int, ...]) -> tuple[int, ...]:
     return ring[i:] + ring[:i]
 
 
-def temporal_start(
-    ring: tuple[int, ...], times: dict[tuple[int, int], list[int]], window_s: int
-) -> int | None:
-    """Earliest start of a time-respecting walk around ``ring`` lasting at most ``window_s``.
-
-    Tries each rotation; along it, takes for every hop the earliest transfer no earlier than
-    the previous hop. Returns the start time, or None when no rotation works.
-    """
-    hops = list(itertools.pairwise((*ring, ring[0])))
-    best: int | None = None
-    for r in range(len(hops)):
-        order = hops[r:] + hops[:r]
-        for start in times[order[0]]:
-            now = start
-            ok = True
-            for hop in order[1:]:
-                later = [t for t in times[hop] if t >= now]
-                if not later:
-                    ok = False
-                    break
-                now = min(later)
-            if ok and now - start <= window_s:
-                best = start if best is None else min(best, start)
-                break
-    return best
-
-
 # --------------------------------------------------------------------------------------------
 # All detectors.
 
 
-def detect_all(frame: pl.DataFrame, config: DetectorConfig | None = None) -> tuple[Detection, pl.DataFrame]:
+def detect_all(
+    frame: pl.DataFrame, config: DetectorConfig | None = None
+) -> tuple[Detection, pl.DataFrame]:
     """Run every detector. Returns the detection (hits of all typologies, groups with globally
     unique ids, stats) and the per-transfer pass-through hop counts."""
     config = config or DetectorConfig()

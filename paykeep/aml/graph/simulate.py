@@ -25,6 +25,7 @@ amounts; every amount is turned into integer minor units before it leaves this m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -352,7 +353,9 @@ def simulate(config: SimulationConfig) -> Simulation:
     if n and len(purchase_ts):
         pick = rng.integers(0, len(purchase_ts), size=n)
         builder.add(
-            np.minimum(purchase_ts[pick] + rng.integers(3600, 3 * DAY_S, size=n), start_s + span_s - 60),
+            np.minimum(
+                purchase_ts[pick] + rng.integers(3600, 3 * DAY_S, size=n), start_s + span_s - 60
+            ),
             sellers[pick],
             buyers[pick],
             rng.lognormal(3.5, 0.8, n),
@@ -415,13 +418,13 @@ def simulate(config: SimulationConfig) -> Simulation:
 
 def _normalised(weights: tuple[float, ...]) -> np.ndarray:
     array = np.asarray(weights, dtype=np.float64)
-    return array / array.sum()
+    return np.asarray(array / array.sum(), dtype=np.float64)
 
 
 def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     weights = 1.0 / np.arange(1, n + 1) ** exponent
     rng.shuffle(weights)
-    return weights / weights.sum()
+    return np.asarray(weights / weights.sum(), dtype=np.float64)
 
 
 def _inject(
@@ -485,7 +488,7 @@ def _inject(
             ring = people(k)
             t = moments(k, window_s)
             src, dst = ring, np.roll(ring, -1)
-            usd = base * (1 - rng.uniform(0.01, 0.05)) ** np.arange(k)
+            usd = np.asarray(base * (1 - rng.uniform(0.01, 0.05)) ** np.arange(k), np.float64)
             detail = f"Max {k} hops"
         elif typology == "scatter_gather":
             k = int(rng.integers(3, 11))
@@ -508,15 +511,22 @@ def _inject(
             t = np.concatenate([t1, t2])
             src = np.concatenate([senders, np.full(k_out, hub)])
             dst = np.concatenate([np.full(k_in, hub), receivers])
-            usd = np.concatenate([base / k_in * rng.uniform(0.8, 1.2, k_in), base / k_out * rng.uniform(0.8, 1.2, k_out)])
+            usd = np.concatenate(
+                [
+                    base / k_in * rng.uniform(0.8, 1.2, k_in),
+                    base / k_out * rng.uniform(0.8, 1.2, k_out),
+                ]
+            )
             detail = f"Max {k_in}-degree Fan-In"
         elif typology in ("stack", "bipartite"):
-            layers = [people(int(rng.integers(2, 5))) for _ in range(3 if typology == "stack" else 2)]
+            layers = [
+                people(int(rng.integers(2, 5))) for _ in range(3 if typology == "stack" else 2)
+            ]
             srcs: list[np.ndarray] = []
             dsts: list[np.ndarray] = []
             ts_parts: list[np.ndarray] = []
             begin = int(start_s + rng.integers(0, max(1, span_s - window_s)))
-            for depth, (left, right) in enumerate(zip(layers, layers[1:], strict=False)):
+            for depth, (left, right) in enumerate(itertools.pairwise(layers)):
                 # Complete bipartite between consecutive layers, the later layer later on.
                 a, b = np.meshgrid(left, right, indexing="ij")
                 srcs.append(a.ravel())
@@ -535,7 +545,7 @@ def _inject(
                 walk.append(step if step < walk[-1] else step + 1)
             src, dst = group[walk[:-1]], group[walk[1:]]
             t = moments(hops, window_s)
-            usd = base * (1 - rng.uniform(0.01, 0.05)) ** np.arange(hops)
+            usd = np.asarray(base * (1 - rng.uniform(0.01, 0.05)) ** np.arange(hops), np.float64)
             detail = f"Max {hops} hops"
         n = len(src)
         builder.add(t, src, dst, usd, fmts(n), 1, attempt)
@@ -579,7 +589,9 @@ def write_amlworld(simulation: Simulation, out: Path) -> Path:
 
 def _amlworld_text(frame: pl.DataFrame, banks: pl.Series, accounts: pl.Series) -> pl.DataFrame:
     exponents = {code: unit_exponent(code) for code in frame["currency"].unique().to_list()}
-    exponents |= {code: unit_exponent(code) for code in frame["received_currency"].unique().to_list()}
+    exponents |= {
+        code: unit_exponent(code) for code in frame["received_currency"].unique().to_list()
+    }
 
     def amount(column: str, code_column: str) -> pl.Expr:
         expr: pl.Expr = pl.lit(None, pl.String)
@@ -593,10 +605,18 @@ def _amlworld_text(frame: pl.DataFrame, banks: pl.Series, accounts: pl.Series) -
 
     return frame.select(
         format_amlworld_timestamp(pl.col("ts")).alias("Timestamp"),
-        pl.col("src").map_batches(lambda s: banks.gather(s), return_dtype=pl.Int64).alias("From Bank"),
-        pl.col("src").map_batches(lambda s: accounts.gather(s), return_dtype=pl.String).alias("Account"),
-        pl.col("dst").map_batches(lambda s: banks.gather(s), return_dtype=pl.Int64).alias("To Bank"),
-        pl.col("dst").map_batches(lambda s: accounts.gather(s), return_dtype=pl.String).alias("Account2"),
+        pl.col("src")
+        .map_batches(lambda s: banks.gather(s), return_dtype=pl.Int64)
+        .alias("From Bank"),
+        pl.col("src")
+        .map_batches(lambda s: accounts.gather(s), return_dtype=pl.String)
+        .alias("Account"),
+        pl.col("dst")
+        .map_batches(lambda s: banks.gather(s), return_dtype=pl.Int64)
+        .alias("To Bank"),
+        pl.col("dst")
+        .map_batches(lambda s: accounts.gather(s), return_dtype=pl.String)
+        .alias("Account2"),
         amount("received_minor", "received_currency").alias("Amount Received"),
         pl.col("received_currency").replace_strict(_CODE_TO_NAME).alias("Receiving Currency"),
         amount("amount_minor", "currency").alias("Amount Paid"),

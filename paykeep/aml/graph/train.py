@@ -14,7 +14,7 @@ published AMLSim results); labels never enter a feature.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -124,7 +124,7 @@ class TrainedModel:
         raw = self.raw_scores(features)
         if len(self.calibration_x) < 2:
             return raw
-        return np.interp(raw, self.calibration_x, self.calibration_y)
+        return np.asarray(np.interp(raw, self.calibration_x, self.calibration_y), np.float64)
 
     def explain(
         self, features: np.ndarray, top: int = EXPLAIN_TOP
@@ -201,8 +201,8 @@ def fit(
     names = list(feature_names)
     train_set = lgb.Dataset(train_x, label=train_y, feature_name=names, free_raw_data=True)
     usable_validation = 0 < validation_y.sum() < len(validation_y)
-    callbacks = []
-    valid_sets = []
+    callbacks: list[Callable[..., Any]] = []
+    valid_sets: list[lgb.Dataset] = []
     if usable_validation:
         valid_sets = [lgb.Dataset(validation_x, label=validation_y, reference=train_set)]
         callbacks = [lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)]
