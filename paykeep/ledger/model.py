@@ -392,11 +392,19 @@ def _metadata_ok(metadata: object) -> str | bool | None:
     return text
 
 
-def _reference_ok(reference: object) -> bool:
+def reference_ok(reference: object) -> bool:
     return reference is None or (
         isinstance(reference, str)
         and 0 < len(reference) <= limits.REFERENCE_LENGTH_MAX
         and reference.isprintable()
+    )
+
+
+def name_ok(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= limits.ACCOUNT_NAME_LENGTH_MAX
+        and name.isprintable()
     )
 
 
@@ -430,11 +438,7 @@ def validate_new_account(
         return r.CURRENCY_INVALID, None
     if not _code_ok(new.code):
         return r.CODE_INVALID, None
-    if new.name is not None and not (
-        isinstance(new.name, str)
-        and 0 < len(new.name) <= limits.ACCOUNT_NAME_LENGTH_MAX
-        and new.name.isprintable()
-    ):
+    if new.name is not None and not name_ok(new.name):
         return r.NAME_INVALID, None
     meta = _metadata_ok(new.metadata)
     if meta is False:
@@ -676,7 +680,7 @@ def _plan_one(
     elif type(timeout) is not int:
         return r.TIMEOUT_INVALID
     reference = item.reference
-    if reference is not None and not _reference_ok(reference):
+    if reference is not None and not reference_ok(reference):
         return r.REFERENCE_INVALID
     if item.metadata is None:
         meta_text: str | None = None

@@ -38,8 +38,10 @@ from paykeep.ledger.model import (
     TransferFlags,
     TransferResult,
     assert_zero_sum,
+    name_ok,
     net_by_currency,
     plan_transfers,
+    reference_ok,
     seal,
     validate_new_account,
 )
@@ -71,6 +73,10 @@ class BalanceAsOf:
 class Page:
     items: list[Transfer]
     has_more: bool
+
+
+def _is_valid_id(value: object) -> bool:
+    return type(value) is int and 0 < value <= limits.ID_MAX
 
 
 class Ledger:
@@ -112,7 +118,9 @@ class Ledger:
 
         with self._writer(), self.repo.write() as tx:
             existing = tx.load_accounts(a.id for a in accounts)
-            names = tx.load_account_names(a.name for a in accounts if a.name is not None)
+            names = tx.load_account_names(
+                a.name for a in accounts if isinstance(a.name, str) and name_ok(a.name)
+            )
             now = self.clock.now_ns()
             results: list[AccountResult] = []
             rows: list[tuple[object, ...]] = []
@@ -159,6 +167,8 @@ class Ledger:
         return found
 
     def account_by_name(self, name: str) -> Account:
+        if not name_ok(name):
+            raise AccountNotFound(f"no account named {name!r}", param="name")
         with self.repo.read() as reader:
             ids = reader.load_account_names([name])
             found = reader.load_accounts(ids.values()) if ids else {}
@@ -247,7 +257,13 @@ class Ledger:
         # Idempotency and reference checks need every stored transfer the batch names. These
         # are indexed lookups, read after the locks so no other writer can change the answer.
         stored = tx.load_transfers(t.id for t in transfers)
-        references = tx.load_references(t.reference for t in transfers if t.reference is not None)
+        # Only well-formed references reach SQL (a lone surrogate cannot even be encoded); the
+        # engine gives the others their reference_invalid result.
+        references = tx.load_references(
+            t.reference
+            for t in transfers
+            if isinstance(t.reference, str) and reference_ok(t.reference)
+        )
         missing = [s.pending_id for s in stored.values() if s.pending_id not in pendings]
         if any(missing):
             pendings.update(tx.load_pendings(i for i in missing if i))
@@ -320,6 +336,8 @@ class Ledger:
         return found
 
     def transfer_by_reference(self, reference: str) -> Transfer:
+        if not reference_ok(reference):
+            raise TransferNotFound(f"no transfer with reference {reference!r}", param="reference")
         with self.repo.read() as reader:
             ids = reader.load_references([reference])
             found = reader.load_transfers(ids.values()) if ids else {}
@@ -348,6 +366,10 @@ class Ledger:
         """
         if type(limit) is not int or not 0 < limit <= limits.PAGE_SIZE_MAX:
             raise InvalidCursor(f"limit must be 1..{limits.PAGE_SIZE_MAX}", param="limit")
+        if not _is_valid_id(account_id):
+            raise AccountNotFound(f"no account {account_id!r}", param="account_id")
+        if starting_after is not None and not _is_valid_id(starting_after):
+            raise InvalidCursor(f"starting_after {starting_after!r} is not a transfer id")
         with self.repo.read() as reader:
             q = reader._q
             below = limits.ID_MAX
@@ -383,6 +405,8 @@ class Ledger:
         written and leaves them when its post/void (or expiry) is written.
         """
         self.account(account_id)
+        if type(as_of_ns) is not int or not 0 <= as_of_ns <= limits.ID_MAX:
+            raise InvalidCursor(f"as_of_ns must be nanoseconds since the epoch: {as_of_ns!r}")
         dp = dpo = cp = cpo = 0
         with self.repo.read() as reader:
             for column in ("debit_account_id", "credit_account_id"):
