@@ -32,7 +32,11 @@ _WORD: Final = re.compile(r"\w+")
 
 
 def query_from_row(row: Mapping[str, str]) -> Query:
-    """A person from a screening-sample row (``full_name`` required, the rest optional)."""
+    """A person from a screening-sample row (``full_name`` required, the rest optional).
+
+    Unvalidated on purpose: the typo-treated sample has impossible dates ("1974-01-32"), which
+    the matcher ignores as it would any unparseable date.
+    """
     dob = (row.get("date_of_birth") or "").strip()
     nationality = (row.get("nationality") or "").strip()
     return Query(

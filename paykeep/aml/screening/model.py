@@ -423,6 +423,7 @@ DEFAULT_CONFIG: Final = MatchConfig()
 _TOKEN_SIM_MIN: Final = 0.6
 _INITIAL_SIM: Final = 0.9
 _PHONETIC_SIM: Final = 0.85
+_PHONETIC_CLOSE_SIM: Final = 0.95
 
 
 @lru_cache(maxsize=262_144)
@@ -440,7 +441,9 @@ def _token_similarity(a: str, b: str) -> float:
     sim = float(OSA.normalized_similarity(a, b))
     pa = _phonetic(a)
     if len(pa) > 1 and pa == _phonetic(b):
-        sim = max(sim, _PHONETIC_SIM)
+        # Same sound: a transliteration variant ("mohammad"/"muhammad", "hassan"/"hasan") when
+        # the spelling is also close, otherwise a weaker hint.
+        sim = max(sim, _PHONETIC_CLOSE_SIM if sim >= 0.75 else _PHONETIC_SIM)
     return sim if sim >= _TOKEN_SIM_MIN else 0.0
 
 
@@ -458,6 +461,10 @@ def compare_names(a: NameForm, b: NameForm) -> NameComparison:
         return NameComparison(0.0, 0.0, 0.0, "empty")
     if a.sorted_text == b.sorted_text:
         return NameComparison(1.0, 1.0, 1.0, "same_tokens")
+    if a.joined == b.joined:
+        # The same letters in the same order, spaced differently ("ABDUL HAI" / "ABDULHAI",
+        # "AREFULLAH AREF" / "AREFULLAHA REF"): token features would only measure the spacing.
+        return NameComparison(1.0, 1.0, 1.0, "same_letters")
     total = a.total_weight + b.total_weight
     # Identical tokens align first (the common case, and C-speed set work); the rest align
     # greedily on their best pairs: names are short (<= NAME_TOKENS_MAX tokens), and unlike a

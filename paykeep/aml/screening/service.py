@@ -186,15 +186,25 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Mapping[str, obj
     tmp.replace(path)
 
 
-def query_from_person_row(row: Mapping[str, str]) -> Query:
-    """A person from a ``full_name[,date_of_birth,nationality,gender]`` row."""
-    return make_query(
+def query_from_person_row(row: Mapping[str, str]) -> tuple[Query, str]:
+    """A person from a ``full_name[,date_of_birth,nationality,gender]`` row, and a warning.
+
+    A malformed date of birth does not stop a batch (one odd cell must not leave thousands of
+    customers unscreened): the row is screened on the rest, and the warning says so.
+    """
+    dob = (row.get("date_of_birth") or "").strip()
+    warning = ""
+    if dob and parse_partial_date(dob) is None:
+        warning = f"date_of_birth {dob!r} ignored: not YYYY, YYYY-MM or YYYY-MM-DD"
+        dob = ""
+    query = make_query(
         row.get("full_name") or "",
         schema=PERSON,
-        birth_dates=[row.get("date_of_birth") or ""],
+        birth_dates=[dob],
         countries=[row.get("nationality") or ""],
         gender=row.get("gender"),
     )
+    return query, warning
 
 
 def _strings(value: object, what: str) -> list[str]:
@@ -329,21 +339,27 @@ class ScreeningService:
         """Screen a ``full_name[,date_of_birth,nationality,gender]`` CSV; write ``output_path``
         with the input columns plus ``hit,top_score,top_match,explanation``."""
         header, rows = read_csv(input_path, ["full_name"])
-        queries = []
+        queries: list[Query] = []
+        warnings: list[str] = []
         for line_no, row in enumerate(rows, 2):
             try:
-                queries.append(query_from_person_row(row))
+                query, warning = query_from_person_row(row)
             except ScreeningQueryInvalid as exc:
                 raise ScreeningCsvInvalid(
                     f"{input_path.name} line {line_no}: {exc.message}"
                 ) from None
+            queries.append(query)
+            warnings.append(warning)
         results = self.screen_many(queries)
         extra = ["hit", "top_score", "top_match", "explanation"]
         out_header = header + [c for c in extra if c not in header]
         write_csv(
             output_path,
             out_header,
-            ({**row, **_result_columns(result)} for row, result in zip(rows, results, strict=True)),
+            (
+                {**row, **_result_columns(result, warning)}
+                for row, result, warning in zip(rows, results, warnings, strict=True)
+            ),
         )
         return results
 
@@ -381,15 +397,16 @@ class ScreeningService:
         return RescreenReport(results=tuple(results), new_hits=new_hits)
 
 
-def _result_columns(result: ScreeningResult) -> dict[str, str]:
+def _result_columns(result: ScreeningResult, warning: str = "") -> dict[str, str]:
     top = next((m for m in result.matches if not m.allowed), None)
+    note = f"warning: {warning}" if warning else ""
     if top is None:
-        return {"hit": "false", "top_score": "", "top_match": "", "explanation": ""}
+        return {"hit": "false", "top_score": "", "top_match": "", "explanation": note}
     return {
         "hit": "true",
         "top_score": f"{top.score:.4f}",
         "top_match": f"{top.entity.entity_id} {top.matched_name}",
-        "explanation": top.explanation(),
+        "explanation": "; ".join(x for x in (note, top.explanation()) if x),
     }
 
 
