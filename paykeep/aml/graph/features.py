@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 import polars as pl
 
 from paykeep.aml.graph.io import unit_exponent
@@ -120,118 +121,87 @@ def transaction_features(frame: pl.DataFrame, config: DetectorConfig | None = No
         .cast(pl.Int8),
         hour=((pl.col("ts") % 86_400) // 3_600).cast(pl.Int8),
     )
-    out_stats = base.group_by("src").agg(
-        pl.len().alias("out_count"),
-        pl.col("dst").n_unique().alias("out_distinct"),
-        pl.col("ts").min().alias("out_first"),
-        pl.col("payment_format").n_unique().alias("out_formats"),
-    )
-    in_stats = base.group_by("dst").agg(
-        pl.len().alias("in_count"),
-        pl.col("src").n_unique().alias("in_distinct"),
-        pl.col("ts").min().alias("in_first"),
-        pl.col("payment_format").n_unique().alias("in_formats"),
-    )
-    account = (
-        out_stats.rename({"src": "account"})
-        .join(in_stats.rename({"dst": "account"}), on="account", how="full", coalesce=True)
-        .with_columns(
-            pl.col("out_count", "out_distinct", "in_count", "in_distinct").fill_null(0),
-            first_seen=pl.min_horizontal("out_first", "in_first"),
-            formats=pl.max_horizontal(
-                pl.col("out_formats").fill_null(0), pl.col("in_formats").fill_null(0)
-            ),
-        )
-    )
+    # Account statistics on dense integer ids with numpy: bincount and gathers instead of
+    # group-by + join, which dominated the scan time at five million rows.
+    rows = base["row"].to_numpy()
+    if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
+        raise AssertionError("frame rows must be strictly increasing")
+    src = base["src"].to_numpy().astype(np.int64)
+    dst = base["dst"].to_numpy().astype(np.int64)
+    ts = base["ts"].to_numpy()
+    fmt = base["payment_format"].to_numpy().astype(np.int64) + 1
+    n_acc = int(max(src.max(), dst.max())) + 1 if len(src) else 1
+    out_count = np.bincount(src, minlength=n_acc)
+    in_count = np.bincount(dst, minlength=n_acc)
+    pair_key = src * n_acc + dst
+    pairs, pair_inverse, pair_counts = np.unique(pair_key, return_inverse=True, return_counts=True)
+    out_distinct = np.bincount(pairs // n_acc, minlength=n_acc)
+    in_distinct = np.bincount(pairs % n_acc, minlength=n_acc)
+    reverse = dst * n_acc + src
+    at = np.minimum(np.searchsorted(pairs, reverse), len(pairs) - 1)
+    reciprocal = (pairs[at] == reverse).astype(np.int8)
+    first_seen = np.full(n_acc, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_seen, src, ts)
+    np.minimum.at(first_seen, dst, ts)
+    formats = np.zeros(n_acc, dtype=np.int64)
+    for side in (src, dst):
+        acc_fmt = np.unique(side * 16 + fmt)
+        formats = np.maximum(formats, np.bincount(acc_fmt // 16, minlength=n_acc))
     # Share of an account's transfers flagged by any detector / by a rare ("structured") one.
-    hit_rows = detection.hits.select("row", "typology")
-    row_flags = (
-        base.select("row", "src", "dst")
-        .join(
-            hit_rows.group_by("row").agg(
-                pl.len().alias("n_hits"),
-                pl.col("typology").is_in(list(_STRUCTURED)).any().alias("structured"),
-            ),
-            on="row",
-            how="left",
-        )
-        .with_columns(
-            flagged=pl.col("n_hits").is_not_null().cast(pl.Float64),
-            structured=pl.col("structured").fill_null(False).cast(pl.Float64),
-        )
-    )
-    share = (
-        pl.concat(
-            [
-                row_flags.select(account="src", flagged="flagged", structured="structured"),
-                row_flags.select(account="dst", flagged="flagged", structured="structured"),
-            ]
-        )
-        .group_by("account")
-        .agg(
-            pl.col("flagged").mean().alias("flagged_share"),
-            pl.col("structured").mean().alias("structured_share"),
-        )
-    )
-    account = account.join(share, on="account", how="left")
-    pairs = base.group_by("src", "dst").agg(pl.len().alias("pair_count"))
-    reverse = pairs.select(src="dst", dst="src", reciprocal=pl.lit(1, pl.Int8))
-    sizes = (
-        detection.hits.pivot(on="typology", index="row", values="size", aggregate_function="max")
-        if detection.hits.height
-        else pl.DataFrame(schema={"row": pl.Int64})
-    )
+    hits = detection.hits
+    flagged = np.zeros(len(rows), dtype=np.float64)
+    structured = np.zeros(len(rows), dtype=np.float64)
+    sizes: dict[str, np.ndarray] = {}
     for typology in DETECTED_TYPOLOGIES:
-        if typology not in sizes.columns:
-            sizes = sizes.with_columns(pl.lit(None, pl.Int32).alias(typology))
-    sizes = sizes.select("row", *(pl.col(t).alias(f"{t}_size") for t in DETECTED_TYPOLOGIES))
-    src_side = account.select(
-        src="account",
-        src_out_count="out_count",
-        src_out_distinct="out_distinct",
-        src_in_count="in_count",
-        src_in_distinct="in_distinct",
-        src_first="first_seen",
-        src_formats="formats",
-        src_flagged_share="flagged_share",
-        src_structured_share="structured_share",
-    )
-    dst_side = account.select(
-        dst="account",
-        dst_out_count="out_count",
-        dst_out_distinct="out_distinct",
-        dst_in_count="in_count",
-        dst_in_distinct="in_distinct",
-        dst_first="first_seen",
-        dst_formats="formats",
-        dst_flagged_share="flagged_share",
-        dst_structured_share="structured_share",
-    )
-    out = (
-        base.join(src_side, on="src", how="left")
-        .join(dst_side, on="dst", how="left")
-        .join(pairs, on=["src", "dst"], how="left")
-        .join(reverse, on=["src", "dst"], how="left")
-        .join(sizes, on="row", how="left")
-        .join(
-            hops.select("row", onward_hops="onward", inbound_hops="inbound"), on="row", how="left"
-        )
-        .with_columns(
-            src_age_days=(pl.col("ts") - pl.col("src_first")) / DAY_S,
-            dst_age_days=(pl.col("ts") - pl.col("dst_first")) / DAY_S,
-            reciprocal=pl.col("reciprocal").fill_null(0),
-            typologies_hit=pl.sum_horizontal(
-                *(pl.col(f"{t}_size").is_not_null().cast(pl.Int8) for t in DETECTED_TYPOLOGIES)
-            ),
-        )
-        .with_columns(
-            pl.col(
-                *(f"{t}_size" for t in DETECTED_TYPOLOGIES), "onward_hops", "inbound_hops"
-            ).fill_null(0)
-        )
-        .sort("row")
-        .select("row", *(pl.col(f).cast(pl.Float32) for f in TRANSACTION_FEATURES))
-    )
+        part = hits.filter(pl.col("typology") == typology)
+        position = np.searchsorted(rows, part["row"].to_numpy())
+        size = np.zeros(len(rows), dtype=np.float32)
+        size[position] = part["size"].to_numpy()
+        sizes[f"{typology}_size"] = size
+        flagged[position] = 1.0
+        if typology in _STRUCTURED:
+            structured[position] = 1.0
+    touches = np.bincount(src, minlength=n_acc) + np.bincount(dst, minlength=n_acc)
+    touches = np.maximum(touches, 1)
+    flagged_share = (np.bincount(src, flagged, n_acc) + np.bincount(dst, flagged, n_acc)) / touches
+    structured_share = (
+        np.bincount(src, structured, n_acc) + np.bincount(dst, structured, n_acc)
+    ) / touches
+    onward = np.zeros(len(rows), dtype=np.float32)
+    inbound = np.zeros(len(rows), dtype=np.float32)
+    if hops.height:
+        position = np.searchsorted(rows, hops["row"].to_numpy())
+        onward[position] = hops["onward"].to_numpy()
+        inbound[position] = hops["inbound"].to_numpy()
+    size_matrix = np.stack([sizes[f"{t}_size"] for t in DETECTED_TYPOLOGIES])
+    columns: dict[str, np.ndarray] = {
+        "src_out_count": out_count[src],
+        "src_out_distinct": out_distinct[src],
+        "src_in_count": in_count[src],
+        "src_in_distinct": in_distinct[src],
+        "dst_out_count": out_count[dst],
+        "dst_out_distinct": out_distinct[dst],
+        "dst_in_count": in_count[dst],
+        "dst_in_distinct": in_distinct[dst],
+        "src_age_days": (ts - first_seen[src]) / DAY_S,
+        "dst_age_days": (ts - first_seen[dst]) / DAY_S,
+        "pair_count": pair_counts[pair_inverse],
+        "reciprocal": reciprocal,
+        "src_formats": formats[src],
+        "dst_formats": formats[dst],
+        **sizes,
+        "typologies_hit": (size_matrix > 0).sum(axis=0),
+        "onward_hops": onward,
+        "inbound_hops": inbound,
+        "src_flagged_share": flagged_share[src],
+        "dst_flagged_share": flagged_share[dst],
+        "src_structured_share": structured_share[src],
+        "dst_structured_share": structured_share[dst],
+    }
+    out = base.select("row", *(pl.col(f) for f in TRANSACTION_FEATURES if f not in columns))
+    out = out.with_columns(
+        pl.Series(name, np.asarray(values, dtype=np.float32)) for name, values in columns.items()
+    ).select("row", *(pl.col(f).cast(pl.Float32) for f in TRANSACTION_FEATURES))
     return FeatureSet(out, detection)
 
 

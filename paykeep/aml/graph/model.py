@@ -142,8 +142,8 @@ def _finish_hits(hits: pl.DataFrame, typology: str, window_s: int, t0: int) -> p
     """Keep, per row, the largest structure; add window bounds; cast to the hits schema."""
     if hits.height == 0:
         return empty_hits()
-    best = hits.sort(["row", "size", "win"], descending=[False, True, False]).unique(
-        "row", keep="first", maintain_order=True
+    best = (
+        hits.sort(["size", "win"], descending=[True, False]).unique("row", keep="first").sort("row")
     )
     start = window_start(pl.col("win"), window_s, t0)
     return best.select(
@@ -173,14 +173,22 @@ def detect_fan(
         return empty_hits()
     t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
     hub, other = ("src", "dst") if direction == "out" else ("dst", "src")
-    w = windowed(edges, config.window_s, t0)
-    degree = (
-        w.group_by(hub, "win")
-        .agg(pl.col(other).n_unique().alias("size"))
-        .filter(pl.col("size") >= config.fan_degree_min)
+    # No explode here: each transfer lies in one even and one odd window, so both degrees
+    # are window expressions over the flat frame (the fans run on every transfer).
+    span = 2 * config.window_s
+    even = (pl.col("ts") - t0) // span * 2
+    odd = (pl.col("ts") - t0 + config.window_s) // span * 2 + 1
+    degrees = edges.with_columns(w0=even, w1=odd).with_columns(
+        d0=pl.col(other).n_unique().over(hub, "w0"),
+        d1=pl.col(other).n_unique().over(hub, "w1"),
     )
-    hits = w.join(degree, on=[hub, "win"], how="inner").with_columns(
-        hub=pl.col(hub), group_id=pl.lit(-1, pl.Int64)
+    hits = (
+        degrees.with_columns(
+            size=pl.max_horizontal("d0", "d1"),
+            win=pl.when(pl.col("d0") >= pl.col("d1")).then("w0").otherwise("w1"),
+        )
+        .filter(pl.col("size") >= config.fan_degree_min)
+        .with_columns(hub=pl.col(hub), group_id=pl.lit(-1, pl.Int64))
     )
     return _finish_hits(hits, f"fan_{direction}", config.window_s, t0)
 
@@ -434,7 +442,8 @@ def detect_cycles(
     w = _without_hubs(w, _degrees(w), config.hub_degree_max)
     pairs = w.group_by("src", "dst", "win").agg(pl.col("ts").sort().alias("times"))
     # Peel: an account with no remaining in- or out-edge in its window is on no cycle.
-    for _ in range(16):
+    # A few peeling rounds remove most dead ends; the SCC pass below handles the rest.
+    for _ in range(4):
         has_out = pairs.select(account="src", win="win").unique()
         has_in = pairs.select(account="dst", win="win").unique()
         kept = pairs.join(has_in, left_on=["src", "win"], right_on=["account", "win"], how="semi")
