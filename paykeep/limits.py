@@ -31,6 +31,9 @@ PAGE_SIZE_MAX: Final = 1_000
 GROUP_COMMIT_BATCH_MAX: Final = 4_096
 GROUP_COMMIT_QUEUE_MAX: Final = 65_536
 GROUP_COMMIT_WAIT_S: Final = 30.0
+#: How long the group committer waits for more callers once one has arrived (a fraction of
+#: one fsync, which then serves them all).
+GROUP_COMMIT_LINGER_S: Final = 0.001
 #: How long a database writer waits for a lock before giving up.
 DB_LOCK_TIMEOUT_S: Final = 30.0
 #: Expired-hold sweep: holds voided per transaction.

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from paykeep import limits
-from paykeep.clock import Clock, SystemClock
+from paykeep.clock import Clock, SystemClock, monotonic_s
 from paykeep.db import Database
 from paykeep.ids import IdGenerator
 from paykeep.ledger.errors import (
@@ -460,8 +460,10 @@ class GroupCommitter:
         max_batch: int = limits.GROUP_COMMIT_BATCH_MAX,
         queue_max: int = limits.GROUP_COMMIT_QUEUE_MAX,
         wait_s: float = limits.GROUP_COMMIT_WAIT_S,
+        linger_s: float = limits.GROUP_COMMIT_LINGER_S,
     ) -> None:
         self.ledger = ledger
+        self.linger_s = linger_s
         self.max_batch = min(max_batch, limits.BATCH_SIZE_MAX)
         self.wait_s = wait_s
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_max)
@@ -511,9 +513,11 @@ class GroupCommitter:
                 return
             group = [first]
             size = len(first.transfers)
+            deadline = monotonic_s() + self.linger_s
             while size < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    # Linger a moment for more callers: one fsync then serves them all.
+                    nxt = self._queue.get(timeout=max(0.0, deadline - monotonic_s()))
                 except queue.Empty:
                     break
                 if nxt is None:
