@@ -240,9 +240,9 @@ class RefLedger:
                 return "amount_exceeds_maximum"
         if (t.currency is not None or not resolving) and not valid_currency(t.currency):
             return "currency_invalid"
-        if t.code is not None or not resolving:
-            if type(t.code) is not int or not 1 <= t.code <= CODE_MAX:
-                return "code_invalid"
+        code_given = t.code is not None or not resolving
+        if code_given and (type(t.code) is not int or not 1 <= t.code <= CODE_MAX):
+            return "code_invalid"
         if resolving:
             if not is_id(t.pending_id):
                 return "pending_id_invalid"

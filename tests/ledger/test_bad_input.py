@@ -73,7 +73,11 @@ TRANSFER_ROWS: list[tuple[str, NewTransfer, R]] = [
     # amounts
     ("amount zero", change(amount_minor=0), R.AMOUNT_MUST_BE_POSITIVE),
     ("amount negative", change(amount_minor=-10), R.AMOUNT_MUST_BE_POSITIVE),
-    ("amount over maximum", change(amount_minor=limits.AMOUNT_MAX_MINOR + 1), R.AMOUNT_EXCEEDS_MAXIMUM),
+    (
+        "amount over maximum",
+        change(amount_minor=limits.AMOUNT_MAX_MINOR + 1),
+        R.AMOUNT_EXCEEDS_MAXIMUM,
+    ),
     ("amount past BIGINT", change(amount_minor=HUGE), R.AMOUNT_EXCEEDS_MAXIMUM),
     ("amount bool", change(amount_minor=True), R.AMOUNT_INVALID),
     ("amount float", change(amount_minor=10.0), R.AMOUNT_INVALID),
@@ -81,8 +85,16 @@ TRANSFER_ROWS: list[tuple[str, NewTransfer, R]] = [
     ("amount None", change(amount_minor=None), R.AMOUNT_INVALID),
     ("post amount float", change(flags=POST, pending_id=101, amount_minor=1.5), R.AMOUNT_INVALID),
     # currencies
-    ("currency of another account", change(currency="JPY"), R.TRANSFER_MUST_HAVE_THE_SAME_CURRENCY_AS_ACCOUNTS),
-    ("accounts in two currencies", change(credit_account_id=5), R.ACCOUNTS_MUST_HAVE_THE_SAME_CURRENCY),
+    (
+        "currency of another account",
+        change(currency="JPY"),
+        R.TRANSFER_MUST_HAVE_THE_SAME_CURRENCY_AS_ACCOUNTS,
+    ),
+    (
+        "accounts in two currencies",
+        change(credit_account_id=5),
+        R.ACCOUNTS_MUST_HAVE_THE_SAME_CURRENCY,
+    ),
     ("currency XXX (no minor unit)", change(currency="XXX"), R.CURRENCY_INVALID),
     ("currency XAU (metal)", change(currency="XAU"), R.CURRENCY_INVALID),
     ("currency lower case", change(currency="eur"), R.CURRENCY_INVALID),
@@ -97,18 +109,30 @@ TRANSFER_ROWS: list[tuple[str, NewTransfer, R]] = [
     ("unknown flag", change(flags=1 << 9), R.RESERVED_FLAG),
     ("negative flags", change(flags=-2), R.RESERVED_FLAG),
     ("flags not an int", change(flags="0"), R.RESERVED_FLAG),
-    ("pending and post", change(flags=PENDING | POST, pending_id=101), R.FLAGS_ARE_MUTUALLY_EXCLUSIVE),
+    (
+        "pending and post",
+        change(flags=PENDING | POST, pending_id=101),
+        R.FLAGS_ARE_MUTUALLY_EXCLUSIVE,
+    ),
     ("post and void", change(flags=POST | VOID, pending_id=101), R.FLAGS_ARE_MUTUALLY_EXCLUSIVE),
     ("pending id on a plain transfer", change(pending_id=101), R.PENDING_ID_MUST_BE_ZERO),
     ("post of itself", change(id=501, flags=POST, pending_id=501), R.PENDING_ID_MUST_BE_DIFFERENT),
     ("timeout on a plain transfer", change(timeout_s=10), R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER),
     ("timeout negative", change(flags=PENDING, timeout_s=-1), R.TIMEOUT_INVALID),
-    ("timeout too long", change(flags=PENDING, timeout_s=limits.HOLD_TIMEOUT_MAX_S + 1), R.TIMEOUT_INVALID),
+    (
+        "timeout too long",
+        change(flags=PENDING, timeout_s=limits.HOLD_TIMEOUT_MAX_S + 1),
+        R.TIMEOUT_INVALID,
+    ),
     ("timeout float", change(flags=PENDING, timeout_s=1.5), R.TIMEOUT_INVALID),
     ("timeout None", change(timeout_s=None), R.TIMEOUT_INVALID),
     # references
     ("reference empty", change(reference=""), R.REFERENCE_INVALID),
-    ("reference too long", change(reference="r" * (limits.REFERENCE_LENGTH_MAX + 1)), R.REFERENCE_INVALID),
+    (
+        "reference too long",
+        change(reference="r" * (limits.REFERENCE_LENGTH_MAX + 1)),
+        R.REFERENCE_INVALID,
+    ),
     ("reference with a newline", change(reference="a\nb"), R.REFERENCE_INVALID),
     ("reference with NUL", change(reference="a\x00b"), R.REFERENCE_INVALID),
     ("reference lone surrogate", change(reference="a\ud800"), R.REFERENCE_INVALID),
@@ -118,9 +142,17 @@ TRANSFER_ROWS: list[tuple[str, NewTransfer, R]] = [
     ("metadata float value", change(metadata={"fee": 1.25}), R.METADATA_INVALID),
     ("metadata nested dict", change(metadata={"a": {"b": 1}}), R.METADATA_INVALID),
     ("metadata list value", change(metadata={"a": [1, 2]}), R.METADATA_INVALID),
-    ("metadata too big", change(metadata={"a": "x" * limits.METADATA_BYTES_MAX}), R.METADATA_INVALID),
+    (
+        "metadata too big",
+        change(metadata={"a": "x" * limits.METADATA_BYTES_MAX}),
+        R.METADATA_INVALID,
+    ),
     ("metadata too big in UTF-8", change(metadata={"a": "é" * 1_100}), R.METADATA_INVALID),
-    ("metadata too many keys", change(metadata={f"k{i}": i for i in range(limits.METADATA_KEYS_MAX + 1)}), R.METADATA_INVALID),
+    (
+        "metadata too many keys",
+        change(metadata={f"k{i}": i for i in range(limits.METADATA_KEYS_MAX + 1)}),
+        R.METADATA_INVALID,
+    ),
     ("metadata empty key", change(metadata={"": "x"}), R.METADATA_INVALID),
     ("metadata key too long", change(metadata={"k" * 65: "x"}), R.METADATA_INVALID),
     ("metadata int key", change(metadata={1: "x"}), R.METADATA_INVALID),
@@ -130,13 +162,41 @@ TRANSFER_ROWS: list[tuple[str, NewTransfer, R]] = [
     ("metadata lone surrogate key", change(metadata={"\udcff": "v"}), R.METADATA_INVALID),
     ("metadata int too long to print", change(metadata={"k": 10**5_000}), R.METADATA_INVALID),
     # a reused id with other fields
-    ("reused id, other amount", dataclasses.replace(T100, amount_minor=49), R.EXISTS_WITH_DIFFERENT_AMOUNT),
-    ("reused id, other accounts", dataclasses.replace(T100, debit_account_id=2, credit_account_id=1), R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID),
-    ("reused id, no reference", dataclasses.replace(T100, reference=None), R.EXISTS_WITH_DIFFERENT_REFERENCE),
-    ("reused id, no metadata", dataclasses.replace(T100, metadata=None), R.EXISTS_WITH_DIFFERENT_METADATA),
-    ("reused id, metadata int vs bool", dataclasses.replace(T100, metadata={"order": True}), R.EXISTS_WITH_DIFFERENT_METADATA),
-    ("reused id, as a hold", dataclasses.replace(T100, flags=PENDING), R.EXISTS_WITH_DIFFERENT_FLAGS),
-    ("reused id of a post, as a void", NewTransfer(103, flags=VOID, pending_id=102), R.EXISTS_WITH_DIFFERENT_FLAGS),
+    (
+        "reused id, other amount",
+        dataclasses.replace(T100, amount_minor=49),
+        R.EXISTS_WITH_DIFFERENT_AMOUNT,
+    ),
+    (
+        "reused id, other accounts",
+        dataclasses.replace(T100, debit_account_id=2, credit_account_id=1),
+        R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID,
+    ),
+    (
+        "reused id, no reference",
+        dataclasses.replace(T100, reference=None),
+        R.EXISTS_WITH_DIFFERENT_REFERENCE,
+    ),
+    (
+        "reused id, no metadata",
+        dataclasses.replace(T100, metadata=None),
+        R.EXISTS_WITH_DIFFERENT_METADATA,
+    ),
+    (
+        "reused id, metadata int vs bool",
+        dataclasses.replace(T100, metadata={"order": True}),
+        R.EXISTS_WITH_DIFFERENT_METADATA,
+    ),
+    (
+        "reused id, as a hold",
+        dataclasses.replace(T100, flags=PENDING),
+        R.EXISTS_WITH_DIFFERENT_FLAGS,
+    ),
+    (
+        "reused id of a post, as a void",
+        NewTransfer(103, flags=VOID, pending_id=102),
+        R.EXISTS_WITH_DIFFERENT_FLAGS,
+    ),
 ]  # fmt: skip
 
 
@@ -177,7 +237,11 @@ ACCOUNT_ROWS: list[tuple[str, NewAccount, A]] = [
     ("id bool", NewAccount(True, "EUR", 1), A.ID_INVALID),
     ("unknown flag", NewAccount(50, "EUR", 1, flags=1), A.RESERVED_FLAG),
     ("negative flags", NewAccount(50, "EUR", 1, flags=-2), A.RESERVED_FLAG),
-    ("both limit flags", NewAccount(50, "EUR", 1, flags=DMNEC | CMNED), A.FLAGS_ARE_MUTUALLY_EXCLUSIVE),
+    (
+        "both limit flags",
+        NewAccount(50, "EUR", 1, flags=DMNEC | CMNED),
+        A.FLAGS_ARE_MUTUALLY_EXCLUSIVE,
+    ),
     ("currency XXX", NewAccount(50, "XXX", 1), A.CURRENCY_INVALID),
     ("currency XAU", NewAccount(50, "XAU", 1), A.CURRENCY_INVALID),
     ("currency lower case", NewAccount(50, "eur", 1), A.CURRENCY_INVALID),
@@ -194,7 +258,11 @@ ACCOUNT_ROWS: list[tuple[str, NewAccount, A]] = [
     ("reused id, other currency", NewAccount(1, "USD", 1), A.EXISTS_WITH_DIFFERENT_CURRENCY),
     ("reused id, other code", NewAccount(1, "EUR", 2), A.EXISTS_WITH_DIFFERENT_CODE),
     ("reused id, other name", NewAccount(1, "EUR", 1, name="x"), A.EXISTS_WITH_DIFFERENT_NAME),
-    ("reused id, metadata", NewAccount(1, "EUR", 1, metadata={"a": "b"}), A.EXISTS_WITH_DIFFERENT_METADATA),
+    (
+        "reused id, metadata",
+        NewAccount(1, "EUR", 1, metadata={"a": "b"}),
+        A.EXISTS_WITH_DIFFERENT_METADATA,
+    ),
     ("reused id, same fields", NewAccount(1, "EUR", 1), A.EXISTS),
     ("name already used", NewAccount(51, "EUR", 1, name="main:eur"), A.NAME_ALREADY_USED),
 ]  # fmt: skip

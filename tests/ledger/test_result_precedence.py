@@ -209,7 +209,8 @@ def new(t: NewTransfer, **changes: Any) -> NewTransfer:
 PAIRS: list[tuple[R, R, NewTransfer, NewTransfer, NewTransfer]] = [
     # shape beats idempotency
     (R.AMOUNT_MUST_BE_POSITIVE, R.EXISTS_WITH_DIFFERENT_CODE,
-     new(T100, amount_minor=0, reference=None), rep(T100, code=2), rep(T100, amount_minor=0, code=2)),
+     new(T100, amount_minor=0, reference=None), rep(T100, code=2),
+     rep(T100, amount_minor=0, code=2)),
     (R.REFERENCE_INVALID, R.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID,
      new(T100, reference="x" * 129), rep(T100, debit_account_id=3),
      rep(T100, debit_account_id=3, reference="x" * 129)),
