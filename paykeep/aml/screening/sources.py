@@ -258,9 +258,9 @@ def parse_un_xml(raw: bytes, source: str) -> list[ListEntity]:
     if root.tag != "CONSOLIDATED_LIST":
         raise ListFormatInvalid(f"UN XML root is <{root.tag}>, expected <CONSOLIDATED_LIST>")
     entities: list[ListEntity] = []
-    for kind, alias_tag, schema in (
-        ("INDIVIDUALS/INDIVIDUAL", "INDIVIDUAL_ALIAS", PERSON),
-        ("ENTITIES/ENTITY", "ENTITY_ALIAS", LEGAL_ENTITY),
+    for kind, alias_tag, address_tag, schema in (
+        ("INDIVIDUALS/INDIVIDUAL", "INDIVIDUAL_ALIAS", "INDIVIDUAL_ADDRESS", PERSON),
+        ("ENTITIES/ENTITY", "ENTITY_ALIAS", "ENTITY_ADDRESS", LEGAL_ENTITY),
     ):
         for element in root.findall(kind):
             data_id = _text(element.find("DATAID")) or _text(element.find("REFERENCE_NUMBER"))
@@ -274,7 +274,7 @@ def parse_un_xml(raw: bytes, source: str) -> list[ListEntity]:
             names = [name, _text(element.find("NAME_ORIGINAL_SCRIPT"))]
             names += [_text(a.find("ALIAS_NAME")) for a in element.findall(alias_tag)]
             countries = [_text(v) for v in element.findall("NATIONALITY/VALUE")]
-            countries += [_text(a.find("COUNTRY")) for a in element.findall(schema_address(kind))]
+            countries += [_text(a.find("COUNTRY")) for a in element.findall(address_tag)]
             identifiers = [_text(d.find("NUMBER")) for d in element.findall("INDIVIDUAL_DOCUMENT")]
             gender = _text(element.find("GENDER")).lower() or None
             entities.append(
@@ -293,10 +293,6 @@ def parse_un_xml(raw: bytes, source: str) -> list[ListEntity]:
                 )
             )
     return entities
-
-
-def schema_address(kind: str) -> str:
-    return "INDIVIDUAL_ADDRESS" if kind.startswith("INDIVIDUALS") else "ENTITY_ADDRESS"
 
 
 # --- FollowTheMoney JSON lines ---------------------------------------------------------------
