@@ -18,7 +18,7 @@ NAME_TOKENS_MAX: Final = 12
 #: Rows in one ``screen --input`` or ``pairs`` CSV.
 CSV_ROWS_MAX: Final = 1_000_000
 #: Candidate names kept after blocking, before cheap filtering and full scoring.
-CANDIDATES_MAX: Final = 20
+CANDIDATES_MAX: Final = 15
 #: Hits returned per screening, best first.
 HITS_MAX: Final = 10
 #: A blocking key shared by more names than this only boosts candidates found through rarer
