@@ -1,0 +1,1 @@
+"""AML cases: state machine, evidence, notes, decision trail, suspicious activity reports."""

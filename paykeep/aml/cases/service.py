@@ -1,0 +1,230 @@
+"""Case management use cases. One write transaction per use case (``Database.write()``);
+the service never commits itself.
+
+Other contexts open cases inside their own unit of work with :func:`open_case_in` (the rules
+engine does, in the transaction that records a ``review`` decision), so that a decision and
+its case exist together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from paykeep.aml.cases import limits, model
+from paykeep.aml.cases.errors import (
+    CaseEvidenceExists,
+    CaseInputInvalid,
+    CaseLimitReached,
+    CaseNotFound,
+)
+from paykeep.aml.cases.model import (
+    Case,
+    CaseAction,
+    CaseEvent,
+    CaseState,
+    EvidenceKind,
+    RiskLevel,
+)
+from paykeep.aml.cases.repository import (
+    CaseRepository,
+    Evidence,
+    Note,
+    case_evidence,
+    case_notes,
+)
+from paykeep.clock import Clock, SystemClock
+from paykeep.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvidence:
+    kind: EvidenceKind
+    ref: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFile:
+    """A case with everything attached to it: the trail, notes and evidence."""
+
+    case: Case
+    events: tuple[CaseEvent, ...]
+    notes: tuple[Note, ...]
+    evidence: tuple[Evidence, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.case.to_json(),
+            "trail": [e.to_json() for e in self.events],
+            "notes": [n.to_json() for n in self.notes],
+            "evidence": [e.to_json() for e in self.evidence],
+        }
+
+
+def _evidence_body(body: Mapping[str, Any]) -> str:
+    try:
+        text = json.dumps(dict(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise CaseInputInvalid(f"evidence is not JSON: {exc}", param="evidence") from None
+    if len(text.encode("utf-8")) > limits.EVIDENCE_BYTES_MAX:
+        raise CaseInputInvalid(
+            f"evidence is larger than {limits.EVIDENCE_BYTES_MAX} bytes", param="evidence"
+        )
+    return text
+
+
+def _attach(repo: CaseRepository, case: Case, item: NewEvidence, actor: str, at_ns: int) -> Case:
+    body = _evidence_body(item.body)
+    if repo.has_evidence(case.case_id, item.kind, item.ref):
+        raise CaseEvidenceExists(
+            f"{case.reference} already holds {item.kind.value} evidence {item.ref!r}",
+            param="ref",
+        )
+    if repo.count(case_evidence, case.case_id) >= limits.EVIDENCE_PER_CASE_MAX:
+        raise CaseLimitReached(f"{case.reference} holds {limits.EVIDENCE_PER_CASE_MAX} items")
+    case, event = model.add_evidence(case, item.kind, item.ref, actor=actor, at_ns=at_ns)
+    repo.add_evidence(case.case_id, at_ns, item.kind, item.ref, actor, body)
+    repo.save(case, event)
+    return case
+
+
+def open_case_in(
+    repo: CaseRepository,
+    *,
+    title: str,
+    risk: RiskLevel,
+    subject_party_ids: Iterable[str],
+    actor: str,
+    at_ns: int,
+    evidence: Sequence[NewEvidence] = (),
+    source_event_id: str | None = None,
+) -> Case:
+    """Open a case with its evidence inside the caller's transaction."""
+    model.check_actor(actor)
+    case_id = repo.new_case_id(at_ns)
+    case, event = model.open_case(
+        case_id,
+        title=title,
+        risk=risk,
+        subject_party_ids=subject_party_ids,
+        actor=actor,
+        at_ns=at_ns,
+        source_event_id=source_event_id,
+    )
+    repo.save(case, event)
+    for item in evidence:
+        case = _attach(repo, case, item, actor, at_ns)
+    return case
+
+
+@dataclass
+class CaseService:
+    database: Database
+    clock: Clock = field(default_factory=SystemClock)
+
+    def _load(self, repo: CaseRepository, case_id: int) -> Case:
+        case = repo.get(case_id, for_update=True)
+        if case is None:
+            raise CaseNotFound(f"no case {case_id}", param="case_id")
+        return case
+
+    def open_case(
+        self,
+        *,
+        title: str,
+        risk: RiskLevel,
+        subject_party_ids: Iterable[str],
+        actor: str,
+        evidence: Sequence[NewEvidence] = (),
+    ) -> Case:
+        with self.database.write() as conn:
+            return open_case_in(
+                CaseRepository(conn),
+                title=title,
+                risk=risk,
+                subject_party_ids=subject_party_ids,
+                actor=actor,
+                at_ns=self.clock.now_ns(),
+                evidence=evidence,
+            )
+
+    def get(self, case_id: int) -> CaseFile:
+        with self.database.read() as conn:
+            repo = CaseRepository(conn)
+            case = repo.get(case_id)
+            if case is None:
+                raise CaseNotFound(f"no case {case_id}", param="case_id")
+            return CaseFile(
+                case=case,
+                events=tuple(repo.events(case_id)),
+                notes=tuple(repo.notes(case_id)),
+                evidence=tuple(repo.evidence(case_id)),
+            )
+
+    def list(
+        self,
+        state: CaseState | None = None,
+        *,
+        after_id: int = 0,
+        limit: int = limits.CASES_PAGE_DEFAULT,
+    ) -> list[Case]:
+        if not 0 < limit <= limits.CASES_PAGE_MAX:
+            raise CaseInputInvalid(
+                f"limit must be within [1, {limits.CASES_PAGE_MAX}]", param="limit"
+            )
+        with self.database.read() as conn:
+            return CaseRepository(conn).page(state, after_id, limit)
+
+    def assign(self, case_id: int, officer: str, *, actor: str) -> Case:
+        model.check_actor(actor)
+        model.check_actor(officer, "officer")
+        with self.database.write() as conn:
+            repo = CaseRepository(conn)
+            case, event = model.assign(
+                self._load(repo, case_id), officer, actor=actor, at_ns=self.clock.now_ns()
+            )
+            repo.save(case, event)
+            return case
+
+    def add_note(self, case_id: int, body: str, *, actor: str) -> Note:
+        model.check_actor(actor)
+        text = model.check_text(body, "note", limits.NOTE_LENGTH_MAX)
+        at_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = CaseRepository(conn)
+            case = self._load(repo, case_id)
+            if repo.count(case_notes, case_id) >= limits.NOTES_PER_CASE_MAX:
+                raise CaseLimitReached(f"{case.reference} holds {limits.NOTES_PER_CASE_MAX} notes")
+            note_id = repo.add_note(case_id, at_ns, actor, text)
+            case, event = model.add_note(case, note_id, actor=actor, at_ns=at_ns)
+            repo.save(case, event)
+            return Note(note_id, at_ns, actor, text)
+
+    def add_evidence(self, case_id: int, item: NewEvidence, *, actor: str) -> Case:
+        model.check_actor(actor)
+        with self.database.write() as conn:
+            repo = CaseRepository(conn)
+            return _attach(repo, self._load(repo, case_id), item, actor, self.clock.now_ns())
+
+    def act(
+        self, case_id: int, action: CaseAction, *, actor: str, reason: str | None = None
+    ) -> tuple[Case, CaseEvent]:
+        """Apply a state-machine action; returns the case and the trail event written (a
+        ``close_requested`` event when a high-risk closure awaits its second officer)."""
+        model.check_actor(actor)
+        if reason is not None:
+            model.check_text(reason, "reason", limits.REASON_LENGTH_MAX)
+        with self.database.write() as conn:
+            repo = CaseRepository(conn)
+            case, event = model.act(
+                self._load(repo, case_id),
+                action,
+                actor=actor,
+                at_ns=self.clock.now_ns(),
+                reason=reason,
+            )
+            repo.save(case, event)
+            return case, event

@@ -1,0 +1,337 @@
+"""Persistence of the rules: configuration versions and pointers, decisions with their alerts,
+and the per-party event history. SQLAlchemy Core over migration 0002's tables; one
+repository wraps one open transaction and never commits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from paykeep.aml.rules.model import (
+    Alert,
+    Direction,
+    EventKind,
+    HistoryEntry,
+    MoneyEvent,
+    Outcome,
+    RuleConfig,
+)
+
+_meta = sa.MetaData()
+rule_configs = sa.Table(
+    "aml_rule_configs",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("rule", sa.String(64)),
+    sa.Column("version", sa.Integer),
+    sa.Column("params", sa.Text),
+    sa.Column("created_at_ns", sa.BigInteger),
+    sa.Column("created_by", sa.String(64)),
+    sa.Column("note", sa.Text),
+)
+rule_active = sa.Table(
+    "aml_rule_active",
+    _meta,
+    sa.Column("rule", sa.String(64), primary_key=True),
+    sa.Column("live_version", sa.Integer),
+    sa.Column("shadow_version", sa.Integer),
+    sa.Column("updated_at_ns", sa.BigInteger),
+)
+decisions = sa.Table(
+    "aml_decisions",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("event_id", sa.String(128)),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("kind", sa.String(32)),
+    sa.Column("at_ns", sa.BigInteger),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("payer_id", sa.String(64)),
+    sa.Column("payee_id", sa.String(64)),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("case_id", sa.BigInteger),
+    sa.Column("decided_at_ns", sa.BigInteger),
+)
+alerts = sa.Table(
+    "aml_alerts",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("decision_id", sa.BigInteger),
+    sa.Column("rule", sa.String(64)),
+    sa.Column("version", sa.Integer),
+    sa.Column("shadow", sa.Boolean),
+    sa.Column("score_bp", sa.Integer),
+    sa.Column("party_id", sa.String(64)),
+    sa.Column("explanation", sa.Text),
+    sa.Column("figures", sa.Text),
+)
+party_events = sa.Table(
+    "aml_party_events",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("party_id", sa.String(64)),
+    sa.Column("event_id", sa.String(128)),
+    sa.Column("at_ns", sa.BigInteger),
+    sa.Column("kind", sa.String(32)),
+    sa.Column("direction", sa.String(3)),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("counterparty_id", sa.String(64)),
+    sa.Column("counterparty_opened_at_ns", sa.BigInteger),
+    sa.Column("card_approved", sa.Boolean),
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    decision_id: int
+    event_id: str
+    fingerprint: str
+    outcome: Outcome
+    case_id: int | None
+    decided_at_ns: int
+    alerts: tuple[Alert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePointer:
+    rule: str
+    live_version: int
+    shadow_version: int | None
+
+
+def _config(row: sa.Row[Any]) -> RuleConfig:
+    return RuleConfig(
+        rule=row.rule,
+        version=row.version,
+        params=json.loads(row.params),
+        created_at_ns=row.created_at_ns,
+        created_by=row.created_by,
+        note=row.note,
+    )
+
+
+class RulesRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # --- configuration -------------------------------------------------------------------
+
+    def versions(self, rule: str) -> list[RuleConfig]:
+        rows = self.conn.execute(
+            sa.select(rule_configs)
+            .where(rule_configs.c.rule == rule)
+            .order_by(rule_configs.c.version)
+        ).all()
+        return [_config(r) for r in rows]
+
+    def version(self, rule: str, version: int) -> RuleConfig | None:
+        row = self.conn.execute(
+            sa.select(rule_configs).where(
+                rule_configs.c.rule == rule, rule_configs.c.version == version
+            )
+        ).first()
+        return None if row is None else _config(row)
+
+    def latest_version(self, rule: str) -> int:
+        value = self.conn.execute(
+            sa.select(sa.func.max(rule_configs.c.version)).where(rule_configs.c.rule == rule)
+        ).scalar_one()
+        return int(value or 0)
+
+    def insert_config(self, config: RuleConfig) -> None:
+        self.conn.execute(
+            sa.insert(rule_configs).values(
+                rule=config.rule,
+                version=config.version,
+                params=_dumps(dict(config.params)),
+                created_at_ns=config.created_at_ns,
+                created_by=config.created_by,
+                note=config.note,
+            )
+        )
+
+    def pointers(self, *, for_update_rule: str | None = None) -> dict[str, ActivePointer]:
+        query = sa.select(rule_active)
+        if for_update_rule is not None:
+            query = query.where(rule_active.c.rule == for_update_rule).with_for_update()
+        return {
+            r.rule: ActivePointer(r.rule, r.live_version, r.shadow_version)
+            for r in self.conn.execute(query).all()
+        }
+
+    def active_configs(self) -> list[RuleConfig]:
+        """Every stored config that is some rule's live or shadow version (one query)."""
+        join = rule_configs.join(rule_active, rule_configs.c.rule == rule_active.c.rule)
+        rows = self.conn.execute(
+            sa.select(rule_configs)
+            .select_from(join)
+            .where(
+                sa.or_(
+                    rule_configs.c.version == rule_active.c.live_version,
+                    rule_configs.c.version == rule_active.c.shadow_version,
+                )
+            )
+        ).all()
+        return [_config(r) for r in rows]
+
+    def set_pointer(self, pointer: ActivePointer, at_ns: int, *, exists: bool) -> None:
+        values = {
+            "live_version": pointer.live_version,
+            "shadow_version": pointer.shadow_version,
+            "updated_at_ns": at_ns,
+        }
+        if exists:
+            self.conn.execute(
+                sa.update(rule_active).where(rule_active.c.rule == pointer.rule).values(**values)
+            )
+        else:
+            self.conn.execute(sa.insert(rule_active).values(rule=pointer.rule, **values))
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def decision(self, event_id: str) -> StoredDecision | None:
+        row = self.conn.execute(
+            sa.select(decisions).where(decisions.c.event_id == event_id)
+        ).first()
+        if row is None:
+            return None
+        alert_rows = self.conn.execute(
+            sa.select(alerts).where(alerts.c.decision_id == row.id).order_by(alerts.c.id)
+        ).all()
+        return StoredDecision(
+            decision_id=row.id,
+            event_id=row.event_id,
+            fingerprint=row.fingerprint,
+            outcome=Outcome(row.outcome),
+            case_id=row.case_id,
+            decided_at_ns=row.decided_at_ns,
+            alerts=tuple(
+                Alert(
+                    rule=a.rule,
+                    version=a.version,
+                    shadow=bool(a.shadow),
+                    score_bp=a.score_bp,
+                    party_id=a.party_id,
+                    explanation=a.explanation,
+                    figures=json.loads(a.figures),
+                )
+                for a in alert_rows
+            ),
+        )
+
+    def insert_decision(
+        self,
+        event: MoneyEvent,
+        fingerprint: str,
+        outcome: Outcome,
+        case_id: int | None,
+        decided_at_ns: int,
+        decision_alerts: Iterable[Alert],
+    ) -> int:
+        decision_id = int(
+            self.conn.execute(
+                sa.insert(decisions)
+                .values(
+                    event_id=event.event_id,
+                    fingerprint=fingerprint,
+                    kind=event.kind.value,
+                    at_ns=event.at_ns,
+                    amount_minor=event.amount.amount_minor,
+                    currency=event.amount.currency,
+                    payer_id=event.payer.party_id if event.payer else None,
+                    payee_id=event.payee.party_id if event.payee else None,
+                    outcome=outcome.value,
+                    case_id=case_id,
+                    decided_at_ns=decided_at_ns,
+                )
+                .returning(decisions.c.id)
+            ).scalar_one()
+        )
+        rows = [
+            {
+                "decision_id": decision_id,
+                "rule": a.rule,
+                "version": a.version,
+                "shadow": a.shadow,
+                "score_bp": a.score_bp,
+                "party_id": a.party_id,
+                "explanation": a.explanation,
+                "figures": _dumps(dict(a.figures)),
+            }
+            for a in decision_alerts
+        ]
+        if rows:
+            self.conn.execute(sa.insert(alerts), rows)
+        return decision_id
+
+    def decisions(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            sa.select(decisions)
+            .where(decisions.c.id > after_id)
+            .order_by(decisions.c.id)
+            .limit(limit)
+        ).all()
+        return [dict(r._mapping) for r in rows]
+
+    # --- history -------------------------------------------------------------------------
+
+    def history(
+        self, party_id: str, since_ns: int, until_ns: int, limit: int
+    ) -> Sequence[HistoryEntry]:
+        """The party's most recent ``limit`` entries with ``since_ns < at_ns <= until_ns``,
+        oldest first."""
+        rows = self.conn.execute(
+            sa.select(party_events)
+            .where(
+                party_events.c.party_id == party_id,
+                party_events.c.at_ns > since_ns,
+                party_events.c.at_ns <= until_ns,
+            )
+            .order_by(party_events.c.at_ns.desc(), party_events.c.id.desc())
+            .limit(limit)
+        ).all()
+        return [
+            HistoryEntry(
+                at_ns=r.at_ns,
+                event_id=r.event_id,
+                kind=EventKind(r.kind),
+                direction=Direction(r.direction),
+                amount_minor=r.amount_minor,
+                currency=r.currency,
+                counterparty_id=r.counterparty_id,
+                counterparty_opened_at_ns=r.counterparty_opened_at_ns,
+                card_approved=None if r.card_approved is None else bool(r.card_approved),
+            )
+            for r in reversed(rows)
+        ]
+
+    def append_history(self, entries: Iterable[tuple[str, HistoryEntry]]) -> None:
+        rows = [
+            {
+                "party_id": party_id,
+                "event_id": e.event_id,
+                "at_ns": e.at_ns,
+                "kind": e.kind.value,
+                "direction": e.direction.value,
+                "amount_minor": e.amount_minor,
+                "currency": e.currency,
+                "counterparty_id": e.counterparty_id,
+                "counterparty_opened_at_ns": e.counterparty_opened_at_ns,
+                "card_approved": e.card_approved,
+            }
+            for party_id, e in entries
+        ]
+        if rows:
+            self.conn.execute(sa.insert(party_events), rows)
