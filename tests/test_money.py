@@ -142,7 +142,8 @@ def test_parse_takes_decimal_strings_only(value: object) -> None:
 
 
 @pytest.mark.parametrize("currency", ["XXX", "XAU", "XAG", "XTS", "XDR", "eur", "Eur", "EURO",
-                                      "", "ABC", None, 978, b"EUR"])  # fmt: skip
+                                      "", "ABC", None, 978, b"EUR", ["EUR"], {"EUR": 2}],
+                         ids=repr)  # fmt: skip
 def test_unknown_currencies(currency: object) -> None:
     with pytest.raises(UnknownCurrency) as raised:
         currency_exponent(currency)  # type: ignore[arg-type]

@@ -101,6 +101,9 @@ TRANSFER_ROWS: list[tuple[str, NewTransfer, R]] = [
     ("currency unknown", change(currency="ABC"), R.CURRENCY_INVALID),
     ("currency None", change(currency=None), R.CURRENCY_INVALID),
     ("currency not a str", change(currency=978), R.CURRENCY_INVALID),
+    ("currency bytes", change(currency=b"EUR"), R.CURRENCY_INVALID),
+    ("currency a list", change(currency=["EUR"]), R.CURRENCY_INVALID),
+    ("currency a dict", change(currency={"EUR": 2}), R.CURRENCY_INVALID),
     # codes, flags, timeouts
     ("code zero", change(code=0), R.CODE_INVALID),
     ("code too big", change(code=limits.CODE_MAX + 1), R.CODE_INVALID),
@@ -245,6 +248,7 @@ ACCOUNT_ROWS: list[tuple[str, NewAccount, A]] = [
     ("currency XXX", NewAccount(50, "XXX", 1), A.CURRENCY_INVALID),
     ("currency XAU", NewAccount(50, "XAU", 1), A.CURRENCY_INVALID),
     ("currency lower case", NewAccount(50, "eur", 1), A.CURRENCY_INVALID),
+    ("currency a list", NewAccount(50, ["EUR"], 1), A.CURRENCY_INVALID),  # type: ignore[arg-type]
     ("code zero", NewAccount(50, "EUR", 0), A.CODE_INVALID),
     ("code bool", NewAccount(50, "EUR", True), A.CODE_INVALID),
     ("name empty", NewAccount(50, "EUR", 1, name=""), A.NAME_INVALID),

@@ -320,3 +320,39 @@ def test_group_commit_many_threads(committer: tuple[Ledger, GroupCommitter]) -> 
     assert ledger.account(LIMITED).debits_posted == total
     assert gc.transfers_committed == expected_count
     assert verify(ledger.database).ok
+
+
+def test_group_commit_isolates_a_malformed_request(
+    committer: tuple[Ledger, GroupCommitter],
+) -> None:
+    """Two callers land in one group (the committer is held up until both are queued); one
+    caller's malformed transfer gets its own result and the other caller's succeeds."""
+    ledger, gc = committer
+    outcomes: dict[str, object] = {}
+
+    def call(name: str, batch: list[NewTransfer]) -> None:
+        try:
+            outcomes[name] = [r.result for r in gc.submit(batch)]
+        except Exception as exc:  # the outcome under test
+            outcomes[name] = exc
+
+    bad = [NewTransfer(501, LIMITED, SINK, 5, ["EUR"], 1)]  # type: ignore[arg-type]
+    good = [NewTransfer(502, LIMITED, SINK, 5, "EUR", 1)]
+    plug = [NewTransfer(500, LIMITED, SINK, 1, "EUR", 1)]
+    with ledger._write_lock:  # the committer's first group waits here...
+        threads = [threading.Thread(target=call, args=("plug", plug))]
+        threads[0].start()
+        while gc._queue.qsize():  # ...once it has taken the plug
+            threading.Event().wait(0.001)
+        threading.Event().wait(0.05)
+        for name, batch in (("bad", bad), ("good", good)):
+            threads.append(threading.Thread(target=call, args=(name, batch)))
+            threads[-1].start()
+        while gc._queue.qsize() < 2:
+            threading.Event().wait(0.001)
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes["plug"] == [R.OK]
+    assert outcomes["good"] == [R.OK], outcomes
+    assert outcomes["bad"] == [R.CURRENCY_INVALID], outcomes
+    assert set(ledger.lookup_transfers([500, 501, 502])) == {500, 502}
