@@ -274,7 +274,7 @@ class ParamSpec:
     default: ParamValue
     help: str
     minimum: int = 0
-    maximum: int = 2**62
+    maximum: int = 10**18
     currency: bool = False
 
     def check(self, rule: str, value: object) -> ParamValue:
