@@ -56,6 +56,10 @@ PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrin
 _SKIP = set(filter(None, os.environ.get("PAYKEEP_STATEFUL_SKIP", "").split(",")))
 
 
+def _int(value: object) -> int:
+    return value if type(value) is int else 0
+
+
 def global_sums(database: Database) -> dict[str, tuple[int, int, int, int]]:
     with database.read() as conn:
         rows = conn.exec_driver_sql(
@@ -82,6 +86,7 @@ def make_machine(
             self.model = RefLedger(ledgers[0].head().last_timestamp_ns)
             self.requests: dict[int, NewTransfer] = {}
             self.log: list[str] = []
+            self.batch_refs: set[str] = set()
 
         def fresh(self) -> int:
             self.next_id += 1
@@ -146,8 +151,9 @@ def make_machine(
 
         def _reference(self, data: st.DataObject) -> str | None:
             choice = data.draw(st.integers(0, 9))
-            if choice == 0 and self.model.s.refs:
-                return data.draw(st.sampled_from(sorted(self.model.s.refs)))  # already used
+            used = sorted(set(self.model.s.refs) | self.batch_refs)
+            if choice == 0 and used:
+                return data.draw(st.sampled_from(used))  # already used (maybe in this batch)
             if choice <= 2:
                 return f"{self.tag}-r{self.fresh()}"
             return None
@@ -292,7 +298,7 @@ def make_machine(
                 st.sampled_from(
                     ["plain"] * 3
                     + ["pending", "pending_timeout", "pending_timeout", "post", "post"]
-                    + ["void", "bad", "dup"]
+                    + ["void", "bad", "dup", "dup_changed"]
                 )
             )
             if kind == "pending":
@@ -305,10 +311,19 @@ def make_machine(
                 t = self._bad(data)
             elif kind == "dup" and batch:
                 t = data.draw(st.sampled_from(batch))
+            elif kind == "dup_changed" and batch:  # the same id twice in a batch, differing
+                change: dict[str, Any] = data.draw(
+                    st.sampled_from(
+                        [{"amount_minor": 1}, {"code": 3}, {"reference": None}, {"metadata": None}]
+                    )
+                )
+                t = dataclasses.replace(data.draw(st.sampled_from(batch)), **change)
             else:
                 t = self._plain(data)
             if data.draw(st.integers(0, 3)) == 0 and isinstance(t.flags, int) and t.flags >= 0:
                 t = dataclasses.replace(t, flags=t.flags | LINKED)
+            if isinstance(t.reference, str):
+                self.batch_refs.add(t.reference)
             return t
 
         # ------------------------------------------------------------------ submitting
@@ -333,6 +348,7 @@ def make_machine(
         @rule(data=st.data())
         def batch(self, data: st.DataObject) -> None:
             items: list[NewTransfer] = []
+            self.batch_refs = set()
             for _ in range(data.draw(st.integers(1, 5))):
                 items.append(self._item(data, items))
             self.submit(data, items)
@@ -347,23 +363,24 @@ def make_machine(
                 {},
                 {},
                 {},
-                {"amount_minor": (original.amount_minor or 0) + 1},
+                {"amount_minor": _int(original.amount_minor) + 1},
                 {"amount_minor": None},
                 {"debit_account_id": data.draw(st.sampled_from(ids))},
                 {"credit_account_id": data.draw(st.sampled_from(ids))},
                 {"currency": "JPY" if original.currency == "EUR" else "EUR"},
-                {"code": (original.code or 0) + 1},
+                {"code": _int(original.code) + 1},
                 {"reference": f"{self.tag}-r{self.fresh()}"},
                 {"reference": None},
                 {"metadata": {"other": "x"}},
-                {"timeout_s": (original.timeout_s or 0) + 1},
-                {"pending_id": (original.pending_id or 0) + 1},
+                {"timeout_s": _int(original.timeout_s) + 1},
+                {"pending_id": _int(original.pending_id) + 1},
             ]
             if isinstance(original.flags, int) and original.flags >= 0:
                 changes.append({"flags": original.flags ^ PENDING})
                 changes.append({"flags": original.flags | LINKED})
             replayed = dataclasses.replace(original, **data.draw(st.sampled_from(changes)))
             batch = [replayed]
+            self.batch_refs = set()
             if data.draw(st.booleans()):
                 batch.append(self._plain(data))
             self.submit(data, batch)
