@@ -218,7 +218,7 @@ def make_machine(
                         st.one_of(st.none(), st.integers(1, full), st.just(full + 1))
                     )
                 else:
-                    amount = data.draw(st.sampled_from([None, None, full, full + 1]))
+                    amount = data.draw(st.sampled_from([None, None, full, full + 1, full - 1]))
                 if data.draw(st.integers(0, 3)) == 0:
                     debit, credit = data.draw(
                         st.sampled_from([(d, c), (c, d), (d, None), (None, c)])
@@ -356,7 +356,16 @@ def make_machine(
         @precondition(lambda self: bool(self.requests))
         @rule(data=st.data())
         def replay(self, data: st.DataObject) -> None:
-            original = self.requests[data.draw(st.sampled_from(sorted(self.requests)))]
+            applied = sorted(i for i in self.requests if i in self.model.transfers)
+            resolving = [i for i in applied if self.model.transfers[i].flags & (POST | VOID)]
+            pick = data.draw(st.integers(0, 9))
+            if resolving and pick < 3:
+                pool = resolving  # posts and voids: the fields they may omit
+            elif applied and pick < 7:
+                pool = applied
+            else:
+                pool = sorted(self.requests)
+            original = self.requests[data.draw(st.sampled_from(pool))]
             ids = sorted(self.model.accounts)
             changes: list[dict[str, Any]] = [
                 {},
@@ -378,6 +387,16 @@ def make_machine(
             if isinstance(original.flags, int) and original.flags >= 0:
                 changes.append({"flags": original.flags ^ PENDING})
                 changes.append({"flags": original.flags | LINKED})
+            if isinstance(original.flags, int) and original.flags & (POST | VOID) > 0:
+                full = self.model.transfers.get(original.id)
+                changes += [{"amount_minor": None}, {"debit_account_id": None}, {"code": None}]
+                if full is not None:
+                    changes += [
+                        {"amount_minor": full.released},
+                        {"amount_minor": full.amount},
+                        {"debit_account_id": full.debit, "credit_account_id": full.credit},
+                        {"currency": full.currency, "code": full.code},
+                    ]
             replayed = dataclasses.replace(original, **data.draw(st.sampled_from(changes)))
             batch = [replayed]
             self.batch_refs = set()
@@ -388,6 +407,46 @@ def make_machine(
         @rule(seconds=st.sampled_from([1, 2, 5, 9, 10, 11, 20]))
         def advance(self, seconds: int) -> None:
             clock.advance(seconds)
+
+        @precondition(lambda self: any(t.expires_at for t in self.model.open_holds()))
+        @rule(data=st.data())
+        def advance_to_an_expiry(self, data: st.DataObject) -> None:
+            """To the very nanosecond a hold expires (or the one before), then maybe resolve
+            that hold right there: the boundary."""
+            holds = sorted((t.expires_at, t.id) for t in self.model.open_holds() if t.expires_at)
+            expires_at, hold_id = data.draw(st.sampled_from(holds))
+            target = expires_at - data.draw(st.sampled_from([0, 0, 1]))
+            if target > clock.now_ns():
+                clock.set(target)
+            if data.draw(st.booleans()):
+                flags = data.draw(st.sampled_from([POST, VOID]))
+                self.batch_refs = set()
+                self.submit(data, [NewTransfer(self.fresh(), flags=flags, pending_id=hold_id)])
+
+        @precondition(
+            lambda self: any(t.flags & (POST | VOID) for t in self.model.transfers.values())
+        )
+        @rule(data=st.data())
+        def replay_a_resolution(self, data: st.DataObject) -> None:
+            """A post or void again, leaving out (or spelling out) the fields it may omit."""
+            done = sorted(i for i, t in self.model.transfers.items() if t.flags & (POST | VOID))
+            stored = self.model.transfers[data.draw(st.sampled_from(done))]
+            original = self.requests[stored.id]
+            variants: list[dict[str, Any]] = [
+                {},
+                {"amount_minor": None},
+                {"amount_minor": stored.amount},
+                {"amount_minor": stored.released},
+                {"amount_minor": max(1, stored.amount - 1)},
+                {"debit_account_id": None, "credit_account_id": None},
+                {"debit_account_id": stored.debit, "credit_account_id": stored.credit},
+                {"currency": None, "code": None},
+                {"currency": stored.currency, "code": stored.code},
+            ]
+            self.batch_refs = set()
+            self.submit(
+                data, [dataclasses.replace(original, **data.draw(st.sampled_from(variants)))]
+            )
 
         @rule()
         def sweep(self) -> None:
