@@ -87,6 +87,7 @@ def make_machine(
             self.requests: dict[int, NewTransfer] = {}
             self.log: list[str] = []
             self.batch_refs: set[str] = set()
+            self.history: list[tuple[int, dict[int, tuple[int, int, int, int]]]] = []
 
         def fresh(self) -> int:
             self.next_id += 1
@@ -343,6 +344,14 @@ def make_machine(
             for t in batch:
                 if type(t.id) is int and t.id not in self.requests:
                     self.requests[t.id] = t
+            self.remember()
+
+        def remember(self) -> None:
+            """Every account's balances as of the journal's latest timestamp, for
+            ``balance_as_of`` to reproduce at teardown."""
+            self.history.append(
+                (self.model.last_ts, {a: balances(m) for a, m in self.model.accounts.items()})
+            )
 
         @precondition(lambda self: len(self.model.accounts) >= 2)
         @rule(data=st.data())
@@ -452,6 +461,7 @@ def make_machine(
         def sweep(self) -> None:
             expected = self.model.expire(clock.now_ns())
             assert ledgers[-1].expire_holds() == expected
+            self.remember()
 
         # ------------------------------------------------------------------ invariants
 
@@ -476,6 +486,12 @@ def make_machine(
                 assert dpo == cpo, (currency, "posted", dpo, cpo)
 
         def teardown(self) -> None:
+            # balances as of past moments, recomputed by the ledger from its journal
+            for as_of, expected in self.history[-1:] + self.history[:-1][::7]:
+                for account_id, want in expected.items():
+                    b = ledgers[0].balance_as_of(account_id, as_of)
+                    got = (b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted)
+                    assert got == want, (account_id, as_of)
             mine = self.model.transfers
             stored = ledgers[0].lookup_transfers(sorted(mine))
             assert set(stored) == set(mine)
