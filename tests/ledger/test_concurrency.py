@@ -2,9 +2,10 @@
 
 - many worker processes (spawned), each with its own ``Ledger``, drain one limited account
   with small transfers and holds (on PostgreSQL, and on SQLite too, where each process keeps
-  its own balance cache that another writer's commit must invalidate): the limit is never broken, what left the account equals the
-  sum of acknowledged transfers, ``exceeds_credits`` only ever answered once the funds had run
-  out, no deadlock (every worker finishes within a bound), and the audit passes;
+  its own balance cache that another writer's commit must invalidate): the limit is never
+  broken, what left the account equals the sum of acknowledged transfers, ``exceeds_credits``
+  only ever answered once the funds had run out, no deadlock (every worker finishes within a
+  bound), and the audit passes;
 - two threads debiting the same balance at the same moment: never both (STYLE rule 11);
 - ``GroupCommitter`` with 64 threads: each transfer acknowledged exactly once, totals right,
   a failing or open linked chain of one caller never touches another caller's transfers.
