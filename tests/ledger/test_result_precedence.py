@@ -391,3 +391,28 @@ def test_overflow_end_to_end(database: Database) -> None:
     assert [r.result for r in over] == [R.OVERFLOWS_DEBITS_POSTED, R.OVERFLOWS_DEBITS, R.OK]
     b = s.ledger.account(6)
     assert (b.credits_posted, b.debits_posted) == (fits * amount, amount)
+
+
+def test_every_rejection_has_a_typed_error_in_its_family() -> None:
+    """Each result but ok/exists has one error class with that code, in the family its category
+    implies (what an API maps to a status: 400, 404, 409, 422, 402)."""
+    order = list(R)
+    shape_end = order.index(R.METADATA_INVALID)
+    idempotency_end = order.index(R.EXISTS)
+    references_end = order.index(R.PENDING_TRANSFER_NOT_FOUND)
+    assert set(TRANSFER_ERRORS) == set(R) - {R.OK, R.EXISTS}
+    for code, cls in TRANSFER_ERRORS.items():
+        position = order.index(code)
+        if code in (R.EXCEEDS_CREDITS, R.EXCEEDS_DEBITS):
+            family = "insufficient_funds"
+        elif position <= shape_end:
+            family = "invalid_request"  # including the two linked-chain results
+        elif position <= idempotency_end or code is R.REFERENCE_ALREADY_USED:
+            family = "conflict"
+        elif position <= references_end:
+            family = "not_found"
+        else:
+            family = "unprocessable"
+        assert (cls.code, cls.type, cls.result) == (code.value, family, code), cls
+        assert issubclass(cls, TransferRejected)
+    assert len({cls.__name__ for cls in TRANSFER_ERRORS.values()}) == len(TRANSFER_ERRORS)
