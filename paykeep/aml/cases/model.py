@@ -186,9 +186,28 @@ def check_actor(actor: object, param: str = "actor") -> str:
     return actor
 
 
+def storable(text: str) -> bool:
+    """Text both databases store as is: valid UTF-8 (no lone surrogates) and no NUL, which
+    PostgreSQL text refuses."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_text(value: object, param: str, length_max: int) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > length_max:
-        raise CaseInputInvalid(f"{param} must be 1-{length_max} characters", param=param)
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > length_max
+        or not storable(value)
+    ):
+        raise CaseInputInvalid(
+            f"{param} must be 1-{length_max} characters of valid text", param=param
+        )
     return value.strip()
 
 

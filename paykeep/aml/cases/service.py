@@ -66,7 +66,7 @@ class CaseFile:
 
 def _evidence_body(body: Mapping[str, Any]) -> str:
     try:
-        text = json.dumps(dict(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(dict(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     except (TypeError, ValueError) as exc:
         raise CaseInputInvalid(f"evidence is not JSON: {exc}", param="evidence") from None
     if len(text.encode("utf-8")) > limits.EVIDENCE_BYTES_MAX:

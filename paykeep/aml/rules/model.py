@@ -123,8 +123,22 @@ def event_fingerprint(event: MoneyEvent) -> str:
 def _check_text(value: object, what: str, length_max: int, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str) or not value.strip() or len(value) > length_max:
-        raise RuleEventInvalid(f"{what} must be 1-{length_max} characters", param=what)
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > length_max
+        or "\x00" in value
+        or not _utf8(value)
+    ):
+        raise RuleEventInvalid(f"{what} must be 1-{length_max} characters of text", param=what)
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_time(value: object, what: str, *, optional: bool = False) -> None:

@@ -1,0 +1,217 @@
+"""The decision engine on both databases: recording, history, review cases, shadow mode,
+configuration versions, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from paykeep.aml.cases.model import CaseState, EvidenceKind, RiskLevel
+from paykeep.aml.cases.service import CaseService
+from paykeep.aml.rules.errors import (
+    PaymentBlocked,
+    PaymentUnderReview,
+    RuleConfigInvalid,
+    RuleEventIdReused,
+    RuleEventInvalid,
+    RuleNoShadow,
+    RuleNotFound,
+)
+from paykeep.aml.rules.model import Outcome, SanctionsHit
+from paykeep.aml.rules.repository import RulesRepository
+from paykeep.aml.rules.service import DecisionEngine, RulesService
+from paykeep.clock import FakeClock
+from paykeep.db import Database
+from tests.aml.rules.helpers import DAY, T0, FakeSanctions, K, ev
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def sanctions() -> FakeSanctions:
+    return FakeSanctions()
+
+
+@pytest.fixture
+def engine(database: Database, sanctions: FakeSanctions, clock: FakeClock) -> DecisionEngine:
+    return DecisionEngine(database, sanctions, clock)
+
+
+@pytest.fixture
+def rules(database: Database, clock: FakeClock) -> RulesService:
+    return RulesService(database, clock)
+
+
+def _history(database: Database, party_id: str) -> list[str]:
+    with database.read() as conn:
+        entries = RulesRepository(conn).history(party_id, 0, 2**62, 1_000)
+    return [e.event_id for e in entries]
+
+
+def test_allow_records_decision_and_history(engine: DecisionEngine, database: Database) -> None:
+    event = ev(K.PAYMENT, 1_000, event_id="pay-1")
+    decision = engine.check(event)
+    assert decision.outcome is Outcome.ALLOW and decision.alerts == () and not decision.replayed
+    assert _history(database, "buyer-1") == ["pay-1"]
+    assert _history(database, "merchant-1") == ["pay-1"]
+    again = engine.decide(event)
+    assert again.replayed and again.outcome is Outcome.ALLOW
+    assert _history(database, "buyer-1") == ["pay-1"]  # a replay records nothing new
+    changed = ev(K.PAYMENT, 1_001, event_id="pay-1")
+    with pytest.raises(RuleEventIdReused):
+        engine.decide(changed)
+    with pytest.raises(RuleEventInvalid):
+        engine.decide(ev(K.PAYMENT, 1_000, payee="buyer-1"))
+
+
+def test_history_from_earlier_decisions_feeds_the_rules(
+    engine: DecisionEngine, rules: RulesService
+) -> None:
+    rules.set_config("velocity", {"count_max": 2}, actor="alice")
+    outcomes = [engine.decide(ev(K.PAYMENT, 1_000, i)).outcome for i in range(3)]
+    assert outcomes == [Outcome.ALLOW, Outcome.ALLOW, Outcome.REVIEW]
+
+
+def test_review_opens_a_case_with_the_evidence(
+    engine: DecisionEngine, database: Database, clock: FakeClock
+) -> None:
+    engine.decide(ev(K.PAYMENT, 5_000, -60, payer="buyer-1"))
+    event = ev(K.PAYMENT, 250_000, payer_age_s=3600, event_id="big-1")
+    with pytest.raises(PaymentUnderReview) as caught:
+        engine.check(event)
+    case_id = caught.value.case_id
+    assert case_id is not None
+    case_file = CaseService(database, clock).get(case_id)
+    case = case_file.case
+    assert case.state is CaseState.OPEN and case.risk is RiskLevel.MEDIUM
+    assert case.source_event_id == "big-1" and case.subject_party_ids == ("buyer-1",)
+    kinds = [(e.kind, e.ref) for e in case_file.evidence]
+    assert (EvidenceKind.TRANSACTION, "big-1") in kinds
+    alerts = [e.body for e in case_file.evidence if e.kind is EvidenceKind.ALERT]
+    assert [a["rule"] for a in alerts] == ["new_account_high_value"]
+    assert alerts[0]["figures"]["age_s"] == 3600 and alerts[0]["version"] == 1
+    (graph,) = [e.body for e in case_file.evidence if e.kind is EvidenceKind.GRAPH]
+    assert {
+        "from": "buyer-1",
+        "to": "merchant-1",
+        "currency": "EUR",
+        "count": 2,
+        "amount_minor": 255_000,
+    } in graph["edges"]
+    # The trail records the opening and every piece of evidence, by the rules engine.
+    assert [e.kind.value for e in case_file.events] == ["opened"] + ["evidence_added"] * 3
+    assert {e.actor for e in case_file.events} == {"paykeep:rules"}
+    # The replay reports the same case; the money is still held.
+    with pytest.raises(PaymentUnderReview) as again:
+        engine.check(event)
+    assert again.value.case_id == case_id
+
+
+def test_block_declines_and_moves_nothing(
+    engine: DecisionEngine, database: Database, sanctions: FakeSanctions
+) -> None:
+    sanctions.hits["Ivan Sanctioned"] = [SanctionsHit("ofac-42", 0.95, "exact name")]
+    event = ev(K.PAYMENT, 1_000, payer_name="Ivan Sanctioned", event_id="pay-x")
+    with pytest.raises(PaymentBlocked) as caught:
+        engine.check(event)
+    assert caught.value.code == "rule_event_blocked"
+    assert sanctions.calls == [("Ivan Sanctioned", None, None)]
+    assert _history(database, "buyer-1") == []  # no money moved: no history
+    replay = engine.decide(event)
+    assert replay.replayed and replay.outcome is Outcome.BLOCK and replay.case_id is None
+    assert replay.alerts[0].figures["entity_id"] == "ofac-42"
+    # A weaker hit only asks for review.
+    sanctions.hits["Ivana Sanction"] = [SanctionsHit("ofac-43", 0.85, "close name")]
+    assert (
+        engine.decide(ev(K.PAYMENT, 1_000, payer="b2", payer_name="Ivana Sanction")).outcome
+        is Outcome.REVIEW
+    )
+
+
+def test_card_testing_blocks_and_keeps_declines_in_history(
+    engine: DecisionEngine, database: Database
+) -> None:
+    outcomes = [
+        engine.decide(ev(K.CARD_AUTHORISATION, 100, i, payer="card-9")).outcome for i in range(6)
+    ]
+    assert outcomes == [Outcome.ALLOW] * 4 + [Outcome.BLOCK] * 2
+    assert len(_history(database, "card-9")) == 6
+
+
+def test_shadow_version_is_recorded_but_never_decides(
+    engine: DecisionEngine, rules: RulesService, database: Database
+) -> None:
+    shadow = rules.set_config(
+        "velocity", {"count_max": 1, "score_bp": 10_000}, actor="alice", shadow=True
+    )
+    assert shadow.version == 2
+    decisions = [engine.decide(ev(K.PAYMENT, 1_000, i)) for i in range(3)]
+    assert [d.outcome for d in decisions] == [Outcome.ALLOW] * 3
+    assert decisions[0].shadow_alerts == ()
+    assert decisions[2].alerts == ()
+    assert {(a.rule, a.version, a.shadow) for a in decisions[2].shadow_alerts} == {
+        ("velocity", 2, True)
+    }
+    replay = engine.decide(ev(K.PAYMENT, 1_000, 2, event_id=decisions[2].event_id))
+    assert replay.replayed and replay.outcome is Outcome.ALLOW
+    assert replay.shadow_alerts == decisions[2].shadow_alerts
+    with database.read() as conn:
+        shadow_rows = conn.execute(
+            sa.text("SELECT count(*) FROM aml_alerts WHERE shadow = :t"), {"t": True}
+        ).scalar_one()
+    assert shadow_rows >= 2 * 2  # both parties, on the second and third decisions
+    # Promoted, the same version now decides.
+    rules.promote_shadow("velocity", actor="bob")
+    assert engine.decide(ev(K.PAYMENT, 1_000, 4)).outcome is Outcome.BLOCK
+
+
+def test_config_versions_are_immutable_and_complete(
+    rules: RulesService, database: Database, clock: FakeClock
+) -> None:
+    assert rules.show("velocity").live.version == 1  # built-in, not stored yet
+    v2 = rules.set_config("velocity", {"count_max": "7"}, actor="alice", note="tighter")
+    clock.advance(1)
+    v3 = rules.set_config("velocity", {"window_s": 60}, actor="bob")
+    v4 = rules.set_config("velocity", {"count_max": 9}, actor="carol", shadow=True)
+    status = rules.show("velocity")
+    assert [v.version for v in status.versions] == [1, 2, 3, 4]
+    assert status.versions[0].created_by == "paykeep"
+    assert (v2.params["count_max"], v3.params["count_max"], v3.params["window_s"]) == (7, 7, 60)
+    assert v4.params["window_s"] == 60  # based on the live version
+    assert status.live.version == 3 and status.shadow is not None and status.shadow.version == 4
+    assert rules.drop_shadow("velocity", actor="bob").version == 3
+    with pytest.raises(RuleNoShadow):
+        rules.promote_shadow("velocity", actor="bob")
+    with pytest.raises(RuleNotFound):
+        rules.set_config("nope", {"x": 1}, actor="alice")
+    with pytest.raises(RuleConfigInvalid):
+        rules.set_config("velocity", {"count_max": -1}, actor="alice")
+    assert [v.version for v in rules.show("velocity").versions] == [1, 2, 3, 4]
+    # Stored versions cannot be edited or deleted, by any code path.
+    for statement in ("UPDATE aml_rule_configs SET params = '{}'", "DELETE FROM aml_rule_configs"):
+        with pytest.raises(sa.exc.DatabaseError), database.write() as conn:
+            conn.execute(sa.text(statement))
+    assert rules.show("velocity").versions[1].params["count_max"] == 7
+
+
+def test_decision_records_the_version_that_fired(
+    engine: DecisionEngine, rules: RulesService
+) -> None:
+    rules.set_config("new_account_high_value", {"amount_min_minor": 100}, actor="alice")
+    decision = engine.decide(ev(K.PAYMENT, 100, payer_age_s=1))
+    assert [(a.rule, a.version) for a in decision.alerts] == [("new_account_high_value", 2)]
+    assert decision.outcome is Outcome.REVIEW
+
+
+def test_history_is_per_party_and_bounded_in_time(engine: DecisionEngine) -> None:
+    # A top-up 40 days ago is outside every window; only recent inflow counts for pass-through.
+    engine.decide(ev(K.TOP_UP, 500_000, -40 * DAY, payer=None, payee="m1"))
+    out = ev(K.PAYOUT, 500_000, payer="m1", payee=None)
+    assert engine.decide(out).outcome is Outcome.ALLOW
+    engine.decide(ev(K.TOP_UP, 500_000, 60, payer=None, payee="m2"))
+    assert (
+        engine.decide(ev(K.PAYOUT, 480_000, 120, payer="m2", payee=None)).outcome is Outcome.REVIEW
+    )
