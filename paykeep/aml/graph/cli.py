@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
 from paykeep.aml.graph.errors import InvalidGraphParameter, UnknownInputFormat
-from paykeep.aml.graph.io import (
-    INPUT_FORMATS,
-    read_amlworld,
-    read_patterns,
-    read_transactions,
-)
 from paykeep.cli_support import (
     DatabaseUrlOption,
     DataDirOption,
@@ -23,9 +17,17 @@ from paykeep.cli_support import (
     typed_errors,
 )
 
+# Everything that needs polars, numpy or lightgbm (io, service, simulate, train) is imported
+# inside the commands: every ``paykeep`` invocation builds this module's command tree.
+#: ``io.INPUT_FORMATS``, repeated for the help text so that it does not import io (polars);
+#: the commands validate against io's own tuple.
+_INPUT_FORMATS_HELP: Final = ("amlworld", "amlsim", "paykeep")
+
 FormatOption = Annotated[
     str,
-    typer.Option("--format", help=f"Input format: {', '.join(INPUT_FORMATS)}.", show_default=False),
+    typer.Option(
+        "--format", help=f"Input format: {', '.join(_INPUT_FORMATS_HELP)}.", show_default=False
+    ),
 ]
 InputsArgument = Annotated[
     list[Path], typer.Argument(help="Input CSV files (AMLSim: transactions.csv [nodes.csv]).")
@@ -34,6 +36,8 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Seed for simulation and
 
 
 def _check_format(input_format: str) -> str:
+    from paykeep.aml.graph.io import INPUT_FORMATS
+
     if input_format not in INPUT_FORMATS:
         raise UnknownInputFormat(
             f"unknown format {input_format!r} (expected one of {', '.join(INPUT_FORMATS)})"
@@ -62,6 +66,7 @@ def simulate_command(
     as_json: JsonOption = False,
 ) -> None:
     """Generate marketplace and bank traffic with the eight typologies injected."""
+    from paykeep.aml.graph.io import read_amlworld
     from paykeep.aml.graph.simulate import SimulationConfig, simulate, write_amlworld
 
     with typed_errors():
@@ -109,6 +114,7 @@ def scan_command(
     as_json: JsonOption = False,
 ) -> None:
     """Flag transactions (accounts for AMLSim) with typology, score and explanation."""
+    from paykeep.aml.graph.io import read_transactions
     from paykeep.aml.graph.service import (
         model_for,
         scan_accounts,
@@ -167,6 +173,7 @@ def eval_command(
     as_json: JsonOption = False,
 ) -> None:
     """Minority-class precision, recall, F1 on a time-ordered 60/20/20 split."""
+    from paykeep.aml.graph.io import read_patterns, read_transactions
     from paykeep.aml.graph.service import (
         evaluate_accounts,
         evaluate_transactions,

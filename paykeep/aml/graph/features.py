@@ -13,7 +13,13 @@ import numpy as np
 import polars as pl
 
 from paykeep.aml.graph.io import unit_exponent
-from paykeep.aml.graph.model import DETECTED_TYPOLOGIES, Detection, DetectorConfig, detect_all
+from paykeep.aml.graph.model import (
+    DETECTED_TYPOLOGIES,
+    SIGNAL_COLUMNS,
+    Detection,
+    DetectorConfig,
+    detect_all,
+)
 
 #: Payment formats known to AMLworld; anything else is code -1.
 PAYMENT_FORMATS: Final[tuple[str, ...]] = (
@@ -57,6 +63,7 @@ TRANSACTION_FEATURES: Final[tuple[str, ...]] = (
     "dst_flagged_share",
     "src_structured_share",
     "dst_structured_share",
+    *SIGNAL_COLUMNS,
 )
 
 ACCOUNT_FEATURES: Final[tuple[str, ...]] = (
@@ -78,6 +85,9 @@ ACCOUNT_FEATURES: Final[tuple[str, ...]] = (
     "onward_hops_max",
     "inbound_hops_max",
     "neighbor_structured_mean",
+    "out_burst_max",
+    "in_burst_max",
+    "pass_through_share",
 )
 
 #: Detectors whose hits are rare enough to mark an account ("structured"); fans are not.
@@ -198,10 +208,18 @@ def transaction_features(frame: pl.DataFrame, config: DetectorConfig | None = No
         "src_structured_share": structured_share[src],
         "dst_structured_share": structured_share[dst],
     }
-    out = base.select("row", *(pl.col(f) for f in TRANSACTION_FEATURES if f not in columns))
-    out = out.with_columns(
-        pl.Series(name, np.asarray(values, dtype=np.float32)) for name, values in columns.items()
-    ).select("row", *(pl.col(f).cast(pl.Float32) for f in TRANSACTION_FEATURES))
+    own = [f for f in TRANSACTION_FEATURES if f not in columns and f not in SIGNAL_COLUMNS]
+    out = base.select("row", *own)
+    out = (
+        out.with_columns(
+            pl.Series(name, np.asarray(values, dtype=np.float32))
+            for name, values in columns.items()
+        )
+        # Signals exist for transfers between two accounts; self transfers have none (NaN,
+        # which LightGBM treats as missing).
+        .join(detection.signals, on="row", how="left")
+        .select("row", *(pl.col(f).cast(pl.Float32) for f in TRANSACTION_FEATURES))
+    )
     return FeatureSet(out, detection)
 
 
@@ -227,6 +245,12 @@ def account_features(frame: pl.DataFrame, tx: FeatureSet) -> pl.DataFrame:
             pl.col(f"{'src' if side == 'out' else 'dst'}_structured_share")
             .first()
             .alias(f"{side}_structured"),
+            pl.col(f"{'src_out' if side == 'out' else 'dst_in'}_burst")
+            .max()
+            .alias(f"{side}_burst_max"),
+            (pl.col("next_out_ratio").is_between(0.8, 1.05) & (pl.col("next_out_hours") <= 96.0))
+            .mean()
+            .alias(f"{side}_pass_through"),
             *(pl.col(f"{t}_size").max().alias(f"{t}_{side}_max") for t in DETECTED_TYPOLOGIES),
         )
         sides.append(agg.rename({me: "account"}))
@@ -265,6 +289,8 @@ def account_features(frame: pl.DataFrame, tx: FeatureSet) -> pl.DataFrame:
             pl.col("out_reciprocal").fill_null(0.0), pl.col("in_reciprocal").fill_null(0.0)
         ),
         self_share=pl.col("out_self").fill_null(0.0),
+        # Share of the money an account received that it passed on almost whole, soon.
+        pass_through_share=pl.col("in_pass_through").fill_null(0.0),
         onward_hops_max=pl.max_horizontal(
             pl.col("out_onward").fill_null(0), pl.col("in_onward").fill_null(0)
         ),

@@ -84,6 +84,26 @@ AMLWORLD_CURRENCIES: Final[dict[str, str]] = {
 #: Units that are not ISO 4217 currencies with a minor unit, kept as explicit integers.
 #: Bitcoin is counted in satoshi (10^-8 BTC) under the customary, non-ISO code ``XBT``.
 NON_ISO_UNITS: Final[dict[str, int]] = {"XBT": 8}
+#: Rough major units per US dollar, for *comparing* amounts across currencies in detectors
+#: and features (pass-through ratios, amount spread) and for sampling in the simulator.
+#: A statistic, never money: no amount is ever converted with it.
+APPROX_MAJOR_PER_USD: Final[dict[str, float]] = {
+    "USD": 1.0,
+    "EUR": 0.92,
+    "CNY": 7.2,
+    "JPY": 150.0,
+    "GBP": 0.79,
+    "INR": 83.0,
+    "RUB": 90.0,
+    "CAD": 1.36,
+    "AUD": 1.5,
+    "CHF": 0.88,
+    "MXN": 17.0,
+    "BRL": 5.0,
+    "ILS": 3.7,
+    "SAR": 3.75,
+    "XBT": 0.000016,
+}
 #: AMLSim's sample has no currency; its values are treated as US dollars (documented).
 AMLSIM_CURRENCY: Final = "USD"
 #: AMLSim ``time`` is a step number; a step is taken as one day from this epoch (2019-01-01).
@@ -437,11 +457,24 @@ def _amlworld_keyed(frame: pl.DataFrame) -> pl.DataFrame:
     )
     if empty_account.height:
         raise BadAccount(f"{_where(empty_account, int(empty_account['_line'][0]))}: empty account")
+    paid = decimal_to_minor(frame["amount_paid"], frame["currency"], where="Amount Paid")
+    # Almost every row receives what it paid (same text, same currency): parse only the others.
+    differs = frame.select(
+        (pl.col("amount_received").str.strip_chars() != pl.col("amount_paid").str.strip_chars())
+        | (pl.col("received_currency") != pl.col("currency"))
+    ).to_series()
+    received = paid
+    if differs.any():
+        at = differs.arg_true()
+        parsed = decimal_to_minor(
+            frame["amount_received"].gather(at),
+            frame["received_currency"].gather(at),
+            where="Amount Received",
+        )
+        received = paid.clone().scatter(at, parsed)
     return frame.with_columns(
-        amount_minor=decimal_to_minor(frame["amount_paid"], frame["currency"], where="Amount Paid"),
-        received_minor=decimal_to_minor(
-            frame["amount_received"], frame["received_currency"], where="Amount Received"
-        ),
+        amount_minor=paid,
+        received_minor=received.alias("received_minor"),
         payment_format=pl.col("payment_format").str.strip_chars(),
         transfer_id=pl.lit(None, pl.String),
     )

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 import polars as pl
 import rustworkx as rx
 
 from paykeep.aml.graph.errors import InvalidGraphParameter
+from paykeep.aml.graph.io import APPROX_MAJOR_PER_USD, unit_exponent
 
 DAY_S: Final = 86_400
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 #: Typologies with a structural detector (``random`` is left to the model).
 DETECTED_TYPOLOGIES: Final[tuple[str, ...]] = (
     "fan_out",
@@ -49,6 +53,25 @@ HITS_SCHEMA: Final[dict[str, pl.DataType]] = {
     "win_start": pl.Int64(),
     "win_end": pl.Int64(),
     "group_id": pl.Int64(),
+}
+#: Per-transfer measures behind the detectors (floats: statistics, never money).
+SIGNAL_COLUMNS: Final[tuple[str, ...]] = (
+    "src_out_degree_w",
+    "dst_in_degree_w",
+    "src_out_burst",
+    "dst_in_burst",
+    "src_out_value_cv",
+    "dst_in_value_cv",
+    "src_out_similar",
+    "dst_in_similar",
+    "next_out_hours",
+    "next_out_ratio",
+    "prev_in_hours",
+    "prev_in_ratio",
+)
+SIGNALS_SCHEMA: Final[dict[str, pl.DataType]] = {
+    "row": pl.Int64(),
+    **{c: pl.Float32() for c in SIGNAL_COLUMNS},
 }
 GROUPS_SCHEMA: Final[dict[str, pl.DataType]] = {
     "group_id": pl.Int64(),
@@ -85,6 +108,18 @@ class DetectorConfig:
     bipartite_degree_max: int = 12
     #: Receivers two senders must share (and vice versa) to form a bipartite block.
     bipartite_shared_min: int = 2
+    #: A fan alerts only when it is a *burst*: its degree in the window is at least this many
+    #: times the account's distinct counterparties per window outside it (merchants and
+    #: employers, with the same degree every window, are not bursts) ...
+    fan_burst_min: float = 3.0
+    #: ... or when at least ``fan_degree_min`` of its counterparties, and at least half of
+    #: them, got near-equal amounts (within one amount band of this width, as a ratio; two
+    #: offset band sets are tried).
+    fan_amount_band: float = 1.6
+    #: Pass-through: the next outgoing transfer of the receiver, within ``window_s``, carries
+    #: between these shares of the value received (little retained, little added).
+    pass_through_ratio_min: float = 0.8
+    pass_through_ratio_max: float = 1.05
 
     def validate(self) -> None:
         if self.window_s <= 0 or self.gather_scatter_window_s <= 0:
@@ -95,6 +130,10 @@ class DetectorConfig:
             raise InvalidGraphParameter("cycle length bound must be within 2..64")
         if self.scatter_width_min < 2 or self.bipartite_shared_min < 2:
             raise InvalidGraphParameter("scatter width and bipartite overlap must be >= 2")
+        if self.fan_burst_min <= 0 or self.fan_amount_band <= 1:
+            raise InvalidGraphParameter("fan burst and amount spread bounds must be positive")
+        if not 0 < self.pass_through_ratio_min <= 1 <= self.pass_through_ratio_max:
+            raise InvalidGraphParameter("pass-through ratio bounds must bracket 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +142,9 @@ class Detection:
     groups: pl.DataFrame
     #: Counters about what was skipped or truncated (stated in explanations and reports).
     stats: dict[str, int] = field(default_factory=dict)
+    #: Per transfer (``row`` + :data:`SIGNAL_COLUMNS`): the raw degrees, bursts, amount
+    #: spread and pass-through measures behind the detectors, for the model.
+    signals: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SIGNALS_SCHEMA))
 
 
 def empty_hits() -> pl.DataFrame:
@@ -114,10 +156,10 @@ def empty_groups() -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------
-# Windows.
+# Windows, built once per history and shared by every detector.
 
 
-def windowed(frame: pl.DataFrame, window_s: int, t0: int) -> pl.DataFrame:
+def windowed(frame: FrameT, window_s: int, t0: int) -> FrameT:
     """Each transaction twice: in its window of the even set and of the odd (shifted) set.
 
     Window ``w`` spans ``[start, start + 2 * window_s)`` with
@@ -133,9 +175,44 @@ def window_start(win: pl.Expr, window_s: int, t0: int) -> pl.Expr:
     return t0 + (win // 2) * 2 * window_s - (win % 2) * window_s
 
 
-def _edges(frame: pl.DataFrame) -> pl.DataFrame:
-    """Transfers between two different accounts (self transfers close no structure)."""
-    return frame.select("row", "ts", "src", "dst").filter(pl.col("src") != pl.col("dst"))
+def value_usd(columns: Sequence[str], currencies: Sequence[str]) -> pl.Expr:
+    """Approximate US-dollar value of each transfer, to *compare* amounts across currencies
+    (a statistic from :data:`APPROX_MAJOR_PER_USD`; null when the frame has no amounts)."""
+    if "amount_minor" not in columns or "currency" not in columns:
+        return pl.lit(None, pl.Float64)
+    scale = {
+        c: float(10 ** unit_exponent(c)) * APPROX_MAJOR_PER_USD.get(c, 1.0) for c in currencies
+    }
+    return pl.col("amount_minor").cast(pl.Float64) / pl.col("currency").replace_strict(
+        scale, return_dtype=pl.Float64
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """The windowed edges and the per-window degree table of one history (built once)."""
+
+    t0: int
+    #: Transfers between two different accounts: ``row, ts, src, dst, value`` (self transfers
+    #: close no structure).
+    edges: pl.DataFrame
+    #: ``edges`` (without ``value``) exploded into the windows of ``window_s``, hubs removed.
+    core: pl.DataFrame
+    #: ``account, win, out_degree, in_degree`` over all windowed edges (hubs included).
+    degrees: pl.DataFrame
+
+
+def build_windows(frame: pl.DataFrame, config: DetectorConfig, t0: int | None = None) -> Windows:
+    currencies = frame["currency"].unique().to_list() if "currency" in frame.columns else []
+    edges = frame.filter(pl.col("src") != pl.col("dst")).select(
+        "row", "ts", "src", "dst", value=value_usd(frame.columns, currencies)
+    )
+    if t0 is None:
+        t0 = int(edges["ts"].min()) if edges.height else 0  # type: ignore[arg-type]
+    w = windowed(edges.select("row", "ts", "src", "dst"), config.window_s, t0)
+    degrees = _degrees(w)
+    core = _without_hubs(w, degrees, config.hub_degree_max)
+    return Windows(t0, edges, core, degrees)
 
 
 def _finish_hits(hits: pl.DataFrame, typology: str, window_s: int, t0: int) -> pl.DataFrame:
@@ -158,67 +235,140 @@ def _finish_hits(hits: pl.DataFrame, typology: str, window_s: int, t0: int) -> p
 
 
 # --------------------------------------------------------------------------------------------
-# Fans and gather-scatter: degree counts per account and window.
+# Fans: degree, burst and amount spread per account and window, as window expressions.
 
 
-def detect_fan(
-    frame: pl.DataFrame, config: DetectorConfig, *, direction: str, t0: int | None = None
-) -> pl.DataFrame:
-    """``fan_out``: an account pays at least ``fan_degree_min`` distinct accounts within
-    ``window_s``; ``fan_in``: an account is paid by that many. Flags those transfers."""
-    if direction not in ("out", "in"):
-        raise InvalidGraphParameter(f"fan direction must be 'out' or 'in', got {direction!r}")
-    edges = _edges(frame)
-    if edges.height == 0:
-        return empty_hits()
-    t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
-    hub, other = ("src", "dst") if direction == "out" else ("dst", "src")
-    # No explode here: each transfer lies in one even and one odd window, so both degrees
-    # are window expressions over the flat frame (the fans run on every transfer).
+def _fan_side(
+    edges: pl.LazyFrame, hub: str, other: str, config: DetectorConfig, t0: int, t_end: int
+) -> pl.LazyFrame:
+    """Per transfer, the fan seen from ``hub``: degree in its busier window, the burst of that
+    degree against the hub's counterparties outside it, the amount spread, the window."""
     span = 2 * config.window_s
     even = (pl.col("ts") - t0) // span * 2
     odd = (pl.col("ts") - t0 + config.window_s) // span * 2 + 1
-    degrees = edges.with_columns(w0=even, w1=odd).with_columns(
-        d0=pl.col(other).n_unique().over(hub, "w0"),
-        d1=pl.col(other).n_unique().over(hub, "w1"),
-    )
-    hits = (
-        degrees.with_columns(
-            size=pl.max_horizontal("d0", "d1"),
-            win=pl.when(pl.col("d0") >= pl.col("d1")).then("w0").otherwise("w1"),
+    history = max(t_end - t0 + 1, 1)
+    outside_scale = span / max(history - span, span)
+    cv = pl.col("value").std() / pl.col("value").mean()
+    # Amount bands (log scale) laid twice, the second shifted by half a band.
+    band = pl.col("value").log() / math.log(config.fan_amount_band)
+    first = pl.col("d0") >= pl.col("d1")
+    return (
+        edges.with_columns(w0=even, w1=odd, b0=band.floor(), b1=(band + 0.5).floor())
+        .with_columns(
+            d0=pl.col(other).n_unique().over(hub, "w0"),
+            d1=pl.col(other).n_unique().over(hub, "w1"),
+            cv0=cv.over(hub, "w0"),
+            cv1=cv.over(hub, "w1"),
+            s00=pl.col(other).n_unique().over(hub, "w0", "b0"),
+            s01=pl.col(other).n_unique().over(hub, "w0", "b1"),
+            s10=pl.col(other).n_unique().over(hub, "w1", "b0"),
+            s11=pl.col(other).n_unique().over(hub, "w1", "b1"),
+            total=pl.col(other).n_unique().over(hub),
         )
-        .filter(pl.col("size") >= config.fan_degree_min)
-        .with_columns(hub=pl.col(hub), group_id=pl.lit(-1, pl.Int64))
+        .select(
+            "row",
+            hub=pl.col(hub),
+            degree=pl.max_horizontal("d0", "d1"),
+            win=pl.when(first).then("w0").otherwise("w1"),
+            value_cv=pl.when(first).then("cv0").otherwise("cv1"),
+            # Without amounts every transfer shares one band: no evidence, so null.
+            similar=pl.when(pl.col("value").is_null())
+            .then(None)
+            .when(first)
+            .then(pl.max_horizontal("s00", "s01"))
+            .otherwise(pl.max_horizontal("s10", "s11")),
+            outside=pl.col("total") - pl.max_horizontal("d0", "d1"),
+        )
+        .with_columns(
+            burst=pl.col("degree") / (1.0 + pl.col("outside").cast(pl.Float64) * outside_scale)
+        )
     )
-    return _finish_hits(hits, f"fan_{direction}", config.window_s, t0)
+
+
+def _fan_hits(side: pl.DataFrame, typology: str, config: DetectorConfig, t0: int) -> pl.DataFrame:
+    hits = side.filter(
+        (pl.col("degree") >= config.fan_degree_min)
+        & (pl.col("degree") <= config.hub_degree_max)
+        & (
+            (pl.col("burst") >= config.fan_burst_min)
+            | (
+                (pl.col("similar") >= config.fan_degree_min)
+                & (2 * pl.col("similar") >= pl.col("degree"))
+            ).fill_null(False)
+        )
+    ).select("row", "win", size="degree", hub="hub", group_id=pl.lit(-1, pl.Int64))
+    return _finish_hits(hits, typology, config.window_s, t0)
+
+
+def detect_fan(
+    frame: pl.DataFrame,
+    config: DetectorConfig,
+    *,
+    direction: str,
+    t0: int | None = None,
+    windows: Windows | None = None,
+) -> pl.DataFrame:
+    """``fan_out``: an account pays at least ``fan_degree_min`` distinct accounts within
+    ``window_s`` (``fan_in``: is paid by that many), as a burst (``fan_burst_min``) or with
+    near-equal amounts (``fan_amount_band``); accounts above ``hub_degree_max`` are hubs,
+    not fans. Flags those transfers."""
+    if direction not in ("out", "in"):
+        raise InvalidGraphParameter(f"fan direction must be 'out' or 'in', got {direction!r}")
+    windows = windows or build_windows(frame, config, t0)
+    edges = windows.edges
+    if edges.height == 0:
+        return empty_hits()
+    t_end = int(edges["ts"].max())  # type: ignore[arg-type]
+    hub, other = ("src", "dst") if direction == "out" else ("dst", "src")
+    side = _fan_side(edges.lazy(), hub, other, config, windows.t0, t_end).collect()
+    return _fan_hits(side, f"fan_{direction}", config, windows.t0)
 
 
 def detect_gather_scatter(
-    frame: pl.DataFrame, config: DetectorConfig, *, t0: int | None = None
+    frame: pl.DataFrame,
+    config: DetectorConfig,
+    *,
+    t0: int | None = None,
+    windows: Windows | None = None,
 ) -> pl.DataFrame:
     """An account gathers from at least ``gather_scatter_degree_min`` distinct senders and then
     scatters to as many distinct receivers, within ``gather_scatter_window_s``: the median
-    incoming transfer precedes the median outgoing one. Flags the hub's in- and out-transfers."""
-    edges = _edges(frame)
+    incoming transfer precedes the median outgoing one, the hub is no hub (at most
+    ``hub_degree_max`` counterparties a side) and passes the money on: what it pays out is
+    between a third and three times what it gathered (when amounts are known). Flags the
+    hub's in- and out-transfers."""
+    windows = windows or build_windows(frame, config, t0)
+    edges = windows.edges
     if edges.height == 0:
         return empty_hits()
-    t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
+    t0 = windows.t0
     window_s = config.gather_scatter_window_s
-    w = windowed(edges, window_s, t0)
+    w = windowed(edges.lazy(), window_s, t0)
     k = config.gather_scatter_degree_min
     incoming = w.group_by("dst", "win").agg(
-        pl.col("src").n_unique().alias("in_degree"), pl.col("ts").median().alias("in_median")
+        pl.col("src").n_unique().alias("in_degree"),
+        pl.col("ts").median().alias("in_median"),
+        pl.col("value").sum().alias("in_value"),
     )
     outgoing = w.group_by("src", "win").agg(
-        pl.col("dst").n_unique().alias("out_degree"), pl.col("ts").median().alias("out_median")
+        pl.col("dst").n_unique().alias("out_degree"),
+        pl.col("ts").median().alias("out_median"),
+        pl.col("value").sum().alias("out_value"),
     )
+    ratio = pl.col("out_value") / pl.col("in_value")
     hubs = (
-        incoming.rename({"dst": "hub"})
-        .join(outgoing.rename({"src": "hub"}), on=["hub", "win"], how="inner")
+        incoming.filter(pl.col("in_degree").is_between(k, config.hub_degree_max))
+        .rename({"dst": "hub"})
+        .join(
+            outgoing.filter(pl.col("out_degree").is_between(k, config.hub_degree_max)).rename(
+                {"src": "hub"}
+            ),
+            on=["hub", "win"],
+            how="inner",
+        )
         .filter(
-            (pl.col("in_degree") >= k)
-            & (pl.col("out_degree") >= k)
-            & (pl.col("in_median") <= pl.col("out_median"))
+            (pl.col("in_median") <= pl.col("out_median"))
+            & ratio.is_between(1 / 3, 3.0).fill_null(True)
         )
         .with_columns(size=pl.min_horizontal("in_degree", "out_degree"))
         .select("hub", "win", "size")
@@ -229,8 +379,76 @@ def detect_gather_scatter(
     outs = w.join(hubs, left_on=["src", "win"], right_on=["hub", "win"], how="inner").with_columns(
         hub=pl.col("src")
     )
-    hits = pl.concat([ins, outs]).with_columns(group_id=pl.lit(-1, pl.Int64))
+    hits = (
+        pl.concat([ins, outs])
+        .select("row", "win", "size", "hub", group_id=pl.lit(-1, pl.Int64))
+        .collect()
+    )
     return _finish_hits(hits, "gather_scatter", window_s, t0)
+
+
+# --------------------------------------------------------------------------------------------
+# Pass-through: what an account does next with money it received.
+
+
+def pass_through(edges: pl.DataFrame) -> pl.DataFrame:
+    """Per transfer ``a -> b``: ``b``'s next outgoing transfer at or after it (``next_row``,
+    gap ``next_out_s``, value ratio ``next_out_ratio``) and ``a``'s last incoming transfer at
+    or before it (``prev_in_s``, ``prev_in_ratio``). Ratios are null without amounts."""
+    ordered = edges.lazy().sort("ts")
+    outs = ordered.select(account="src", out_ts="ts", next_row="row", out_value="value").sort(
+        "out_ts"
+    )
+    ins = ordered.select(account="dst", in_ts="ts", in_value="value").sort("in_ts")
+    nxt = ordered.join_asof(
+        outs, left_on="ts", right_on="out_ts", by_left="dst", by_right="account",
+        strategy="forward", check_sortedness=False,
+    )  # fmt: skip
+    both = nxt.join_asof(
+        ins, left_on="ts", right_on="in_ts", by_left="src", by_right="account",
+        strategy="backward", check_sortedness=False,
+    )  # fmt: skip
+    return both.select(
+        "row",
+        "next_row",
+        next_out_s=pl.col("out_ts") - pl.col("ts"),
+        next_out_ratio=pl.col("out_value") / pl.col("value"),
+        prev_in_s=pl.col("ts") - pl.col("in_ts"),
+        prev_in_ratio=pl.col("value") / pl.col("in_value"),
+    ).collect()
+
+
+def detect_chains(passes: pl.DataFrame, windows: Windows, config: DetectorConfig) -> pl.DataFrame:
+    """Stack layers as IBM draws them: ``a -> b -> c`` where ``b`` pays on, within
+    ``window_s``, between ``pass_through_ratio_min`` and ``_max`` of what it received, and
+    ``b`` has at most ``mule_degree_max`` counterparties a side in the window. Flags both
+    hops (size 2: a two-hop layer)."""
+    if passes.height == 0:
+        return empty_hits()
+    mules = windows.degrees.filter(
+        (pl.col("in_degree") <= config.mule_degree_max)
+        & (pl.col("out_degree") <= config.mule_degree_max)
+    ).select("account", "win")
+    span = 2 * config.window_s
+    chains = (
+        passes.lazy()
+        .filter(
+            pl.col("next_out_s").is_between(0, config.window_s)
+            & pl.col("next_out_ratio").is_between(
+                config.pass_through_ratio_min, config.pass_through_ratio_max
+            )
+        )
+        .join(windows.edges.lazy().select("row", "ts", "dst"), on="row")
+        .with_columns(win=(pl.col("ts") - windows.t0) // span * 2)
+        .join(mules.lazy(), left_on=["dst", "win"], right_on=["account", "win"], how="semi")
+    )
+    hits = pl.concat(
+        [
+            chains.select("row", "win", hub="dst"),
+            chains.select(row="next_row", win="win", hub="dst"),
+        ]
+    ).with_columns(size=pl.lit(2, pl.Int32), group_id=pl.lit(-1, pl.Int64))
+    return _finish_hits(hits.collect(), "stack", config.window_s, windows.t0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,12 +457,14 @@ def detect_gather_scatter(
 
 def _degrees(w: pl.DataFrame) -> pl.DataFrame:
     """Distinct in-, out- and total counterparties per account and window."""
-    out_deg = w.group_by("src", "win").agg(pl.col("dst").n_unique().alias("out_degree"))
-    in_deg = w.group_by("dst", "win").agg(pl.col("src").n_unique().alias("in_degree"))
+    lazy = w.lazy()
+    out_deg = lazy.group_by("src", "win").agg(pl.col("dst").n_unique().alias("out_degree"))
+    in_deg = lazy.group_by("dst", "win").agg(pl.col("src").n_unique().alias("in_degree"))
     return (
         out_deg.rename({"src": "account"})
         .join(in_deg.rename({"dst": "account"}), on=["account", "win"], how="full", coalesce=True)
         .with_columns(pl.col("out_degree").fill_null(0), pl.col("in_degree").fill_null(0))
+        .collect()
     )
 
 
@@ -254,12 +474,20 @@ def _without_hubs(w: pl.DataFrame, degrees: pl.DataFrame, limit: int) -> pl.Data
     )
     if hubs.height == 0:
         return w
-    w = w.join(hubs, left_on=["src", "win"], right_on=["account", "win"], how="anti")
-    return w.join(hubs, left_on=["dst", "win"], right_on=["account", "win"], how="anti")
+    return (
+        w.lazy()
+        .join(hubs.lazy(), left_on=["src", "win"], right_on=["account", "win"], how="anti")
+        .join(hubs.lazy(), left_on=["dst", "win"], right_on=["account", "win"], how="anti")
+        .collect()
+    )
 
 
 def detect_scatter_gather(
-    frame: pl.DataFrame, config: DetectorConfig, *, t0: int | None = None
+    frame: pl.DataFrame,
+    config: DetectorConfig,
+    *,
+    t0: int | None = None,
+    windows: Windows | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """A source pays at least ``scatter_width_min`` distinct intermediaries that each pay the
     same sink afterwards, all within ``window_s``. Intermediaries are low-degree accounts
@@ -269,17 +497,16 @@ def detect_scatter_gather(
     receiver (``onward``) and earlier hops into its sender (``inbound``) — pass-through
     evidence the model uses for the typologies without a detector (``random``).
     """
-    edges = _edges(frame)
-    if edges.height == 0:
+    windows = windows or build_windows(frame, config, t0)
+    if windows.edges.height == 0:
         return (
             empty_hits(),
             empty_groups(),
             pl.DataFrame(schema={"row": pl.Int64, "onward": pl.UInt32, "inbound": pl.UInt32}),
         )
-    t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
-    w = windowed(edges, config.window_s, t0)
-    degrees = _degrees(w)
-    w = _without_hubs(w, degrees, config.hub_degree_max)
+    t0 = windows.t0
+    w = windows.core
+    degrees = windows.degrees
     mules = degrees.filter(
         (pl.col("in_degree") <= config.mule_degree_max)
         & (pl.col("out_degree") <= config.mule_degree_max)
@@ -349,7 +576,11 @@ def detect_scatter_gather(
 
 
 def detect_bipartite(
-    frame: pl.DataFrame, config: DetectorConfig, *, t0: int | None = None
+    frame: pl.DataFrame,
+    config: DetectorConfig,
+    *,
+    t0: int | None = None,
+    windows: Windows | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Bipartite blocks: two senders that share at least ``bipartite_shared_min`` receivers
     within ``window_s`` (a K2,2 or denser), among accounts of at most
@@ -360,13 +591,12 @@ def detect_bipartite(
 
     Returns ``(bipartite_hits, stack_hits, groups)``.
     """
-    edges = _edges(frame)
-    if edges.height == 0:
+    windows = windows or build_windows(frame, config, t0)
+    if windows.edges.height == 0:
         return empty_hits(), empty_hits(), empty_groups()
-    t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
-    w = windowed(edges, config.window_s, t0)
-    degrees = _degrees(w)
-    w = _without_hubs(w, degrees, config.hub_degree_max)
+    t0 = windows.t0
+    w = windows.core
+    degrees = windows.degrees
     limit = config.bipartite_degree_max
     senders = degrees.filter(pl.col("out_degree").is_between(2, limit)).select("account", "win")
     receivers = degrees.filter(pl.col("in_degree").is_between(2, limit)).select("account", "win")
@@ -422,7 +652,11 @@ def detect_bipartite(
 
 
 def detect_cycles(
-    frame: pl.DataFrame, config: DetectorConfig, *, t0: int | None = None
+    frame: pl.DataFrame,
+    config: DetectorConfig,
+    *,
+    t0: int | None = None,
+    windows: Windows | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """Temporal cycles: money leaves an account and returns to it through 1..L-1 other
     accounts, each hop no earlier than the previous one, all within ``window_s``.
@@ -434,12 +668,11 @@ def detect_cycles(
     for time-respecting rings of at most ``cycle_length_max`` hops.
     """
     stats = {"cycle_components_too_large": 0, "cycle_components_truncated": 0}
-    edges = _edges(frame)
-    if edges.height == 0:
+    windows = windows or build_windows(frame, config, t0)
+    if windows.edges.height == 0:
         return empty_hits(), empty_groups(), stats
-    t0 = int(edges["ts"].min()) if t0 is None else t0  # type: ignore[arg-type]
-    w = windowed(edges, config.window_s, t0)
-    w = _without_hubs(w, _degrees(w), config.hub_degree_max)
+    t0 = windows.t0
+    w = windows.core
     pairs = w.group_by("src", "dst", "win").agg(pl.col("ts").sort().alias("times"))
     # Peel: an account with no remaining in- or out-edge in its window is on no cycle.
     # A few peeling rounds remove most dead ends; the SCC pass below handles the rest.
@@ -622,32 +855,77 @@ def _canonical(ring: tuple[int, ...]) -> tuple[int, ...]:
 def detect_all(
     frame: pl.DataFrame, config: DetectorConfig | None = None
 ) -> tuple[Detection, pl.DataFrame]:
-    """Run every detector. Returns the detection (hits of all typologies, groups with globally
-    unique ids, stats) and the per-transfer pass-through hop counts."""
+    """Run every detector over windows built once. Returns the detection (hits of all
+    typologies, groups with globally unique ids, stats, per-transfer signals) and the
+    per-transfer pass-through hop counts of scatter-gather paths."""
     config = config or DetectorConfig()
     config.validate()
+    no_hops = pl.DataFrame(schema={"row": pl.Int64, "onward": pl.UInt32, "inbound": pl.UInt32})
     if frame.height == 0:
-        return Detection(empty_hits(), empty_groups(), {}), pl.DataFrame(
-            schema={"row": pl.Int64, "onward": pl.UInt32, "inbound": pl.UInt32}
-        )
-    t0 = int(frame["ts"].min())  # type: ignore[arg-type]
-    fan_out = detect_fan(frame, config, direction="out", t0=t0)
-    fan_in = detect_fan(frame, config, direction="in", t0=t0)
-    gather = detect_gather_scatter(frame, config, t0=t0)
-    sg_hits, sg_groups, hops = detect_scatter_gather(frame, config, t0=t0)
-    bip_hits, stack_hits, bip_groups = detect_bipartite(frame, config, t0=t0)
-    cyc_hits, cyc_groups, stats = detect_cycles(frame, config, t0=t0)
+        return Detection(empty_hits(), empty_groups(), {}), no_hops
+    windows = build_windows(frame, config, int(frame["ts"].min()))  # type: ignore[arg-type]
+    if windows.edges.height == 0:
+        return Detection(empty_hits(), empty_groups(), {}), no_hops
+    t0 = windows.t0
+    edges = windows.edges
+    t_end = int(edges["ts"].max())  # type: ignore[arg-type]
+    lazy = edges.lazy()
+    out_side, in_side = pl.collect_all(
+        [
+            _fan_side(lazy, "src", "dst", config, t0, t_end),
+            _fan_side(lazy, "dst", "src", config, t0, t_end),
+        ]
+    )
+    fan_out = _fan_hits(out_side, "fan_out", config, t0)
+    fan_in = _fan_hits(in_side, "fan_in", config, t0)
+    gather = detect_gather_scatter(frame, config, windows=windows)
+    sg_hits, sg_groups, hops = detect_scatter_gather(frame, config, windows=windows)
+    bip_hits, block_stack_hits, bip_groups = detect_bipartite(frame, config, windows=windows)
+    cyc_hits, cyc_groups, stats = detect_cycles(frame, config, windows=windows)
+    passes = pass_through(edges)
+    chain_hits = detect_chains(passes, windows, config)
     # Group ids are offset per typology so that they are unique in one table.
     offset_sg = int(cyc_groups.height)
     offset_bip = offset_sg + int(sg_groups.height)
     sg_hits = _shift(sg_hits, offset_sg)
     sg_groups = sg_groups.with_columns(pl.col("group_id") + offset_sg)
     bip_hits = _shift(bip_hits, offset_bip)
-    stack_hits = _shift(stack_hits, offset_bip)
+    block_stack_hits = _shift(block_stack_hits, offset_bip)
     bip_groups = bip_groups.with_columns(pl.col("group_id") + offset_bip)
+    # A transfer in both a block stack and a pass-through chain keeps the block (size 3).
+    stack_hits = (
+        pl.concat([block_stack_hits, chain_hits])
+        .sort("size", descending=True)
+        .unique("row", keep="first")
+        .sort("row")
+    )
     hits = pl.concat([fan_out, fan_in, cyc_hits, sg_hits, gather, stack_hits, bip_hits])
     groups = pl.concat([cyc_groups, sg_groups, bip_groups])
-    return Detection(hits, groups, stats), hops
+    hours = 1.0 / 3_600
+    signals = (
+        edges.select("row")
+        .with_columns(
+            src_out_degree_w=out_side["degree"],
+            src_out_burst=out_side["burst"],
+            src_out_value_cv=out_side["value_cv"],
+            dst_in_degree_w=in_side["degree"],
+            dst_in_burst=in_side["burst"],
+            dst_in_value_cv=in_side["value_cv"],
+            src_out_similar=out_side["similar"],
+            dst_in_similar=in_side["similar"],
+        )
+        .join(passes, on="row", how="left")
+        .select(
+            "row",
+            *(pl.col(c) for c in SIGNAL_COLUMNS[:8]),
+            next_out_hours=pl.col("next_out_s") * hours,
+            next_out_ratio=pl.col("next_out_ratio"),
+            prev_in_hours=pl.col("prev_in_s") * hours,
+            prev_in_ratio=pl.col("prev_in_ratio"),
+        )
+        .select("row", *(pl.col(c).cast(pl.Float32) for c in SIGNAL_COLUMNS))
+    )
+    return Detection(hits, groups, stats, signals), hops
 
 
 def _shift(hits: pl.DataFrame, offset: int) -> pl.DataFrame:

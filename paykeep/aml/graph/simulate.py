@@ -39,6 +39,7 @@ from paykeep.aml.graph.errors import InvalidGraphParameter
 from paykeep.aml.graph.io import (
     AMLWORLD_CURRENCIES,
     AMLWORLD_RAW_HEADER,
+    APPROX_MAJOR_PER_USD,
     PATTERN_BEGIN,
     PATTERN_END,
     Transactions,
@@ -55,23 +56,7 @@ SIMULATE_DAYS_MAX: Final = 366
 DAY_S: Final = 86_400
 
 #: Rough "major units per US dollar" used only to sample plausible amounts per currency.
-_SAMPLING_SCALE: Final[dict[str, float]] = {
-    "USD": 1.0,
-    "EUR": 0.92,
-    "CNY": 7.2,
-    "JPY": 150.0,
-    "GBP": 0.79,
-    "INR": 83.0,
-    "RUB": 90.0,
-    "CAD": 1.36,
-    "AUD": 1.5,
-    "CHF": 0.88,
-    "MXN": 17.0,
-    "BRL": 5.0,
-    "ILS": 3.7,
-    "SAR": 3.75,
-    "XBT": 0.000016,
-}
+_SAMPLING_SCALE: Final[dict[str, float]] = dict(APPROX_MAJOR_PER_USD)
 _CODE_TO_NAME: Final[dict[str, str]] = {v: k for k, v in AMLWORLD_CURRENCIES.items()}
 _CURRENCY_CODES: Final[tuple[str, ...]] = tuple(_SAMPLING_SCALE)
 _CURRENCY_WEIGHTS: Final[tuple[float, ...]] = (

@@ -28,7 +28,8 @@ from paykeep.aml.graph.errors import BadModelFile, InsufficientLabels, ModelNotF
 from paykeep.aml.graph.io import atomic_path
 from paykeep.aml.graph.model import DetectorConfig
 
-MODEL_FORMAT_VERSION: Final = 1
+#: 2: strict fans, pass-through stacks and the detector signals as features.
+MODEL_FORMAT_VERSION: Final = 2
 BOOST_ROUNDS_MAX: Final = 400
 EARLY_STOPPING_ROUNDS: Final = 40
 EXPLAIN_TOP: Final = 3
