@@ -82,9 +82,7 @@ def upgrade() -> None:
     op.create_table(
         "aml_alerts",
         sa.Column("id", ROWID, primary_key=True),
-        sa.Column(
-            "decision_id", sa.BigInteger, sa.ForeignKey("aml_decisions.id"), nullable=False
-        ),
+        sa.Column("decision_id", sa.BigInteger, sa.ForeignKey("aml_decisions.id"), nullable=False),
         sa.Column("rule", sa.String(64), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("shadow", sa.Boolean, nullable=False),
@@ -126,8 +124,7 @@ def upgrade() -> None:
         sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
         sa.Column("last_seq", sa.Integer, nullable=False),
         sa.CheckConstraint(
-            "state IN ('open', 'investigating', 'escalated', 'reported', "
-            "'closed_false_positive')",
+            "state IN ('open', 'investigating', 'escalated', 'reported', 'closed_false_positive')",
             name="ck_aml_cases_state",
         ),
         sa.CheckConstraint("risk IN ('low', 'medium', 'high')", name="ck_aml_cases_risk"),
