@@ -37,10 +37,6 @@ class RuleEventIdReused(Conflict):
     code = "rule_event_id_reused"
 
 
-class RuleDecisionNotFound(NotFound):
-    code = "rule_decision_not_found"
-
-
 class PaymentBlocked(Conflict):
     """The decision for this money event is ``block``: it must be declined, nothing moves."""
 

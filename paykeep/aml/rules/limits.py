@@ -28,5 +28,3 @@ ACTOR_LENGTH_MAX: Final = 64
 CONFIG_VERSIONS_PER_RULE_MAX: Final = 10_000
 #: Alerts recorded for one decision (each rule reports at most one alert per party).
 ALERTS_PER_DECISION_MAX: Final = 2 * RULES_MAX * 2
-#: Decisions listed at once.
-DECISIONS_PAGE_MAX: Final = 1_000

@@ -276,15 +276,6 @@ class RulesRepository:
             self.conn.execute(sa.insert(alerts), rows)
         return decision_id
 
-    def decisions(self, after_id: int, limit: int) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            sa.select(decisions)
-            .where(decisions.c.id > after_id)
-            .order_by(decisions.c.id)
-            .limit(limit)
-        ).all()
-        return [dict(r._mapping) for r in rows]
-
     # --- history -------------------------------------------------------------------------
 
     def history(
