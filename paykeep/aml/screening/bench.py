@@ -7,11 +7,10 @@ screen costs: normalise the name (uncached) and look it up in a dictionary of th
 normalised names -- exact matching only, no fuzziness, no evidence.
 
 Caches are cleared (name normalisation, token similarity), then ``warmup`` queries spread
-over the set are screened untimed: one-time costs (ICU's transliterator takes ~0.2 s to load
-on the first non-Latin name, rigour's tables, the country table) are not counted, and the
-figures are not flattered by having seen every query before (the normalisation cache is
-cleared again; the token-similarity cache keeps what the warm-up put in it, as a running
-service would).
+over the set are screened untimed: one-time costs (anyascii's per-script tables, the title,
+legal-form and country tables) are not counted, and the figures are not flattered by having
+seen every query before (the normalisation cache is cleared again; the token-similarity cache
+keeps what the warm-up put in it, as a running service would).
 """
 
 from __future__ import annotations

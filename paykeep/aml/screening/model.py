@@ -7,9 +7,10 @@ it, so a compliance officer can see why a name was flagged.
 How a score is built (the shape follows OpenSanctions' logic-v2 -- a name score qualified by
 supporting or contradicting evidence -- but the features and weights are our own):
 
-1. Both names are normalised to ASCII tokens: NFKC, transliteration of any script (rigour, then
-   normality/ICU), case folding, honorific and organisation-suffix handling (rigour's curated
-   tables), ``LAST, First`` reordered to ``First LAST`` for people.
+1. Both names are normalised to ASCII tokens: NFKC, transliteration of any script (anyascii),
+   case folding, leading titles dropped from people's names (nameparser's title list) and legal
+   forms rewritten to one compare form in organisations' names (cleanco's term lists),
+   ``LAST, First`` reordered to ``First LAST`` for people. Every table ships in a wheel.
 2. Name features, each in ``[0, 1]``: ``name_similarity`` (tokens aligned order-free with edit
    distance, initials and phonetic equality; or the whole name compared as one string, which
    catches split and merged tokens), ``token_overlap`` (weighted share of identical tokens) and
@@ -23,6 +24,8 @@ supporting or contradicting evidence -- but the features and weights are our own
 from __future__ import annotations
 
 import heapq
+import importlib
+import itertools
 import math
 import re
 import unicodedata
@@ -31,12 +34,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 
+from anyascii import anyascii
+from jellyfish import metaphone
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, Levenshtein
-from rigour.names import remove_person_prefixes, replace_org_types_compare
-from rigour.territories import get_territories
-from rigour.text.phonetics import metaphone
-from rigour.text.translit import ascii_text
 
 from paykeep.aml.screening import limits
 
@@ -73,10 +74,14 @@ def _is_org_like(schema: str) -> bool:
 # --- normalisation ---------------------------------------------------------------------------
 
 _APOSTROPHES: Final = re.compile(r"['’‘`ʿʾ´ʻʼ]")
+#: Marks transliteration writes inside a word: anyascii spells the Cyrillic soft and hard signs
+#: ' and ", and Arabic ayn and hamza ` and '. Dropped, so "Объедков" stays one token.
+_TRANSLIT_MARKS: Final = re.compile(r"['\"`]")
 _TOKEN: Final = re.compile(r"[a-z0-9]+")
-#: Words that carry little identity in a name: Arabic and European particles, and honorifics
-#: rigour leaves in place. They still align, at a quarter of a normal token's weight, so
-#: "AL-DARI" vs "DARI" is close but "AL" alone never makes a match.
+#: Words that carry little identity in a name: Arabic and European particles, and religious
+#: honorifics that are also written inside names. They still align, at a quarter of a normal
+#: token's weight, so "AL-DARI" vs "DARI" is close but "AL" alone never makes a match. They
+#: are never stripped as honorifics (a name keeps "HAJI" wherever it stands, in every order).
 PARTICLES: Final = frozenset(
     {
         "al", "el", "ad", "ash", "as", "at", "az", "bin", "ibn", "bint", "ben", "ould", "ul",
@@ -85,17 +90,172 @@ PARTICLES: Final = frozenset(
         "maulavi", "mawlawi", "maulvi", "sheikh", "shaikh", "qari", "sayed", "sayyid", "syed",
     }
 )  # fmt: skip
-#: Organisation suffixes after rigour's ``replace_org_types_compare`` (which maps
-#: "Limited Liability Company" to "llc", "Aktiengesellschaft" to "ag" ...), weighted like
-#: particles so "ACME LLC" and "ACME LTD" stay close.
-ORG_SUFFIXES: Final = frozenset(
+
+
+def _ascii_words(text: str) -> str:
+    """Any script to lower-case ASCII (anyascii), apostrophes and transliteration marks gone."""
+    return _TRANSLIT_MARKS.sub("", anyascii(_APOSTROPHES.sub("", text))).casefold()
+
+
+# Person titles come from nameparser's curated list (``nameparser.config.titles.TITLES``, ~800
+# titles in many languages), read once, with two short tables of our own:
+#: Titles that are also given names, surnames or name elements in the cultures sanctions lists
+#: cover ("Sultan Hashim Ahmad", "Mahdi al-Muhandis", "Prince Johnson", Korean "Ra", Cantonese
+#: "Law" and "Hon", Burmese "Mg"): stripping them would erase part of a name, not a courtesy.
+_TITLES_THAT_ARE_NAMES: Final = frozenset(
     {
-        "llc", "ltd", "sa", "ag", "gmbh", "inc", "co", "corp", "jsc", "ooo", "oao", "zao", "pao",
-        "pjsc", "ojsc", "cjsc", "plc", "bv", "nv", "srl", "spa", "sarl", "sas", "kg", "lp",
-        "llp", "company", "limited", "corporation", "group", "holding", "cv", "de", "sl",
-        "fze", "fzco", "fzc", "dmcc", "tov", "pte", "bhd", "sdn", "pvt",
+        "sultan", "sultana", "mahdi", "imam", "murshid", "pir", "baba", "akhoond", "mufti",
+        "prince", "princess", "king", "queen", "lama", "guru", "swami", "pastor", "mg", "ra",
+        "law", "hon",
     }
 )  # fmt: skip
+#: Titles nameparser lacks (it has "chair", not "chairman").
+_TITLES_EXTRA: Final = frozenset({"chairman", "chairwoman", "duke", "duchess", "hrh"})
+
+
+@lru_cache(maxsize=1)
+def person_titles() -> frozenset[str]:
+    """Honorifics stripped from the head of a person's name: nameparser's titles that are one
+    Latin-script word as normalised here, and :data:`_TITLES_EXTRA`, less :data:`PARTICLES` and
+    :data:`_TITLES_THAT_ARE_NAMES`. Titles written in other scripts are left out: after
+    transliteration they collide with Latin names (Bengali "মো" becomes "mo", Devanagari "डा"
+    becomes "da").
+    """
+    # Imported on first use: nameparser loads its whole parser (~50 ms).
+    from nameparser.config.titles import TITLES
+
+    titles = set(_TITLES_EXTRA)
+    for title in TITLES:
+        if not all(c.isascii() or "LATIN" in unicodedata.name(c, "") for c in title):
+            continue
+        words = _TOKEN.findall(_ascii_words(title))
+        if len(words) == 1 and len(words[0]) > 1:
+            titles.add(words[0])
+    return frozenset(titles - PARTICLES - _TITLES_THAT_ARE_NAMES)
+
+
+def _strip_person_titles(tokens: list[str]) -> list[str]:
+    """Drop leading titles ("Mr", "Dr", "Lieutenant General") while two tokens remain.
+
+    Two, not one: a title followed by a single name ("Commander Putol", "Ayatollah Ebrahimi")
+    keeps it, since a lone surname would match everyone who bears it.
+    """
+    titles = person_titles()
+    start = 0
+    while start < len(tokens) - 2 and tokens[start] in titles:
+        start += 1
+    return tokens[start:]
+
+
+# Legal forms come from cleanco's term lists (``cleanco.termdata``: ~320 abbreviations by
+# type and by country, "l.l.c.", "gmbh", "s. de r.l.", "ооо" ...). A dotted term is compared
+# in its compact form ("L.L.C." and "LLC" both become "llc"), so names that differ only in how
+# the legal form is written compare equal. cleanco lists abbreviations only, so two short
+# tables of our own complete it.
+#: Abbreviations cleanco lacks that are common in sanctions lists: Russian and Ukrainian joint
+#: stock companies, UAE free-zone companies, Turkish "sirketi"; and "group" and "holding",
+#: which carry as little identity as a legal form.
+_LEGAL_FORMS_EXTRA: Final = frozenset(
+    {"jsc", "ojsc", "cjsc", "pjsc", "ao", "fze", "fzco", "fzc", "dmcc", "sti", "group", "holding"}
+)
+#: Spelled-out forms -> the abbreviation they are compared as (each value is one of cleanco's
+#: terms or in :data:`_LEGAL_FORMS_EXTRA`; a test checks). ``a|b`` gives a word's spellings.
+_LEGAL_FORM_SPELLINGS: Final = {
+    "limited liability company|corporation": "llc",
+    "limited liability partnership": "llp",
+    "limited partnership": "lp",
+    "public limited company": "plc",
+    "limited": "ltd",
+    "limitada": "ltda",
+    "incorporated": "inc",
+    "corporation": "corp",
+    "company": "co",
+    "aktiengesellschaft": "ag",
+    "gesellschaft mit beschrankter haftung": "gmbh",
+    "sociedad anonima": "sa",
+    "societe anonyme": "sa",
+    "societa per azioni": "spa",
+    "sociedad de responsabilidad limitada": "srl",
+    "obshchestvo s ogranichennoy|ogranichennoi otvetstvennostyu|otvetstvennostiu": "ooo",
+    "aktsionernoe obshchestvo|obschestvo": "ao",
+    "otkrytoe aktsionernoe obshchestvo|obschestvo": "oao",
+    "zakrytoe aktsionernoe obshchestvo|obschestvo": "zao",
+    "publichnoe aktsionernoe obshchestvo|obschestvo": "pao",
+    "joint stock company": "jsc",
+    "open joint stock company": "ojsc",
+    "closed joint stock company": "cjsc",
+    "public joint stock company": "pjsc",
+    "free zone establishment": "fze",
+    "free zone company": "fzco",
+    "sirketi": "sti",
+}
+
+
+def _spellings(pattern: str) -> list[tuple[str, ...]]:
+    """``"a b|c"`` -> ``[("a", "b"), ("a", "c")]``."""
+    return list(itertools.product(*(word.split("|") for word in pattern.split())))
+
+
+@dataclass(frozen=True, slots=True)
+class _LegalForms:
+    #: token sequence as written -> its compare form (one or more tokens)
+    rewrites: Mapping[tuple[str, ...], tuple[str, ...]]
+    longest: int
+    #: every token of every compare form: weighted like particles in organisation names
+    words: frozenset[str]
+
+
+def cleanco_terms() -> frozenset[str]:
+    """cleanco's legal-form terms as written there ("l.l.c.", "s. de r.l.", "ооо" ...)."""
+    # cleanco ships no type information: its two tables are read as the plain data they are.
+    termdata = importlib.import_module("cleanco.termdata")
+    by_type: dict[str, list[str]] = termdata.terms_by_type
+    by_country: dict[str, list[str]] = termdata.terms_by_country
+    return frozenset(t for terms in (*by_type.values(), *by_country.values()) for t in terms)
+
+
+@lru_cache(maxsize=1)
+def legal_forms() -> _LegalForms:
+    """cleanco's legal-form terms, our spelled-out forms, and the words they are compared as."""
+    rewrites: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for term in sorted(cleanco_terms()):
+        # A word keeps its letters ("r.l." -> "rl"); words stay apart ("s. de r.l." -> s de rl).
+        compact = tuple(
+            word
+            for word in ("".join(_TOKEN.findall(_ascii_words(w))) for w in term.split())
+            if word
+        )
+        if compact:
+            rewrites.setdefault(tuple(_TOKEN.findall(_ascii_words(term))), compact)
+    for form in _LEGAL_FORMS_EXTRA:
+        rewrites[(form,)] = (form,)
+    for pattern, short in _LEGAL_FORM_SPELLINGS.items():
+        for spelling in _spellings(pattern):
+            rewrites[spelling] = (short,)
+    words = frozenset(w for compact in rewrites.values() for w in compact)
+    return _LegalForms(rewrites, max(len(k) for k in rewrites), words)
+
+
+def _rewrite_legal_forms(tokens: list[str]) -> list[str]:
+    """Replace each legal form by its compare form, longest match first, until nothing changes
+    (so the result is a fixed point and normalisation stays idempotent)."""
+    forms = legal_forms()
+    while True:
+        out: list[str] = []
+        i = 0
+        while i < len(tokens):
+            for size in range(min(forms.longest, len(tokens) - i), 0, -1):
+                compact = forms.rewrites.get(tuple(tokens[i : i + size]))
+                if compact is not None:
+                    out.extend(compact)
+                    i += size
+                    break
+            else:
+                out.append(tokens[i])
+                i += 1
+        if out == tokens:
+            return out
+        tokens = out
 
 
 @lru_cache(maxsize=65_536)
@@ -110,13 +270,12 @@ def normalise_name(text: str, schema: str = PERSON) -> tuple[str, ...]:
         # query input, so the whole-string comparison sees the same sequence.
         last, first = text.split(",")
         text = f"{first} {last}"
-    text = ascii_text(_APOSTROPHES.sub("", text)).casefold()
-    text = _APOSTROPHES.sub("", text)  # transliteration can produce new apostrophes
+    tokens = _TOKEN.findall(_ascii_words(text))
     if _is_org_like(schema):
-        text = replace_org_types_compare(" ".join(_TOKEN.findall(text)))
+        tokens = _rewrite_legal_forms(tokens)
     elif schema == PERSON:
-        text = remove_person_prefixes(" ".join(_TOKEN.findall(text)))
-    return tuple(_TOKEN.findall(text))[: limits.NAME_TOKENS_MAX]
+        tokens = _strip_person_titles(tokens)
+    return tuple(tokens[: limits.NAME_TOKENS_MAX])
 
 
 def name_key(text: str, schema: str = PERSON) -> str:
@@ -124,9 +283,12 @@ def name_key(text: str, schema: str = PERSON) -> str:
     return " ".join(sorted(normalise_name(text, schema)))
 
 
-def _token_weight(token: str) -> float:
-    if token in PARTICLES or token in ORG_SUFFIXES:
-        return 0.25
+_MINOR_WEIGHT: Final = 0.25
+
+
+def _token_weight(token: str, minor: bool) -> float:
+    if minor:
+        return _MINOR_WEIGHT
     # Longer tokens carry more identity; an initial carries a little.
     return min(len(token), 8) / 8.0 if len(token) > 1 else 0.35
 
@@ -137,6 +299,9 @@ class NameForm:
 
     original: str
     tokens: tuple[str, ...]
+    #: Whether each token carries little identity: a particle, or a legal form in the name of
+    #: an organisation or an object. Minor tokens weigh a quarter and are no blocking keys.
+    minor: tuple[bool, ...]
     weights: tuple[float, ...]
     phonetics: tuple[str, ...]
     joined: str
@@ -148,11 +313,16 @@ class NameForm:
 
 def name_form(text: str, schema: str = PERSON) -> NameForm:
     tokens = normalise_name(text, schema)
-    weights = tuple(_token_weight(t) for t in tokens)
+    # Legal forms only count as minor in organisation names: in a person's name "Ba", "Dat"
+    # or "Sal" (all legal-form abbreviations somewhere) are given names or surnames.
+    legal = legal_forms().words if _is_org_like(schema) else frozenset()
+    minor = tuple(t in PARTICLES or t in legal for t in tokens)
+    weights = tuple(_token_weight(t, m) for t, m in zip(tokens, minor, strict=True))
     phonetics = tuple(_phonetic(t) for t in tokens)
     return NameForm(
         original=text,
         tokens=tokens,
+        minor=minor,
         weights=weights,
         phonetics=phonetics,
         joined="".join(tokens),
@@ -164,11 +334,22 @@ def name_form(text: str, schema: str = PERSON) -> NameForm:
     )
 
 
+_REPEATED_LETTER: Final = re.compile(r"(.)\1+")
+_H_AFTER_CONSONANT: Final = re.compile(r"(?<=[^AEIOU])H")
+
+
 @lru_cache(maxsize=131_072)
 def _phonetic(token: str) -> str:
+    """The Metaphone code of a token (jellyfish), with two corrections for transliterated names.
+
+    Doubled letters are collapsed first: jellyfish drops a word's first vowel when it is doubled
+    ("aamir" -> "MR", "amir" -> "AMR") and codes "shhah" as "XH". An H after a consonant is
+    dropped from the code: romanisations write Arabic and Persian kh, gh, dh with or without
+    the h ("Mukhlis"/"Moklis", "Khan"/"Kan"), and jellyfish keeps it ("MKHLS").
+    """
     if len(token) < 2 or token.isdigit():
         return ""
-    return str(metaphone(token))
+    return _H_AFTER_CONSONANT.sub("", metaphone(_REPEATED_LETTER.sub(r"\1", token)))
 
 
 # --- dates, countries, identifiers -----------------------------------------------------------
@@ -208,46 +389,87 @@ def parse_partial_date(text: str) -> PartialDate | None:
     return PartialDate(year, month, day)
 
 
-#: Spellings used by OFAC and common in customer data that rigour's territory names lack.
+#: Short names in common use that pycountry's ISO 3166 names lack ("Russian Federation",
+#: "Brunei Darussalam"), OFAC's spellings ("Korea, North"), former names, and Kosovo, which has
+#: no ISO 3166 code (``xk`` is the code in common use).
 _COUNTRY_ALIASES: Final = {
-    "korea north": "kp",
-    "korea south": "kr",
-    "burma": "mm",
-    "turkey": "tr",
-    "palestinian": "ps",
-    "possibly palestinian": "ps",
-    "west bank": "ps",
-    "gaza": "ps",
-    "region gaza": "ps",
-    "congo democratic republic of the": "cd",
-    "hong kong": "hk",
-    "north macedonia the republic of": "mk",
-    "the gambia": "gm",
+    "russia": "ru",
+    "brunei": "bn",
+    "vatican": "va",
+    "vatican city": "va",
+    "macau": "mo",
+    "cape verde": "cv",
     "cabo verde": "cv",
     "ivory coast": "ci",
     "east timor": "tl",
+    "swaziland": "sz",
+    "burma": "mm",
+    "turkey": "tr",
+    "macedonia": "mk",
+    "north macedonia the republic of": "mk",
+    "korea north": "kp",
+    "korea south": "kr",
+    "congo democratic republic of the": "cd",
+    "democratic republic of the congo": "cd",
+    "dr congo": "cd",
+    "congo republic of the": "cg",
+    "the gambia": "gm",
+    "palestinian": "ps",
+    "possibly palestinian": "ps",
+    "palestinian territories": "ps",
+    "west bank": "ps",
+    "gaza": "ps",
+    "region gaza": "ps",
+    "great britain": "gb",
     "uk": "gb",
     "usa": "us",
     "united states of america": "us",
+    "soviet union": "suhh",
+    "kosovo": "xk",
+    "republic of kosovo": "xk",
+    "xk": "xk",
+    "xkx": "xk",
 }
+_NAME_PARTS: Final = re.compile(
+    r"^(?P<head>[^,(]+?)\s*(?:,\s*(?P<qualifier>.+)|\((?P<inner>.+)\))$"
+)
 
 
 def _country_key(text: str) -> str:
-    return " ".join(_TOKEN.findall(text.casefold()))
+    return " ".join(_TOKEN.findall(_ascii_words(text)))
 
 
 @lru_cache(maxsize=1)
 def _country_table() -> dict[str, str]:
-    # Built from rigour's territory index (codes, names, full names): ~0.1 s once. rigour's own
-    # ``lookup_territory`` also knows names in many languages but costs ~3 s to load, which
-    # every CLI call would pay.
+    """Country name or code -> lower-case ISO 3166-1 alpha-2, from pycountry's ISO 3166-1 table
+    (codes, names, official and common names) and the aliases above; states that no longer
+    exist (ISO 3166-3: "USSR", "Yugoslavia", "Zaire") map to their four-letter code. Built once.
+    """
+    import pycountry  # imported on first use (~40 ms)
+
     table: dict[str, str] = {}
-    for territory in get_territories():
-        code = str(territory.ftm_country or territory.code)
-        names = [territory.name, territory.full_name, territory.code, territory.alpha3 or ""]
-        for name in [*names, *territory.other_codes]:
+    derived: dict[str, set[str]] = {}
+    for country in pycountry.countries:
+        code = country.alpha_2.lower()
+        names = (country.alpha_2, country.alpha_3, country.name)
+        optional = (getattr(country, "official_name", ""), getattr(country, "common_name", ""))
+        for name in (*names, *optional):
             if name:
-                table.setdefault(_country_key(str(name)), code)
+                table.setdefault(_country_key(name), code)
+        # "Iran, Islamic Republic of" is also "Iran" and "Islamic Republic of Iran";
+        # "Holy See (Vatican City State)" is also "Holy See" and "Vatican City State".
+        if (parts := _NAME_PARTS.match(country.name)) is not None:
+            head, qualifier, inner = parts.group("head", "qualifier", "inner")
+            for name in (head, f"{qualifier} {head}" if qualifier else inner):
+                derived.setdefault(_country_key(name), set()).add(code)
+    for key, codes in derived.items():
+        if len(codes) == 1:  # "Korea" and "Virgin Islands" name two countries: neither
+            table.setdefault(key, codes.pop())
+    for historic in pycountry.historic_countries:
+        code = historic.alpha_4.lower()
+        short, _, qualifier = historic.name.partition(",")
+        for name in (historic.alpha_4, historic.alpha_3, short, f"{qualifier} {short}"):
+            table.setdefault(_country_key(name), code)
     table.update(_COUNTRY_ALIASES)
     return table
 
@@ -685,8 +907,8 @@ def _evidence_of(
 
 def _blocking_keys(form: NameForm) -> set[str]:
     keys: set[str] = set()
-    for token, code in zip(form.tokens, form.phonetics, strict=True):
-        if token in PARTICLES or token in ORG_SUFFIXES or len(token) < 2:
+    for token, code, minor in zip(form.tokens, form.phonetics, form.minor, strict=True):
+        if minor or len(token) < 2:
             continue
         keys.add("t:" + token)
         if len(code) >= 2:

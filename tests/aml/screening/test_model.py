@@ -58,13 +58,107 @@ def test_normalise_name_examples(raw: str, schema: str, tokens: tuple[str, ...])
     assert normalise_name(raw, schema) == tokens
 
 
-# No deadline: the first non-Latin name loads ICU's transliterator (~0.3 s, once).
+# No deadline: the first name in a script loads anyascii's table for it, and the first name
+# loads the title and legal-form tables (once each).
 @settings(deadline=None)
 @given(names, schemas)
 def test_normalise_name_is_idempotent_and_ascii(raw: str, schema: str) -> None:
     tokens = normalise_name(raw, schema)
     assert all(t.isascii() and t.isalnum() and t == t.lower() for t in tokens)
     assert normalise_name(" ".join(tokens), schema) == tokens
+
+
+@pytest.mark.parametrize(
+    ("raw", "tokens"),
+    [
+        # anyascii's spellings: BGN/PCGN-like for Cyrillic, pinyin words for Han, and the
+        # Cyrillic hard sign dropped rather than splitting the word.
+        ("Юрий Шевченко", ("yuriy", "shevchenko")),
+        ("Пётр Объедков", ("petr", "obedkov")),
+        ("Γιώργος Σαμαράς", ("giorgos", "samaras")),
+        ("习近平", ("xijinping",)),
+        ("Đạt Nguyễn", ("dat", "nguyen")),
+    ],
+)
+def test_transliteration_examples(raw: str, tokens: tuple[str, ...]) -> None:
+    assert normalise_name(raw, PERSON) == tokens
+
+
+@pytest.mark.parametrize(
+    ("raw", "tokens"),
+    [
+        # nameparser's titles, several in a row, in any case and with dots.
+        ("Lieutenant General Ahmad Khan", ("ahmad", "khan")),
+        ("Sr. Dr. Ana Lopez", ("ana", "lopez")),
+        ("Shaykh Umar Abd al-Rahman", ("umar", "abd", "al", "rahman")),
+        # A title before a single name stays: a lone surname would match everyone.
+        ("Commander Putol", ("commander", "putol")),
+        # Titles that are also names, and particles, are never stripped.
+        ("Sultan Hashim Ahmad", ("sultan", "hashim", "ahmad")),
+        ("Mahdi Abu Muhandis", ("mahdi", "abu", "muhandis")),
+        ("Haji Muhammad Khan", ("haji", "muhammad", "khan")),
+        # Only at the head: a title-like word inside a name is part of it.
+        ("Maria Pastor Lopez", ("maria", "pastor", "lopez")),
+    ],
+)
+def test_person_titles_examples(raw: str, tokens: tuple[str, ...]) -> None:
+    assert normalise_name(raw, PERSON) == tokens
+
+
+def test_person_titles_come_from_nameparser() -> None:
+    titles = model.person_titles()
+    assert {"mr", "mrs", "dr", "prof", "general", "colonel", "excellency", "shaykh"} <= titles
+    assert not titles & model.PARTICLES
+    assert not titles & model._TITLES_THAT_ARE_NAMES
+    assert len(titles) > 500  # the library's list, not a hand-typed one
+
+
+@pytest.mark.parametrize(
+    ("raw", "tokens"),
+    [
+        ("Bar L.L.C.", ("bar", "llc")),
+        ("Foo S.A. de C.V.", ("foo", "sa", "de", "cv")),
+        ("Acme Limited Liability Corporation", ("acme", "llc")),
+        ("OBSHCHESTVO S OGRANICHENNOI OTVETSTVENNOSTIU ROMASHKA", ("ooo", "romashka")),
+        ("ООО «Ромашка»", ("ooo", "romashka")),
+        ("Galax Trading Co., Ltd.", ("galax", "trading", "co", "ltd")),
+        ("Galax Trading Company Limited", ("galax", "trading", "co", "ltd")),
+        ("Anadolu Ticaret Limited Sirketi", ("anadolu", "ticaret", "ltd", "sti")),
+    ],
+)
+def test_legal_form_examples(raw: str, tokens: tuple[str, ...]) -> None:
+    assert normalise_name(raw, "Company") == tokens
+
+
+def test_legal_forms_come_from_cleanco_and_rewrite_to_a_fixed_point() -> None:
+    forms = model.legal_forms()
+    compact_terms = {
+        "".join(model._TOKEN.findall(model._ascii_words(t))) for t in model.cleanco_terms()
+    }
+    for short in model._LEGAL_FORM_SPELLINGS.values():
+        assert short in compact_terms or short in model._LEGAL_FORMS_EXTRA, short
+    assert len(forms.rewrites) > 300
+    for written in forms.rewrites:
+        tokens = normalise_name(" ".join(("acme", *written)), "Company")
+        assert normalise_name(" ".join(tokens), "Company") == tokens, written
+
+
+def test_legal_forms_weigh_little_only_in_organisation_names() -> None:
+    # "Ba" and "Dat" are legal forms somewhere ("b.a.", Ukraine's "dat"), and names of people.
+    person = model.name_form("Dat Ba Nguyen", PERSON)
+    company = model.name_form("Nguyen Dat Ltd", "Company")
+    assert person.minor == (False, False, False)
+    assert company.minor == (False, True, True)
+    assert company.weights[2] == 0.25
+
+
+def test_phonetic_codes_absorb_transliteration_variants() -> None:
+    phonetic = model._phonetic
+    assert phonetic("mukhlis") == phonetic("moklis")
+    assert phonetic("khan") == phonetic("kan")
+    assert phonetic("aamir") == phonetic("amir") == "AMR"
+    assert phonetic("shhah") == phonetic("shah")
+    assert phonetic("a") == phonetic("1234") == ""
 
 
 def test_name_key_ignores_order_and_case() -> None:
@@ -153,8 +247,12 @@ def test_parse_partial_date(text: str, parsed: PartialDate | None) -> None:
 
 @pytest.mark.parametrize(
     ("text", "code"),
-    [("Afghanistan", "af"), ("af", "af"), ("Korea, North", "kp"), ("Russian Federation", "ru"),
-     ("Ivory Coast", "ci"), ("Atlantis", None), ("", None)],
+    [("Afghanistan", "af"), ("af", "af"), ("AFG", "af"), ("Korea, North", "kp"),
+     ("Russian Federation", "ru"), ("Russia", "ru"), ("Ivory Coast", "ci"),
+     ("Côte d'Ivoire", "ci"), ("Iran, Islamic Republic of", "ir"), ("Iran", "ir"),
+     ("Islamic Republic of Iran", "ir"), ("Holy See", "va"), ("Brunei", "bn"),
+     ("Kosovo", "xk"), ("USSR", "suhh"), ("Yugoslavia", "yucs"),
+     ("Korea", None), ("Atlantis", None), ("", None)],
 )  # fmt: skip
 def test_normalise_country(text: str, code: str | None) -> None:
     assert normalise_country(text) == code
