@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from paykeep.aml.screening import model
+from paykeep.aml.screening.defaults import DEFAULT_SOURCES
 from paykeep.aml.screening.errors import ListFileUnreadable
 from paykeep.aml.screening.evaluate import query_from_row
 from paykeep.aml.screening.model import PERSON, MatchConfig, ScreeningIndex
 from paykeep.aml.screening.service import freeze_long_lived_objects
-from paykeep.aml.screening.sources import DEFAULT_SOURCES, parse_list
+from paykeep.aml.screening.sources import parse_list
 from paykeep.clock import monotonic_s
 
 

@@ -10,26 +10,17 @@ import csv
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from paykeep.aml.screening.errors import ScreeningQueryInvalid
-from paykeep.aml.screening.evaluate import evaluate
-from paykeep.aml.screening.model import (
-    DEFAULT_CONFIG,
+from paykeep.aml.screening.defaults import (
+    DEFAULT_SOURCES,
+    DEFAULT_THRESHOLD,
+    FORMATS,
     LEGAL_ENTITY,
-    MatchConfig,
-    ScreeningIndex,
 )
-from paykeep.aml.screening.service import (
-    ScreeningService,
-    make_query,
-    read_csv,
-    score_pairs_rows,
-    write_csv,
-)
-from paykeep.aml.screening.sources import DEFAULT_SOURCES, FORMATS, parse_list
+from paykeep.aml.screening.errors import ScreeningQueryInvalid
 from paykeep.cli_support import (
     EXIT_CHECK_FAILED,
     DatabaseUrlOption,
@@ -41,17 +32,25 @@ from paykeep.cli_support import (
     typed_errors,
 )
 
+# The matcher (rapidfuzz, the name tables) and the service are imported inside the commands:
+# every ``paykeep`` invocation builds this module's command tree, few of them screen.
+if TYPE_CHECKING:
+    from paykeep.aml.screening.model import MatchConfig
+    from paykeep.aml.screening.service import ScreeningService
+
 ThresholdOption = Annotated[
     float | None,
     typer.Option(
         "--threshold",
-        help=f"Score at or above which a match is a hit [default: {DEFAULT_CONFIG.threshold}].",
+        help=f"Score at or above which a match is a hit [default: {DEFAULT_THRESHOLD}].",
         show_default=False,
     ),
 ]
 
 
 def _config(threshold: float | None) -> MatchConfig:
+    from paykeep.aml.screening.model import DEFAULT_CONFIG
+
     if threshold is None:
         return DEFAULT_CONFIG
     if not 0.0 <= threshold <= 1.0:
@@ -62,6 +61,8 @@ def _config(threshold: float | None) -> MatchConfig:
 def _service(
     data_dir: Path | None, database_url: str | None, threshold: float | None = None
 ) -> ScreeningService:
+    from paykeep.aml.screening.service import ScreeningService
+
     settings = settings_from(data_dir, database_url)
     return ScreeningService(data_dir=settings.data_dir, config=_config(threshold))
 
@@ -177,6 +178,8 @@ def pairs(
     as_json: JsonOption = False,
 ) -> None:
     """Score name pairs: the input columns plus `score` in [0, 1] and `match`."""
+    from paykeep.aml.screening.service import read_csv, score_pairs_rows, write_csv
+
     del data_dir, database_url  # pairs needs no list; the options are accepted for uniformity
     with typed_errors():
         header, rows = read_csv(input_csv, ["name1", "name2"])
@@ -223,6 +226,8 @@ def screen(
     as_json: JsonOption = False,
 ) -> None:
     """Screen a name (or a CSV of people) against the current lists. Exit 1 on a hit."""
+    from paykeep.aml.screening.service import make_query
+
     with typed_errors():
         service = _service(data_dir, database_url, threshold)
         if input_csv is not None:
@@ -290,6 +295,11 @@ def screening_eval(
 ) -> None:
     """Recall on positives (overall and on the by-name matched subset), false-positive rate
     on negatives, and a threshold sweep."""
+    from paykeep.aml.screening.evaluate import evaluate
+    from paykeep.aml.screening.model import ScreeningIndex
+    from paykeep.aml.screening.service import read_csv
+    from paykeep.aml.screening.sources import parse_list
+
     with typed_errors():
         config = _config(threshold)
         if list_file is not None:

@@ -40,13 +40,14 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, Levenshtein
 
 from paykeep.aml.screening import limits
+from paykeep.aml.screening.defaults import DEFAULT_THRESHOLD
+from paykeep.aml.screening.defaults import LEGAL_ENTITY as LEGAL_ENTITY  # one of the schemas
 
 # --- schemas ---------------------------------------------------------------------------------
 
 #: FollowTheMoney schema names we understand. ``LegalEntity`` means "person or organisation,
 #: unknown which"; ``Thing`` matches anything (used by ``pairs`` when no schema is given).
 PERSON: Final = "Person"
-LEGAL_ENTITY: Final = "LegalEntity"
 THING: Final = "Thing"
 _ORG_SCHEMAS: Final = frozenset({"Company", "Organization", "PublicBody", LEGAL_ENTITY})
 _OBJECT_SCHEMAS: Final = frozenset({"Vessel", "Airplane", "Vehicle"})
@@ -617,7 +618,7 @@ class Match:
 class MatchConfig:
     """Weights and threshold. Name weights sum to 1 so identical names score 1.0."""
 
-    threshold: float = 0.80
+    threshold: float = DEFAULT_THRESHOLD
     weight_name: float = 0.70
     weight_overlap: float = 0.15
     weight_phonetic: float = 0.15

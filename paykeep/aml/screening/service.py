@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from paykeep.aml.screening import limits
+from paykeep.aml.screening.defaults import DEFAULT_SOURCES, FORMATS
 from paykeep.aml.screening.errors import (
     ListFileUnreadable,
     ListSourceInvalid,
@@ -40,7 +41,7 @@ from paykeep.aml.screening.model import (
     score_names,
 )
 from paykeep.aml.screening.repository import ListVersion, ScreeningRepository
-from paykeep.aml.screening.sources import DEFAULT_SOURCES, FORMATS, parse_list
+from paykeep.aml.screening.sources import parse_list
 from paykeep.clock import Clock, SystemClock, ns_to_datetime
 
 _SOURCE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -27,6 +27,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from paykeep.aml.screening import limits
+from paykeep.aml.screening.defaults import FORMATS
 from paykeep.aml.screening.errors import (
     ListEmpty,
     ListFileNotUtf8,
@@ -41,10 +42,6 @@ from paykeep.aml.screening.model import (
     ListEntity,
     normalise_country,
 )
-
-FORMATS: Final = ("ofac-csv", "un-xml", "ftm")
-#: The list name a format's entities are filed under unless ``--source`` says otherwise.
-DEFAULT_SOURCES: Final = {"ofac-csv": "ofac-sdn", "un-xml": "un-sc", "ftm": "ftm"}
 
 
 def decode_utf8(raw: bytes, what: str) -> str:
