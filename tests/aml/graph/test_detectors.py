@@ -110,21 +110,40 @@ def test_each_injected_typology_found_on_fixed_seed(small_sim: Simulation) -> No
     assert all(recall[t] >= 0.85 for t in LOOSE), recall
 
 
+STRUCTURAL = ("cycle", "scatter_gather", "stack")
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(min_value=0, max_value=10_000))
-def test_each_injected_typology_found_by_its_detector(seed: int) -> None:
+def test_structural_typologies_found_on_any_seed(seed: int) -> None:
+    # Cycles, scatter-gathers and stacks are found from their shape alone, so a hub's own
+    # traffic cannot hide them: every attempt, on every simulation.
     sim = simulate(SimulationConfig(transactions=3_000, seed=seed, laundering_share=0.08))
     recall = _recall_by_own_detector(sim)
-    # Hubs are ordinary individuals: their own background may, rarely, hide a fan's burst or
-    # shift the median in/out order; every other typology must be found completely.
-    exact = [t for t in DETECTABLE if t not in LOOSE and t != "stack"]
-    assert all(recall[t] == 1.0 for t in exact), recall
-    # Gather-scatter also needs the hub to pay out a third to three times what it gathered,
-    # which a hub's own salary or purchases can upset in these small, dense histories (on
-    # 1,000,000-transfer simulations it finds 88-92%).
-    assert recall["fan_out"] >= 0.75 and recall["fan_in"] >= 0.75, recall
-    assert recall["gather_scatter"] >= 0.5, recall
-    assert recall["stack"] >= 0.95, recall
+    assert all(recall[t] == 1.0 for t in STRUCTURAL), recall
+
+
+def test_each_injected_typology_found_by_its_detector_over_seeds() -> None:
+    # Fans, gather-scatter and bipartite alert on bursts, near-equal amounts, pass-through or a
+    # dense block, which one small, dense history can occasionally hide (measured over 140
+    # seeds: one simulation in ~20 drops a fan or a gather-scatter below 60%, one in ~150 misses
+    # a bipartite edge). So these are judged over a pool of simulations, not one: pooled recall
+    # over 140 seeds was fan-out 0.97, fan-in 0.99, gather-scatter 0.93, bipartite 1.00.
+    found: dict[str, int] = dict.fromkeys(DETECTABLE, 0)
+    total: dict[str, int] = dict.fromkeys(DETECTABLE, 0)
+    for seed in range(1_000, 1_008):
+        sim = simulate(SimulationConfig(transactions=3_000, seed=seed, laundering_share=0.08))
+        detection, _ = detect_all(sim.transactions.frame)
+        for typology in DETECTABLE:
+            rows = [r for a in sim.attempts if a.typology == typology for r in a.rows]
+            own = set(detection.hits.filter(pl.col("typology") == typology)["row"].to_list())
+            found[typology] += sum(r in own for r in rows)
+            total[typology] += len(rows)
+    recall = {t: found[t] / total[t] for t in DETECTABLE}
+    assert all(recall[t] == 1.0 for t in STRUCTURAL), recall
+    assert recall["bipartite"] >= 0.95, recall
+    assert recall["fan_out"] >= 0.85 and recall["fan_in"] >= 0.85, recall
+    assert recall["gather_scatter"] >= 0.75, recall
 
 
 def valued(edges: list[tuple[int, int, int, int]]) -> pl.DataFrame:
