@@ -48,14 +48,22 @@ class AmountPrecisionExceeded(InvalidInput):
     code = "amount_precision_exceeded"
 
 
-@lru_cache(maxsize=512)
 def currency_exponent(currency: str) -> int:
     """Number of minor-unit digits of an ISO 4217 currency (EUR 2, JPY 0, KWD 3).
 
     Codes without a minor unit in ISO 4217 (precious metals, XXX, XTS, SDR) are refused:
     they are not settlement currencies of a payment platform.
     """
-    if not isinstance(currency, str) or len(currency) != 3 or not currency.isupper():
+    # Checked before the cache: an unhashable value (a list from a JSON body) must get the
+    # typed error, not lru_cache's TypeError.
+    if type(currency) is not str:
+        raise UnknownCurrency(f"not an ISO 4217 code: {currency!r}", param="currency")
+    return _currency_exponent(currency)
+
+
+@lru_cache(maxsize=512)
+def _currency_exponent(currency: str) -> int:
+    if len(currency) != 3 or not currency.isupper():
         raise UnknownCurrency(f"not an ISO 4217 code: {currency!r}", param="currency")
     try:
         exponent = Currency(currency).exponent

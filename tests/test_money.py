@@ -153,12 +153,6 @@ def test_unknown_currencies(currency: object) -> None:
         Money.parse("1", currency)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug (BUG-7): an unhashable currency raises TypeError from lru_cache in "
-    "money.currency_exponent instead of currency_invalid",
-)
 def test_unhashable_currency_is_unknown() -> None:
     for currency in (["EUR"], {"EUR": 2}):
         with pytest.raises(UnknownCurrency):

@@ -18,6 +18,7 @@ from paykeep.ledger.model import GENESIS_HASH, AccountFlags, TransferFlags, row_
 _PENDING = int(TransferFlags.PENDING)
 _POST = int(TransferFlags.POST_PENDING)
 _VOID = int(TransferFlags.VOID_PENDING)
+_EXPIRY = int(TransferFlags.EXPIRY)
 _DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 #: Problems listed in full; beyond this only counted (a wrecked database must not OOM us).
@@ -84,7 +85,7 @@ def verify(database: Database) -> AuditReport:
         raw = Database.driver_connection(conn)
         cur = raw.cursor()
         cur.execute("SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head")
-        head_seq, _head_ts, head_hash = cur.fetchone()
+        head_seq, head_ts, head_hash = cur.fetchone()
         report.head_seq, report.head_hash = head_seq, head_hash
         cur.execute(
             "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "
@@ -205,6 +206,20 @@ def verify(database: Database) -> AuditReport:
                         )
                     )
                 resolved[pending_id] = seq
+                if flags & _EXPIRY and not (pending[3] and pending[3] <= ts):
+                    report.add(
+                        AuditProblem(
+                            "early_expiry",
+                            f"transfer seq {seq} (id {tid}) expires pending {pending_id}, which "
+                            + (
+                                f"was not due until {pending[3]}"
+                                if pending[3]
+                                else "has no timeout"
+                            ),
+                            seq=seq,
+                            transfer_id=tid,
+                        )
+                    )
                 if (pending[0], pending[1]) != (debit, credit) or amount > pending[2]:
                     report.add(
                         AuditProblem(
@@ -223,12 +238,12 @@ def verify(database: Database) -> AuditReport:
             c[2] += held - released
             c[3] += posted
 
-    if expected_seq != head_seq or last_hash != head_hash:
+    if expected_seq != head_seq or last_hash != head_hash or prev_ts != head_ts:
         report.add(
             AuditProblem(
                 "head_mismatch",
-                f"journal ends at seq {expected_seq} ({last_hash[:12]}…) but the head says "
-                f"{head_seq} ({head_hash[:12]}…)",
+                f"journal ends at seq {expected_seq} ({last_hash[:12]}…, timestamp {prev_ts}) "
+                f"but the head says {head_seq} ({head_hash[:12]}…, timestamp {head_ts})",
                 seq=head_seq,
             )
         )
@@ -298,6 +313,16 @@ def _check_holds(
                 transfer_id=pid,
             )
         )
+    for pid in sorted(open_holds.keys() & stored_holds.keys()):
+        if open_holds[pid] != stored_holds[pid]:
+            report.add(
+                AuditProblem(
+                    "hold_index_expiry_mismatch",
+                    f"ledger_holds says hold {pid} expires at {stored_holds[pid] or 'never'}, "
+                    f"its journal row at {open_holds[pid] or 'never'}",
+                    transfer_id=pid,
+                )
+            )
     for pid in sorted(stored_holds.keys() - open_holds.keys()):
         report.add(
             AuditProblem(

@@ -128,6 +128,10 @@ class CreateTransferResult(StrEnum):
     PENDING_TRANSFER_ALREADY_POSTED = "pending_transfer_already_posted"
     PENDING_TRANSFER_ALREADY_VOIDED = "pending_transfer_already_voided"
     PENDING_TRANSFER_EXPIRED = "pending_transfer_expired"
+    #: Only the expiry sweep can ask for this: its void names a hold whose journal row has no
+    #: timeout, or one not yet due. The sweep trusts the journal, never the ``ledger_holds``
+    #: index alone (a tampered index must not void a live hold).
+    PENDING_TRANSFER_NOT_EXPIRED = "pending_transfer_not_expired"
     # -- limits -----------------------------------------------------------------------------
     OVERFLOWS_DEBITS_PENDING = "overflows_debits_pending"
     OVERFLOWS_CREDITS_PENDING = "overflows_credits_pending"
@@ -773,8 +777,11 @@ def _plan_one(
             if resolved_by & _POST:
                 return r.PENDING_TRANSFER_ALREADY_POSTED
             return r.PENDING_TRANSFER_ALREADY_VOIDED
-        if pending.expires_at_ns and pending.expires_at_ns <= now_ns and not flags & _EXPIRY:
+        due = bool(pending.expires_at_ns) and pending.expires_at_ns <= now_ns
+        if due and not flags & _EXPIRY:
             return r.PENDING_TRANSFER_EXPIRED
+        if flags & _EXPIRY and not due:
+            return r.PENDING_TRANSFER_NOT_EXPIRED
         released = pending.amount_minor
         if amount is None:
             amount = released

@@ -541,12 +541,19 @@ class GroupCommitter:
                 ends.append(len(combined) - 1)
         try:
             results = self.ledger._create_transfers(combined, ends)
+        except Exception as exc:
+            if len(group) > 1:
+                # Nothing was written (the transaction rolled back). One caller's request may
+                # be what failed, so each caller is retried alone and hears only its own fate.
+                for request in group:
+                    self._commit([request])
+                return
+            group[0].future.set_exception(exc)
+            return
         except BaseException as exc:  # every waiting caller must hear about it
             for request in group:
                 request.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+            raise
         self.commits += 1
         self.transfers_committed += len(combined)
         offset = 0

@@ -173,12 +173,6 @@ def test_a_tampered_hold_index_is_reported(scenario: Scenario) -> None:
     assert ("hold_index_missing", 101) in {(p.kind, p.transfer_id) for p in report.problems}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug (BUG-5): audit never compares ledger_holds.expires_at_ns with the journal, and "
-    "the sweep expires a hold by the index alone",
-)
 def test_a_changed_hold_expiry_is_reported(scenario: Scenario) -> None:
     db = scenario.ledger.database
     sql(db, "UPDATE ledger_holds SET expires_at_ns = 1 WHERE transfer_id = 101")
@@ -187,12 +181,6 @@ def test_a_changed_hold_expiry_is_reported(scenario: Scenario) -> None:
     assert 101 in {p.transfer_id for p in report.problems}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug (BUG-5): audit never compares ledger_holds.expires_at_ns with the journal, and "
-    "the sweep expires a hold by the index alone",
-)
 def test_an_early_expiry_is_reported(scenario: Scenario) -> None:
     """With the index tampered, the ledger's own sweep may void hold 101, whose journal row
     says it never expires. If it does, the journal now holds an expiry that never was due, and
@@ -209,11 +197,6 @@ def test_an_early_expiry_is_reported(scenario: Scenario) -> None:
         assert expired_101[0].id in {p.transfer_id for p in report.problems}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug (BUG-6): audit ignores the head's last_timestamp_ns",
-)
 def test_a_changed_head_timestamp_is_reported(scenario: Scenario) -> None:
     db = scenario.ledger.database
     sql(db, "UPDATE ledger_journal_head SET last_timestamp_ns = last_timestamp_ns + 10")

@@ -337,12 +337,6 @@ def test_lookups_of_malformed_ids_find_nothing(database: Database, subtests: Any
                 s.ledger.account_by_name(bad_text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug (BUG-7): an unhashable currency raises TypeError from lru_cache in "
-    "money.currency_exponent instead of currency_invalid",
-)
 def test_unhashable_currencies_are_currency_invalid(database: Database) -> None:
     """A currency that cannot be hashed (a list, a dict) is malformed input like any other: its
     own code, nothing written, and the rest of the batch unaffected."""

@@ -323,12 +323,6 @@ def test_group_commit_many_threads(committer: tuple[Ledger, GroupCommitter]) -> 
     assert verify(ledger.database).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug (BUG-7): an unhashable currency raises TypeError from lru_cache in "
-    "money.currency_exponent instead of currency_invalid",
-)
 def test_group_commit_isolates_a_malformed_request(
     committer: tuple[Ledger, GroupCommitter],
 ) -> None:

@@ -66,7 +66,7 @@ GOLDEN_ORDER = [
     "pending_transfer_has_different_credit_account_id", "pending_transfer_has_different_currency",
     "pending_transfer_has_different_code", "exceeds_pending_transfer_amount",
     "pending_transfer_has_different_amount", "pending_transfer_already_posted",
-    "pending_transfer_already_voided", "pending_transfer_expired",
+    "pending_transfer_already_voided", "pending_transfer_expired", "pending_transfer_not_expired",
     # limits
     "overflows_debits_pending", "overflows_credits_pending", "overflows_debits_posted",
     "overflows_credits_posted", "overflows_debits", "overflows_credits", "exceeds_credits",
@@ -77,6 +77,9 @@ OVERFLOWS = {code for code in R if code.value.startswith("overflows_")}
 #: an account's currency never changes, so a mismatching currency is always caught earlier by
 #: ``transfer_must_have_the_same_currency_as_accounts``. Shown at the engine level instead.
 ENGINE_ONLY = {R.PENDING_TRANSFER_HAS_DIFFERENT_CURRENCY}
+#: Only the ledger's own expiry sweep may flag a void ``EXPIRY`` (a client gets
+#: ``reserved_flag``); shown through the sweep's entry point below.
+SWEEP_ONLY = {R.PENDING_TRANSFER_NOT_EXPIRED}
 
 
 def test_declaration_order_is_pinned() -> None:
@@ -191,8 +194,24 @@ def test_every_code_has_a_producing_input(database: Database, subtests: Any) -> 
                 assert type(raised.value) is TRANSFER_ERRORS[expected]
                 assert raised.value.code == expected.value
         seen.add(expected)
-    missing = set(R) - seen - OVERFLOWS - ENGINE_ONLY
+    missing = set(R) - seen - OVERFLOWS - ENGINE_ONLY - SWEEP_ONLY
     assert not missing, sorted(m.value for m in missing)
+
+
+def test_the_sweep_expires_only_holds_the_journal_says_are_due(database: Database) -> None:
+    s = build(database)
+    s.ledger.create_transfers([plain(250, flags=PENDING, timeout_s=60)])
+    before = snapshot(s.ledger)
+    sweep = [
+        NewTransfer(251, flags=VOID | EXPIRY, pending_id=101),  # no timeout at all
+        NewTransfer(252, flags=VOID | EXPIRY, pending_id=250),  # due in 60 s
+    ]
+    got = s.ledger._create_transfers(sweep, range(len(sweep)), sweeping=True)
+    assert [r.result for r in got] == [R.PENDING_TRANSFER_NOT_EXPIRED] * 2
+    assert snapshot(s.ledger) == before
+    s.clock.advance(61)  # the hold's own timestamp is a little after the clock read above
+    got = s.ledger._create_transfers(sweep[1:], range(1), sweeping=True)
+    assert [r.result for r in got] == [R.OK]
 
 
 def rep(t: NewTransfer, **changes: Any) -> NewTransfer:
