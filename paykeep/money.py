@@ -48,7 +48,7 @@ class AmountPrecisionExceeded(InvalidInput):
     code = "amount_precision_exceeded"
 
 
-def currency_exponent(currency: str) -> int:
+def currency_exponent(currency: object) -> int:
     """Number of minor-unit digits of an ISO 4217 currency (EUR 2, JPY 0, KWD 3).
 
     Codes without a minor unit in ISO 4217 (precious metals, XXX, XTS, SDR) are refused:
@@ -75,8 +75,10 @@ def _currency_exponent(currency: str) -> int:
 
 
 def is_currency(currency: object) -> bool:
+    if type(currency) is not str:
+        return False
     try:
-        currency_exponent(currency)
+        _currency_exponent(currency)
     except UnknownCurrency:
         return False
     return True
