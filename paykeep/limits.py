@@ -38,3 +38,42 @@ GROUP_COMMIT_LINGER_S: Final = 0.001
 DB_LOCK_TIMEOUT_S: Final = 30.0
 #: Expired-hold sweep: holds voided per transaction.
 EXPIRY_SWEEP_BATCH: Final = 1_000
+
+# --- Gateway: cards (gateway.cards, gateway.vault, the banksim card network) ----------------
+#: ISO 8583 frames: a 2-byte big-endian length prefix; our messages are a few hundred bytes.
+CARD_FRAME_BYTES_MAX: Final = 2_048
+#: Field 4 holds 12 digits: the largest card amount in minor units.
+CARD_AMOUNT_MAX_MINOR: Final = 999_999_999_999
+#: Connecting to the card network, and waiting for one response after sending a request.
+CARD_CONNECT_TIMEOUT_S: Final = 5.0
+CARD_CALL_TIMEOUT_S: Final = 5.0
+#: Reversals after a timeout: attempts per call (then the recovery sweep takes over), and the
+#: wait for each 0410.
+CARD_REVERSAL_ATTEMPTS_MAX: Final = 3
+CARD_REVERSAL_TIMEOUT_S: Final = 2.0
+#: Connections in the acquirer client's pool, and requests in flight on one connection.
+CARD_POOL_SIZE_MAX: Final = 32
+CARD_INFLIGHT_PER_CONNECTION_MAX: Final = 1_024
+#: Caller-supplied payment ids, acquirer names, terminal and acceptor ids.
+CARD_PAYMENT_ID_LENGTH_MAX: Final = 64
+CARD_ACQUIRER_LENGTH_MAX: Final = 32
+#: Recovery sweep: payments examined per run; an in-flight payment younger than this is left
+#: to the call that owns it.
+CARD_RECOVERY_BATCH: Final = 100
+CARD_RECOVERY_MIN_AGE_S: Final = 2 * CARD_CALL_TIMEOUT_S
+#: Vault: PAN lengths (ISO/IEC 7812), keys (AES-256-GCM, HMAC-SHA256), tokens re-encrypted per
+#: rotation batch.
+PAN_LENGTH_MIN: Final = 12
+PAN_LENGTH_MAX: Final = 19
+VAULT_KEY_BYTES: Final = 32
+VAULT_REENCRYPT_BATCH: Final = 500
+#: banksim card network: cards it may hold, authorisations it remembers (oldest dropped),
+#: fault rules, and the longest injected delay.
+BANKSIM_CARDS_MAX: Final = 100_000
+BANKSIM_AUTH_LOG_MAX: Final = 100_000
+BANKSIM_FAULTS_MAX: Final = 64
+BANKSIM_FAULT_DELAY_MAX_S: Final = 120.0
+BANKSIM_CONNECTIONS_MAX: Final = 256
+#: Benchmark: authorisations per run and concurrency.
+BENCH_CARD_AUTHS_MAX: Final = 1_000_000
+BENCH_CARD_CONCURRENCY_MAX: Final = 256
