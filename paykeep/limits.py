@@ -77,3 +77,28 @@ BANKSIM_CONNECTIONS_MAX: Final = 256
 #: Benchmark: authorisations per run and concurrency.
 BENCH_CARD_AUTHS_MAX: Final = 1_000_000
 BENCH_CARD_CONCURRENCY_MAX: Final = 256
+
+# --- gateway payouts (pain.001) and the banksim bank ------------------------------------------
+#: Payouts in one pain.001 batch file (one bank submission).
+PAYOUT_BATCH_SIZE_MAX: Final = 1_000
+#: Largest single payout, in minor units (100,000.00 of a 2-decimal currency).
+PAYOUT_AMOUNT_MAX_MINOR: Final = 10_000_000
+#: Client-chosen payout request id (idempotency key) and merchant reference lengths.
+PAYOUT_REQUEST_ID_LENGTH_MAX: Final = 64
+PAYOUT_MERCHANT_REF_LENGTH_MAX: Final = 64
+#: Creditor name (pain.001 Max70Text) and remittance text (Max140Text).
+PAYOUT_CREDITOR_NAME_LENGTH_MAX: Final = 70
+PAYOUT_REMITTANCE_LENGTH_MAX: Final = 140
+#: HTTP submission of a payout file to the bank: connect/read timeout.
+PAYOUT_SUBMIT_TIMEOUT_S: Final = 10.0
+#: Size of a bank's answer we are willing to read.
+PAYOUT_BANK_RESPONSE_BYTES_MAX: Final = 1_048_576
+#: banksim bank: largest request body (a payment file), transactions per file, accounts,
+#: entries in one statement, text fields (names, references).
+BANK_REQUEST_BYTES_MAX: Final = 5 * 1_048_576
+BANK_FILE_TRANSACTIONS_MAX: Final = 10_000
+BANK_ACCOUNTS_MAX: Final = 10_000
+BANK_STATEMENT_ENTRIES_MAX: Final = 10_000
+BANK_TEXT_LENGTH_MAX: Final = 140
+#: banksim bank: largest opening balance or incoming transfer, in minor units.
+BANK_AMOUNT_MAX_MINOR: Final = 10**15
