@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -117,6 +118,43 @@ def bench_ledger(
             batch_size=batch_size,
             concurrency=concurrency,
             accounts=accounts,
+        )
+    if as_json:
+        print_json(figures)
+    else:
+        for key, value in figures.items():
+            typer.echo(f"{key}: {value}")
+
+
+@bench_app.command("aml")
+def bench_aml(
+    part: Annotated[
+        list[str] | None,
+        typer.Option(help="screening, rules or graph; repeat for several (default: all three)"),
+    ] = None,
+    sanctions_list: Annotated[
+        Path | None, typer.Option(help="The full list to screen against (e.g. the OFAC SDN CSV).")
+    ] = None,
+    list_format: Annotated[str, typer.Option(help="ofac-csv, un-xml or ftm")] = "ofac-csv",
+    queries: Annotated[
+        list[Path] | None,
+        typer.Option(help="People CSV(s) to screen: full_name[,date_of_birth,nationality,...]"),
+    ] = None,
+    transactions: Annotated[int, typer.Option(help="Size of the generated history.")] = 5_000_000,
+    decisions: Annotated[int, typer.Option(min=1, max=1_000_000)] = 5_000,
+    as_json: JsonOption = False,
+) -> None:
+    """Screenings/s and p99, rule decision p99, graph scan time and memory, with baselines."""
+    from paykeep.bench.aml import PARTS, run_aml_bench
+
+    with typed_errors():
+        figures = run_aml_bench(
+            parts=part or PARTS,
+            sanctions_list=sanctions_list,
+            list_format=list_format,
+            queries=queries or (),
+            transactions=transactions,
+            decisions=decisions,
         )
     if as_json:
         print_json(figures)
