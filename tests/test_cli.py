@@ -136,3 +136,34 @@ def test_bench_group_commit_acknowledges_every_transfer() -> None:
     assert figures["transfers_ok"] == 640
     # Coalescing happened: fewer database transactions than transfers.
     assert figures["database_commits"] < 640
+
+
+SANCTIONS = Path(__file__).parent / "fixtures" / "sanctions"
+
+
+def test_bench_aml_prints_each_part_beside_its_baseline() -> None:
+    done = paykeep(
+        "bench", "aml", "--sanctions-list", str(SANCTIONS / "sdn_sample.csv"),
+        "--queries", str(SANCTIONS / "positives_un_untreated_head80.csv"),
+        "--queries", str(SANCTIONS / "negatives_global_head150.csv"),
+        "--transactions", "2000", "--decisions", "300", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["parts"] == ["screening", "rules", "graph"]
+    screening, rules, graph = figures["screening"], figures["rules"], figures["graph"]
+    assert screening["queries"] == 80 + 150
+    assert screening["screenings_per_s"] > 0 and screening["baseline_lookups_per_s"] > 0
+    assert screening["latency_ms_p50"] <= screening["latency_ms_p99"]
+    assert rules["decisions"] == 300 and rules["baseline_lookups_per_s"] > 0
+    assert rules["decision_ms_p50"] <= rules["decision_ms_p99"]
+    assert graph["transactions"] == 2000
+    assert all(part["target"] for part in (screening, rules, graph))
+
+
+def test_bench_aml_refuses_a_screening_run_without_a_list() -> None:
+    done = paykeep("bench", "aml", "--part", "screening", "--json")
+    assert done.returncode == 2
+    assert "bench_input_invalid" in done.stderr and "--sanctions-list" in done.stderr
+    done = paykeep("bench", "aml", "--part", "ledger")
+    assert done.returncode == 2 and "parts must be some of" in done.stderr
