@@ -36,6 +36,9 @@ GROUP_COMMIT_WAIT_S: Final = 30.0
 GROUP_COMMIT_LINGER_S: Final = 0.001
 #: How long a database writer waits for a lock before giving up.
 DB_LOCK_TIMEOUT_S: Final = 30.0
+#: Journal rows a writer leaves out of the per-account index (``ledger_postings``) before it
+#: merges them in, sorted, in one statement. Queries scan this tail by sequence number.
+POSTINGS_TAIL_MAX: Final = 32_768
 #: Expired-hold sweep: holds voided per transaction.
 EXPIRY_SWEEP_BATCH: Final = 1_000
 
@@ -102,3 +105,19 @@ BANK_STATEMENT_ENTRIES_MAX: Final = 10_000
 BANK_TEXT_LENGTH_MAX: Final = 140
 #: banksim bank: largest opening balance or incoming transfer, in minor units.
 BANK_AMOUNT_MAX_MINOR: Final = 10**15
+
+# --- gateway.statements: bank statement import (camt.05x, MT940/MT942) ---------------------
+#: Largest statement file accepted (bytes), checked before any parsing.
+STATEMENT_FILE_BYTES_MAX: Final = 32 * 1024 * 1024
+#: Statements (camt Stmt/Rpt/Ntfctn, MT940 messages) in one file.
+STATEMENTS_PER_FILE_MAX: Final = 1_000
+#: Entries in one file, all statements together.
+STATEMENT_ENTRIES_MAX: Final = 200_000
+#: Longest identifier or reference read from a statement (ISO 20022 Max35Text/Max140Text).
+STATEMENT_REFERENCE_LENGTH_MAX: Final = 140
+#: Longest free text kept from a statement line (remittance information, names).
+STATEMENT_TEXT_LENGTH_MAX: Final = 2_048
+#: Ledger legs one expected movement may post when its line matches.
+STATEMENT_EXPECTATION_LEGS_MAX: Final = 8
+#: Open reconciliation breaks listed in one page.
+STATEMENT_BREAKS_PAGE_MAX: Final = 1_000

@@ -1,0 +1,421 @@
+"""The pure core of statement import: parsed statements, the balance check, expected movements
+and the matcher that turns statement lines into ledger legs or reconciliation breaks.
+
+No I/O, no clock, no SQL. Amounts are signed ``int`` minor units: a credit to our account
+(CRDT, money in) is positive, a debit (DBIT, money out) negative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Final, Literal
+
+from paykeep import limits
+from paykeep.gateway.statements.errors import (
+    ExpectationInvalid,
+    StatementCurrencyInvalid,
+    StatementUnbalanced,
+)
+from paykeep.money import Money, is_currency
+
+
+class EntryStatus(StrEnum):
+    BOOKED = "booked"
+    PENDING = "pending"
+    INFO = "info"
+
+
+class BalanceBasis(StrEnum):
+    """Which lines the bank's closing booked balance includes.
+
+    ``booking``: every booked line (the ISO 20022 definition). ``value_date``: only booked
+    lines whose value date is on or before the closing balance's date — some banks (the Swiss
+    PostFinance sample) compute CLBD that way and report later-valued lines in a forward
+    balance. Both are checked; the one that balances is recorded, so nothing is hidden.
+    """
+
+    BOOKING = "booking"
+    VALUE_DATE = "value_date"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One statement line."""
+
+    amount_minor: int
+    currency: str
+    booking_date: date | None
+    value_date: date | None
+    status: EntryStatus
+    bank_reference: str | None = None
+    end_to_end_id: str | None = None
+    #: The remittance / creditor reference used for matching.
+    reference: str | None = None
+    remittance_info: str | None = None
+    counterparty_name: str | None = None
+    counterparty_iban: str | None = None
+    uetr: str | None = None
+
+    @property
+    def direction(self) -> Direction:
+        return "credit" if self.amount_minor >= 0 else "debit"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedStatement:
+    """One statement, report or notification as the bank sent it.
+
+    ``opening_booked_minor`` / ``closing_booked_minor`` are ``None`` when the file has no such
+    balance (camt.052/054, MT942): absence is stated, never filled in.
+    """
+
+    account: str
+    currency: str
+    statement_id: str
+    sequence: str | None
+    created_at: datetime | None
+    opening_booked_minor: int | None
+    closing_booked_minor: int | None
+    entries: tuple[Entry, ...]
+    #: ``camt.053.001.02``, ``mt940``, ``mt942``...
+    format: str = ""
+    opening_available_minor: int | None = None
+    closing_available_minor: int | None = None
+    closing_date: date | None = None
+    #: Which lines the closing booked balance covers (``None`` when it cannot be checked).
+    balance_basis: BalanceBasis | None = None
+    #: Things the parser noticed and did not use, as values (e.g. a foreign-currency balance).
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def booked_sum_minor(self) -> int:
+        return sum(e.amount_minor for e in self.entries if e.status is EntryStatus.BOOKED)
+
+    @property
+    def label(self) -> str:
+        seq = f" #{self.sequence}" if self.sequence else ""
+        return f"{self.account} {self.statement_id}{seq}"
+
+    def fingerprint(self) -> str:
+        """SHA-256 over everything imported: two imports of the same statement have the same
+        fingerprint, a different statement under the same id a different one."""
+        parts: list[str] = [
+            self.account, self.currency, self.statement_id, self.sequence or "",
+            _opt(self.opening_booked_minor), _opt(self.closing_booked_minor),
+            str(len(self.entries)),
+        ]  # fmt: skip
+        for e in self.entries:
+            parts.extend(
+                (
+                    str(e.amount_minor), e.currency, _opt(e.booking_date), _opt(e.value_date),
+                    e.status.value, e.bank_reference or "", e.end_to_end_id or "",
+                    e.reference or "", e.remittance_info or "", e.counterparty_name or "",
+                    e.counterparty_iban or "", e.uetr or "",
+                )
+            )  # fmt: skip
+        digest = hashlib.sha256()
+        for part in parts:
+            encoded = part.encode("utf-8", "surrogatepass")
+            digest.update(f"{len(encoded)}:".encode())
+            digest.update(encoded)
+        return digest.hexdigest()
+
+
+def _opt(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def balance_difference(statement: ParsedStatement) -> tuple[int | None, BalanceBasis | None]:
+    """(closing - opening - booked lines, basis) — difference 0 means balanced.
+
+    ``(None, None)`` when a booked balance is absent: nothing to check.
+    """
+    opening, closing = statement.opening_booked_minor, statement.closing_booked_minor
+    if opening is None or closing is None:
+        return None, None
+    difference = closing - opening - statement.booked_sum_minor
+    if difference == 0:
+        return 0, BalanceBasis.BOOKING
+    if statement.closing_date is not None:
+        by_value = sum(
+            e.amount_minor
+            for e in statement.entries
+            if e.status is EntryStatus.BOOKED
+            and (e.value_date is None or e.value_date <= statement.closing_date)
+        )
+        if closing - opening - by_value == 0:
+            return 0, BalanceBasis.VALUE_DATE
+    return difference, None
+
+
+def check_balanced(statement: ParsedStatement) -> ParsedStatement:
+    """The statement with its ``balance_basis`` set, or :class:`StatementUnbalanced`."""
+    difference, basis = balance_difference(statement)
+    if difference is None:
+        return statement
+    if difference != 0:
+        shown = Money(difference, statement.currency).format()
+        raise StatementUnbalanced(
+            f"statement {statement.label}: "
+            f"opening {_fmt(statement.opening_booked_minor, statement)}"
+            f" + booked lines {Money(statement.booked_sum_minor, statement.currency).format()}"
+            f" != closing {_fmt(statement.closing_booked_minor, statement)}"
+            f" (difference {shown} {statement.currency})",
+            statement_id=statement.statement_id,
+            difference_minor=difference,
+        )
+    if basis is statement.balance_basis:
+        return statement
+    from dataclasses import replace
+
+    return replace(statement, balance_basis=basis)
+
+
+def _fmt(value: int | None, statement: ParsedStatement) -> str:
+    return "-" if value is None else Money(value, statement.currency).format()
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected movements and matching
+# ---------------------------------------------------------------------------------------------
+
+Direction = Literal["credit", "debit"]
+DIRECTIONS: Final = ("credit", "debit")
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One ledger transfer to make when the line matches, of the line's (absolute) amount."""
+
+    debit_account_name: str
+    credit_account_name: str
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedMovement:
+    """A movement another context expects to see on a bank statement.
+
+    ``amount_minor`` is positive, or ``None`` for any amount (a buyer's standing top-up
+    reference). A one-shot expectation is consumed by its match; a ``standing`` one stays.
+    """
+
+    reference: str
+    iban: str
+    direction: Direction
+    amount_minor: int | None
+    currency: str
+    standing: bool = False
+    legs: tuple[Leg, ...] = ()
+
+
+def normalize_reference(reference: str) -> str:
+    """Matching key of a reference: upper case, without spaces (``rf18 5390 0754`` and
+    ``RF1853900754`` are the same creditor reference)."""
+    return "".join(reference.split()).upper()
+
+
+def normalize_iban(iban: str) -> str:
+    return "".join(iban.split()).upper()
+
+
+def validate_expectation(expected: ExpectedMovement) -> ExpectedMovement:
+    """Shape checks (in a fixed order); returns the expectation with normalised keys."""
+    if not isinstance(expected.reference, str) or not expected.reference.strip():
+        raise ExpectationInvalid("reference must be a non-empty string", param="reference")
+    reference = normalize_reference(expected.reference)
+    if len(reference) > limits.STATEMENT_REFERENCE_LENGTH_MAX or not reference.isprintable():
+        raise ExpectationInvalid(
+            f"reference must be printable and at most {limits.STATEMENT_REFERENCE_LENGTH_MAX}"
+            " characters",
+            param="reference",
+        )
+    if not isinstance(expected.iban, str) or not expected.iban.strip():
+        raise ExpectationInvalid("iban must be a non-empty string", param="iban")
+    if expected.direction not in DIRECTIONS:
+        raise ExpectationInvalid("direction must be 'credit' or 'debit'", param="direction")
+    amount = expected.amount_minor
+    if amount is not None and (
+        type(amount) is not int or not 0 < amount <= limits.AMOUNT_MAX_MINOR
+    ):
+        raise ExpectationInvalid(
+            f"amount_minor must be None or an int in 1..{limits.AMOUNT_MAX_MINOR}",
+            param="amount_minor",
+        )
+    if not is_currency(expected.currency):
+        raise ExpectationInvalid(f"unknown currency {expected.currency!r}", param="currency")
+    if type(expected.standing) is not bool:
+        raise ExpectationInvalid("standing must be a bool", param="standing")
+    if not expected.legs or len(expected.legs) > limits.STATEMENT_EXPECTATION_LEGS_MAX:
+        raise ExpectationInvalid(
+            f"an expectation needs 1..{limits.STATEMENT_EXPECTATION_LEGS_MAX} legs", param="legs"
+        )
+    for leg in expected.legs:
+        if not isinstance(leg, Leg):
+            raise ExpectationInvalid("legs must be Leg values", param="legs")
+        for name in (leg.debit_account_name, leg.credit_account_name):
+            if not isinstance(name, str) or not name or len(name) > limits.ACCOUNT_NAME_LENGTH_MAX:
+                raise ExpectationInvalid(f"bad ledger account name {name!r}", param="legs")
+        if leg.debit_account_name == leg.credit_account_name:
+            raise ExpectationInvalid("a leg must move money between two accounts", param="legs")
+        if type(leg.code) is not int or not 0 < leg.code <= limits.CODE_MAX:
+            raise ExpectationInvalid(f"leg code must be 1..{limits.CODE_MAX}", param="legs")
+    return ExpectedMovement(
+        reference=reference,
+        iban=normalize_iban(expected.iban),
+        direction=expected.direction,
+        amount_minor=amount,
+        currency=expected.currency,
+        standing=expected.standing,
+        legs=tuple(expected.legs),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExpectation:
+    id: int
+    movement: ExpectedMovement
+    consumed: bool
+
+
+class BreakReason(StrEnum):
+    """Why a statement line did not reconcile. A closed set; values are stable."""
+
+    ACCOUNT_NOT_REGISTERED = "account_not_registered"
+    NO_REFERENCE = "no_reference"
+    UNKNOWN_REFERENCE = "unknown_reference"
+    AMBIGUOUS_REFERENCE = "ambiguous_reference"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    WRONG_DIRECTION = "wrong_direction"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    DUPLICATE = "duplicate"
+    LEDGER_REJECTED = "ledger_rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class LineMatch:
+    entry_index: int
+    expectation_id: int
+    legs: tuple[Leg, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LineBreak:
+    entry_index: int
+    reason: BreakReason
+    detail: str
+    expectation_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    matches: tuple[LineMatch, ...]
+    breaks: tuple[LineBreak, ...]
+    #: One-shot expectations this statement consumes.
+    consumed: frozenset[int]
+
+
+def candidate_references(entry: Entry) -> list[str]:
+    """The line's references that may name an expectation, most specific first."""
+    out: list[str] = []
+    for value in (entry.end_to_end_id, entry.reference):
+        if value:
+            key = normalize_reference(value)
+            if key and key not in out:
+                out.append(key)
+    return out
+
+
+def reconcile(
+    statement: ParsedStatement,
+    *,
+    registered: bool,
+    expectations: Mapping[str, StoredExpectation],
+) -> Reconciliation:
+    """Match each booked line of ``statement`` against ``expectations`` (normalised reference
+    -> expectation of this statement's account). Pending and information lines are recorded
+    but neither matched nor broken: they are not money yet.
+
+    A line matches only when exactly one expectation carries one of its references and the
+    currency, direction and (when fixed) amount agree; everything else is a break with its
+    reason. One-shot expectations are consumed in line order, so a second line for the same
+    one is a ``duplicate``.
+    """
+    matches: list[LineMatch] = []
+    breaks: list[LineBreak] = []
+    consumed: set[int] = set()
+    for index, entry in enumerate(statement.entries):
+        if entry.status is not EntryStatus.BOOKED:
+            continue
+        if not registered:
+            breaks.append(
+                LineBreak(index, BreakReason.ACCOUNT_NOT_REGISTERED,
+                          f"account {statement.account} is not a registered bank account")
+            )  # fmt: skip
+            continue
+        refs = candidate_references(entry)
+        if not refs:
+            breaks.append(LineBreak(index, BreakReason.NO_REFERENCE, "line carries no reference"))
+            continue
+        found: dict[int, StoredExpectation] = {}
+        for ref in refs:
+            hit = expectations.get(ref)
+            if hit is not None:
+                found[hit.id] = hit
+        if not found:
+            breaks.append(
+                LineBreak(index, BreakReason.UNKNOWN_REFERENCE, f"no expectation for {refs}")
+            )
+            continue
+        if len(found) > 1:
+            ids = sorted(found)
+            breaks.append(
+                LineBreak(index, BreakReason.AMBIGUOUS_REFERENCE,
+                          f"references name expectations {ids}")
+            )  # fmt: skip
+            continue
+        (hit,) = found.values()
+        m = hit.movement
+        if not m.standing and (hit.consumed or hit.id in consumed):
+            reason, detail = BreakReason.DUPLICATE, f"{m.reference} was already matched"
+        elif entry.currency != m.currency:
+            reason, detail = BreakReason.CURRENCY_MISMATCH, f"expected {m.currency}"
+        elif entry.direction != m.direction:
+            reason, detail = BreakReason.WRONG_DIRECTION, f"expected a {m.direction}"
+        elif m.amount_minor is not None and abs(entry.amount_minor) != m.amount_minor:
+            reason = BreakReason.AMOUNT_MISMATCH
+            detail = f"expected {Money(m.amount_minor, m.currency).format()}"
+        elif entry.amount_minor == 0:
+            reason, detail = BreakReason.AMOUNT_MISMATCH, "a zero line moves no money"
+        else:
+            matches.append(LineMatch(index, hit.id, m.legs))
+            if not m.standing:
+                consumed.add(hit.id)
+            continue
+        breaks.append(LineBreak(index, reason, f"{m.reference}: {detail}", hit.id))
+    return Reconciliation(tuple(matches), tuple(breaks), frozenset(consumed))
+
+
+def transfer_id(account: str, statement_id: str, entry_index: int, leg_index: int) -> int:
+    """The ledger transfer id of one leg of one matched line: derived from the statement's
+    identity, so a re-import or a retry after a crash names the same transfers and the
+    ledger's idempotency answers ``exists`` instead of posting twice."""
+    digest = hashlib.sha256(
+        f"paykeep.statements|{len(account)}:{account}|{len(statement_id)}:{statement_id}"
+        f"|{entry_index}|{leg_index}".encode()
+    ).digest()
+    value = int.from_bytes(digest[:8], "big") & limits.ID_MAX
+    return value or 1
+
+
+def check_entry_currency(statement_currency: str, entries: Iterable[Entry], label: str) -> None:
+    for i, entry in enumerate(entries):
+        if entry.currency != statement_currency:
+            raise StatementCurrencyInvalid(
+                f"statement {label}: line {i + 1} is in {entry.currency}, "
+                f"the statement in {statement_currency}"
+            )
