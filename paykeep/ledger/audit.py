@@ -84,8 +84,10 @@ def verify(database: Database) -> AuditReport:
     with database.read() as conn:
         raw = Database.driver_connection(conn)
         cur = raw.cursor()
-        cur.execute("SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head")
-        head_seq, head_ts, head_hash = cur.fetchone()
+        cur.execute(
+            "SELECT last_seq, last_timestamp_ns, last_hash, indexed_seq FROM ledger_journal_head"
+        )
+        head_seq, head_ts, head_hash, indexed_seq = cur.fetchone()
         report.head_seq, report.head_hash = head_seq, head_hash
         cur.execute(
             "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "
@@ -103,6 +105,7 @@ def verify(database: Database) -> AuditReport:
         prev_hash = GENESIS_HASH
         prev_ts = 0
         last_hash = GENESIS_HASH
+        rows_indexed = 0  # journal rows at or below the head's indexed_seq
         rows = _stream(
             raw,
             database.is_postgres,
@@ -114,6 +117,7 @@ def verify(database: Database) -> AuditReport:
             (seq, tid, debit, credit, amount, currency, code, flags, pending_id, timeout_s,
              expires, reference, metadata, ts, digest) = row  # fmt: skip
             report.transfers_checked += 1
+            rows_indexed += seq <= indexed_seq
             expected_seq += 1
             if seq != expected_seq:
                 report.add(
@@ -237,6 +241,7 @@ def verify(database: Database) -> AuditReport:
             d[1] += posted
             c[2] += held - released
             c[3] += posted
+        _check_postings(report, cur, indexed_seq, rows_indexed)
 
     if expected_seq != head_seq or last_hash != head_hash or prev_ts != head_ts:
         report.add(
@@ -296,6 +301,40 @@ def _check_accounts(
                     f"(pending {cp}, posted {cpo})",
                 )
             )
+
+
+def _check_postings(report: AuditReport, cur: Any, indexed_seq: int, rows_indexed: int) -> None:
+    """``ledger_postings`` must hold exactly (debit, seq) and (credit, seq) of every journal row
+    up to ``indexed_seq``: every posting names its row's debit or credit account, the primary
+    key forbids duplicates, and there are two per row -- so the set is exactly right."""
+    cur.execute(
+        "SELECT x.account_id, x.seq FROM ledger_postings x "
+        "LEFT JOIN ledger_transfers t ON t.seq = x.seq "
+        f"WHERE t.seq IS NULL OR x.seq > {int(indexed_seq)} "
+        "OR (x.account_id <> t.debit_account_id AND x.account_id <> t.credit_account_id) "
+        f"ORDER BY x.seq LIMIT {PROBLEMS_LISTED_MAX}"
+    )
+    for account_id, seq in cur.fetchall():
+        report.add(
+            AuditProblem(
+                "posting_mismatch",
+                f"ledger_postings lists account {account_id} at seq {seq}, which is not a "
+                "party to that journal row (or the row is beyond the indexed part)",
+                seq=seq,
+                account_id=account_id,
+            )
+        )
+    cur.execute("SELECT COUNT(*) FROM ledger_postings")
+    (count,) = cur.fetchone()
+    if count != 2 * rows_indexed:
+        report.add(
+            AuditProblem(
+                "postings_missing" if count < 2 * rows_indexed else "posting_mismatch",
+                f"ledger_postings has {count} rows; the {rows_indexed} journal rows up to seq "
+                f"{indexed_seq} need {2 * rows_indexed}",
+                seq=indexed_seq,
+            )
+        )
 
 
 def _check_holds(

@@ -27,7 +27,7 @@ from paykeep.ledger.model import (
     StoredPending,
     Transfer,
 )
-from paykeep.limits import ID_MAX
+from paykeep.limits import ID_MAX, POSTINGS_TAIL_MAX
 
 TRANSFER_COLUMNS = (
     "seq, id, debit_account_id, credit_account_id, amount_minor, currency, code, flags, "
@@ -208,13 +208,30 @@ class _Common:
             rows,
         )
 
-    def _write_head(self, head: JournalHead) -> None:
+    def _write_head(self, head: JournalHead, indexed_seq: int, tail_max: int) -> None:
+        if head.last_seq - indexed_seq >= tail_max:
+            self._index_postings(indexed_seq, head.last_seq)
+            indexed_seq = head.last_seq
         self.cur.execute(
             self._q(
                 "UPDATE ledger_journal_head SET last_seq = ?, last_timestamp_ns = ?, "
-                "last_hash = ? WHERE id = 1"
+                "last_hash = ?, indexed_seq = ? WHERE id = 1"
             ),
-            (head.last_seq, head.last_timestamp_ns, head.last_hash),
+            (head.last_seq, head.last_timestamp_ns, head.last_hash, indexed_seq),
+        )
+
+    def _index_postings(self, after_seq: int, upto_seq: int) -> None:
+        """Add journal rows ``after_seq < seq <= upto_seq`` to ``ledger_postings``, sorted, so
+        each B-tree page is written once for the whole tail instead of once per batch."""
+        self.cur.execute(
+            self._q(
+                "INSERT INTO ledger_postings (account_id, seq) SELECT a, s FROM ("
+                "SELECT debit_account_id AS a, seq AS s FROM ledger_transfers "
+                "WHERE seq > ? AND seq <= ? UNION ALL "
+                "SELECT credit_account_id AS a, seq AS s FROM ledger_transfers "
+                "WHERE seq > ? AND seq <= ?) AS tail ORDER BY a, s"
+            ),
+            (after_seq, upto_seq, after_seq, upto_seq),
         )
 
 
@@ -224,17 +241,20 @@ class _Writer(_Common):
     reads balances, which are therefore current. Balances come from a per-process cache that
     is valid exactly while the head is the one this process last wrote (see AccountCache)."""
 
-    def __init__(self, raw: Any, cache: AccountCache) -> None:
+    def __init__(self, raw: Any, cache: AccountCache, postings_tail_max: int) -> None:
         super().__init__(raw)
         self.cache = cache
+        self.postings_tail_max = postings_tail_max
 
     _head_sql = (
-        "SELECT last_seq, last_timestamp_ns, last_hash FROM ledger_journal_head WHERE id = 1"
+        "SELECT last_seq, last_timestamp_ns, last_hash, indexed_seq FROM ledger_journal_head "
+        "WHERE id = 1"
     )
+    indexed_seq = 0
 
     def lock_head(self) -> JournalHead:
         self.cur.execute(self._head_sql)
-        seq, ts, digest = self.cur.fetchone()
+        seq, ts, digest, self.indexed_seq = self.cur.fetchone()
         self.cache.validate(seq)
         return JournalHead(seq, ts, digest)
 
@@ -293,7 +313,7 @@ class SqliteTx(_Writer):
             self.cur.executemany(
                 "DELETE FROM ledger_holds WHERE transfer_id = ?", [(i,) for i in holds_resolved]
             )
-        self._write_head(sealed.head)
+        self._write_head(sealed.head, self.indexed_seq, self.postings_tail_max)
 
 
 class PostgresTx(_Writer):
@@ -351,7 +371,7 @@ class PostgresTx(_Writer):
             self.cur.execute(
                 "DELETE FROM ledger_holds WHERE transfer_id = ANY(%s)", (list(holds_resolved),)
             )
-        self._write_head(sealed.head)
+        self._write_head(sealed.head, self.indexed_seq, self.postings_tail_max)
 
 
 class AccountCache:
@@ -383,9 +403,10 @@ class AccountCache:
 class LedgerRepository:
     """Opens write transactions and runs the read queries."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, postings_tail_max: int = POSTINGS_TAIL_MAX) -> None:
         self.database = database
         self.cache = AccountCache()
+        self.postings_tail_max = postings_tail_max
 
     @contextmanager
     def write(self) -> Iterator[WriteTx]:
@@ -394,9 +415,9 @@ class LedgerRepository:
             with self.database.write() as conn:
                 raw = Database.driver_connection(conn)
                 tx: WriteTx = (
-                    SqliteTx(raw, self.cache)
+                    SqliteTx(raw, self.cache, self.postings_tail_max)
                     if self.database.is_sqlite
-                    else PostgresTx(raw, self.cache)
+                    else PostgresTx(raw, self.cache, self.postings_tail_max)
                 )
                 yield tx
         except BaseException:

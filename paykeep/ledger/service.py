@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, monotonic_s
@@ -87,11 +88,17 @@ class Ledger:
         database: Database,
         clock: Clock | None = None,
         id_generator: IdGenerator | None = None,
+        *,
+        postings_tail_max: int = limits.POSTINGS_TAIL_MAX,
     ) -> None:
+        """``postings_tail_max``: journal rows left out of the per-account index before a
+        write merges them in (see ``ledger_postings`` in the schema); tests make it small."""
         self.database = database
         self.clock = clock or SystemClock()
         self.ids = id_generator or IdGenerator(self.clock)
-        self.repo = LedgerRepository(database)
+        if not 1 <= postings_tail_max <= limits.POSTINGS_TAIL_MAX:
+            raise ValueError(f"postings_tail_max must be 1..{limits.POSTINGS_TAIL_MAX}")
+        self.repo = LedgerRepository(database, postings_tail_max=postings_tail_max)
         # Writers serialize on the journal head anyway; serializing this process's writers
         # first keeps the shared balance cache coherent without fine-grained locking.
         self._write_lock = threading.Lock()
@@ -386,12 +393,22 @@ class Ledger:
                         param="starting_after",
                     )
                 below = row[0]
-            rows: list[tuple[object, ...]] = []
-            for column in ("debit_account_id", "credit_account_id"):
+            indexed = _indexed_seq(reader)
+            # Newest first: the unindexed tail (a bounded scan by sequence number), then the
+            # per-account index for what the tail did not fill.
+            reader.cur.execute(
+                q(f"SELECT {TRANSFER_COLUMNS} FROM ledger_transfers WHERE seq > ? AND seq < ? "
+                  "AND (debit_account_id = ? OR credit_account_id = ?) ORDER BY seq DESC LIMIT ?"),
+                (indexed, below, account_id, account_id, limit + 1),
+            )  # fmt: skip
+            rows: list[tuple[object, ...]] = list(reader.cur.fetchall())
+            if len(rows) <= limit:
                 reader.cur.execute(
-                    q(f"SELECT {TRANSFER_COLUMNS} FROM ledger_transfers WHERE {column} = ? "
-                      "AND seq < ? ORDER BY seq DESC LIMIT ?"),
-                    (account_id, below, limit + 1),
+                    q(f"SELECT {_T_COLUMNS} FROM ledger_postings x "
+                      "JOIN ledger_transfers t ON t.seq = x.seq "
+                      "WHERE x.account_id = ? AND x.seq <= ? AND x.seq < ? "
+                      "ORDER BY x.seq DESC LIMIT ?"),
+                    (account_id, indexed, below, limit + 1 - len(rows)),
                 )  # fmt: skip
                 rows.extend(reader.cur.fetchall())
         rows.sort(key=lambda r: r[0], reverse=True)  # type: ignore[arg-type,return-value]
@@ -409,27 +426,51 @@ class Ledger:
             raise InvalidCursor(f"as_of_ns must be nanoseconds since the epoch: {as_of_ns!r}")
         dp = dpo = cp = cpo = 0
         with self.repo.read() as reader:
+            indexed = _indexed_seq(reader)
             for column in ("debit_account_id", "credit_account_id"):
-                reader.cur.execute(
-                    reader._q(
-                        "SELECT t.flags, t.amount_minor, p.amount_minor FROM ledger_transfers t "
-                        "LEFT JOIN ledger_transfers p ON p.id = t.pending_id "
-                        f"WHERE t.{column} = ? AND t.timestamp_ns <= ?"
-                    ),
-                    (account_id, as_of_ns),
-                )
                 is_debit = column == "debit_account_id"
-                for flags, amount, pending_amount in reader.cur.fetchall():
-                    held = amount if flags & _PENDING else 0
-                    released = pending_amount if flags & _RESOLVING else 0
-                    posted = 0 if flags & (_PENDING | _VOID) else amount
-                    if is_debit:
-                        dp += held - released
-                        dpo += posted
-                    else:
-                        cp += held - released
-                        cpo += posted
+                for sql, args in (
+                    (
+                        "FROM ledger_postings x JOIN ledger_transfers t ON t.seq = x.seq "
+                        "LEFT JOIN ledger_transfers p ON p.id = t.pending_id "
+                        f"WHERE x.account_id = ? AND x.seq <= ? AND t.{column} = ? "
+                        "AND t.timestamp_ns <= ?",
+                        (account_id, indexed, account_id, as_of_ns),
+                    ),
+                    (
+                        "FROM ledger_transfers t "
+                        "LEFT JOIN ledger_transfers p ON p.id = t.pending_id "
+                        f"WHERE t.seq > ? AND t.{column} = ? AND t.timestamp_ns <= ?",
+                        (indexed, account_id, as_of_ns),
+                    ),
+                ):
+                    reader.cur.execute(
+                        reader._q("SELECT t.flags, t.amount_minor, p.amount_minor " + sql), args
+                    )
+                    while chunk := reader.cur.fetchmany(10_000):
+                        for flags, amount, pending_amount in chunk:
+                            held = amount if flags & _PENDING else 0
+                            released = pending_amount if flags & _RESOLVING else 0
+                            posted = 0 if flags & (_PENDING | _VOID) else amount
+                            if is_debit:
+                                dp += held - released
+                                dpo += posted
+                            else:
+                                cp += held - released
+                                cpo += posted
         return BalanceAsOf(account_id, as_of_ns, dp, dpo, cp, cpo)
+
+
+def _indexed_seq(reader: Any) -> int:
+    """Journal rows up to this sequence number are in ``ledger_postings``. Rows at or below it
+    stay there forever, so a reader that uses this one value for both the index and the tail
+    sees each row exactly once, whatever writers do meanwhile."""
+    reader.cur.execute("SELECT indexed_seq FROM ledger_journal_head WHERE id = 1")
+    return int(reader.cur.fetchone()[0])
+
+
+#: The journal columns qualified for a join (``t`` is the journal).
+_T_COLUMNS = ", ".join(f"t.{c.strip()}" for c in TRANSFER_COLUMNS.split(","))
 
 
 # ---------------------------------------------------------------------------------------------

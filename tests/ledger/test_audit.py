@@ -34,12 +34,15 @@ def unguard(database: Database) -> None:
             database,
             "ALTER TABLE ledger_transfers DISABLE TRIGGER ledger_transfers_no_change",
             "ALTER TABLE ledger_accounts DISABLE TRIGGER ledger_accounts_zero_sum",
+            "ALTER TABLE ledger_postings DISABLE TRIGGER ledger_postings_no_change",
         )
     else:
         sql(
             database,
             "DROP TRIGGER IF EXISTS ledger_transfers_no_update",
             "DROP TRIGGER IF EXISTS ledger_transfers_no_delete",
+            "DROP TRIGGER IF EXISTS ledger_postings_no_update",
+            "DROP TRIGGER IF EXISTS ledger_postings_no_delete",
         )
 
 
@@ -252,3 +255,42 @@ def test_the_database_refuses_tampering(scenario: Scenario) -> None:
         )
     assert verify(db).ok
     assert scenario.ledger.head() == head
+
+
+def _indexed_scenario(database: Database) -> Scenario:
+    """The scenario written by a ledger that indexes every row at once (tail of one row)."""
+    from paykeep.clock import FakeClock
+    from paykeep.ledger.service import Ledger
+
+    s = build(database)
+    Ledger(database, clock=FakeClock(s.clock.now_ns()), postings_tail_max=1).create_transfers(
+        [NewTransfer(900, 1, 2, 1, "EUR", 1)]
+    )
+    with database.engine.connect() as conn:
+        indexed, last = conn.exec_driver_sql(
+            "SELECT indexed_seq, last_seq FROM ledger_journal_head"
+        ).one()
+    assert indexed == last > 0
+    return s
+
+
+def test_the_postings_index_is_audited(database: Database) -> None:
+    s = _indexed_scenario(database)
+    assert verify(database).ok
+    # A posting naming an account that is not a party to its row, then a lost posting.
+    sql(database, "INSERT INTO ledger_postings (account_id, seq) VALUES (5, 1)")
+    report = verify(database)
+    assert "posting_mismatch" in kinds(report)
+    assert any(p.seq == 1 and p.account_id == 5 for p in report.problems)
+    unguard(database)
+    sql(database, "DELETE FROM ledger_postings WHERE account_id = 5 AND seq = 1")
+    assert verify(database).ok
+    sql(database, "DELETE FROM ledger_postings WHERE seq = 2 AND account_id = 1")
+    assert "postings_missing" in kinds(verify(database))
+    assert s.ledger.head().last_seq >= 2
+
+
+def test_the_database_refuses_to_change_a_posting(database: Database) -> None:
+    _indexed_scenario(database)
+    refused(database, "DELETE FROM ledger_postings WHERE seq = 1", "append-only")
+    refused(database, "UPDATE ledger_postings SET account_id = 3 WHERE seq = 1", "append-only")

@@ -14,10 +14,14 @@ from paykeep.ledger.model import NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
 from tests.ledger.scenario import DMNEC, PENDING, POST, VOID
 
+#: How many journal rows stay out of the per-account index before a write merges them: every
+#: query must give the same answer whether a row is in the index, in the tail, or split.
+TAILS = [1, 4, limits.POSTINGS_TAIL_MAX]
 
-@pytest.fixture
-def ledger(database: Database) -> Ledger:
-    led = Ledger(database, clock=FakeClock())
+
+@pytest.fixture(params=TAILS, ids=[f"tail{t}" for t in TAILS])
+def ledger(database: Database, request: pytest.FixtureRequest) -> Ledger:
+    led = Ledger(database, clock=FakeClock(), postings_tail_max=request.param)
     led.create_accounts(
         [
             NewAccount(1, "EUR", 1, name="merchant:1:available"),
@@ -86,9 +90,12 @@ def test_bad_cursors(ledger: Ledger) -> None:
         assert raised.value.code == "invalid_cursor"
 
 
-def test_balance_as_of_across_a_hold_its_partial_post_and_an_expiry(database: Database) -> None:
+@pytest.mark.parametrize("tail", TAILS)
+def test_balance_as_of_across_a_hold_its_partial_post_and_an_expiry(
+    database: Database, tail: int
+) -> None:
     clock = FakeClock()
-    led = Ledger(database, clock=clock)
+    led = Ledger(database, clock=clock, postings_tail_max=tail)
     led.create_accounts([NewAccount(1, "EUR", 1), NewAccount(2, "EUR", 1, flags=DMNEC)])
     history: list[tuple[int, tuple[int, int, int, int]]] = []
 

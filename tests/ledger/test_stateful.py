@@ -524,7 +524,12 @@ MUST_OBSERVE = {
 def test_ledger_matches_reference_model(database: Database) -> None:
     OBSERVED.clear()
     clock = FakeClock()
-    ledgers = [Ledger(database, clock=clock), Ledger(database, clock=clock)]
+    # Two writers (as two processes would be); small postings tails so that queries read rows
+    # from the per-account index, from the unindexed tail, and from both.
+    ledgers = [
+        Ledger(database, clock=clock, postings_tail_max=3),
+        Ledger(database, clock=clock, postings_tail_max=7),
+    ]
     machine = make_machine(database, ledgers, clock)
     run_state_machine_as_test(
         machine,

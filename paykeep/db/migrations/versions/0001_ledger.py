@@ -104,8 +104,19 @@ def upgrade() -> None:
         sqlite_where=sa.text("reference IS NOT NULL"),
         postgresql_where=sa.text("reference IS NOT NULL"),
     )
-    op.create_index("ix_ledger_transfers_debit", "ledger_transfers", ["debit_account_id", "seq"])
-    op.create_index("ix_ledger_transfers_credit", "ledger_transfers", ["credit_account_id", "seq"])
+    # The per-account index of the journal, maintained in bulk rather than row by row: a batch
+    # of random accounts touches a different B-tree page per row, and writing those pages at
+    # every commit cost more than everything else a batch does (measured: 20 ms of a 27 ms
+    # SQLite batch of 1,000 at 300,000 rows). The writer appends journal rows only and merges
+    # the tail into this table, sorted, once it is POSTINGS_TAIL_MAX rows long; queries read
+    # the table up to ``ledger_journal_head.indexed_seq`` and scan the short tail beyond it.
+    op.create_table(
+        "ledger_postings",
+        sa.Column("account_id", sa.BigInteger, nullable=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("account_id", "seq", name="pk_ledger_postings"),
+        sqlite_with_rowid=False,
+    )
     op.create_table(
         "ledger_holds",
         # Pending transfers not yet posted, voided or expired (a derived index for the sweep;
@@ -120,7 +131,10 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.BigInteger, nullable=False),
         sa.Column("last_timestamp_ns", sa.BigInteger, nullable=False),
         sa.Column("last_hash", sa.String(64), nullable=False),
+        # Journal rows up to here are in ledger_postings; later ones are the unindexed tail.
+        sa.Column("indexed_seq", sa.BigInteger, nullable=False, server_default="0"),
         sa.CheckConstraint("id = 1", name="ck_ledger_journal_head_singleton"),
+        sa.CheckConstraint("indexed_seq <= last_seq", name="ck_ledger_journal_head_indexed"),
     )
     op.execute(
         "INSERT INTO ledger_journal_head (id, last_seq, last_timestamp_ns, last_hash) "
@@ -135,6 +149,7 @@ def downgrade() -> None:
     for statement in POSTGRES_GUARDS_DROP if postgres else SQLITE_GUARDS_DROP:
         op.execute(statement)
     op.drop_table("ledger_journal_head")
+    op.drop_table("ledger_postings")
     op.drop_table("ledger_holds")
     op.drop_table("ledger_transfers")
     op.drop_table("ledger_accounts")
@@ -245,9 +260,14 @@ POSTGRES_GUARDS = [
     CREATE TRIGGER ledger_transfers_no_change BEFORE UPDATE OR DELETE ON ledger_transfers
     FOR EACH ROW EXECUTE FUNCTION ledger_transfers_append_only()
     """,
+    """
+    CREATE TRIGGER ledger_postings_no_change BEFORE UPDATE OR DELETE ON ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_transfers_append_only()
+    """,
 ]
 
 POSTGRES_GUARDS_DROP = [
+    "DROP TRIGGER IF EXISTS ledger_postings_no_change ON ledger_postings",
     "DROP TRIGGER IF EXISTS ledger_transfers_no_change ON ledger_transfers",
     "DROP TRIGGER IF EXISTS ledger_transfers_consistent ON ledger_transfers",
     "DROP TRIGGER IF EXISTS ledger_accounts_start_at_zero ON ledger_accounts",
@@ -274,9 +294,19 @@ SQLITE_GUARDS = [
     BEFORE UPDATE OF id, currency, code, flags, name, metadata, timestamp_ns ON ledger_accounts
     BEGIN SELECT RAISE(ABORT, 'ledger accounts are immutable except their balances'); END
     """,
+    """
+    CREATE TRIGGER ledger_postings_no_update BEFORE UPDATE ON ledger_postings
+    BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END
+    """,
+    """
+    CREATE TRIGGER ledger_postings_no_delete BEFORE DELETE ON ledger_postings
+    BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END
+    """,
 ]
 
 SQLITE_GUARDS_DROP = [
+    "DROP TRIGGER IF EXISTS ledger_postings_no_delete",
+    "DROP TRIGGER IF EXISTS ledger_postings_no_update",
     "DROP TRIGGER IF EXISTS ledger_accounts_immutable",
     "DROP TRIGGER IF EXISTS ledger_transfers_no_delete",
     "DROP TRIGGER IF EXISTS ledger_transfers_no_update",
