@@ -1,0 +1,180 @@
+"""The banksim process: the card network's TCP server and an HTTP control API, one event loop.
+
+``serve(...)`` binds both listeners (port 0 picks a free port), prints one JSON line
+``{"http_port": ..., "card_port": ...}`` on stdout once both listen, and returns when SIGTERM
+or SIGINT arrives, after closing both cleanly. The HTTP API is bound to 127.0.0.1 only: it is a
+test and demo control surface with no authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from paykeep import limits
+from paykeep.banksim.cardnet import (
+    CardNetwork,
+    CardServer,
+    FaultConfigInvalid,
+    fault_rules_from_json,
+)
+
+CONTROL_HOST = "127.0.0.1"
+
+
+class NewCard(BaseModel):
+    pan: str = Field(pattern=r"^[0-9]{12,19}$")
+    expiry: str = Field(pattern=r"^[0-9]{2}(0[1-9]|1[0-2])$", description="YYMM")
+    cvv: str = Field(pattern=r"^[0-9]{3,4}$")
+    balance_minor: int = Field(ge=0, le=limits.CARD_AMOUNT_MAX_MINOR)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    forced_response: str | None = Field(default=None, pattern=r"^[0-9]{2}$")
+
+
+def create_card_router(network: CardNetwork) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "cards": len(network.cards), **network.stats}
+
+    @router.post("/cards", status_code=201)
+    async def add_card(card: NewCard) -> dict[str, Any]:
+        try:
+            added = network.add_card(
+                card.pan, card.expiry, card.cvv, card.balance_minor, card.currency,
+                card.forced_response,
+            )  # fmt: skip
+        except FaultConfigInvalid as exc:
+            raise HTTPException(422, str(exc)) from None
+        return network.card_view(added)
+
+    @router.get("/cards/{ref}")
+    async def get_card(ref: str) -> dict[str, Any]:
+        found = network.find_cards(ref)
+        if not found:
+            raise HTTPException(404, "no such card")
+        if len(found) > 1:
+            raise HTTPException(409, "several cards end in these digits: use the token")
+        return network.card_view(found[0])
+
+    @router.get("/faults/cards")
+    async def get_faults() -> dict[str, Any]:
+        return {"faults": [rule.to_json() for rule in network.faults]}
+
+    @router.post("/faults/cards")
+    async def set_faults(
+        document: Annotated[dict[str, Any], Body()],
+    ) -> dict[str, Any]:
+        replace = document.get("mode", "replace")
+        if replace not in ("replace", "append"):
+            raise HTTPException(422, "mode must be replace or append")
+        try:
+            rules = fault_rules_from_json({"cards": document.get("faults", [])})
+            network.set_faults(rules, replace=replace == "replace")
+        except FaultConfigInvalid as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"faults": [rule.to_json() for rule in network.faults]}
+
+    @router.delete("/faults/cards")
+    async def clear_faults() -> dict[str, Any]:
+        network.set_faults([])
+        return {"faults": []}
+
+    @router.get("/authorisations")
+    async def authorisations(
+        card: Annotated[str | None, Query(max_length=64)] = None,
+        after_seq: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=limits.BANKSIM_AUTH_LOG_MAX)] = 1_000,
+    ) -> dict[str, Any]:
+        items = [
+            entry
+            for entry in network.log
+            if entry["seq"] > after_seq
+            and (card is None or card in (entry["last4"], entry["card_token"]))
+        ]
+        return {"authorisations": items[:limit], "last_seq": network.seq}
+
+    return router
+
+
+def create_app(network: CardNetwork, data_dir: Path) -> FastAPI:
+    app = FastAPI(title="banksim", docs_url=None, redoc_url=None)
+    app.include_router(create_card_router(network))
+    # The bank (accounts, payout files, statements) is written by the payouts/statements work
+    # in parallel; mount it when that module exists so either half runs without the other.
+    if importlib.util.find_spec("paykeep.banksim.bank") is not None:
+        bank = importlib.import_module("paykeep.banksim.bank")
+        app.include_router(bank.create_router(data_dir), prefix="/bank")
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(
+    data_dir: Path,
+    host: str = CONTROL_HOST,
+    http_port: int = 0,
+    card_port: int = 0,
+    faults: Any = None,
+    seed: int | None = None,
+) -> None:
+    network = CardNetwork(seed=seed)
+    if faults is not None:
+        network.set_faults(fault_rules_from_json(faults))
+    cards = CardServer(network)
+    bound_card_port = await cards.start(host, card_port)
+
+    http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    http_socket.bind((CONTROL_HOST, http_port))
+    bound_http_port = http_socket.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(network, data_dir), log_level="warning", access_log=False, lifespan="off"
+    )
+    server = _Server(config)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+
+    http_task = loop.create_task(server.serve(sockets=[http_socket]))
+    while not server.started:
+        if http_task.done():
+            await http_task  # re-raises the start-up failure
+            return
+        await asyncio.sleep(0.01)
+    sys.stdout.write(json.dumps({"http_port": bound_http_port, "card_port": bound_card_port}))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    try:
+        await http_task
+    finally:
+        await cards.stop()
+        http_socket.close()
+
+
+def load_faults(path: Path | None) -> Any:
+    if path is None:
+        return None
+    if path.stat().st_size > 1_000_000:
+        raise FaultConfigInvalid("the faults file is larger than 1 MB")
+    return json.loads(path.read_text(encoding="utf-8"))

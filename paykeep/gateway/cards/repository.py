@@ -1,0 +1,218 @@
+"""Persistence of card payments and their message trail (tables of migration 0005).
+
+A repository wraps one open transaction and never commits. State changes are conditional
+(``UPDATE ... WHERE state = :expected``), so two calls racing on one payment cannot both move
+it: the loser sees zero rows changed and re-reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from paykeep.gateway.cards.model import (
+    CardMessage,
+    CardOutcome,
+    CardPaymentKind,
+    CardPaymentState,
+    Direction,
+)
+
+_meta = sa.MetaData()
+payments = sa.Table(
+    "card_payments",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("payment_id", sa.String(64)),
+    sa.Column("kind", sa.String(16)),
+    sa.Column("state", sa.String(16)),
+    sa.Column("outcome", sa.String(32)),
+    sa.Column("reason", sa.String(16)),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("acquirer", sa.String(32)),
+    sa.Column("terminal_id", sa.String(8)),
+    sa.Column("card_token", sa.String(40)),
+    sa.Column("brand", sa.String(16)),
+    sa.Column("last4", sa.String(4)),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("captured_minor", sa.BigInteger),
+    sa.Column("credit_account_id", sa.BigInteger),
+    sa.Column("ledger_transfer_id", sa.BigInteger),
+    sa.Column("response_code", sa.String(2)),
+    sa.Column("auth_code", sa.String(6)),
+    sa.Column("rrn", sa.String(12)),
+    sa.Column("last_seq", sa.Integer),
+    sa.Column("created_at_ns", sa.BigInteger),
+    sa.Column("updated_at_ns", sa.BigInteger),
+)
+messages = sa.Table(
+    "card_messages",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("payment", sa.BigInteger),
+    sa.Column("seq", sa.Integer),
+    sa.Column("direction", sa.String(8)),
+    sa.Column("mti", sa.String(4)),
+    sa.Column("stan", sa.String(6)),
+    sa.Column("transmitted", sa.String(10)),
+    sa.Column("rrn", sa.String(12)),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("response_code", sa.String(2)),
+    sa.Column("auth_code", sa.String(6)),
+    sa.Column("reply_to_seq", sa.Integer),
+    sa.Column("reverses_seq", sa.Integer),
+    sa.Column("at_ns", sa.BigInteger),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPayment:
+    pk: int
+    payment_id: str
+    kind: CardPaymentKind
+    state: CardPaymentState
+    outcome: CardOutcome | None
+    reason: str | None
+    fingerprint: str
+    acquirer: str
+    terminal_id: str
+    card_token: str
+    brand: str
+    last4: str
+    amount_minor: int
+    currency: str
+    captured_minor: int
+    credit_account_id: int | None
+    ledger_transfer_id: int
+    response_code: str | None
+    auth_code: str | None
+    rrn: str | None
+    last_seq: int
+    created_at_ns: int
+    updated_at_ns: int
+
+
+def _payment(row: Any) -> StoredPayment:
+    m = row._mapping
+    return StoredPayment(
+        pk=int(m["id"]),
+        payment_id=m["payment_id"],
+        kind=CardPaymentKind(m["kind"]),
+        state=CardPaymentState(m["state"]),
+        outcome=None if m["outcome"] is None else CardOutcome(m["outcome"]),
+        reason=m["reason"],
+        fingerprint=m["fingerprint"],
+        acquirer=m["acquirer"],
+        terminal_id=m["terminal_id"],
+        card_token=m["card_token"],
+        brand=m["brand"],
+        last4=m["last4"],
+        amount_minor=int(m["amount_minor"]),
+        currency=m["currency"],
+        captured_minor=int(m["captured_minor"]),
+        credit_account_id=None if m["credit_account_id"] is None else int(m["credit_account_id"]),
+        ledger_transfer_id=int(m["ledger_transfer_id"]),
+        response_code=m["response_code"],
+        auth_code=m["auth_code"],
+        rrn=m["rrn"],
+        last_seq=int(m["last_seq"]),
+        created_at_ns=int(m["created_at_ns"]),
+        updated_at_ns=int(m["updated_at_ns"]),
+    )
+
+
+def _message(row: Any) -> CardMessage:
+    m = row._mapping
+    return CardMessage(
+        seq=int(m["seq"]),
+        direction=Direction(m["direction"]),
+        mti=m["mti"],
+        stan=m["stan"],
+        transmitted=m["transmitted"],
+        rrn=m["rrn"],
+        amount_minor=None if m["amount_minor"] is None else int(m["amount_minor"]),
+        response_code=m["response_code"],
+        auth_code=m["auth_code"],
+        reply_to_seq=m["reply_to_seq"],
+        reverses_seq=m["reverses_seq"],
+        at_ns=int(m["at_ns"]),
+    )
+
+
+class CardRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def get(self, payment_id: str) -> StoredPayment | None:
+        row = self.conn.execute(
+            sa.select(payments).where(payments.c.payment_id == payment_id)
+        ).first()
+        return None if row is None else _payment(row)
+
+    def insert_payment(self, values: dict[str, Any]) -> int:
+        result = self.conn.execute(payments.insert().values(**values))
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def update(self, pk: int, expected: CardPaymentState, now_ns: int, **values: Any) -> bool:
+        """Change the payment only if it is still in ``expected``; False if it was not."""
+        result = self.conn.execute(
+            payments.update()
+            .where(payments.c.id == pk, payments.c.state == expected.value)
+            .values(updated_at_ns=now_ns, **values)
+        )
+        return result.rowcount == 1
+
+    def add_message(self, payment: StoredPayment, message: CardMessage) -> None:
+        """Append to the trail; the payment's ``last_seq`` follows (the seq must be next)."""
+        self.conn.execute(
+            messages.insert().values(
+                payment=payment.pk,
+                seq=message.seq,
+                direction=message.direction.value,
+                mti=message.mti,
+                stan=message.stan,
+                transmitted=message.transmitted,
+                rrn=message.rrn,
+                amount_minor=message.amount_minor,
+                response_code=message.response_code,
+                auth_code=message.auth_code,
+                reply_to_seq=message.reply_to_seq,
+                reverses_seq=message.reverses_seq,
+                at_ns=message.at_ns,
+            )
+        )
+        self.conn.execute(
+            payments.update()
+            .where(payments.c.id == payment.pk)
+            .values(last_seq=sa.func.max(payments.c.last_seq, message.seq)
+                    if self.conn.dialect.name == "sqlite"
+                    else sa.func.greatest(payments.c.last_seq, message.seq),
+                    updated_at_ns=message.at_ns)
+        )  # fmt: skip
+
+    def messages(self, pk: int) -> list[CardMessage]:
+        rows = self.conn.execute(
+            sa.select(messages).where(messages.c.payment == pk).order_by(messages.c.seq)
+        )
+        return [_message(r) for r in rows]
+
+    def due(
+        self, states: Iterable[CardPaymentState], updated_before_ns: int, limit: int
+    ) -> list[StoredPayment]:
+        rows = self.conn.execute(
+            sa.select(payments)
+            .where(
+                payments.c.state.in_([s.value for s in states]),
+                payments.c.updated_at_ns < updated_before_ns,
+            )
+            .order_by(payments.c.updated_at_ns)
+            .limit(limit)
+        )
+        return [_payment(r) for r in rows]

@@ -1,0 +1,704 @@
+"""Card acquiring use cases: authorise, capture, sale, reverse, and the recovery sweep.
+
+Every exchange follows one pattern: (1) in one transaction, move the payment to an in-flight
+state and append the request to the trail — before a byte is sent; (2) send and wait, with a
+timeout; (3) in one transaction, append the answer (or the timeout) and move the payment on.
+A process that dies between (1) and (3) leaves the payment in ``authorising``/``capturing``;
+:meth:`CardGateway.recover` reverses it. Money moves in the ledger only after an approved
+capture or sale, from ``clearing:card:<acquirer>`` to the account the caller names, with a
+transfer id fixed when the payment was created, so a repeated posting is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from paykeep import limits
+from paykeep.clock import NS_PER_S, Clock, SystemClock, ns_to_datetime
+from paykeep.db import Database
+from paykeep.gateway.cards import iso8583 as wire
+from paykeep.gateway.cards.client import CardNetworkClient
+from paykeep.gateway.cards.errors import (
+    CardCaptureExceedsAuthorisation,
+    CardCreditAccountInvalid,
+    CardCurrencyNotSupported,
+    CardInputInvalid,
+    CardLedgerPostingFailed,
+    CardNetworkUnavailable,
+    CardPaymentIdReused,
+    CardPaymentInProgress,
+    CardPaymentNotFound,
+    CardResponseTimeout,
+)
+from paykeep.gateway.cards.model import (
+    APPROVED_CODE,
+    IN_FLIGHT,
+    UNAVAILABLE_CODES,
+    CardMessage,
+    CardOutcome,
+    CardPaymentKind,
+    CardPaymentState,
+    CardResult,
+    Direction,
+    check_acquirer,
+    check_amount,
+    check_payment_id,
+    check_security_code,
+    check_terminal,
+    meaning,
+    request_fingerprint,
+    retrieval_reference,
+    reversal_targets,
+    transition,
+    transmission_fields,
+)
+from paykeep.gateway.cards.repository import CardRepository, StoredPayment
+from paykeep.gateway.vault.service import CardVault
+from paykeep.ledger.errors import AccountNotFound
+from paykeep.ledger.model import CreateAccountResult, NewAccount, NewTransfer
+from paykeep.ledger.service import Ledger
+
+log = logging.getLogger("paykeep.gateway.cards")
+
+S = CardPaymentState
+#: Ledger codes: the clearing account is an asset; a card capture is its own transfer kind.
+CLEARING_ACCOUNT_CODE = 1
+CARD_CAPTURE_TRANSFER_CODE = 30
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    reversed: int
+    reversal_pending: int
+    settled: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "reversed": self.reversed,
+            "reversal_pending": self.reversal_pending,
+            "settled": self.settled,
+        }
+
+
+class CardGateway:
+    """Card payments through one acquirer (one settlement currency) and its card network."""
+
+    def __init__(
+        self,
+        database: Database,
+        ledger: Ledger,
+        vault: CardVault,
+        client: CardNetworkClient,
+        *,
+        acquirer: str = "banksim",
+        currency: str = "EUR",
+        terminal_id: str = "PAYKEEP1",
+        acceptor_id: str = "PAYKEEPMERCH001",
+        clock: Clock | None = None,
+        timeout_s: float = limits.CARD_CALL_TIMEOUT_S,
+        reversal_timeout_s: float = limits.CARD_REVERSAL_TIMEOUT_S,
+        reversal_attempts: int = limits.CARD_REVERSAL_ATTEMPTS_MAX,
+    ) -> None:
+        check_acquirer(acquirer)
+        check_terminal(terminal_id, acceptor_id)
+        wire.currency_numeric(currency)
+        if not 0 < reversal_attempts <= limits.CARD_REVERSAL_ATTEMPTS_MAX:
+            raise CardInputInvalid(f"reversal_attempts is 1 to {limits.CARD_REVERSAL_ATTEMPTS_MAX}")
+        self.database = database
+        self.ledger = ledger
+        self.vault = vault
+        self.client = client
+        self.acquirer = acquirer
+        self.currency = currency
+        self.terminal_id = terminal_id
+        self.acceptor_id = acceptor_id
+        self.clock = clock or SystemClock()
+        self.timeout_s = timeout_s
+        self.reversal_timeout_s = reversal_timeout_s
+        self.reversal_attempts = reversal_attempts
+        self._clearing_id: int | None = None
+
+    @property
+    def clearing_account_name(self) -> str:
+        return f"clearing:card:{self.acquirer}"
+
+    # ------------------------------------------------------------------ use cases
+
+    def authorise(
+        self,
+        card_token: str,
+        amount_minor: int,
+        currency: str,
+        *,
+        payment_id: str,
+        security_code: str | None = None,
+    ) -> CardResult:
+        """0100: place a hold on the card. Nothing moves in the ledger.
+
+        ``security_code`` goes straight into the message and is never stored or logged.
+        A replay of ``payment_id`` with the same card, amount and currency returns the stored
+        result without sending anything.
+        """
+        return self._start(
+            CardPaymentKind.AUTHORISATION, card_token, amount_minor, currency,
+            payment_id, security_code, None, None,
+        )  # fmt: skip
+
+    def sale(
+        self,
+        card_token: str,
+        amount_minor: int,
+        currency: str,
+        *,
+        payment_id: str,
+        security_code: str | None = None,
+        credit_account_id: int | None = None,
+        credit_account_name: str | None = None,
+    ) -> CardResult:
+        """One-step 0200: charge the card and, when approved, credit the named account."""
+        return self._start(
+            CardPaymentKind.SALE, card_token, amount_minor, currency,
+            payment_id, security_code, credit_account_id, credit_account_name,
+        )  # fmt: skip
+
+    def capture(
+        self,
+        authorisation_id: str,
+        amount_minor: int | None = None,
+        *,
+        credit_account_id: int | None = None,
+        credit_account_name: str | None = None,
+    ) -> CardResult:
+        """0200 with field 90: capture all (default) or part of an authorisation, then credit
+        the named account. A replay of a completed capture returns it unchanged."""
+        check_payment_id(authorisation_id)
+        if amount_minor is not None:
+            check_amount(amount_minor)
+        payment = self._load(authorisation_id)
+        if payment.kind is not CardPaymentKind.AUTHORISATION:
+            raise CardInputInvalid("only an authorisation can be captured", param="payment_id")
+        credit = self._credit_account(credit_account_id, credit_account_name, payment.currency)
+        amount = payment.amount_minor if amount_minor is None else amount_minor
+        if payment.state in (S.SETTLING, S.CAPTURED) and (
+            payment.captured_minor == amount and payment.credit_account_id == credit
+        ):
+            return self._settle(payment) if payment.state is S.SETTLING else self._result(payment)
+        self._refuse_in_flight(payment)
+        transition(payment.state, S.CAPTURING)
+        if amount > payment.amount_minor:
+            raise CardCaptureExceedsAuthorisation(
+                f"capture of {amount} exceeds the authorised {payment.amount_minor}",
+                param="amount_minor",
+            )
+        auth = next(
+            m for m in self._messages(payment) if m.direction is Direction.OUT and m.mti == "0100"
+        )
+        message = {
+            "t": "0200",
+            "2": self.vault.pan_for_network(payment.card_token),
+            "3": wire.PROCESSING_PURCHASE,
+            "4": f"{amount:012d}",
+            "49": wire.currency_numeric(payment.currency),
+            "90": wire.original_data_elements(auth.mti, auth.stan, auth.transmitted),
+        }
+        if payment.auth_code:
+            message["38"] = payment.auth_code
+        payment = self._begin_exchange(
+            payment, S.AUTHORISED, S.CAPTURING, message, amount,
+            captured_minor=amount, credit_account_id=credit,
+        )  # fmt: skip
+        return self._exchange(payment, message)
+
+    def reverse(self, payment_id: str) -> CardResult:
+        """Release an authorisation that will not be captured (0400). Replays are harmless."""
+        check_payment_id(payment_id)
+        payment = self._load(payment_id)
+        if payment.state is S.REVERSED:
+            return self._result(payment)
+        self._refuse_in_flight(payment)
+        if payment.state is S.AUTHORISED:
+            transition(payment.state, S.REVERSING)
+            payment = self._move(
+                payment,
+                S.AUTHORISED,
+                S.REVERSING,
+                outcome=CardOutcome.REVERSAL_PENDING,
+                reason="requested",
+            )
+        elif payment.state is not S.REVERSING:
+            transition(payment.state, S.REVERSING)  # raises: illegal from here
+        return self._reverse_all(payment)
+
+    def payment(self, payment_id: str) -> CardResult:
+        check_payment_id(payment_id)
+        return self._result(self._load(payment_id))
+
+    def recover(self, min_age_s: float = limits.CARD_RECOVERY_MIN_AGE_S) -> RecoveryReport:
+        """Finish what crashed or timed-out calls left: reverse payments left in flight,
+        retry owed reversals, post approved captures to the ledger. Safe to run anywhere,
+        any number of times; payments changed in the last ``min_age_s`` are left alone."""
+        before = self.clock.now_ns() - int(min_age_s * NS_PER_S)
+        with self.database.read() as conn:
+            due = CardRepository(conn).due(
+                (S.AUTHORISING, S.CAPTURING, S.REVERSING, S.SETTLING),
+                before,
+                limits.CARD_RECOVERY_BATCH,
+            )
+        reversed_, pending, settled = 0, 0, 0
+        for payment in due:
+            if payment.state is S.SETTLING:
+                try:
+                    self._settle(payment)
+                    settled += 1
+                except CardLedgerPostingFailed:
+                    log.warning("card payment %s: ledger posting still refused", payment.pk)
+                continue
+            if payment.state in IN_FLIGHT:
+                try:
+                    payment = self._move(
+                        payment,
+                        payment.state,
+                        S.REVERSING,
+                        outcome=CardOutcome.REVERSAL_PENDING,
+                        reason="recovery",
+                    )
+                except CardPaymentInProgress:
+                    continue  # someone else moved it meanwhile
+            result = self._reverse_all(payment)
+            if result.state is S.REVERSED:
+                reversed_ += 1
+            else:
+                pending += 1
+        return RecoveryReport(reversed_, pending, settled)
+
+    # ------------------------------------------------------------------ starting a payment
+
+    def _start(
+        self,
+        kind: CardPaymentKind,
+        card_token: str,
+        amount_minor: int,
+        currency: str,
+        payment_id: str,
+        security_code: str | None,
+        credit_account_id: int | None,
+        credit_account_name: str | None,
+    ) -> CardResult:
+        # shape
+        check_payment_id(payment_id)
+        check_amount(amount_minor)
+        if not isinstance(card_token, str):
+            raise CardInputInvalid("card_token must be a vault token", param="card_token")
+        if currency != self.currency:
+            raise CardCurrencyNotSupported(
+                f"acquirer {self.acquirer} settles {self.currency} only", param="currency"
+            )
+        check_security_code(security_code)
+        # identity / idempotency
+        fingerprint = request_fingerprint(kind, card_token, amount_minor, currency)
+        existing = self._get(payment_id)
+        if existing is not None:
+            return self._replay(existing, fingerprint)
+        # references
+        card = self.vault.card(card_token)
+        credit = None
+        if kind is CardPaymentKind.SALE:
+            credit = self._credit_account(credit_account_id, credit_account_name, currency)
+        now = self.clock.now_ns()
+        at = ns_to_datetime(now)
+        stan = self.client.next_stan()
+        fields = transmission_fields(at)
+        rrn = retrieval_reference(at, stan)
+        mti = "0100" if kind is CardPaymentKind.AUTHORISATION else "0200"
+        state = S.AUTHORISING if kind is CardPaymentKind.AUTHORISATION else S.CAPTURING
+        try:
+            with self.database.write() as conn:
+                repo = CardRepository(conn)
+                pk = repo.insert_payment(
+                    {
+                        "payment_id": payment_id,
+                        "kind": kind.value,
+                        "state": state.value,
+                        "outcome": None,
+                        "fingerprint": fingerprint,
+                        "acquirer": self.acquirer,
+                        "terminal_id": self.terminal_id,
+                        "card_token": card.token,
+                        "brand": card.brand,
+                        "last4": card.last4,
+                        "amount_minor": amount_minor,
+                        "currency": currency,
+                        "captured_minor": amount_minor if credit is not None else 0,
+                        "credit_account_id": credit,
+                        "ledger_transfer_id": self.ledger.ids.next_id(),
+                        "rrn": rrn,
+                        "last_seq": 0,
+                        "created_at_ns": now,
+                        "updated_at_ns": now,
+                    }
+                )
+                payment = repo.get(payment_id)
+                assert payment is not None and payment.pk == pk
+                repo.add_message(
+                    payment,
+                    CardMessage(1, Direction.OUT, mti, stan, fields["7"], rrn, amount_minor,
+                                None, None, None, None, now),
+                )  # fmt: skip
+        except sa.exc.IntegrityError:
+            # A concurrent call created the same payment id first: this is a replay.
+            existing = self._get(payment_id)
+            if existing is None:
+                raise
+            return self._replay(existing, fingerprint)
+        message = {
+            "t": mti,
+            "2": self.vault.pan_for_network(card.token),
+            "3": wire.PROCESSING_PURCHASE,
+            "4": f"{amount_minor:012d}",
+            "11": stan,
+            **fields,
+            "14": card.expiry_yymm,
+            "37": rrn,
+            "41": self.terminal_id,
+            "42": self.acceptor_id,
+            "49": wire.currency_numeric(currency),
+        }
+        if security_code is not None:
+            message["48"] = wire.security_code_field(security_code)
+        return self._exchange(self._load(payment_id), message)
+
+    def _replay(self, existing: StoredPayment, fingerprint: str) -> CardResult:
+        if existing.fingerprint != fingerprint:
+            raise CardPaymentIdReused(
+                f"payment id {existing.payment_id!r} was used for another card payment",
+                param="payment_id",
+            )
+        self._refuse_in_flight(existing)
+        if existing.state is S.SETTLING:
+            return self._settle(existing)
+        return self._result(existing)
+
+    # ------------------------------------------------------------------ one exchange
+
+    def _begin_exchange(
+        self,
+        payment: StoredPayment,
+        expected: CardPaymentState,
+        target: CardPaymentState,
+        message: dict[str, str],
+        amount_minor: int,
+        **values: Any,
+    ) -> StoredPayment:
+        """Fill in the message numbers, append the request and move the payment, in one
+        transaction, before anything is sent."""
+        now = self.clock.now_ns()
+        at = ns_to_datetime(now)
+        stan = self.client.next_stan()
+        message.update(transmission_fields(at))
+        message.update({"11": stan, "37": payment.rrn or retrieval_reference(at, stan),
+                        "41": self.terminal_id, "42": self.acceptor_id})  # fmt: skip
+        with self.database.write() as conn:
+            repo = CardRepository(conn)
+            current = repo.get(payment.payment_id)
+            assert current is not None
+            if not repo.update(current.pk, expected, now, state=target.value, outcome=None,
+                               **values):  # fmt: skip
+                raise CardPaymentInProgress(
+                    f"card payment {payment.payment_id!r} changed meanwhile; ask again",
+                    param="payment_id",
+                )
+            repo.add_message(
+                current,
+                CardMessage(current.last_seq + 1, Direction.OUT, message["t"], stan,
+                            message["7"], message["37"], amount_minor, None, None, None,
+                            None, now),
+            )  # fmt: skip
+            updated = repo.get(payment.payment_id)
+        assert updated is not None
+        return updated
+
+    def _exchange(self, payment: StoredPayment, message: dict[str, str]) -> CardResult:
+        """Send the request just persisted, record what came back, decide the next state."""
+        request_seq = payment.last_seq
+        state = payment.state
+        try:
+            response = self.client.call(message, self.timeout_s)
+        except CardNetworkUnavailable:
+            self._record(payment, request_seq, Direction.UNSENT, message)
+            return self._after_failure(payment, CardOutcome.UNAVAILABLE, None)
+        except CardResponseTimeout:
+            self._record(payment, request_seq, Direction.TIMEOUT, message)
+            payment = self._move(
+                payment, state, S.REVERSING, outcome=CardOutcome.REVERSAL_PENDING, reason="timeout"
+            )
+            return self._reverse_all(payment)
+        code = response.get("39", "")
+        auth_code = response.get("38") or None
+        self._record(payment, request_seq, Direction.IN, message, code, auth_code)
+        if code in UNAVAILABLE_CODES:
+            return self._after_failure(payment, CardOutcome.UNAVAILABLE, code)
+        if code != APPROVED_CODE:
+            return self._after_failure(payment, CardOutcome.DECLINED, code)
+        if state is S.AUTHORISING:
+            payment = self._move(payment, state, S.AUTHORISED, outcome=CardOutcome.APPROVED,
+                                 response_code=code, auth_code=auth_code)  # fmt: skip
+            return self._result(payment)
+        payment = self._move(
+            payment,
+            state,
+            S.SETTLING,
+            outcome=CardOutcome.APPROVED,
+            response_code=code,
+            auth_code=auth_code or payment.auth_code,
+        )
+        return self._settle(payment)
+
+    def _after_failure(
+        self, payment: StoredPayment, outcome: CardOutcome, code: str | None
+    ) -> CardResult:
+        """Not applied by the issuer. A failed capture leaves the authorisation standing."""
+        if payment.state is S.CAPTURING and payment.kind is CardPaymentKind.AUTHORISATION:
+            target = S.AUTHORISED
+            payment = self._move(payment, payment.state, target, outcome=outcome,
+                                 response_code=code, captured_minor=0,
+                                 credit_account_id=None)  # fmt: skip
+        else:
+            target = S.DECLINED if outcome is CardOutcome.DECLINED else S.UNAVAILABLE
+            payment = self._move(payment, payment.state, target, outcome=outcome,
+                                 response_code=code, captured_minor=0)  # fmt: skip
+        return self._result(payment)
+
+    def _record(
+        self,
+        payment: StoredPayment,
+        request_seq: int,
+        direction: Direction,
+        message: Mapping[str, str],
+        code: str | None = None,
+        auth_code: str | None = None,
+    ) -> None:
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = CardRepository(conn)
+            current = repo.get(payment.payment_id)
+            assert current is not None
+            repo.add_message(
+                current,
+                CardMessage(current.last_seq + 1, direction, message["t"], message["11"],
+                            message["7"], message.get("37"), None, code, auth_code,
+                            request_seq, None, now),
+            )  # fmt: skip
+
+    def _move(
+        self,
+        payment: StoredPayment,
+        expected: CardPaymentState,
+        target: CardPaymentState,
+        **values: Any,
+    ) -> StoredPayment:
+        transition(expected, target)
+        if "outcome" in values and isinstance(values["outcome"], CardOutcome):
+            values["outcome"] = values["outcome"].value
+        with self.database.write() as conn:
+            repo = CardRepository(conn)
+            if not repo.update(payment.pk, expected, self.clock.now_ns(), state=target.value,
+                               **values):  # fmt: skip
+                raise CardPaymentInProgress(
+                    f"card payment {payment.payment_id!r} changed meanwhile; ask again",
+                    param="payment_id",
+                )
+            updated = repo.get(payment.payment_id)
+        assert updated is not None
+        return updated
+
+    # ------------------------------------------------------------------ reversals
+
+    def _reverse_all(self, payment: StoredPayment) -> CardResult:
+        """0400 for every request that may have been applied, newest first, each until its
+        0410 or ``reversal_attempts``. All confirmed: REVERSED; else it stays REVERSING."""
+        for target in reversal_targets(self._messages(payment)):
+            for _attempt in range(self.reversal_attempts):
+                payment = self._load(payment.payment_id)
+                now = self.clock.now_ns()
+                at = ns_to_datetime(now)
+                stan = self.client.next_stan()
+                message = {
+                    "t": "0400",
+                    "3": wire.PROCESSING_PURCHASE,
+                    "4": f"{target.amount_minor or 0:012d}",
+                    "11": stan,
+                    **transmission_fields(at),
+                    "37": target.rrn or retrieval_reference(at, stan),
+                    "41": payment.terminal_id,
+                    "42": self.acceptor_id,
+                    "49": wire.currency_numeric(payment.currency),
+                    "90": wire.original_data_elements(target.mti, target.stan, target.transmitted),
+                }
+                with self.database.write() as conn:
+                    repo = CardRepository(conn)
+                    current = repo.get(payment.payment_id)
+                    assert current is not None
+                    seq = current.last_seq + 1
+                    repo.add_message(
+                        current,
+                        CardMessage(seq, Direction.OUT, "0400", stan, message["7"],
+                                    message["37"], target.amount_minor, None, None, None,
+                                    target.seq, now),
+                    )  # fmt: skip
+                try:
+                    response = self.client.call(message, self.reversal_timeout_s)
+                except CardNetworkUnavailable:
+                    self._record(payment, seq, Direction.UNSENT, message)
+                    break  # the link is down: leave the rest to the recovery sweep
+                except CardResponseTimeout:
+                    self._record(payment, seq, Direction.TIMEOUT, message)
+                    continue
+                code = response.get("39", "")
+                self._record(payment, seq, Direction.IN, message, code)
+                if code == APPROVED_CODE:
+                    break
+        payment = self._load(payment.payment_id)
+        if reversal_targets(self._messages(payment)):
+            return self._result(payment)
+        outcome = (
+            CardOutcome.TIMED_OUT_REVERSED
+            if payment.reason in ("timeout", "recovery")
+            else CardOutcome.REVERSED
+        )
+        payment = self._move(payment, S.REVERSING, S.REVERSED, outcome=outcome, captured_minor=0)
+        return self._result(payment)
+
+    # ------------------------------------------------------------------ the ledger
+
+    def clearing_account_id(self) -> int:
+        """``clearing:card:<acquirer>`` (an asset in the settlement currency), created if absent."""
+        if self._clearing_id is not None:
+            return self._clearing_id
+        name = self.clearing_account_name
+        try:
+            account = self.ledger.account_by_name(name)
+        except AccountNotFound:
+            (result,) = self.ledger.create_accounts(
+                [
+                    NewAccount(
+                        self.ledger.ids.next_id(),
+                        self.currency,
+                        CLEARING_ACCOUNT_CODE,
+                        0,
+                        name=name,
+                    )
+                ]
+            )
+            if result.result not in (CreateAccountResult.OK, CreateAccountResult.NAME_ALREADY_USED):
+                raise CardLedgerPostingFailed(
+                    f"cannot create {name}: {result.result.value}"
+                ) from None
+            account = self.ledger.account_by_name(name)
+        if account.currency != self.currency:
+            raise CardLedgerPostingFailed(f"{name} holds {account.currency}, not {self.currency}")
+        self._clearing_id = account.id
+        return account.id
+
+    def _credit_account(
+        self, account_id: int | None, account_name: str | None, currency: str
+    ) -> int:
+        if (account_id is None) == (account_name is None):
+            raise CardCreditAccountInvalid(
+                "name the account to credit: credit_account_id or credit_account_name",
+                param="credit_account_id",
+            )
+        try:
+            if account_id is not None:
+                account = self.ledger.account(account_id)
+            else:
+                assert account_name is not None
+                account = self.ledger.account_by_name(account_name)
+        except AccountNotFound:
+            raise CardCreditAccountInvalid(
+                "the account to credit does not exist", param="credit_account_id"
+            ) from None
+        if account.currency != currency:
+            raise CardCreditAccountInvalid(
+                f"the account to credit holds {account.currency}, not {currency}",
+                param="credit_account_id",
+            )
+        return account.id
+
+    def _settle(self, payment: StoredPayment) -> CardResult:
+        """Post clearing:card:<acquirer> -> credit account for an approved capture or sale."""
+        assert payment.state is S.SETTLING and payment.credit_account_id is not None
+        transfer = NewTransfer(
+            id=payment.ledger_transfer_id,
+            debit_account_id=self.clearing_account_id(),
+            credit_account_id=payment.credit_account_id,
+            amount_minor=payment.captured_minor,
+            currency=payment.currency,
+            code=CARD_CAPTURE_TRANSFER_CODE,
+            reference=f"card:{payment.acquirer}:{payment.payment_id}",
+        )
+        (result,) = self.ledger.create_transfers([transfer])
+        if not result.applied_or_exists:
+            raise CardLedgerPostingFailed(
+                f"the ledger refused the capture of card payment {payment.payment_id!r}: "
+                f"{result.result.value}; the recovery sweep retries"
+            )
+        try:
+            payment = self._move(payment, S.SETTLING, S.CAPTURED)
+        except CardPaymentInProgress:
+            payment = self._load(payment.payment_id)  # a concurrent settle finished it
+        return self._result(payment)
+
+    # ------------------------------------------------------------------ reads
+
+    def _get(self, payment_id: str) -> StoredPayment | None:
+        with self.database.read() as conn:
+            return CardRepository(conn).get(payment_id)
+
+    def _load(self, payment_id: str) -> StoredPayment:
+        found = self._get(payment_id)
+        if found is None:
+            raise CardPaymentNotFound(f"no card payment {payment_id!r}", param="payment_id")
+        return found
+
+    def _messages(self, payment: StoredPayment) -> list[CardMessage]:
+        with self.database.read() as conn:
+            return CardRepository(conn).messages(payment.pk)
+
+    def messages(self, payment_id: str) -> list[CardMessage]:
+        """The message trail of a payment (no card numbers: the trail never holds one)."""
+        return self._messages(self._load(payment_id))
+
+    @staticmethod
+    def _refuse_in_flight(payment: StoredPayment) -> None:
+        if payment.state in IN_FLIGHT or payment.outcome is None:
+            raise CardPaymentInProgress(
+                f"card payment {payment.payment_id!r} is {payment.state.value}; ask again",
+                param="payment_id",
+            )
+
+    @staticmethod
+    def _result(p: StoredPayment) -> CardResult:
+        outcome = p.outcome
+        assert outcome is not None, "a finished exchange always records its outcome"
+        return CardResult(
+            payment_id=p.payment_id,
+            kind=p.kind,
+            state=p.state,
+            outcome=outcome,
+            response_code=p.response_code,
+            response_meaning=meaning(p.response_code),
+            amount_minor=p.amount_minor,
+            captured_minor=p.captured_minor,
+            currency=p.currency,
+            card_token=p.card_token,
+            brand=p.brand,
+            last4=p.last4,
+            auth_code=p.auth_code,
+            rrn=p.rrn,
+            ledger_transfer_id=p.ledger_transfer_id if p.state is S.CAPTURED else None,
+        )
