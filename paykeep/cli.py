@@ -163,6 +163,41 @@ def bench_aml(
             typer.echo(f"{key}: {value}")
 
 
+@bench_app.command("gateway")
+def bench_gateway(
+    authorisations: Annotated[int, typer.Option(min=1, max=1_000_000)] = 2_000,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
+    statement_lines: Annotated[int, typer.Option(min=1, max=10_000_000)] = 10_000,
+    as_json: JsonOption = False,
+) -> None:
+    """Card authorisations per second over ISO 8583 to a real banksim, p50/p99 latency, beside
+    a same-run 0800/0810 echo baseline (ratio), and statement lines imported per second."""
+    from paykeep.bench.gateway import run_gateway_bench
+
+    with typed_errors():
+        figures = run_gateway_bench(authorisations, concurrency, statement_lines=statement_lines)
+    if as_json:
+        print_json(figures)
+    else:
+        for key, value in figures.items():
+            typer.echo(f"{key}: {value}")
+
+
+@app.command("banksim")
+def banksim(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="banksim's own state directory")],
+    host: Annotated[str, typer.Option(help="card network listen address")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(min=0, max=65_535, help="0: a free port")] = 0,
+    card_port: Annotated[int, typer.Option(min=0, max=65_535, help="0: a free port")] = 0,
+    faults: Annotated[Path | None, typer.Option(help="JSON fault configuration")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of fault probabilities")] = None,
+) -> None:
+    """Run the simulated card network and bank (prints its ports as one JSON line)."""
+    from paykeep.banksim.__main__ import run  # the simulator is imported only here
+
+    raise typer.Exit(run(data_dir, host, http_port, card_port, faults, seed))
+
+
 def main() -> None:
     try:
         app()
