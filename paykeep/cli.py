@@ -18,6 +18,7 @@ from paykeep.cli_support import (
     settings_from,
     typed_errors,
 )
+from paykeep.gateway.statements.cli import statements_app
 from paykeep.ledger.cli import audit_app, ledger_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(aml_app, name="aml")
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
+app.add_typer(statements_app, name="statements")
 
 
 @db_app.command("upgrade")

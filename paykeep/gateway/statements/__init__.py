@@ -20,9 +20,9 @@ from paykeep.gateway.statements.model import (
     Leg,
     ParsedStatement,
 )
-from paykeep.gateway.statements.parser import parse
 
 if TYPE_CHECKING:
+    from paykeep.gateway.statements.parser import parse
     from paykeep.gateway.statements.service import (
         BankAccount,
         ImportReport,
@@ -47,7 +47,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The service pulls in the database layer; importing it lazily keeps ``parse`` light.
+    # The parsers pull in lxml and mt-940, the service the database layer: both are imported
+    # on first use, so that importing the package (the CLI does) stays cheap.
+    if name == "parse":
+        from paykeep.gateway.statements.parser import parse
+
+        return parse
     if name in ("BankAccount", "ImportReport", "StatementOutcome", "StatementService"):
         from paykeep.gateway.statements import service
 

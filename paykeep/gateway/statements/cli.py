@@ -1,0 +1,160 @@
+"""``paykeep statements import|breaks|accounts``: thin wrappers over the service.
+
+Exit statuses: 0 success; 2 bad input (a bad or conflicting file: nothing was written), with a
+one-line reason on stderr. Parsers and the database layer are imported inside the commands so
+that ``paykeep --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from paykeep.cli_support import (
+    DatabaseUrlOption,
+    DataDirOption,
+    JsonOption,
+    fail,
+    print_json,
+    settings_from,
+    typed_errors,
+)
+
+if TYPE_CHECKING:
+    from paykeep.gateway.statements.service import StatementService
+
+statements_app = typer.Typer(
+    help="Bank statements: import camt.05x / MT940 / MT942, reconcile, list breaks."
+)
+accounts_app = typer.Typer(help="The platform's bank accounts that statements report on.")
+statements_app.add_typer(accounts_app, name="accounts")
+
+
+def _service(data_dir: Path | None, database_url: str | None) -> StatementService:
+    from paykeep.db import open_database
+    from paykeep.gateway.statements.service import StatementService
+
+    return StatementService(open_database(settings_from(data_dir, database_url)))
+
+
+def _minor(value: int | None, currency: str) -> str:
+    from paykeep.money import Money
+
+    return "-" if value is None else Money(value, currency).format()
+
+
+@statements_app.command("import")
+def import_statements(
+    file: Annotated[Path, typer.Argument(help="A camt.052/053/054 XML or MT940/MT942 file.")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import every statement in FILE: check balances, match lines, report breaks."""
+    from paykeep import limits
+
+    with typed_errors():
+        if not file.is_file():
+            fail(f"no such file: {file}")
+        if file.stat().st_size > limits.STATEMENT_FILE_BYTES_MAX:
+            fail(
+                f"statement_file_too_large: {file} is larger than "
+                f"{limits.STATEMENT_FILE_BYTES_MAX} bytes"
+            )
+        data = file.read_bytes()
+        report = _service(data_dir, database_url).import_file(data, filename=file.name)
+    if as_json:
+        print_json(report.to_json())
+        return
+    for s in report.statements:
+        typer.echo(
+            f"{s.account} {s.statement_id} [{s.status}]: {s.currency} opening "
+            f"{_minor(s.opening_booked_minor, s.currency)} closing "
+            f"{_minor(s.closing_booked_minor, s.currency)}, {s.entries} entries, "
+            f"{s.matched} matched, {len(s.breaks)} breaks"
+        )
+        for b in s.breaks:
+            typer.echo(
+                f"  break line {b['line']}: {b['reason']} "
+                f"{_minor(b['amount_minor'], b['currency'])} {b['currency']} — {b['detail']}"
+            )
+
+
+@statements_app.command("breaks")
+def list_breaks(
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000)] = 1_000,
+    as_json: JsonOption = False,
+) -> None:
+    """List open reconciliation breaks, oldest first."""
+    from paykeep.gateway.statements.service import break_json
+
+    with typed_errors():
+        breaks = _service(data_dir, database_url).open_breaks(limit)
+    if as_json:
+        print_json({"breaks": [break_json(b) for b in breaks]})
+        return
+    for b in breaks:
+        typer.echo(
+            f"#{b.id} {b.account} {b.statement_id} line {b.line}: {b.reason} "
+            f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}"
+        )
+    if not breaks:
+        typer.echo("no open breaks")
+
+
+@accounts_app.command("add")
+def add_account(
+    iban: Annotated[str, typer.Argument(help="The account's IBAN.")],
+    currency: Annotated[str, typer.Option("--currency", help="ISO 4217 code, e.g. EUR.")],
+    ledger_account: Annotated[
+        str, typer.Option("--ledger-account", help="e.g. bank:safeguarding:<bank>")
+    ],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a bank account (idempotent for identical terms)."""
+    with typed_errors():
+        account = _service(data_dir, database_url).add_account(iban, currency, ledger_account)
+    if as_json:
+        print_json(
+            {
+                "iban": account.iban,
+                "currency": account.currency,
+                "ledger_account": account.ledger_account_name,
+            }
+        )
+    else:
+        typer.echo(f"{account.iban} {account.currency} -> {account.ledger_account_name}")
+
+
+@accounts_app.command("list")
+def list_accounts(
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List registered bank accounts."""
+    with typed_errors():
+        accounts = _service(data_dir, database_url).accounts()
+    if as_json:
+        print_json(
+            {
+                "accounts": [
+                    {"iban": a.iban, "currency": a.currency,
+                     "ledger_account": a.ledger_account_name}
+                    for a in accounts
+                ]
+            }
+        )  # fmt: skip
+        return
+    for a in accounts:
+        typer.echo(f"{a.iban} {a.currency} -> {a.ledger_account_name}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(statements_app, name="statements")

@@ -1,0 +1,377 @@
+"""Persistence of statements, expectations, matches and breaks (plain parameterised SQL that
+both SQLite and PostgreSQL run). Transactions are opened by the service, never here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from paykeep.gateway.statements.model import (
+    Entry,
+    ExpectedMovement,
+    Leg,
+    LineBreak,
+    ParsedStatement,
+    StoredExpectation,
+)
+
+#: PostgreSQL advisory lock that serialises statement imports (SQLite's BEGIN IMMEDIATE
+#: already does).
+_PG_IMPORT_LOCK_KEY = 0x53544D54  # "STMT"
+
+
+@dataclass(frozen=True, slots=True)
+class BankAccount:
+    iban: str
+    currency: str
+    ledger_account_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStatement:
+    row_id: int
+    account: str
+    statement_id: str
+    currency: str
+    opening_booked_minor: int | None
+    closing_booked_minor: int | None
+    entry_count: int
+    fingerprint: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMatch:
+    line: int
+    expectation_id: int
+    transfer_ids: tuple[int, ...]
+    ledger_result: str | None
+    amount_minor: int
+    currency: str
+    legs: tuple[Leg, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBreak:
+    id: int
+    statement_row_id: int
+    account: str
+    statement_id: str
+    line: int
+    reason: str
+    detail: str
+    expectation_id: int | None
+    amount_minor: int
+    currency: str
+    reference: str | None
+
+
+def legs_to_json(legs: Sequence[Leg]) -> str:
+    return json.dumps(
+        [[leg.debit_account_name, leg.credit_account_name, leg.code] for leg in legs],
+        separators=(",", ":"),
+    )
+
+
+def legs_from_json(text: str) -> tuple[Leg, ...]:
+    return tuple(Leg(str(d), str(c), int(code)) for d, c, code in json.loads(text))
+
+
+class StatementRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def _all(self, sql: str, **params: Any) -> list[Any]:
+        return list(self.conn.execute(sa.text(sql), params).fetchall())
+
+    def lock_imports(self) -> None:
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_PG_IMPORT_LOCK_KEY})"))
+
+    # ------------------------------------------------------------------ bank accounts
+
+    def bank_account(self, iban: str) -> BankAccount | None:
+        rows = self._all(
+            "SELECT iban, currency, ledger_account_name FROM stmt_bank_accounts WHERE iban = :i",
+            i=iban,
+        )
+        return BankAccount(*rows[0]) if rows else None
+
+    def bank_accounts(self) -> list[BankAccount]:
+        rows = self._all(
+            "SELECT iban, currency, ledger_account_name FROM stmt_bank_accounts ORDER BY iban"
+        )
+        return [BankAccount(*r) for r in rows]
+
+    def insert_bank_account(self, account: BankAccount, now_ns: int) -> None:
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_bank_accounts (iban, currency, ledger_account_name, "
+                "created_at_ns) VALUES (:i, :c, :l, :t)"
+            ),
+            {"i": account.iban, "c": account.currency, "l": account.ledger_account_name,
+             "t": now_ns},
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ expectations
+
+    def expectation_by_reference(self, iban: str, reference: str) -> StoredExpectation | None:
+        found = self.expectations_for(iban, [reference])
+        return found.get(reference)
+
+    def expectations_for(
+        self, iban: str, references: Iterable[str]
+    ) -> dict[str, StoredExpectation]:
+        wanted = sorted(set(references))
+        out: dict[str, StoredExpectation] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join(f":r{i}" for i in range(len(chunk)))
+            params: dict[str, Any] = {f"r{i}": r for i, r in enumerate(chunk)}
+            params["iban"] = iban
+            rows = self._all(
+                "SELECT id, iban, reference, direction, amount_minor, currency, standing, legs, "
+                "consumed_statement_row_id FROM stmt_expectations "
+                f"WHERE iban = :iban AND reference IN ({marks})",
+                **params,
+            )
+            for r in rows:
+                movement = ExpectedMovement(
+                    reference=r[2],
+                    iban=r[1],
+                    direction=r[3],
+                    amount_minor=r[4],
+                    currency=r[5],
+                    standing=bool(r[6]),
+                    legs=legs_from_json(r[7]),
+                )
+                out[r[2]] = StoredExpectation(r[0], movement, r[8] is not None)
+        return out
+
+    def insert_expectation(self, m: ExpectedMovement, now_ns: int) -> int:
+        row = self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_expectations (iban, reference, direction, amount_minor, "
+                "currency, standing, legs, created_at_ns) VALUES (:i, :r, :d, :a, :c, :s, :l, :t) "
+                "RETURNING id"
+            ),
+            {"i": m.iban, "r": m.reference, "d": m.direction, "a": m.amount_minor,
+             "c": m.currency, "s": m.standing, "l": legs_to_json(m.legs), "t": now_ns},
+        ).fetchone()  # fmt: skip
+        assert row is not None
+        return int(row[0])
+
+    def consume(self, expectation_ids: Iterable[int], row_id: int, lines: dict[int, int]) -> None:
+        for expectation_id in sorted(expectation_ids):
+            result = self.conn.execute(
+                sa.text(
+                    "UPDATE stmt_expectations SET consumed_statement_row_id = :s, "
+                    "consumed_line = :l WHERE id = :i AND consumed_statement_row_id IS NULL"
+                ),
+                {"s": row_id, "l": lines[expectation_id], "i": expectation_id},
+            )
+            # Imports are serialised, so nothing else can have consumed it since we read it.
+            assert result.rowcount == 1, f"expectation {expectation_id} consumed concurrently"
+
+    # ------------------------------------------------------------------ statements
+
+    def statement(self, account: str, statement_id: str) -> StoredStatement | None:
+        rows = self._all(
+            "SELECT id, account, statement_id, currency, opening_booked_minor, "
+            "closing_booked_minor, entry_count, fingerprint, state FROM stmt_statements "
+            "WHERE account = :a AND statement_id = :s",
+            a=account,
+            s=statement_id,
+        )
+        return StoredStatement(*rows[0]) if rows else None
+
+    def statement_by_row(self, row_id: int) -> StoredStatement:
+        rows = self._all(
+            "SELECT id, account, statement_id, currency, opening_booked_minor, "
+            "closing_booked_minor, entry_count, fingerprint, state FROM stmt_statements "
+            "WHERE id = :i",
+            i=row_id,
+        )
+        return StoredStatement(*rows[0])
+
+    def posting_statements(self) -> list[int]:
+        rows = self._all("SELECT id FROM stmt_statements WHERE state = 'posting' ORDER BY id")
+        return [int(r[0]) for r in rows]
+
+    def insert_statement(
+        self, s: ParsedStatement, *, registered: bool, posting: bool, now_ns: int
+    ) -> int:
+        row = self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_statements (account, statement_id, sequence, format, currency, "
+                "created_at, opening_booked_minor, closing_booked_minor, balance_basis, "
+                "entry_count, fingerprint, registered, imported_at_ns, state) VALUES "
+                "(:a, :s, :q, :f, :c, :ca, :o, :cl, :b, :n, :fp, :rg, :t, :st) RETURNING id"
+            ),
+            {
+                "a": s.account, "s": s.statement_id, "q": s.sequence, "f": s.format,
+                "c": s.currency,
+                "ca": None if s.created_at is None else s.created_at.isoformat(),
+                "o": s.opening_booked_minor, "cl": s.closing_booked_minor,
+                "b": None if s.balance_basis is None else s.balance_basis.value,
+                "n": len(s.entries), "fp": s.fingerprint(), "rg": registered, "t": now_ns,
+                "st": "posting" if posting else "posted",
+            },
+        ).fetchone()  # fmt: skip
+        assert row is not None
+        return int(row[0])
+
+    def insert_entries(self, row_id: int, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_entries (statement_row_id, line, amount_minor, currency, "
+                "status, booking_date, value_date, bank_reference, end_to_end_id, reference, "
+                "remittance_info, counterparty_name, counterparty_iban, uetr) VALUES "
+                "(:s, :l, :a, :c, :st, :bd, :vd, :br, :e2e, :r, :ri, :cn, :ci, :u)"
+            ),
+            [
+                {
+                    "s": row_id, "l": line, "a": e.amount_minor, "c": e.currency,
+                    "st": e.status.value,
+                    "bd": None if e.booking_date is None else e.booking_date.isoformat(),
+                    "vd": None if e.value_date is None else e.value_date.isoformat(),
+                    "br": e.bank_reference, "e2e": e.end_to_end_id, "r": e.reference,
+                    "ri": e.remittance_info, "cn": e.counterparty_name,
+                    "ci": e.counterparty_iban, "u": e.uetr,
+                }
+                for line, e in enumerate(entries, 1)
+            ],
+        )  # fmt: skip
+
+    def insert_matches(self, row_id: int, rows: Sequence[tuple[int, int, Sequence[int]]]) -> None:
+        if not rows:
+            return
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_matches (statement_row_id, line, expectation_id, transfer_ids) "
+                "VALUES (:s, :l, :e, :t)"
+            ),
+            [
+                {"s": row_id, "l": line, "e": expectation_id, "t": json.dumps(list(ids))}
+                for line, expectation_id, ids in rows
+            ],
+        )
+
+    def insert_breaks(
+        self, row_id: int, statement: ParsedStatement, breaks: Sequence[LineBreak], now_ns: int
+    ) -> None:
+        if not breaks:
+            return
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_breaks (statement_row_id, line, reason, detail, expectation_id, "
+                "amount_minor, currency, reference, created_at_ns) VALUES "
+                "(:s, :l, :r, :d, :e, :a, :c, :ref, :t)"
+            ),
+            [
+                {
+                    "s": row_id, "l": b.entry_index + 1, "r": b.reason.value,
+                    "d": b.detail[:2000], "e": b.expectation_id,
+                    "a": statement.entries[b.entry_index].amount_minor,
+                    "c": statement.entries[b.entry_index].currency,
+                    "ref": _reference_of(statement.entries[b.entry_index]), "t": now_ns,
+                }
+                for b in breaks
+            ],
+        )  # fmt: skip
+
+    def matches(self, row_id: int) -> list[StoredMatch]:
+        rows = self._all(
+            "SELECT m.line, m.expectation_id, m.transfer_ids, m.ledger_result, e.amount_minor, "
+            "e.currency, x.legs FROM stmt_matches m "
+            "JOIN stmt_entries e ON e.statement_row_id = m.statement_row_id AND e.line = m.line "
+            "JOIN stmt_expectations x ON x.id = m.expectation_id "
+            "WHERE m.statement_row_id = :s ORDER BY m.line",
+            s=row_id,
+        )
+        return [
+            StoredMatch(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], legs_from_json(r[6]))
+            for r in rows
+        ]
+
+    def set_ledger_results(self, row_id: int, results: dict[int, str]) -> None:
+        for line, result in sorted(results.items()):
+            self.conn.execute(
+                sa.text(
+                    "UPDATE stmt_matches SET ledger_result = :r "
+                    "WHERE statement_row_id = :s AND line = :l AND ledger_result IS NULL"
+                ),
+                {"r": result, "s": row_id, "l": line},
+            )
+
+    def insert_ledger_breaks(
+        self, row_id: int, rejected: Sequence[tuple[StoredMatch, str]], now_ns: int
+    ) -> None:
+        for match, code in rejected:
+            self.conn.execute(
+                sa.text(
+                    "INSERT INTO stmt_breaks (statement_row_id, line, reason, detail, "
+                    "expectation_id, amount_minor, currency, reference, created_at_ns) "
+                    "VALUES (:s, :l, 'ledger_rejected', :d, :e, :a, :c, NULL, :t)"
+                ),
+                {"s": row_id, "l": match.line, "d": f"the ledger refused the legs: {code}",
+                 "e": match.expectation_id, "a": match.amount_minor, "c": match.currency,
+                 "t": now_ns},
+            )  # fmt: skip
+
+    def mark_posted(self, row_id: int) -> None:
+        self.conn.execute(
+            sa.text("UPDATE stmt_statements SET state = 'posted' WHERE id = :i"), {"i": row_id}
+        )
+
+    def count_matched(self, row_id: int) -> int:
+        rows = self._all(
+            "SELECT COUNT(*) FROM stmt_matches WHERE statement_row_id = :s "
+            "AND ledger_result = 'ok'",
+            s=row_id,
+        )
+        return int(rows[0][0])
+
+    def breaks(
+        self, *, row_id: int | None = None, open_only: bool = True, limit: int = 1000
+    ) -> list[StoredBreak]:
+        where = ["1 = 1"]
+        params: dict[str, Any] = {"lim": limit}
+        if row_id is not None:
+            where.append("b.statement_row_id = :s")
+            params["s"] = row_id
+        if open_only:
+            where.append("b.resolved_at_ns IS NULL")
+        rows = self._all(
+            "SELECT b.id, b.statement_row_id, s.account, s.statement_id, b.line, b.reason, "
+            "b.detail, b.expectation_id, b.amount_minor, b.currency, b.reference "
+            "FROM stmt_breaks b JOIN stmt_statements s ON s.id = b.statement_row_id "
+            f"WHERE {' AND '.join(where)} ORDER BY b.id LIMIT :lim",
+            **params,
+        )
+        return [StoredBreak(*r) for r in rows]
+
+    def count_rows(self) -> dict[str, int]:
+        """Rows per table (tests use it to prove a refused import changed nothing)."""
+        out = {}
+        for table in (
+            "stmt_statements", "stmt_entries", "stmt_matches", "stmt_breaks",
+            "stmt_expectations",
+        ):  # fmt: skip
+            out[table] = int(self._all(f"SELECT COUNT(*) FROM {table}")[0][0])
+        consumed = self._all(
+            "SELECT COUNT(*) FROM stmt_expectations WHERE consumed_statement_row_id IS NOT NULL"
+        )
+        out["consumed_expectations"] = int(consumed[0][0])
+        return out
+
+
+def _reference_of(entry: Entry) -> str | None:
+    return entry.end_to_end_id or entry.reference

@@ -1,0 +1,397 @@
+"""Use cases: register bank accounts, register expected movements, import statement files.
+
+An import runs in three steps, each safe to repeat:
+
+1. **Record** (one transaction, imports serialised): the statements, their lines, the
+   matches with their deterministic ledger transfer ids, the breaks, and the one-shot
+   expectations they consume. A refused file (bad format, unbalanced, conflict) writes nothing.
+2. **Post**: each matched line's legs go to the ledger as one linked chain. Transfer ids derive
+   from (account, statement id, line, leg), so a repeat answers ``exists``, never posts twice.
+3. **Settle** (one transaction): record each chain's ledger result; a refused chain becomes a
+   ``ledger_rejected`` break; the statement becomes ``posted``.
+
+A crash between 1 and 3 leaves the statement ``posting``; every later import (or
+:meth:`StatementService.recover`) finishes it before doing anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from paykeep import limits
+from paykeep.clock import Clock, SystemClock
+from paykeep.db import Database
+from paykeep.gateway.statements.errors import (
+    BankAccountConflict,
+    BankAccountInvalid,
+    BankAccountNotFound,
+    ExpectationConflict,
+    LedgerAccountNotFound,
+    StatementAccountCurrencyMismatch,
+    StatementConflict,
+)
+from paykeep.gateway.statements.model import (
+    EntryStatus,
+    ExpectedMovement,
+    ParsedStatement,
+    candidate_references,
+    normalize_iban,
+    reconcile,
+    transfer_id,
+    validate_expectation,
+)
+from paykeep.gateway.statements.parser import parse
+from paykeep.gateway.statements.repository import (
+    BankAccount,
+    StatementRepository,
+    StoredBreak,
+    StoredMatch,
+)
+from paykeep.ledger.errors import AccountNotFound
+from paykeep.ledger.model import CreateTransferResult, NewTransfer, TransferFlags
+from paykeep.ledger.service import Ledger
+from paykeep.money import is_currency
+
+__all__ = ["BankAccount", "ImportReport", "StatementOutcome", "StatementService"]
+
+_LINKED = int(TransferFlags.LINKED)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementOutcome:
+    account: str
+    currency: str
+    statement_id: str
+    opening_booked_minor: int | None
+    closing_booked_minor: int | None
+    entries: int
+    matched: int
+    breaks: list[dict[str, Any]]
+    #: ``imported`` or ``already_imported`` (a repeat changes nothing).
+    status: str
+    balance_basis: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "currency": self.currency,
+            "statement_id": self.statement_id,
+            "status": self.status,
+            "opening_booked_minor": self.opening_booked_minor,
+            "closing_booked_minor": self.closing_booked_minor,
+            "balance_basis": self.balance_basis,
+            "entries": self.entries,
+            "matched": self.matched,
+            "breaks": self.breaks,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    statements: list[StatementOutcome] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"statements": [s.to_json() for s in self.statements]}
+
+
+def break_json(b: StoredBreak) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "account": b.account,
+        "statement_id": b.statement_id,
+        "line": b.line,
+        "reason": b.reason,
+        "detail": b.detail,
+        "amount_minor": b.amount_minor,
+        "currency": b.currency,
+        "reference": b.reference,
+        "expectation_id": b.expectation_id,
+    }
+
+
+class StatementService:
+    def __init__(
+        self, database: Database, ledger: Ledger | None = None, clock: Clock | None = None
+    ) -> None:
+        self.database = database
+        self.clock = clock or SystemClock()
+        self.ledger = ledger or Ledger(database, self.clock)
+
+    # ------------------------------------------------------------------ registry
+
+    def add_account(self, iban: str, currency: str, ledger_account_name: str) -> BankAccount:
+        """Register one of the platform's bank accounts; idempotent for identical terms."""
+        from schwifty import IBAN
+        from schwifty.exceptions import SchwiftyException
+
+        try:
+            normalized = str(IBAN(iban).compact)
+        except (SchwiftyException, ValueError) as exc:
+            raise BankAccountInvalid(f"not a valid IBAN {iban!r}: {exc}", param="iban") from None
+        if not is_currency(currency):
+            raise BankAccountInvalid(f"unknown currency {currency!r}", param="currency")
+        self._ledger_account(ledger_account_name, currency)
+        account = BankAccount(normalized, currency, ledger_account_name)
+        with self.database.write() as conn:
+            repo = StatementRepository(conn)
+            existing = repo.bank_account(normalized)
+            if existing is not None:
+                if existing != account:
+                    raise BankAccountConflict(
+                        f"{normalized} is registered as {existing.currency} "
+                        f"{existing.ledger_account_name}"
+                    )
+                return existing
+            repo.insert_bank_account(account, self.clock.now_ns())
+        return account
+
+    def accounts(self) -> list[BankAccount]:
+        with self.database.read() as conn:
+            return StatementRepository(conn).bank_accounts()
+
+    # ------------------------------------------------------------------ expectations
+
+    def expect(self, movement: ExpectedMovement) -> int:
+        """Register a movement to look for on statements; returns its id.
+
+        Idempotent: the same terms again return the same id; other terms under the same
+        account and reference are an :class:`ExpectationConflict`.
+        """
+        m = validate_expectation(movement)
+        for leg in m.legs:
+            self._ledger_account(leg.debit_account_name, m.currency)
+            self._ledger_account(leg.credit_account_name, m.currency)
+        with self.database.write() as conn:
+            repo = StatementRepository(conn)
+            account = repo.bank_account(m.iban)
+            if account is None:
+                raise BankAccountNotFound(f"{m.iban} is not a registered bank account")
+            if account.currency != m.currency:
+                raise ExpectationConflict(
+                    f"{m.iban} is a {account.currency} account, not {m.currency}"
+                )
+            existing = repo.expectation_by_reference(m.iban, m.reference)
+            if existing is not None:
+                if existing.movement != m:
+                    raise ExpectationConflict(
+                        f"{m.reference} on {m.iban} is already expected with other terms"
+                    )
+                return existing.id
+            return repo.insert_expectation(m, self.clock.now_ns())
+
+    def _ledger_account(self, name: str, currency: str) -> int:
+        try:
+            account = self.ledger.account_by_name(name)
+        except AccountNotFound:
+            raise LedgerAccountNotFound(f"no ledger account named {name!r}") from None
+        if account.currency != currency:
+            raise LedgerAccountNotFound(f"ledger account {name!r} is {account.currency}")
+        return account.id
+
+    # ------------------------------------------------------------------ import
+
+    def import_file(self, data: bytes, *, filename: str | None = None) -> ImportReport:
+        """Parse, check, record, post and settle every statement in ``data``.
+
+        Any typed error from parsing or checking, or a :class:`StatementConflict`, leaves
+        the database exactly as it was.
+        """
+        statements = parse(data, filename=filename)
+        return self.import_statements(statements)
+
+    def import_statements(self, statements: Sequence[ParsedStatement]) -> ImportReport:
+        self.recover()
+        recorded = self._record(statements)
+        for row_id, _ in recorded:
+            if row_id is not None:
+                self._post_and_settle(row_id)
+        outcomes = []
+        with self.database.read() as conn:
+            repo = StatementRepository(conn)
+            for _, (statement, status) in recorded:
+                stored = repo.statement(statement.account, statement.statement_id)
+                assert stored is not None
+                breaks = repo.breaks(
+                    row_id=stored.row_id, open_only=False, limit=max(1, stored.entry_count)
+                )
+                outcomes.append(
+                    StatementOutcome(
+                        account=statement.account,
+                        currency=statement.currency,
+                        statement_id=statement.statement_id,
+                        opening_booked_minor=statement.opening_booked_minor,
+                        closing_booked_minor=statement.closing_booked_minor,
+                        entries=len(statement.entries),
+                        matched=repo.count_matched(stored.row_id),
+                        breaks=[break_json(b) for b in breaks],
+                        status=status,
+                        balance_basis=(
+                            None if statement.balance_basis is None
+                            else statement.balance_basis.value
+                        ),
+                    )
+                )  # fmt: skip
+        return ImportReport(outcomes)
+
+    def _record(
+        self, statements: Sequence[ParsedStatement]
+    ) -> list[tuple[int | None, tuple[ParsedStatement, str]]]:
+        out: list[tuple[int | None, tuple[ParsedStatement, str]]] = []
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = StatementRepository(conn)
+            repo.lock_imports()
+            seen: dict[tuple[str, str], str] = {}
+            for statement in statements:
+                key = (statement.account, statement.statement_id)
+                fingerprint = statement.fingerprint()
+                stored = repo.statement(*key)
+                previous = seen.get(key) or (None if stored is None else stored.fingerprint)
+                if previous is not None:
+                    if previous != fingerprint:
+                        raise StatementConflict(
+                            f"statement {statement.label} was already imported with other "
+                            "content; nothing was imported"
+                        )
+                    out.append((None, (statement, "already_imported")))
+                    continue
+                seen[key] = fingerprint
+                row_id = self._record_one(repo, statement, now)
+                out.append((row_id, (statement, "imported")))
+        return out
+
+    def _record_one(self, repo: StatementRepository, s: ParsedStatement, now: int) -> int:
+        account = repo.bank_account(normalize_iban(s.account))
+        if account is not None and account.currency != s.currency:
+            raise StatementAccountCurrencyMismatch(
+                f"statement {s.label} is in {s.currency}; {account.iban} is a "
+                f"{account.currency} account"
+            )
+        expectations = {}
+        if account is not None:
+            refs = {
+                r
+                for e in s.entries
+                if e.status is EntryStatus.BOOKED
+                for r in candidate_references(e)
+            }
+            expectations = repo.expectations_for(account.iban, refs)
+        rec = reconcile(s, registered=account is not None, expectations=expectations)
+        row_id = repo.insert_statement(
+            s, registered=account is not None, posting=bool(rec.matches), now_ns=now
+        )
+        repo.insert_entries(row_id, s.entries)
+        repo.insert_matches(
+            row_id,
+            [
+                (
+                    m.entry_index + 1,
+                    m.expectation_id,
+                    [
+                        transfer_id(s.account, s.statement_id, m.entry_index + 1, leg)
+                        for leg in range(len(m.legs))
+                    ],
+                )
+                for m in rec.matches
+            ],
+        )
+        repo.insert_breaks(row_id, s, rec.breaks, now)
+        lines = {m.expectation_id: m.entry_index + 1 for m in rec.matches}
+        repo.consume(rec.consumed, row_id, lines)
+        return row_id
+
+    def recover(self) -> int:
+        """Finish every statement left ``posting`` by an interrupted import; returns how many."""
+        with self.database.read() as conn:
+            pending = StatementRepository(conn).posting_statements()
+        for row_id in pending:
+            self._post_and_settle(row_id)
+        return len(pending)
+
+    def _post_and_settle(self, row_id: int) -> None:
+        with self.database.read() as conn:
+            repo = StatementRepository(conn)
+            statement = repo.statement_by_row(row_id)
+            if statement.state != "posting":
+                return
+            matches = [m for m in repo.matches(row_id) if m.ledger_result is None]
+        results: dict[int, str] = {}
+        chains: list[tuple[StoredMatch, list[NewTransfer]]] = []
+        for match in matches:
+            try:
+                transfers = self._chain(statement.statement_id, row_id, match)
+            except LedgerAccountNotFound as exc:
+                results[match.line] = f"ledger_account_missing: {exc.message}"[:64]
+                continue
+            chains.append((match, transfers))
+        batch: list[tuple[StoredMatch, list[NewTransfer]]] = []
+        size = 0
+        for chain in chains:
+            if size + len(chain[1]) > limits.BATCH_SIZE_MAX:
+                results.update(self._submit(batch))
+                batch, size = [], 0
+            batch.append(chain)
+            size += len(chain[1])
+        if batch:
+            results.update(self._submit(batch))
+        rejected = [(m, results[m.line]) for m in matches if results[m.line] != "ok"]
+        with self.database.write() as conn:
+            repo = StatementRepository(conn)
+            current = repo.statement_by_row(row_id)
+            if current.state != "posting":
+                return  # another process settled it meanwhile
+            repo.set_ledger_results(row_id, results)
+            repo.insert_ledger_breaks(row_id, rejected, self.clock.now_ns())
+            repo.mark_posted(row_id)
+
+    def _chain(self, statement_id: str, row_id: int, match: StoredMatch) -> list[NewTransfer]:
+        amount = abs(match.amount_minor)
+        transfers = []
+        for index, leg in enumerate(match.legs):
+            last = index == len(match.legs) - 1
+            transfers.append(
+                NewTransfer(
+                    id=match.transfer_ids[index],
+                    debit_account_id=self._ledger_account(leg.debit_account_name, match.currency),
+                    credit_account_id=self._ledger_account(leg.credit_account_name, match.currency),
+                    amount_minor=amount,
+                    currency=match.currency,
+                    code=leg.code,
+                    flags=0 if last else _LINKED,
+                    metadata={"statement": statement_id[:128], "line": match.line},
+                )
+            )
+        return transfers
+
+    def _submit(self, batch: list[tuple[StoredMatch, list[NewTransfer]]]) -> dict[int, str]:
+        flat = [t for _, chain in batch for t in chain]
+        results = self.ledger.create_transfers(flat)
+        out: dict[int, str] = {}
+        offset = 0
+        for match, chain in batch:
+            codes = [r.result for r in results[offset : offset + len(chain)]]
+            offset += len(chain)
+            ok = (CreateTransferResult.OK, CreateTransferResult.EXISTS)
+            if all(c in ok for c in codes):
+                out[match.line] = "ok"
+            else:
+                cause = next(
+                    (c for c in codes if c not in ok and c
+                     is not CreateTransferResult.LINKED_EVENT_FAILED),
+                    CreateTransferResult.LINKED_EVENT_FAILED,
+                )  # fmt: skip
+                out[match.line] = cause.value
+        return out
+
+    # ------------------------------------------------------------------ queries
+
+    def open_breaks(self, limit: int = limits.STATEMENT_BREAKS_PAGE_MAX) -> list[StoredBreak]:
+        limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
+        with self.database.read() as conn:
+            return StatementRepository(conn).breaks(open_only=True, limit=limit)
+
+    def row_counts(self) -> dict[str, int]:
+        with self.database.read() as conn:
+            return StatementRepository(conn).count_rows()
