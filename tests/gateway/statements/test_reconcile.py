@@ -1,0 +1,256 @@
+"""Persistence and reconciliation on both databases: matches post linked ledger legs, every
+other line is a break with its reason, re-imports and retries never post twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paykeep.config import Settings
+from paykeep.db import Database
+from paykeep.gateway.statements import ExpectedMovement, Leg
+from paykeep.gateway.statements.errors import (
+    BankAccountConflict,
+    BankAccountInvalid,
+    BankAccountNotFound,
+    ExpectationConflict,
+    ExpectationInvalid,
+    LedgerAccountNotFound,
+    StatementAccountCurrencyMismatch,
+    StatementConflict,
+)
+from paykeep.gateway.statements.service import StatementService
+from paykeep.ledger.model import AccountFlags, NewAccount
+from tests.gateway.statements.builder import Line, camt053
+from tests.gateway.statements.samples import CAMT
+
+IBAN = "DE89370400440532013000"
+BANK = "bank:safeguarding:x"
+CHART = {
+    BANK: 0,
+    "clearing:bank-in": 0,
+    "clearing:payout": 0,
+    "buyer:42:wallet": int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+}
+
+
+def _service(database: Database) -> StatementService:
+    service = StatementService(database)
+    service.ledger.create_accounts(
+        [NewAccount(i + 1, "EUR", 1, flags, name=n) for i, (n, flags) in enumerate(CHART.items())]
+    )
+    service.add_account(IBAN, "EUR", BANK)
+    return service
+
+
+def _topup(reference: str = "BUYER42") -> ExpectedMovement:
+    return ExpectedMovement(
+        reference=reference, iban=IBAN, direction="credit", amount_minor=None, currency="EUR",
+        standing=True,
+        legs=(Leg(BANK, "clearing:bank-in", 1), Leg("clearing:bank-in", "buyer:42:wallet", 1)),
+    )  # fmt: skip
+
+
+def _payout(reference: str, amount: int) -> ExpectedMovement:
+    return ExpectedMovement(
+        reference=reference, iban=IBAN, direction="debit", amount_minor=amount, currency="EUR",
+        legs=(Leg("clearing:payout", BANK, 2),),
+    )  # fmt: skip
+
+
+def _net(service: StatementService, name: str) -> int:
+    a = service.ledger.account_by_name(name)
+    return a.debits_posted - a.credits_posted
+
+
+STATEMENT = [
+    Line(10_000, remittance="buyer42"),  # 1 standing top-up, typed by the payer
+    Line(5_000, "BUYER42"),  # 2 the same standing reference again: matches again
+    Line(-5_000, "PAYOUT-1"),  # 3 payout confirmation
+    Line(-5_000, "PAYOUT-1"),  # 4 the same one-shot reference again: duplicate
+    Line(1_000, creditor_reference="RF00UNKNOWN"),  # 5 unknown
+    Line(-2_000, "BUYER42"),  # 6 wrong direction
+    Line(3_100, "INV-9"),  # 7 amount mismatch (30.00 expected)
+    Line(700),  # 8 no reference at all
+    Line(999, "BUYER42", status="PDNG"),  # 9 pending: recorded, neither matched nor broken
+]
+EXPECTED_BREAKS = [
+    (4, "duplicate"),
+    (5, "unknown_reference"),
+    (6, "wrong_direction"),
+    (7, "amount_mismatch"),
+    (8, "no_reference"),
+]
+
+
+def test_matching_posts_legs_and_breaks_the_rest(database: Database) -> None:
+    service = _service(database)
+    service.expect(_topup())
+    payout_id = service.expect(_payout("PAYOUT-1", 5_000))
+    service.expect(ExpectedMovement("INV-9", IBAN, "credit", 3_000, "EUR", legs=_topup().legs))
+    data = camt053(STATEMENT, opening_minor=50_000)
+    report = service.import_file(data)
+    (s,) = report.statements
+    assert (s.status, s.entries, s.matched) == ("imported", 9, 3)
+    assert (s.opening_booked_minor, s.closing_booked_minor) == (50_000, 50_000 + 7_800)
+    assert [(b["line"], b["reason"]) for b in s.breaks] == EXPECTED_BREAKS
+    assert s.breaks[0]["expectation_id"] == payout_id
+    assert _net(service, BANK) == 10_000 + 5_000 - 5_000
+    assert _net(service, "clearing:bank-in") == 0  # in transit, and back to zero
+    assert _net(service, "buyer:42:wallet") == -15_000  # a liability: credit balance
+    assert _net(service, "clearing:payout") == 5_000
+    # Re-import: reported as already imported, nothing posted or written again.
+    counts, head = service.row_counts(), service.ledger.head()
+    (again,) = service.import_file(data).statements
+    assert (again.status, again.matched) == ("already_imported", 3)
+    assert service.row_counts() == counts and service.ledger.head() == head
+    # Same account and statement id, other content: a conflict, nothing changes.
+    with pytest.raises(StatementConflict):
+        service.import_file(camt053(STATEMENT[:3], opening_minor=50_000))
+    assert service.row_counts() == counts and service.ledger.head() == head
+    # The breaks are listed as open.
+    assert [(b.line, b.reason) for b in service.open_breaks()] == EXPECTED_BREAKS
+
+
+def test_a_one_shot_expectation_is_consumed_across_statements(database: Database) -> None:
+    service = _service(database)
+    service.expect(_payout("PAYOUT-7", 1_200))
+    first = service.import_file(camt053([Line(-1_200, "PAYOUT-7")], statement_id="S1"))
+    second = service.import_file(camt053([Line(-1_200, "PAYOUT-7")], statement_id="S2"))
+    assert first.statements[0].matched == 1 and first.statements[0].breaks == []
+    assert [b["reason"] for b in second.statements[0].breaks] == ["duplicate"]
+    assert _net(service, "clearing:payout") == 1_200
+
+
+def test_crash_after_recording_is_finished_once(database: Database, settings: Settings) -> None:
+    service = _service(database)
+    service.expect(_topup())
+    data = camt053([Line(2_500, "BUYER42"), Line(100, "BUYER42")])
+    from paykeep.gateway.statements import parse
+
+    # Step 1 only (as if the process died before posting): nothing is in the ledger yet.
+    service._record(parse(data))
+    assert _net(service, "buyer:42:wallet") == 0
+    # Post one chain by hand (as if it died after posting, before settling).
+    with database.read() as conn:
+        from paykeep.gateway.statements.repository import StatementRepository
+
+        repo = StatementRepository(conn)
+        row_id = repo.posting_statements()[0]
+        stored = repo.statement_by_row(row_id)
+        first = repo.matches(row_id)[0]
+    service._submit([(first, service._chain(stored.statement_id, row_id, first))])
+    assert _net(service, "buyer:42:wallet") == -2_500
+    # A new process re-imports the same file: it finishes the statement, never posts twice.
+    from paykeep.db import open_database
+
+    other = StatementService(open_database(settings))
+    (s,) = other.import_file(data).statements
+    assert (s.status, s.matched) == ("already_imported", 2)
+    assert _net(other, "buyer:42:wallet") == -2_600
+    assert other.recover() == 0
+
+
+def test_ledger_refusal_becomes_a_break(database: Database) -> None:
+    service = _service(database)
+    # A withdrawal from an empty wallet: the wallet may not go below zero.
+    service.expect(
+        ExpectedMovement("WD-1", IBAN, "debit", 900, "EUR",
+                         legs=(Leg("buyer:42:wallet", BANK, 3),))
+    )  # fmt: skip
+    head = service.ledger.head()
+    (s,) = service.import_file(camt053([Line(-900, "WD-1")], opening_minor=5_000)).statements
+    assert s.matched == 0
+    assert [(b["reason"], b["detail"]) for b in s.breaks] == [
+        ("ledger_rejected", "the ledger refused the legs: exceeds_credits")
+    ]
+    assert service.ledger.head() == head
+
+
+def test_unregistered_account_lines_are_breaks(database: Database) -> None:
+    service = StatementService(database)
+    (s,) = service.import_file((CAMT / "moov_FI_camt_053_sample.xml").read_bytes()).statements
+    assert (s.account, s.entries, s.matched) == ("FI7433010001222090", 10, 0)
+    assert {b["reason"] for b in s.breaks} == {"account_not_registered"}
+    assert len(s.breaks) == 10
+
+
+def test_statement_currency_must_be_the_accounts(database: Database) -> None:
+    service = _service(database)
+    before = service.row_counts()
+    with pytest.raises(StatementAccountCurrencyMismatch):
+        service.import_file(camt053([Line(100, "A")], currency="CHF"))
+    assert service.row_counts() == before
+
+
+def test_registry_and_expectation_errors(database: Database) -> None:
+    service = _service(database)
+    assert service.add_account(IBAN, "EUR", BANK).iban == IBAN  # idempotent
+    with pytest.raises(BankAccountConflict):
+        service.add_account(IBAN, "EUR", "clearing:payout")
+    with pytest.raises(BankAccountInvalid):
+        service.add_account("DE00370400440532013000", "EUR", BANK)
+    with pytest.raises(LedgerAccountNotFound):
+        service.add_account("GB82WEST12345698765432", "EUR", "bank:nowhere")
+    first = service.expect(_topup())
+    assert service.expect(_topup()) == first  # idempotent
+    with pytest.raises(ExpectationConflict):
+        service.expect(_payout("BUYER42", 100))
+    with pytest.raises(BankAccountNotFound):
+        service.expect(
+            ExpectedMovement("X", "GB82WEST12345698765432", "credit", None, "EUR",
+                             legs=_topup().legs)
+        )  # fmt: skip
+    with pytest.raises(LedgerAccountNotFound):
+        service.expect(
+            ExpectedMovement("Y", IBAN, "credit", 1, "EUR", legs=(Leg(BANK, "nope", 1),))
+        )
+    for bad in (
+        ExpectedMovement("", IBAN, "credit", 1, "EUR", legs=_topup().legs),
+        ExpectedMovement("Z", IBAN, "sideways", 1, "EUR", legs=_topup().legs),  # type: ignore[arg-type]
+        ExpectedMovement("Z", IBAN, "credit", 0, "EUR", legs=_topup().legs),
+        ExpectedMovement("Z", IBAN, "credit", 1, "EUR", legs=()),
+        ExpectedMovement("Z", IBAN, "credit", 1, "EUR", legs=(Leg(BANK, BANK, 1),)),
+    ):
+        with pytest.raises(ExpectationInvalid):
+            service.expect(bad)
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paykeep.cli", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_cli_import_json_and_bad_file(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    sample = CAMT / "moov_FI_camt_053_sample.xml"
+    done = _cli("statements", "import", str(sample), "--json", "--data-dir", data_dir)
+    assert done.returncode == 0, done.stderr
+    (s,) = json.loads(done.stdout)["statements"]
+    assert {"account", "currency", "opening_booked_minor", "closing_booked_minor", "entries",
+            "matched", "breaks"} <= set(s)  # fmt: skip
+    assert (s["account"], s["currency"], s["entries"], s["matched"]) == (
+        "FI7433010001222090", "EUR", 10, 0,
+    )  # fmt: skip
+    assert (s["opening_booked_minor"], s["closing_booked_minor"]) == (1_000_000, 2_364_483)
+    bad = tmp_path / "cut.xml"
+    bad.write_bytes(sample.read_bytes()[:3000])
+    refused = _cli("statements", "import", str(bad), "--data-dir", data_dir)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "statement_truncated" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    listed = _cli("statements", "breaks", "--json", "--data-dir", data_dir)
+    assert listed.returncode == 0
+    assert len(json.loads(listed.stdout)["breaks"]) == 10
+    added = _cli("statements", "accounts", "add", "GB82WEST12345698765432", "--currency", "EUR",
+                 "--ledger-account", "bank:none", "--data-dir", data_dir)  # fmt: skip
+    assert added.returncode == 2 and "statement_ledger_account_not_found" in added.stderr
