@@ -1,0 +1,407 @@
+"""The pure core of payouts: requests, their validation, the two state machines, identifiers.
+
+No I/O, no clock, no SQL. Amounts are ``int`` minor units; ids and times are handed in.
+
+A payout request moves money at once in the ledger (``merchant:<id>:available`` ->
+``clearing:payout``), then waits to be batched into a pain.001 file. A batch goes
+``open -> generated -> submitted -> accepted | rejected``, and ``accepted -> settled`` once the
+bank statement has confirmed every line. A payout follows its batch:
+``requested -> batched -> accepted -> settled``, or ``batched -> returned`` when the bank
+rejects the file (the money goes back from ``clearing:payout`` to the merchant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from schwifty import BIC, IBAN
+from schwifty.exceptions import SchwiftyException
+
+from paykeep import limits
+from paykeep.gateway.payouts.errors import (
+    PayoutAmountInvalid,
+    PayoutBicInvalid,
+    PayoutCurrencyUnsupported,
+    PayoutIbanInvalid,
+    PayoutIllegalTransition,
+    PayoutInputInvalid,
+)
+from paykeep.money import currency_exponent, is_currency
+
+#: The chart-of-accounts name of payout money in transit (DESIGN.md).
+CLEARING_ACCOUNT: Final = "clearing:payout"
+#: Ledger account code of an asset (as in the ledger demo's chart) for the clearing account.
+ASSET_ACCOUNT_CODE: Final = 1
+#: Ledger transfer codes: the request (merchant -> clearing), the return after a rejection
+#: (clearing -> merchant), and the settlement leg the statement posts (clearing -> bank).
+REQUEST_TRANSFER_CODE: Final = 40
+RETURN_TRANSFER_CODE: Final = 41
+SETTLEMENT_TRANSFER_CODE: Final = 42
+#: pain.001 versions we write; .03 is the default.
+SCHEMAS: Final = ("pain.001.001.03", "pain.001.001.09")
+DEFAULT_SCHEMA: Final = "pain.001.001.03"
+
+_ID_TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_BANK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+class PayoutState(StrEnum):
+    REQUESTED = "requested"
+    BATCHED = "batched"
+    ACCEPTED = "accepted"
+    SETTLED = "settled"
+    RETURNED = "returned"
+
+
+class BatchState(StrEnum):
+    OPEN = "open"
+    GENERATED = "generated"
+    SUBMITTED = "submitted"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    SETTLED = "settled"
+
+
+class BatchAction(StrEnum):
+    GENERATE = "generate"
+    SUBMIT = "submit"
+    ACCEPT = "accept"
+    REJECT = "reject"
+    SETTLE = "settle"
+
+
+class PayoutAction(StrEnum):
+    BATCH = "batch"
+    ACCEPT = "accept"
+    RETURN = "return"
+    SETTLE = "settle"
+
+
+BATCH_TRANSITIONS: Final[dict[tuple[BatchState, BatchAction], BatchState]] = {
+    (BatchState.OPEN, BatchAction.GENERATE): BatchState.GENERATED,
+    (BatchState.GENERATED, BatchAction.SUBMIT): BatchState.SUBMITTED,
+    (BatchState.SUBMITTED, BatchAction.ACCEPT): BatchState.ACCEPTED,
+    (BatchState.SUBMITTED, BatchAction.REJECT): BatchState.REJECTED,
+    (BatchState.ACCEPTED, BatchAction.SETTLE): BatchState.SETTLED,
+}
+
+PAYOUT_TRANSITIONS: Final[dict[tuple[PayoutState, PayoutAction], PayoutState]] = {
+    (PayoutState.REQUESTED, PayoutAction.BATCH): PayoutState.BATCHED,
+    (PayoutState.BATCHED, PayoutAction.ACCEPT): PayoutState.ACCEPTED,
+    (PayoutState.BATCHED, PayoutAction.RETURN): PayoutState.RETURNED,
+    (PayoutState.ACCEPTED, PayoutAction.SETTLE): PayoutState.SETTLED,
+}
+
+
+def batch_transition(state: BatchState, action: BatchAction) -> BatchState:
+    """The one way a batch changes state; anything not in the table is refused."""
+    nxt = BATCH_TRANSITIONS.get((state, action))
+    if nxt is None:
+        raise PayoutIllegalTransition(f"a batch cannot {action.value} when {state.value}")
+    return nxt
+
+
+def payout_transition(state: PayoutState, action: PayoutAction) -> PayoutState:
+    nxt = PAYOUT_TRANSITIONS.get((state, action))
+    if nxt is None:
+        raise PayoutIllegalTransition(f"a payout cannot {action.value} when {state.value}")
+    return nxt
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRequest:
+    """What the payments context asks for. ``request_id`` is the idempotency key."""
+
+    request_id: str
+    merchant_ref: str
+    amount_minor: int
+    currency: str
+    debit_account_name: str
+    creditor_name: str
+    creditor_iban: str
+    creditor_bic: str | None = None
+    remittance: str | None = None
+
+    def fingerprint(self) -> str:
+        """Digest of everything but the request id: a replay must carry the same."""
+        body = {
+            "merchant_ref": self.merchant_ref,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "debit_account_name": self.debit_account_name,
+            "creditor_name": self.creditor_name,
+            "creditor_iban": self.creditor_iban,
+            "creditor_bic": self.creditor_bic,
+            "remittance": self.remittance,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Payout:
+    payout_id: int
+    request_id: str
+    fingerprint: str
+    merchant_ref: str
+    debit_account_name: str
+    amount_minor: int
+    currency: str
+    creditor_name: str
+    creditor_iban: str
+    creditor_bic: str | None
+    remittance: str
+    end_to_end_id: str
+    state: PayoutState
+    batch_id: int | None
+    request_transfer_id: int
+    return_transfer_id: int | None
+    expected: bool
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "payout_id": self.payout_id,
+            "request_id": self.request_id,
+            "merchant_ref": self.merchant_ref,
+            "debit_account_name": self.debit_account_name,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "creditor_name": self.creditor_name,
+            "creditor_iban": self.creditor_iban,
+            "creditor_bic": self.creditor_bic,
+            "remittance": self.remittance,
+            "end_to_end_id": self.end_to_end_id,
+            "state": self.state.value,
+            "batch_id": self.batch_id,
+            "request_transfer_id": self.request_transfer_id,
+            "return_transfer_id": self.return_transfer_id,
+            "created_at_ns": self.created_at_ns,
+            "updated_at_ns": self.updated_at_ns,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Debtor:
+    """Our account the payouts leave from (the safeguarding account) and its bank's name,
+    which names the ledger account ``bank:safeguarding:<bank>``."""
+
+    name: str
+    iban: str
+    bank: str
+    bic: str | None = None
+
+    @property
+    def ledger_account(self) -> str:
+        return f"bank:safeguarding:{self.bank}"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: int
+    message_id: str
+    schema: str
+    currency: str
+    debtor: Debtor
+    state: BatchState
+    payout_count: int
+    control_sum_minor: int
+    execution_date: str
+    file_sha256: str | None
+    destination: str | None
+    bank_status: str | None
+    bank_reason: str | None
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "message_id": self.message_id,
+            "schema": self.schema,
+            "currency": self.currency,
+            "debtor_name": self.debtor.name,
+            "debtor_iban": self.debtor.iban,
+            "bank": self.debtor.bank,
+            "state": self.state.value,
+            "payout_count": self.payout_count,
+            "control_sum_minor": self.control_sum_minor,
+            "execution_date": self.execution_date,
+            "file_sha256": self.file_sha256,
+            "destination": self.destination,
+            "bank_status": self.bank_status,
+            "bank_reason": self.bank_reason,
+            "created_at_ns": self.created_at_ns,
+            "updated_at_ns": self.updated_at_ns,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Identifiers
+# ---------------------------------------------------------------------------------------------
+
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def base36(value: int) -> str:
+    assert value >= 0
+    digits = []
+    while True:
+        value, rest = divmod(value, 36)
+        digits.append(_BASE36[rest])
+        if value == 0:
+            return "".join(reversed(digits))
+
+
+def end_to_end_id(payout_id: int) -> str:
+    """``PO`` + the payout id in base 36: at most 15 characters, so it survives MT940's
+    16-character reference field as well as pain.001's Max35Text."""
+    return f"PO{base36(payout_id)}"
+
+
+def message_id(batch_id: int) -> str:
+    """``PKPO`` + the batch id in base 36 (batch ids are time-ordered and unique)."""
+    return f"PKPO{base36(batch_id)}"
+
+
+def derived_id(*parts: str) -> int:
+    """A positive 63-bit id derived from ``parts``: the ledger transfer of a step that must
+    happen once (a payout's request, its return). A retry after a crash names the same
+    transfer, and the ledger answers ``exists`` instead of moving the money twice."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return (int.from_bytes(digest[:8], "big") & (2**63 - 1)) or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (fixed order: shape, then the limits; identity and references are the service's)
+# ---------------------------------------------------------------------------------------------
+
+
+def _text(value: object, name: str, maximum: int, *, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PayoutInputInvalid(f"{name} must be a non-empty string", param=name)
+    if len(value) > maximum:
+        raise PayoutInputInvalid(f"{name} is longer than {maximum} characters", param=name)
+    if not value.isprintable():
+        raise PayoutInputInvalid(f"{name} must be printable text", param=name)
+    if pattern is not None and not pattern.match(value):
+        raise PayoutInputInvalid(f"{name} has characters outside {pattern.pattern}", param=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayoutInputInvalid(f"{name} is not valid Unicode text", param=name) from None
+    return value
+
+
+def normalize_iban(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 42:
+        raise PayoutIbanInvalid(f"{name} must be an IBAN", param=name)
+    try:
+        return str(IBAN(value).compact)
+    except SchwiftyException as exc:
+        raise PayoutIbanInvalid(
+            f"{name} {value!r} is not a valid IBAN: {exc}", param=name
+        ) from None
+
+
+def normalize_bic(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 8 <= len(value.strip()) <= 11:
+        raise PayoutBicInvalid(f"{name} must be a BIC", param=name)
+    try:
+        return str(BIC(value).compact)
+    except SchwiftyException as exc:
+        raise PayoutBicInvalid(f"{name} {value!r} is not a valid BIC: {exc}", param=name) from None
+
+
+def check_currency(currency: object) -> str:
+    if not is_currency(currency):
+        raise PayoutCurrencyUnsupported(f"unknown currency {currency!r}", param="currency")
+    assert isinstance(currency, str)
+    # pain.001 amounts are written by sepaxml in cents: only two-decimal currencies.
+    if currency_exponent(currency) != 2:
+        raise PayoutCurrencyUnsupported(
+            f"{currency} payouts are not supported (two-decimal currencies only)",
+            param="currency",
+        )
+    return currency
+
+
+def validate_request(request: PayoutRequest) -> PayoutRequest:
+    """Shape checks, in one fixed order; returns the normalised request.
+
+    The service then checks, in this order: idempotency (the request id), references (the
+    account drawn from, its currency), and last the limits (:func:`check_limits`, then the
+    ledger's balance check).
+    """
+    request_id = _text(
+        request.request_id, "request_id", limits.PAYOUT_REQUEST_ID_LENGTH_MAX, pattern=_ID_TEXT
+    )
+    merchant_ref = _text(
+        request.merchant_ref, "merchant_ref", limits.PAYOUT_MERCHANT_REF_LENGTH_MAX
+    )
+    amount = request.amount_minor
+    if type(amount) is not int:
+        raise PayoutAmountInvalid("amount_minor must be an int of minor units", param="amount")
+    currency = check_currency(request.currency)
+    account = _text(
+        request.debit_account_name, "debit_account_name", limits.ACCOUNT_NAME_LENGTH_MAX
+    )
+    creditor_name = _text(
+        request.creditor_name, "creditor_name", limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX
+    )
+    creditor_iban = normalize_iban(request.creditor_iban, "creditor_iban")
+    creditor_bic = normalize_bic(request.creditor_bic, "creditor_bic")
+    remittance = request.remittance
+    if remittance is not None:
+        remittance = _text(remittance, "remittance", limits.PAYOUT_REMITTANCE_LENGTH_MAX)
+    if amount <= 0:
+        raise PayoutAmountInvalid("amount_minor must be positive", param="amount")
+    return PayoutRequest(
+        request_id=request_id,
+        merchant_ref=merchant_ref,
+        amount_minor=amount,
+        currency=currency,
+        debit_account_name=account,
+        creditor_name=creditor_name,
+        creditor_iban=creditor_iban,
+        creditor_bic=creditor_bic,
+        remittance=remittance,
+    )
+
+
+def check_limits(request: PayoutRequest) -> None:
+    if request.amount_minor > limits.PAYOUT_AMOUNT_MAX_MINOR:
+        raise PayoutAmountInvalid(
+            f"a payout is at most {limits.PAYOUT_AMOUNT_MAX_MINOR} minor units", param="amount"
+        )
+
+
+def validate_debtor(debtor: Debtor) -> Debtor:
+    name = _text(debtor.name, "debtor_name", limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX)
+    if not isinstance(debtor.bank, str) or not _BANK_NAME.match(debtor.bank):
+        raise PayoutInputInvalid("bank must be a short lower-case name (a-z, 0-9, -)", param="bank")
+    return Debtor(
+        name=name,
+        iban=normalize_iban(debtor.iban, "debtor_iban"),
+        bank=debtor.bank,
+        bic=normalize_bic(debtor.bic, "debtor_bic"),
+    )
+
+
+def default_remittance(request: PayoutRequest) -> str:
+    """The remittance text the merchant's bank shows: theirs, else ``Payout <merchant ref>``."""
+    text = request.remittance or f"Payout {request.merchant_ref}"
+    return text[: limits.PAYOUT_REMITTANCE_LENGTH_MAX]

@@ -1,0 +1,338 @@
+"""Persistence of payouts and batches: SQLAlchemy Core over the tables of migration 0004.
+
+A repository wraps one open transaction (a ``Connection`` from ``Database.write()`` or
+``.read()``); it never commits. Rows about to change are read ``FOR UPDATE`` (PostgreSQL;
+SQLite writers already hold the database lock from ``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from paykeep.gateway.payouts.model import (
+    Batch,
+    BatchState,
+    Debtor,
+    Payout,
+    PayoutState,
+)
+
+_meta = sa.MetaData()
+payouts = sa.Table(
+    "gateway_payouts",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("request_id", sa.String(64)),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("merchant_ref", sa.String(64)),
+    sa.Column("debit_account_name", sa.String(128)),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("creditor_name", sa.String(70)),
+    sa.Column("creditor_iban", sa.String(34)),
+    sa.Column("creditor_bic", sa.String(11)),
+    sa.Column("remittance", sa.String(140)),
+    sa.Column("end_to_end_id", sa.String(35)),
+    sa.Column("state", sa.String(16)),
+    sa.Column("batch_id", sa.BigInteger),
+    sa.Column("request_transfer_id", sa.BigInteger),
+    sa.Column("return_transfer_id", sa.BigInteger),
+    sa.Column("expected", sa.Boolean),
+    sa.Column("created_at_ns", sa.BigInteger),
+    sa.Column("updated_at_ns", sa.BigInteger),
+)
+batches = sa.Table(
+    "gateway_payout_batches",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("message_id", sa.String(35)),
+    sa.Column("schema", sa.String(32)),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("debtor_name", sa.String(70)),
+    sa.Column("debtor_iban", sa.String(34)),
+    sa.Column("debtor_bic", sa.String(11)),
+    sa.Column("bank", sa.String(32)),
+    sa.Column("state", sa.String(16)),
+    sa.Column("payout_count", sa.Integer),
+    sa.Column("control_sum_minor", sa.BigInteger),
+    sa.Column("execution_date", sa.String(10)),
+    sa.Column("file_xml", sa.Text),
+    sa.Column("file_sha256", sa.String(64)),
+    sa.Column("destination", sa.Text),
+    sa.Column("bank_status", sa.String(8)),
+    sa.Column("bank_reason", sa.Text),
+    sa.Column("created_at_ns", sa.BigInteger),
+    sa.Column("updated_at_ns", sa.BigInteger),
+)
+batch_events = sa.Table(
+    "gateway_payout_batch_events",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("batch_id", sa.BigInteger),
+    sa.Column("at_ns", sa.BigInteger),
+    sa.Column("from_state", sa.String(16)),
+    sa.Column("to_state", sa.String(16)),
+    sa.Column("detail", sa.Text),
+)
+
+
+def _payout(row: sa.Row[Any]) -> Payout:
+    return Payout(
+        payout_id=row.id,
+        request_id=row.request_id,
+        fingerprint=row.fingerprint,
+        merchant_ref=row.merchant_ref,
+        debit_account_name=row.debit_account_name,
+        amount_minor=row.amount_minor,
+        currency=row.currency,
+        creditor_name=row.creditor_name,
+        creditor_iban=row.creditor_iban,
+        creditor_bic=row.creditor_bic,
+        remittance=row.remittance,
+        end_to_end_id=row.end_to_end_id,
+        state=PayoutState(row.state),
+        batch_id=row.batch_id,
+        request_transfer_id=row.request_transfer_id,
+        return_transfer_id=row.return_transfer_id,
+        expected=bool(row.expected),
+        created_at_ns=row.created_at_ns,
+        updated_at_ns=row.updated_at_ns,
+    )
+
+
+def _batch(row: sa.Row[Any]) -> Batch:
+    return Batch(
+        batch_id=row.id,
+        message_id=row.message_id,
+        schema=row.schema,
+        currency=row.currency,
+        debtor=Debtor(
+            name=row.debtor_name, iban=row.debtor_iban, bank=row.bank, bic=row.debtor_bic
+        ),
+        state=BatchState(row.state),
+        payout_count=row.payout_count,
+        control_sum_minor=row.control_sum_minor,
+        execution_date=row.execution_date,
+        file_sha256=row.file_sha256,
+        destination=row.destination,
+        bank_status=row.bank_status,
+        bank_reason=row.bank_reason,
+        created_at_ns=row.created_at_ns,
+        updated_at_ns=row.updated_at_ns,
+    )
+
+
+_BATCH_COLUMNS = [c for c in batches.c if c.name != "file_xml"]
+
+
+class PayoutRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.postgres = conn.dialect.name == "postgresql"
+
+    def _locked(self, query: sa.Select[Any], for_update: bool) -> sa.Select[Any]:
+        return query.with_for_update() if for_update and self.postgres else query
+
+    # --- payouts -------------------------------------------------------------------------
+
+    def insert_payout(self, payout: Payout) -> None:
+        values = payout.to_json()
+        self.conn.execute(
+            sa.insert(payouts).values(
+                id=payout.payout_id,
+                fingerprint=payout.fingerprint,
+                expected=payout.expected,
+                **{k: v for k, v in values.items() if k not in ("payout_id",)},
+            )
+        )
+
+    def payout(self, payout_id: int, *, for_update: bool = False) -> Payout | None:
+        row = self.conn.execute(
+            self._locked(sa.select(payouts).where(payouts.c.id == payout_id), for_update)
+        ).first()
+        return None if row is None else _payout(row)
+
+    def payout_by_request(self, request_id: str) -> Payout | None:
+        row = self.conn.execute(
+            sa.select(payouts).where(payouts.c.request_id == request_id)
+        ).first()
+        return None if row is None else _payout(row)
+
+    def requested(self, currency: str, limit: int) -> list[Payout]:
+        """The oldest payouts waiting for a batch, locked against a concurrent batcher."""
+        query = (
+            sa.select(payouts)
+            .where(payouts.c.state == PayoutState.REQUESTED.value)
+            .where(payouts.c.currency == currency)
+            .order_by(payouts.c.id)
+            .limit(limit)
+        )
+        if self.postgres:
+            query = query.with_for_update(skip_locked=True)
+        return [_payout(r) for r in self.conn.execute(query)]
+
+    def batch_payouts(self, batch_id: int) -> list[Payout]:
+        rows = self.conn.execute(
+            sa.select(payouts).where(payouts.c.batch_id == batch_id).order_by(payouts.c.id)
+        )
+        return [_payout(r) for r in rows]
+
+    def update_payout(self, payout_id: int, **values: Any) -> None:
+        self.conn.execute(sa.update(payouts).where(payouts.c.id == payout_id).values(**values))
+
+    def page(self, state: PayoutState | None, after_id: int, limit: int) -> list[Payout]:
+        query = sa.select(payouts).where(payouts.c.id > after_id)
+        if state is not None:
+            query = query.where(payouts.c.state == state.value)
+        rows = self.conn.execute(query.order_by(payouts.c.id).limit(limit))
+        return [_payout(r) for r in rows]
+
+    def payouts_needing_work(self, limit: int) -> list[Payout]:
+        """Payouts a crash may have left half-done: a rejected batch's payouts not yet
+        returned, an accepted batch's payouts not yet registered with the statements."""
+        query = (
+            sa.select(payouts)
+            .join(batches, batches.c.id == payouts.c.batch_id)
+            .where(
+                sa.or_(
+                    sa.and_(
+                        batches.c.state == BatchState.REJECTED.value,
+                        payouts.c.state == PayoutState.BATCHED.value,
+                    ),
+                    sa.and_(
+                        payouts.c.state == PayoutState.ACCEPTED.value,
+                        payouts.c.expected.is_(False),
+                    ),
+                )
+            )
+            .order_by(payouts.c.id)
+            .limit(limit)
+        )
+        return [_payout(r) for r in self.conn.execute(query)]
+
+    def accepted_expected(self, limit: int) -> list[Payout]:
+        """Accepted payouts registered with the statements service: waiting for their line."""
+        rows = self.conn.execute(
+            sa.select(payouts)
+            .where(payouts.c.state == PayoutState.ACCEPTED.value)
+            .where(payouts.c.expected.is_(True))
+            .order_by(payouts.c.id)
+            .limit(limit)
+        )
+        return [_payout(r) for r in rows]
+
+    def posted_statement_references(self, iban: str, references: Sequence[str]) -> set[str]:
+        """Which of ``references`` (expected on ``iban``) a statement line has matched and the
+        ledger has posted. Reads the statements context's tables (migration 0003): matching and
+        posting are its job; settling the payout is ours."""
+        wanted = sorted(set(references))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join(f":r{i}" for i in range(len(chunk)))
+            params: dict[str, Any] = {f"r{i}": r for i, r in enumerate(chunk)}
+            params["iban"] = iban
+            rows = self.conn.execute(
+                sa.text(
+                    "SELECT x.reference FROM stmt_expectations x "
+                    "JOIN stmt_matches m ON m.expectation_id = x.id "
+                    f"WHERE x.iban = :iban AND x.reference IN ({marks}) "
+                    "AND m.ledger_result = 'ok'"
+                ),
+                params,
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
+    # --- batches -------------------------------------------------------------------------
+
+    def insert_batch(self, batch: Batch, file_xml: str | None) -> None:
+        self.conn.execute(
+            sa.insert(batches).values(
+                id=batch.batch_id,
+                message_id=batch.message_id,
+                schema=batch.schema,
+                currency=batch.currency,
+                debtor_name=batch.debtor.name,
+                debtor_iban=batch.debtor.iban,
+                debtor_bic=batch.debtor.bic,
+                bank=batch.debtor.bank,
+                state=batch.state.value,
+                payout_count=batch.payout_count,
+                control_sum_minor=batch.control_sum_minor,
+                execution_date=batch.execution_date,
+                file_xml=file_xml,
+                file_sha256=batch.file_sha256,
+                destination=batch.destination,
+                bank_status=batch.bank_status,
+                bank_reason=batch.bank_reason,
+                created_at_ns=batch.created_at_ns,
+                updated_at_ns=batch.updated_at_ns,
+            )
+        )
+
+    def batch(self, batch_id: int, *, for_update: bool = False) -> Batch | None:
+        row = self.conn.execute(
+            self._locked(sa.select(*_BATCH_COLUMNS).where(batches.c.id == batch_id), for_update)
+        ).first()
+        return None if row is None else _batch(row)
+
+    def batch_file(self, batch_id: int) -> bytes | None:
+        text = self.conn.execute(
+            sa.select(batches.c.file_xml).where(batches.c.id == batch_id)
+        ).scalar()
+        return None if text is None else str(text).encode("utf-8")
+
+    def update_batch(self, batch_id: int, **values: Any) -> None:
+        self.conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(**values))
+
+    def batches_page(self, state: BatchState | None, after_id: int, limit: int) -> list[Batch]:
+        query = sa.select(*_BATCH_COLUMNS).where(batches.c.id > after_id)
+        if state is not None:
+            query = query.where(batches.c.state == state.value)
+        rows = self.conn.execute(query.order_by(batches.c.id).limit(limit))
+        return [_batch(r) for r in rows]
+
+    def add_event(
+        self,
+        batch_id: int,
+        at_ns: int,
+        from_state: BatchState | None,
+        to_state: BatchState,
+        detail: str,
+    ) -> None:
+        self.conn.execute(
+            sa.insert(batch_events).values(
+                batch_id=batch_id,
+                at_ns=at_ns,
+                from_state=None if from_state is None else from_state.value,
+                to_state=to_state.value,
+                detail=detail,
+            )
+        )
+
+    def events(self, batch_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            sa.select(batch_events)
+            .where(batch_events.c.batch_id == batch_id)
+            .order_by(batch_events.c.id)
+        )
+        return [
+            {
+                "at_ns": r.at_ns,
+                "from_state": r.from_state,
+                "to_state": r.to_state,
+                "detail": r.detail,
+            }
+            for r in rows
+        ]
+
+    def message_ids(self, ids: Sequence[int]) -> dict[int, str]:
+        rows = self.conn.execute(
+            sa.select(batches.c.id, batches.c.message_id).where(batches.c.id.in_(list(ids)))
+        )
+        return {r.id: r.message_id for r in rows}

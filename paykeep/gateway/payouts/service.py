@@ -1,0 +1,698 @@
+"""Payout use cases: request, batch into pain.001, submit, record the bank's answer, settle.
+
+Transaction boundaries live here (``Database.write()``); the ledger runs its own. A step that
+spans the ledger and our tables is made safe to repeat instead of atomic: the ledger transfer
+of a payout request or return has an id derived from the payout (``model.derived_id``), so a
+retry after a crash gets ``exists`` from the ledger and never moves money twice, and
+:meth:`PayoutService.resume` finishes whatever a crash left half done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import sqlalchemy as sa
+
+from paykeep import limits
+from paykeep.clock import Clock, SystemClock, ns_to_datetime
+from paykeep.db import Database
+from paykeep.gateway.payouts import pain001
+from paykeep.gateway.payouts.errors import (
+    PayoutAccountNotFound,
+    PayoutBankUnavailable,
+    PayoutBatchNotFound,
+    PayoutCurrencyUnsupported,
+    PayoutInputInvalid,
+    PayoutInsufficientFunds,
+    PayoutNotFound,
+    PayoutNothingToBatch,
+    PayoutRequestIdReused,
+)
+from paykeep.gateway.payouts.model import (
+    ASSET_ACCOUNT_CODE,
+    CLEARING_ACCOUNT,
+    DEFAULT_SCHEMA,
+    REQUEST_TRANSFER_CODE,
+    RETURN_TRANSFER_CODE,
+    SCHEMAS,
+    SETTLEMENT_TRANSFER_CODE,
+    Batch,
+    BatchAction,
+    BatchState,
+    Debtor,
+    Payout,
+    PayoutAction,
+    PayoutRequest,
+    PayoutState,
+    batch_transition,
+    check_currency,
+    check_limits,
+    default_remittance,
+    derived_id,
+    end_to_end_id,
+    message_id,
+    payout_transition,
+    validate_debtor,
+    validate_request,
+)
+from paykeep.gateway.payouts.repository import PayoutRepository
+from paykeep.ids import IdGenerator
+from paykeep.ledger.errors import AccountNotFound, transfer_error
+from paykeep.ledger.model import Account, CreateTransferResult, NewAccount, NewTransfer
+from paykeep.ledger.service import Ledger
+
+if TYPE_CHECKING:
+    from paykeep.gateway.statements.service import StatementService
+
+_EXISTS = CreateTransferResult.EXISTS
+_REUSED = frozenset(
+    r for r in CreateTransferResult if r.value.startswith("exists_with_different")
+) | {CreateTransferResult.REFERENCE_ALREADY_USED}
+_SHORT_OF_FUNDS = frozenset({CreateTransferResult.EXCEEDS_CREDITS})
+
+
+@dataclass(frozen=True, slots=True)
+class BankAnswer:
+    """The bank's verdict on a payment file: ``ACCP`` or ``RJCT`` with an ISO reason code."""
+
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFile:
+    batch: Batch
+    events: list[dict[str, Any]]
+    payouts: list[Payout]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.batch.to_json(),
+            "trail": self.events,
+            "payouts": [p.to_json() for p in self.payouts],
+        }
+
+
+def _unique_violation(exc: BaseException) -> bool:
+    cause = getattr(exc, "orig", None)
+    return isinstance(cause, sqlite3.IntegrityError | psycopg.errors.UniqueViolation)
+
+
+class PayoutService:
+    """Merchants' withdrawals. ``statements`` (the statement import service) is told what to
+    expect on the bank statement once the bank has accepted a file; without it the payouts stop
+    at ``accepted`` until :meth:`resume` runs with one."""
+
+    def __init__(
+        self,
+        database: Database,
+        ledger: Ledger | None = None,
+        *,
+        clock: Clock | None = None,
+        statements: StatementService | None = None,
+    ) -> None:
+        self.database = database
+        self.clock = clock or SystemClock()
+        self.ledger = ledger or Ledger(database, self.clock)
+        self.ids = IdGenerator(self.clock)
+        self.statements = statements
+
+    # ------------------------------------------------------------------ request
+
+    def request(
+        self,
+        merchant_ref: str,
+        amount_minor: int,
+        currency: str,
+        debit_account_name: str,
+        creditor_name: str,
+        creditor_iban: str,
+        *,
+        request_id: str,
+        creditor_bic: str | None = None,
+        remittance: str | None = None,
+    ) -> Payout:
+        """Move ``amount_minor`` from ``debit_account_name`` to ``clearing:payout`` now and
+        queue the payout for the next batch. A replay of ``request_id`` returns the original
+        payout; the same id with other details is :class:`PayoutRequestIdReused`."""
+        return self.submit_request(
+            PayoutRequest(
+                request_id=request_id,
+                merchant_ref=merchant_ref,
+                amount_minor=amount_minor,
+                currency=currency,
+                debit_account_name=debit_account_name,
+                creditor_name=creditor_name,
+                creditor_iban=creditor_iban,
+                creditor_bic=creditor_bic,
+                remittance=remittance,
+            )
+        )
+
+    def submit_request(self, request: PayoutRequest) -> Payout:
+        req = validate_request(request)  # 1. shape
+        fingerprint = req.fingerprint()
+        with self.database.read() as conn:  # 2. idempotency
+            existing = PayoutRepository(conn).payout_by_request(req.request_id)
+        if existing is not None:
+            return self._replay(existing, fingerprint)
+        account = self._account(req.debit_account_name)  # 3. references
+        if account.currency != req.currency:
+            raise PayoutCurrencyUnsupported(
+                f"{req.debit_account_name} holds {account.currency}, not {req.currency}",
+                param="currency",
+            )
+        clearing = self._clearing(req.currency)
+        check_limits(req)  # 4. limits (the balance check is the ledger's, below)
+        transfer_id = derived_id("payout-request", req.request_id)
+        (result,) = self.ledger.create_transfers(
+            [
+                NewTransfer(
+                    id=transfer_id,
+                    debit_account_id=account.id,
+                    credit_account_id=clearing.id,
+                    amount_minor=req.amount_minor,
+                    currency=req.currency,
+                    code=REQUEST_TRANSFER_CODE,
+                    reference=f"payout:{req.request_id}",
+                    metadata={"payout_request": req.request_id, "merchant": req.merchant_ref},
+                )
+            ]
+        )
+        if result.result in _REUSED:
+            raise PayoutRequestIdReused(
+                f"request id {req.request_id!r} was used for another payout", param="request_id"
+            )
+        if result.result in _SHORT_OF_FUNDS:
+            raise PayoutInsufficientFunds(
+                f"{req.debit_account_name} does not hold {req.amount_minor} {req.currency}",
+                param="amount",
+            )
+        if not result.applied_or_exists:
+            raise transfer_error(result.result, transfer_id)
+        now = self.clock.now_ns()
+        payout_id = self.ids.next_id()
+        payout = Payout(
+            payout_id=payout_id,
+            request_id=req.request_id,
+            fingerprint=fingerprint,
+            merchant_ref=req.merchant_ref,
+            debit_account_name=req.debit_account_name,
+            amount_minor=req.amount_minor,
+            currency=req.currency,
+            creditor_name=req.creditor_name,
+            creditor_iban=req.creditor_iban,
+            creditor_bic=req.creditor_bic,
+            remittance=default_remittance(req),
+            end_to_end_id=end_to_end_id(payout_id),
+            state=PayoutState.REQUESTED,
+            batch_id=None,
+            request_transfer_id=transfer_id,
+            return_transfer_id=None,
+            expected=False,
+            created_at_ns=now,
+            updated_at_ns=now,
+        )
+        try:
+            with self.database.write() as conn:
+                PayoutRepository(conn).insert_payout(payout)
+        except sa.exc.IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise
+            # A concurrent replay of the same request won: both moved the same ledger
+            # transfer (the second got `exists`), and the first row stands.
+            with self.database.read() as conn:
+                winner = PayoutRepository(conn).payout_by_request(req.request_id)
+            if winner is None:
+                raise
+            return self._replay(winner, fingerprint)
+        return payout
+
+    def _replay(self, existing: Payout, fingerprint: str) -> Payout:
+        if existing.fingerprint != fingerprint:
+            raise PayoutRequestIdReused(
+                f"request id {existing.request_id!r} was used for another payout",
+                param="request_id",
+            )
+        return existing
+
+    def _account(self, name: str) -> Account:
+        try:
+            return self.ledger.account_by_name(name)
+        except AccountNotFound:
+            raise PayoutAccountNotFound(
+                f"no ledger account named {name!r}", param="debit_account_name"
+            ) from None
+
+    def _clearing(self, currency: str) -> Account:
+        try:
+            clearing = self.ledger.account_by_name(CLEARING_ACCOUNT)
+        except AccountNotFound:
+            # A derived id: two processes creating it at once create the same account.
+            self.ledger.create_accounts(
+                [
+                    NewAccount(
+                        id=derived_id("account", CLEARING_ACCOUNT),
+                        currency=currency,
+                        code=ASSET_ACCOUNT_CODE,
+                        name=CLEARING_ACCOUNT,
+                    )
+                ]
+            )
+            clearing = self.ledger.account_by_name(CLEARING_ACCOUNT)
+        if clearing.currency != currency:
+            raise PayoutCurrencyUnsupported(
+                f"{CLEARING_ACCOUNT} is a {clearing.currency} account", param="currency"
+            )
+        return clearing
+
+    # ------------------------------------------------------------------ batch
+
+    def batch(
+        self,
+        currency: str,
+        debtor: Debtor,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        limit: int = limits.PAYOUT_BATCH_SIZE_MAX,
+    ) -> Batch:
+        """Put the oldest requested payouts (at most ``limit``) into one pain.001 file.
+
+        The file is generated and validated against the XSD in the same transaction that
+        marks the payouts batched: an invalid file raises :class:`PayoutFileInvalid` and
+        changes nothing. The message id derives from a fresh time-ordered batch id and is
+        unique in the database, so it is never reused, even after a crash.
+        """
+        check_currency(currency)
+        debtor = validate_debtor(debtor)
+        if schema not in SCHEMAS:
+            raise PayoutInputInvalid(f"schema must be one of {SCHEMAS}", param="schema")
+        if type(limit) is not int or not 0 < limit <= limits.PAYOUT_BATCH_SIZE_MAX:
+            raise PayoutInputInvalid(
+                f"limit must be 1..{limits.PAYOUT_BATCH_SIZE_MAX}", param="limit"
+            )
+        bank_account = self._account(debtor.ledger_account)
+        if bank_account.currency != currency:
+            raise PayoutCurrencyUnsupported(
+                f"{debtor.ledger_account} is a {bank_account.currency} account", param="currency"
+            )
+        if self.statements is not None:
+            self.statements.add_account(debtor.iban, currency, debtor.ledger_account)
+        now = self.clock.now_ns()
+        created = ns_to_datetime(now)
+        batch_id = self.ids.next_id()
+        msg_id = message_id(batch_id)
+        with self.database.write() as conn:
+            repo = PayoutRepository(conn)
+            pending = repo.requested(currency, limit)
+            if not pending:
+                raise PayoutNothingToBatch(f"no requested {currency} payout is waiting")
+            batch = Batch(
+                batch_id=batch_id,
+                message_id=msg_id,
+                schema=schema,
+                currency=currency,
+                debtor=debtor,
+                state=BatchState.OPEN,
+                payout_count=len(pending),
+                control_sum_minor=sum(p.amount_minor for p in pending),
+                execution_date=created.date().isoformat(),
+                file_sha256=None,
+                destination=None,
+                bank_status=None,
+                bank_reason=None,
+                created_at_ns=now,
+                updated_at_ns=now,
+            )
+            repo.insert_batch(batch, None)
+            repo.add_event(batch_id, now, None, BatchState.OPEN, f"{len(pending)} payouts")
+            for payout in pending:
+                batched = payout_transition(payout.state, PayoutAction.BATCH)
+                repo.update_payout(
+                    payout.payout_id, state=batched.value, batch_id=batch_id, updated_at_ns=now
+                )
+            document = pain001.build(
+                schema=schema,
+                message_id=msg_id,
+                created_at=created.replace(tzinfo=None, microsecond=0),
+                execution_date=created.date(),
+                debtor=debtor,
+                currency=currency,
+                lines=[
+                    pain001.FileLine(
+                        end_to_end_id=p.end_to_end_id,
+                        amount_minor=p.amount_minor,
+                        creditor_name=p.creditor_name,
+                        creditor_iban=p.creditor_iban,
+                        creditor_bic=p.creditor_bic,
+                        remittance=p.remittance,
+                    )
+                    for p in pending
+                ],
+            )
+            digest = hashlib.sha256(document).hexdigest()
+            state = batch_transition(batch.state, BatchAction.GENERATE)
+            repo.update_batch(
+                batch_id,
+                state=state.value,
+                file_xml=document.decode("utf-8"),
+                file_sha256=digest,
+                updated_at_ns=now,
+            )
+            repo.add_event(batch_id, now, batch.state, state, f"{schema} sha256 {digest}")
+            found = repo.batch(batch_id)
+        assert found is not None
+        return found
+
+    def file(self, batch_id: int) -> bytes:
+        """The batch's pain.001 document, byte for byte as it was (or will be) sent."""
+        with self.database.read() as conn:
+            repo = PayoutRepository(conn)
+            if repo.batch(batch_id) is None:
+                raise PayoutBatchNotFound(f"no payout batch {batch_id}", param="batch_id")
+            document = repo.batch_file(batch_id)
+        if document is None:
+            raise PayoutBatchNotFound(f"payout batch {batch_id} has no file yet")
+        return document
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(
+        self,
+        batch_id: int,
+        bank_url: str,
+        *,
+        timeout_s: float = limits.PAYOUT_SUBMIT_TIMEOUT_S,
+    ) -> Batch:
+        """POST the batch's file to the bank (``{bank_url}/bank/payment-files``) and record its
+        answer. A batch whose earlier submission got no answer may be submitted again: the bank
+        refuses the second copy as a duplicate message id and we take its original answer."""
+        batch = self._generated(batch_id)
+        document = self.file(batch_id)
+        answer = post_payment_file(bank_url, document, timeout_s=timeout_s)
+        return self.record_bank_answer(batch.batch_id, answer, destination=bank_url)
+
+    def write_to(self, batch_id: int, directory: Path) -> Batch:
+        """Hand the file over by writing ``<message id>.xml`` into ``directory`` (atomically:
+        a temporary file renamed into place); the batch becomes ``submitted`` and waits for
+        :meth:`record_bank_answer`."""
+        batch = self._generated(batch_id)
+        document = self.file(batch_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{batch.message_id}.xml"
+        partial = directory / f".{batch.message_id}.xml.partial"
+        with partial.open("wb") as handle:
+            handle.write(document)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(target)
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = PayoutRepository(conn)
+            current = self._load_batch(repo, batch_id)
+            state = batch_transition(current.state, BatchAction.SUBMIT)
+            repo.update_batch(batch_id, state=state.value, destination=str(target),
+                              updated_at_ns=now)  # fmt: skip
+            repo.add_event(batch_id, now, current.state, state, f"written to {target}")
+            found = repo.batch(batch_id)
+        assert found is not None
+        return found
+
+    def _generated(self, batch_id: int) -> Batch:
+        with self.database.read() as conn:
+            batch = self._load_batch(PayoutRepository(conn), batch_id)
+        batch_transition(batch.state, BatchAction.SUBMIT)  # refuses anything not `generated`
+        return batch
+
+    def _load_batch(self, repo: PayoutRepository, batch_id: int) -> Batch:
+        batch = repo.batch(batch_id, for_update=True)
+        if batch is None:
+            raise PayoutBatchNotFound(f"no payout batch {batch_id}", param="batch_id")
+        return batch
+
+    def record_bank_answer(
+        self, batch_id: int, answer: BankAnswer, *, destination: str | None = None
+    ) -> Batch:
+        """Record the bank's verdict: ``ACCP`` accepts every payout of the batch, ``RJCT``
+        rejects the batch and returns every payout's money to its merchant account."""
+        if answer.status not in ("ACCP", "RJCT"):
+            raise PayoutInputInvalid(f"bank status must be ACCP or RJCT, not {answer.status!r}")
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = PayoutRepository(conn)
+            batch = self._load_batch(repo, batch_id)
+            state = batch.state
+            if state is BatchState.GENERATED:
+                state = batch_transition(state, BatchAction.SUBMIT)
+                repo.add_event(batch_id, now, batch.state, state, f"sent to {destination}")
+            action = BatchAction.ACCEPT if answer.status == "ACCP" else BatchAction.REJECT
+            final = batch_transition(state, action)
+            repo.add_event(
+                batch_id, now, state, final, f"bank answered {answer.status} {answer.reason or ''}"
+            )
+            values: dict[str, Any] = {
+                "state": final.value,
+                "bank_status": answer.status,
+                "bank_reason": answer.reason,
+                "updated_at_ns": now,
+            }
+            if destination is not None:
+                values["destination"] = destination
+            repo.update_batch(batch_id, **values)
+            if final is BatchState.ACCEPTED:
+                for payout in repo.batch_payouts(batch_id):
+                    nxt = payout_transition(payout.state, PayoutAction.ACCEPT)
+                    repo.update_payout(payout.payout_id, state=nxt.value, updated_at_ns=now)
+            found = repo.batch(batch_id)
+        assert found is not None
+        self.resume()
+        return found
+
+    # ------------------------------------------------------------------ follow-up work
+
+    def resume(self) -> int:
+        """Finish what a crash or a missing statements service left undone: return the money
+        of rejected batches' payouts, register accepted payouts with the statements service.
+        Safe to run any time, from several processes; returns how many payouts moved on."""
+        with self.database.read() as conn:
+            repo = PayoutRepository(conn)
+            work = repo.payouts_needing_work(limits.PAYOUT_BATCH_SIZE_MAX)
+            batches = {
+                b: repo.batch(b) for b in {p.batch_id for p in work if p.batch_id is not None}
+            }
+        done = 0
+        for payout in work:
+            assert payout.batch_id is not None
+            batch = batches.get(payout.batch_id)
+            assert batch is not None
+            if payout.state is PayoutState.BATCHED and batch.state is BatchState.REJECTED:
+                self._return(payout)
+                done += 1
+            elif payout.state is PayoutState.ACCEPTED and self.statements is not None:
+                self._expect(payout, batch)
+                done += 1
+        return done
+
+    def _return(self, payout: Payout) -> None:
+        transfer_id = derived_id("payout-return", str(payout.payout_id))
+        account = self._account(payout.debit_account_name)
+        clearing = self._clearing(payout.currency)
+        (result,) = self.ledger.create_transfers(
+            [
+                NewTransfer(
+                    id=transfer_id,
+                    debit_account_id=clearing.id,
+                    credit_account_id=account.id,
+                    amount_minor=payout.amount_minor,
+                    currency=payout.currency,
+                    code=RETURN_TRANSFER_CODE,
+                    reference=f"payout-return:{payout.request_id}",
+                    metadata={"payout": payout.payout_id},
+                )
+            ]
+        )
+        if not result.applied_or_exists:
+            raise transfer_error(result.result, transfer_id)
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = PayoutRepository(conn)
+            current = repo.payout(payout.payout_id, for_update=True)
+            assert current is not None
+            if current.state is PayoutState.RETURNED:
+                return  # another process finished it
+            nxt = payout_transition(current.state, PayoutAction.RETURN)
+            repo.update_payout(
+                payout.payout_id,
+                state=nxt.value,
+                return_transfer_id=transfer_id,
+                updated_at_ns=now,
+            )
+
+    def _expect(self, payout: Payout, batch: Batch) -> None:
+        """Tell the statements service to look for this payout's debit line; the line's match
+        posts ``clearing:payout -> bank:safeguarding:<bank>`` in the ledger."""
+        from paykeep.gateway.statements.model import ExpectedMovement, Leg
+
+        assert self.statements is not None
+        self.statements.expect(
+            ExpectedMovement(
+                reference=payout.end_to_end_id,
+                iban=batch.debtor.iban,
+                direction="debit",
+                amount_minor=payout.amount_minor,
+                currency=payout.currency,
+                standing=False,
+                legs=(
+                    Leg(CLEARING_ACCOUNT, batch.debtor.ledger_account, SETTLEMENT_TRANSFER_CODE),
+                ),
+            )
+        )
+        with self.database.write() as conn:
+            PayoutRepository(conn).update_payout(
+                payout.payout_id, expected=True, updated_at_ns=self.clock.now_ns()
+            )
+
+    def settle(self) -> int:
+        """Mark settled every accepted payout whose statement line has been matched and posted
+        to the ledger, and every batch all of whose payouts are settled; returns how many
+        payouts were settled."""
+        self.resume()
+        with self.database.read() as conn:
+            repo = PayoutRepository(conn)
+            waiting = repo.accepted_expected(limits.PAYOUT_BATCH_SIZE_MAX)
+            debtors = {b: repo.batch(b) for b in {p.batch_id for p in waiting if p.batch_id}}
+            confirmed: set[int] = set()
+            for batch_id, batch in debtors.items():
+                assert batch is not None
+                mine = [p for p in waiting if p.batch_id == batch_id]
+                posted = repo.posted_statement_references(
+                    batch.debtor.iban, [p.end_to_end_id for p in mine]
+                )
+                confirmed.update(p.payout_id for p in mine if p.end_to_end_id in posted)
+        if not confirmed:
+            return 0
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = PayoutRepository(conn)
+            settled = 0
+            touched: set[int] = set()
+            for payout_id in sorted(confirmed):
+                current = repo.payout(payout_id, for_update=True)
+                if current is None or current.state is not PayoutState.ACCEPTED:
+                    continue
+                nxt = payout_transition(current.state, PayoutAction.SETTLE)
+                repo.update_payout(payout_id, state=nxt.value, updated_at_ns=now)
+                settled += 1
+                if current.batch_id is not None:
+                    touched.add(current.batch_id)
+            for batch_id in sorted(touched):
+                batch = self._load_batch(repo, batch_id)
+                states = {p.state for p in repo.batch_payouts(batch_id)}
+                if batch.state is BatchState.ACCEPTED and states == {PayoutState.SETTLED}:
+                    final = batch_transition(batch.state, BatchAction.SETTLE)
+                    repo.update_batch(batch_id, state=final.value, updated_at_ns=now)
+                    repo.add_event(batch_id, now, batch.state, final, "statement confirmed all")
+        return settled
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, payout_id: int) -> Payout:
+        with self.database.read() as conn:
+            found = PayoutRepository(conn).payout(payout_id)
+        if found is None:
+            raise PayoutNotFound(f"no payout {payout_id}", param="payout_id")
+        return found
+
+    def list(
+        self,
+        state: PayoutState | None = None,
+        *,
+        after_id: int = 0,
+        limit: int = limits.PAGE_SIZE_DEFAULT,
+    ) -> Sequence[Payout]:
+        if type(limit) is not int or not 0 < limit <= limits.PAGE_SIZE_MAX:
+            raise PayoutInputInvalid(f"limit must be 1..{limits.PAGE_SIZE_MAX}", param="limit")
+        with self.database.read() as conn:
+            return PayoutRepository(conn).page(state, after_id, limit)
+
+    def batches(
+        self,
+        state: BatchState | None = None,
+        *,
+        after_id: int = 0,
+        limit: int = limits.PAGE_SIZE_DEFAULT,
+    ) -> Sequence[Batch]:
+        if type(limit) is not int or not 0 < limit <= limits.PAGE_SIZE_MAX:
+            raise PayoutInputInvalid(f"limit must be 1..{limits.PAGE_SIZE_MAX}", param="limit")
+        with self.database.read() as conn:
+            return PayoutRepository(conn).batches_page(state, after_id, limit)
+
+    def batch_file(self, batch_id: int) -> BatchFile:
+        with self.database.read() as conn:
+            repo = PayoutRepository(conn)
+            batch = repo.batch(batch_id)
+            if batch is None:
+                raise PayoutBatchNotFound(f"no payout batch {batch_id}", param="batch_id")
+            return BatchFile(batch, repo.events(batch_id), repo.batch_payouts(batch_id))
+
+
+# ---------------------------------------------------------------------------------------------
+# The bank adapter: HTTP in, our BankAnswer out, only our errors raised.
+# ---------------------------------------------------------------------------------------------
+
+
+def post_payment_file(bank_url: str, document: bytes, *, timeout_s: float) -> BankAnswer:
+    """POST a pain.001 file to banksim (or a bank speaking its API) and read its verdict.
+
+    ``200`` carries the verdict; ``409`` a duplicate message id with the original verdict;
+    ``400`` a file the bank refused to read (a rejection). Anything else, a timeout or an
+    unreadable answer is :class:`PayoutBankUnavailable`: the file may or may not have arrived,
+    and a resubmission is safe.
+    """
+    import json
+
+    import httpx
+
+    if not bank_url.startswith(("http://", "https://")):
+        raise PayoutInputInvalid(f"bank URL must be http(s): {bank_url!r}", param="bank_url")
+    url = bank_url.rstrip("/") + "/bank/payment-files"
+    try:
+        with (
+            httpx.Client(timeout=httpx.Timeout(timeout_s)) as client,
+            client.stream(
+                "POST", url, content=document, headers={"Content-Type": "application/xml"}
+            ) as response,
+        ):
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limits.PAYOUT_BANK_RESPONSE_BYTES_MAX:
+                    raise PayoutBankUnavailable("the bank's answer is too large")
+            status = response.status_code
+    except httpx.HTTPError as exc:
+        raise PayoutBankUnavailable(f"bank at {bank_url} unreachable: {exc}") from None
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise PayoutBankUnavailable(f"bank answered {status} with no JSON") from None
+    if not isinstance(answer, dict):
+        raise PayoutBankUnavailable(f"bank answered {status} with unexpected JSON")
+    if status == 409 and isinstance(answer.get("original"), dict):
+        answer = answer["original"]
+    elif status not in (200, 400):
+        raise PayoutBankUnavailable(f"bank answered HTTP {status}: {answer.get('message')}")
+    group_status = answer.get("group_status")
+    if group_status not in ("ACCP", "RJCT"):
+        raise PayoutBankUnavailable(f"bank answered without a group status ({status})")
+    reason = answer.get("reason")
+    reason_text = None
+    if isinstance(reason, dict):
+        reason_text = f"{reason.get('code')}: {reason.get('text')}"[:500]
+    return BankAnswer(status=group_status, reason=reason_text)
