@@ -254,3 +254,14 @@ def test_cli_import_json_and_bad_file(tmp_path: Path) -> None:
     added = _cli("statements", "accounts", "add", "GB82WEST12345698765432", "--currency", "EUR",
                  "--ledger-account", "bank:none", "--data-dir", data_dir)  # fmt: skip
     assert added.returncode == 2 and "statement_ledger_account_not_found" in added.stderr
+
+
+def test_statement_bench_runs_small() -> None:
+    from paykeep.gateway.statements.bench import run_statement_bench
+
+    figures = run_statement_bench(lines=200)
+    assert figures["statement_lines"] == figures["statement_parsed_entries"] == 200
+    assert figures["statement_matched"] == 20 and figures["statement_breaks"] == 180
+    assert (
+        figures["statement_parse_lines_per_s"] > 0 and figures["statement_import_lines_per_s"] > 0
+    )
