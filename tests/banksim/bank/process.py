@@ -49,6 +49,7 @@ def banksim_command(data_dir: Path) -> list[str]:
 def start_bank(data_dir: Path) -> BankProcess:
     root = Path(__file__).parents[3]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    data_dir.mkdir(parents=True, exist_ok=True)
     # stderr goes to a file: a pipe nobody drains could fill up and stall the server.
     with (data_dir / "banksim.stderr").open("wb") as stderr:
         process = subprocess.Popen(
@@ -73,7 +74,12 @@ def start_bank(data_dir: Path) -> BankProcess:
     return BankProcess(process, f"http://127.0.0.1:{ready['http_port']}", data_dir)
 
 
+#: A real bank code per country (schwifty checks the bank registry and the BBAN layout).
+_BANKS = {"DE": ("37040044", 10), "NL": ("ABNA", 10)}
+
+
 def new_iban(country: str = "DE") -> str:
     """A fresh valid IBAN (random account number) so tests sharing a bank never collide."""
-    account = str(random.randrange(10**9, 10**10))
-    return str(IBAN.generate(country, bank_code="37040044", account_code=account).compact)
+    bank_code, digits = _BANKS[country]
+    account = str(random.randrange(10 ** (digits - 1), 10**digits))
+    return str(IBAN.generate(country, bank_code=bank_code, account_code=account).compact)
