@@ -197,9 +197,17 @@ def banksim(
     seed: Annotated[int | None, typer.Option(help="seed of fault probabilities")] = None,
 ) -> None:
     """Run the simulated card network and bank (prints its ports as one JSON line)."""
-    from paykeep.banksim.__main__ import run  # the simulator is imported only here
+    import os
 
-    raise typer.Exit(run(data_dir, host, http_port, card_port, faults, seed))
+    # The simulator is the other side of the wire: it runs as its own program, never imported.
+    argv = [sys.executable, "-m", "paykeep.banksim", "--data-dir", str(data_dir)]
+    argv += ["--host", host, "--http-port", str(http_port), "--card-port", str(card_port)]
+    if faults is not None:
+        argv += ["--faults", str(faults)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - fixed argv, no shell
 
 
 def main() -> None:
