@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
+from text_unidecode import unidecode  # type: ignore[import-untyped,unused-ignore]
 
 from paykeep import limits
 from paykeep.gateway.payouts.errors import (
@@ -304,6 +305,14 @@ def _text(value: object, name: str, maximum: int, *, pattern: re.Pattern[str] | 
     return value
 
 
+def _sepa_text(value: str, name: str) -> str:
+    """Text that survives sepaxml's transliteration to the SEPA character set: a name made of
+    emoji alone would be written as an empty element, which the XSD refuses."""
+    if not str(unidecode(value)).strip():
+        raise PayoutInputInvalid(f"{name} has no Latin transliteration", param=name)
+    return value
+
+
 def normalize_iban(value: object, name: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 42:
         raise PayoutIbanInvalid(f"{name} must be an IBAN", param=name)
@@ -359,14 +368,17 @@ def validate_request(request: PayoutRequest) -> PayoutRequest:
     account = _text(
         request.debit_account_name, "debit_account_name", limits.ACCOUNT_NAME_LENGTH_MAX
     )
-    creditor_name = _text(
-        request.creditor_name, "creditor_name", limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX
+    creditor_name = _sepa_text(
+        _text(request.creditor_name, "creditor_name", limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX),
+        "creditor_name",
     )
     creditor_iban = normalize_iban(request.creditor_iban, "creditor_iban")
     creditor_bic = normalize_bic(request.creditor_bic, "creditor_bic")
     remittance = request.remittance
     if remittance is not None:
-        remittance = _text(remittance, "remittance", limits.PAYOUT_REMITTANCE_LENGTH_MAX)
+        remittance = _sepa_text(
+            _text(remittance, "remittance", limits.PAYOUT_REMITTANCE_LENGTH_MAX), "remittance"
+        )
     if amount <= 0:
         raise PayoutAmountInvalid("amount_minor must be positive", param="amount")
     return PayoutRequest(

@@ -427,12 +427,14 @@ class PayoutService:
 
     def _generated(self, batch_id: int) -> Batch:
         with self.database.read() as conn:
-            batch = self._load_batch(PayoutRepository(conn), batch_id)
+            batch = self._load_batch(PayoutRepository(conn), batch_id, for_update=False)
         batch_transition(batch.state, BatchAction.SUBMIT)  # refuses anything not `generated`
         return batch
 
-    def _load_batch(self, repo: PayoutRepository, batch_id: int) -> Batch:
-        batch = repo.batch(batch_id, for_update=True)
+    def _load_batch(
+        self, repo: PayoutRepository, batch_id: int, *, for_update: bool = True
+    ) -> Batch:
+        batch = repo.batch(batch_id, for_update=for_update)
         if batch is None:
             raise PayoutBatchNotFound(f"no payout batch {batch_id}", param="batch_id")
         return batch
