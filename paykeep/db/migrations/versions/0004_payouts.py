@@ -52,9 +52,7 @@ def upgrade() -> None:
         sa.CheckConstraint("payout_count > 0", name="ck_gateway_payout_batches_count"),
         sa.CheckConstraint("control_sum_minor > 0", name="ck_gateway_payout_batches_sum"),
     )
-    op.create_index(
-        "ix_gateway_payout_batches_state", "gateway_payout_batches", ["state", "id"]
-    )
+    op.create_index("ix_gateway_payout_batches_state", "gateway_payout_batches", ["state", "id"])
     op.create_table(
         "gateway_payouts",
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
@@ -84,9 +82,7 @@ def upgrade() -> None:
             "(state = 'requested') = (batch_id IS NULL)", name="ck_gateway_payouts_batched"
         ),
     )
-    op.create_index(
-        "ix_gateway_payouts_state", "gateway_payouts", ["state", "currency", "id"]
-    )
+    op.create_index("ix_gateway_payouts_state", "gateway_payouts", ["state", "currency", "id"])
     op.create_index("ix_gateway_payouts_batch", "gateway_payouts", ["batch_id", "id"])
     op.create_table(
         "gateway_payout_batch_events",
