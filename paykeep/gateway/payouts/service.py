@@ -304,7 +304,13 @@ class PayoutService:
                 f"{debtor.ledger_account} is a {bank_account.currency} account", param="currency"
             )
         if self.statements is not None:
-            self.statements.add_account(debtor.iban, currency, debtor.ledger_account)
+            try:
+                self.statements.add_account(debtor.iban, currency, debtor.ledger_account)
+            except sa.exc.IntegrityError as exc:
+                if not _unique_violation(exc):
+                    raise
+                # A concurrent batcher registered it first; the second call finds it.
+                self.statements.add_account(debtor.iban, currency, debtor.ledger_account)
         now = self.clock.now_ns()
         created = ns_to_datetime(now)
         batch_id = self.ids.next_id()
