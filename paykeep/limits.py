@@ -103,6 +103,8 @@ BANK_FILE_TRANSACTIONS_MAX: Final = 10_000
 BANK_ACCOUNTS_MAX: Final = 10_000
 BANK_STATEMENT_ENTRIES_MAX: Final = 10_000
 BANK_TEXT_LENGTH_MAX: Final = 140
+#: banksim bank: largest JSON request body (account, incoming transfer, faults).
+BANK_JSON_BYTES_MAX: Final = 65_536
 #: banksim bank: largest opening balance or incoming transfer, in minor units.
 BANK_AMOUNT_MAX_MINOR: Final = 10**15
 

@@ -615,7 +615,7 @@ async def _read_body(request: fastapi.Request, limit: int) -> bytes:
 
 
 async def _json_body(request: fastapi.Request, model: type[B]) -> B:
-    body = await _read_body(request, 64 * 1024)
+    body = await _read_body(request, limits.BANK_JSON_BYTES_MAX)
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as exc:

@@ -108,12 +108,17 @@ def build(
 def _stamp(raw: bytes, schema: str, message_id: str, created_at: dt.datetime) -> bytes:
     root = etree.fromstring(raw, _PARSER)
     ns = {"p": NAMESPACE_PREFIX + schema}
-    header = root.find("p:CstmrCdtTrfInitn/p:GrpHdr", ns)
-    if header is None:
-        raise PayoutFileInvalid("sepaxml wrote no group header")
-    header.find("p:MsgId", ns).text = message_id
-    header.find("p:CreDtTm", ns).text = created_at.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def node(parent: etree._Element, path: str) -> etree._Element:
+        found = parent.find(path, ns)
+        if found is None:
+            raise PayoutFileInvalid(f"sepaxml wrote no {path}")
+        return found
+
+    header = node(root, "p:CstmrCdtTrfInitn/p:GrpHdr")
+    node(header, "p:MsgId").text = message_id
+    node(header, "p:CreDtTm").text = created_at.strftime("%Y-%m-%dT%H:%M:%S")
     for number, info in enumerate(root.iterfind("p:CstmrCdtTrfInitn/p:PmtInf", ns), 1):
-        info.find("p:PmtInfId", ns).text = f"{message_id}-{number}"
-        info.find("p:BtchBookg", ns).text = "false"
+        node(info, "p:PmtInfId").text = f"{message_id}-{number}"
+        node(info, "p:BtchBookg").text = "false"
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
