@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 from typer.testing import CliRunner
 
 from paykeep.cli import app
@@ -12,7 +13,7 @@ from paykeep.config import Settings
 from paykeep.db import Database
 from paykeep.ledger.model import AccountFlags, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
-from tests.banksim.bank.process import new_iban
+from tests.banksim.bank.process import BankProcess, new_iban
 
 runner = CliRunner()
 
@@ -98,3 +99,25 @@ def test_unreachable_bank_exits_1(settings: Settings, database: Database) -> Non
         "simbank", "--submit-url", "http://127.0.0.1:9",
     )  # fmt: skip
     assert code == 1 and "payout_bank_unavailable" in err
+
+
+def test_batch_submitted_to_banksim(
+    settings: Settings, database: Database, bank: BankProcess, http: httpx.Client
+) -> None:
+    _chart(database)
+    debtor = new_iban()
+    opened = http.post(
+        "/bank/accounts",
+        json={"iban": debtor, "currency": "EUR", "name": "Paykeep", "opening_balance_minor": 10**6},
+    )
+    assert opened.status_code == 201
+    assert run(settings, *REQUEST)[0] == 0
+    code, out, err = run(
+        settings, "batch", "--debtor-iban", debtor, "--debtor-name", "Paykeep", "--bank",
+        "simbank", "--submit-url", bank.url, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["state"] == "accepted"
+    assert http.get(f"/bank/accounts/{debtor}").json()["balance_minor"] == 10**6 - 12_050
+    code, out, _ = run(settings, "list", "--state", "accepted", "--json")
+    assert [p["request_id"] for p in json.loads(out)["payouts"]] == ["cli-1"]
