@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import signal
 import socket
@@ -24,6 +23,7 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from paykeep import limits
+from paykeep.banksim.bank import create_router as create_bank_router
 from paykeep.banksim.cardnet import (
     CardNetwork,
     CardServer,
@@ -113,11 +113,7 @@ def create_card_router(network: CardNetwork) -> APIRouter:
 def create_app(network: CardNetwork, data_dir: Path) -> FastAPI:
     app = FastAPI(title="banksim", docs_url=None, redoc_url=None)
     app.include_router(create_card_router(network))
-    # The bank (accounts, payout files, statements) is written by the payouts/statements work
-    # in parallel; mount it when that module exists so either half runs without the other.
-    if importlib.util.find_spec("paykeep.banksim.bank") is not None:
-        bank = importlib.import_module("paykeep.banksim.bank")
-        app.include_router(bank.create_router(data_dir), prefix="/bank")
+    app.include_router(create_bank_router(data_dir), prefix="/bank")  # accounts, files, statements
     return app
 
 
