@@ -119,6 +119,11 @@ STATEMENT_ENTRIES_MAX: Final = 200_000
 STATEMENT_REFERENCE_LENGTH_MAX: Final = 140
 #: Longest free text kept from a statement line (remittance information, names).
 STATEMENT_TEXT_LENGTH_MAX: Final = 2_048
+#: Words of a free-text remittance tried as references: at most this many, each at least
+#: this long (shorter words are never our references) and at most a SEPA reference's 35.
+STATEMENT_REMITTANCE_WORDS_MAX: Final = 32
+STATEMENT_REMITTANCE_WORD_MIN: Final = 4
+SEPA_REFERENCE_LENGTH_MAX: Final = 35
 #: Ledger legs one expected movement may post when its line matches.
 STATEMENT_EXPECTATION_LEGS_MAX: Final = 8
 #: Open reconciliation breaks listed in one page.

@@ -8,6 +8,7 @@ No I/O, no clock, no SQL. Amounts are signed ``int`` minor units: a credit to ou
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -319,14 +320,29 @@ class Reconciliation:
     consumed: frozenset[int]
 
 
+#: Separators of the words of a free-text remittance ("Order 42 / PK-7F3A, thanks").
+_REMITTANCE_SEPARATORS: Final = re.compile(r"[\s/,;:()\[\]]+")
+
+
 def candidate_references(entry: Entry) -> list[str]:
-    """The line's references that may name an expectation, most specific first."""
+    """The line's references that may name an expectation, most specific first: the
+    end-to-end id, the structured reference, then each word of the free-text remittance
+    (payers type our reference among other words). Only an exact, whole-word equality with a
+    registered reference can match, and ``reconcile`` breaks a line whose words name two
+    different expectations: a word is evidence, never a guess."""
     out: list[str] = []
-    for value in (entry.end_to_end_id, entry.reference):
-        if value:
-            key = normalize_reference(value)
-            if key and key not in out:
-                out.append(key)
+    values: list[str] = [v for v in (entry.end_to_end_id, entry.reference) if v]
+    if entry.remittance_info:
+        words = _REMITTANCE_SEPARATORS.split(entry.remittance_info)
+        values += [
+            w
+            for w in words
+            if limits.STATEMENT_REMITTANCE_WORD_MIN <= len(w) <= limits.SEPA_REFERENCE_LENGTH_MAX
+        ][: limits.STATEMENT_REMITTANCE_WORDS_MAX]
+    for value in values:
+        key = normalize_reference(value)
+        if key and key not in out:
+            out.append(key)
     return out
 
 

@@ -166,9 +166,17 @@ def _entry(t: dict[str, Any], where: str, index: int) -> Entry:
         raise StatementMalformed(f"{at}: unknown debit/credit mark {mark!r}")
     value_date = _date(t.get("date"))
     entry_date = _date(t.get("guessed_entry_date") or t.get("entry_date"))
-    customer_reference = _text(t.get("customer_reference"), at)
-    if customer_reference is not None and customer_reference.upper() in _NO_REFERENCE:
-        customer_reference = None
+    raw_reference = t.get("customer_reference")
+    customer_reference = None
+    if isinstance(raw_reference, str):
+        # mt-940 appends the :86: KREF+ (customer reference) to :61:'s reference on a new
+        # line ("NONREF\nPK-7F3A"): keep the last real one, the payer's when both are there.
+        kept = [
+            part
+            for part in raw_reference.splitlines()
+            if part.strip() and part.strip().upper() not in _NO_REFERENCE
+        ]
+        customer_reference = _text(kept[-1], at) if kept else None
     end_to_end = _text(t.get("end_to_end_reference"), at)
     details = t.get("transaction_details") or t.get("purpose")
     remittance = _text(details, at, limit=limits.STATEMENT_TEXT_LENGTH_MAX)

@@ -1,13 +1,10 @@
-"""Start and stop a real banksim process for tests (shared by the bank and payout tests).
-
-``python -m paykeep.banksim`` when it exists (the full simulator: card network + bank), else
-the bank router alone in uvicorn (``serve_bank.py``). Either prints one JSON line with its
+"""Start and stop a real banksim process for tests (shared by the bank and payout tests):
+``python -m paykeep.banksim`` (card network + bank), which prints one JSON line with its
 bound ports when ready.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -39,11 +36,8 @@ class BankProcess:
 
 
 def banksim_command(data_dir: Path) -> list[str]:
-    if importlib.util.find_spec("paykeep.banksim.__main__") is not None:
-        return [sys.executable, "-m", "paykeep.banksim", "--data-dir", str(data_dir),
-                "--http-port", "0", "--card-port", "0"]  # fmt: skip
-    script = Path(__file__).with_name("serve_bank.py")
-    return [sys.executable, str(script), "--data-dir", str(data_dir)]
+    return [sys.executable, "-m", "paykeep.banksim", "--data-dir", str(data_dir),
+            "--http-port", "0", "--card-port", "0"]  # fmt: skip
 
 
 def start_bank(data_dir: Path) -> BankProcess:

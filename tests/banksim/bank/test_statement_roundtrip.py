@@ -100,7 +100,7 @@ def test_statements_round_trip_through_the_importer(
                 assert entry.end_to_end_id in (expected.end_to_end_id, "NOTPROVIDED"), where
                 if expected.end_to_end_id:
                     assert entry.end_to_end_id == expected.end_to_end_id, where
-                if fmt == "camt053" and expected.amount_minor > 0:
+                if expected.amount_minor > 0:
                     # A received payment's remittance reference is the line's reference.
                     assert entry.reference == expected.remittance, where
                 # MT940 carries the remittance text in :86: SVWZ+; camt.053 in RmtInf/Ustrd.

@@ -265,3 +265,38 @@ def test_statement_bench_runs_small() -> None:
     assert (
         figures["statement_parse_lines_per_s"] > 0 and figures["statement_import_lines_per_s"] > 0
     )
+
+
+def test_a_reference_among_the_words_of_a_remittance_matches(database: Database) -> None:
+    """Payers type our reference among other words. A whole word equal to a registered
+    reference is evidence; words naming two expectations are a break, never a choice."""
+    service = _service(database)
+    service.expect(_topup("PK-7F3A"))
+    service.expect(_topup("PK-99QX"))
+    lines = [
+        Line(2_500, remittance="Order 42 / pk-7f3a, thanks"),  # 1 one word names PK-7F3A
+        Line(1_000, remittance="PK-7F3A and PK-99QX"),  # 2 two expectations: ambiguous
+        Line(1_000, remittance="PK-7F3AX"),  # 3 not a whole word: unknown
+    ]
+    (s,) = service.import_file(camt053(lines, opening_minor=0)).statements
+    assert s.matched == 1
+    assert [(b["line"], b["reason"]) for b in s.breaks] == [
+        (2, "ambiguous_reference"),
+        (3, "unknown_reference"),
+    ]
+    assert _net(service, "buyer:42:wallet") == -2_500
+
+
+def test_an_mt940_customer_reference_after_nonref_matches(database: Database) -> None:
+    """mt-940 reports ``:61:`` NONREF and the ``:86:`` KREF+ together; the reference is KREF."""
+    service = _service(database)
+    service.expect(_topup("PK-7F3A"))
+    mt940 = (
+        ":20:STMT1\r\n:25:DE89370400440532013000\r\n:28C:1/1\r\n:60F:C260102EUR100,00\r\n"
+        ":61:2601020102C50,00NTRFNONREF//BANKREF1\r\n"
+        ":86:166?00GUTSCHRIFT?20KREF+PK-7F3A?21SVWZ+Order 42?32Jane Doe\r\n"
+        ":62F:C260102EUR150,00\r\n-\r\n"
+    )
+    (s,) = service.import_file(mt940.encode()).statements
+    assert (s.entries, s.matched, s.breaks) == (1, 1, [])
+    assert _net(service, "buyer:42:wallet") == -5_000

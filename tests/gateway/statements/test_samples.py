@@ -49,7 +49,12 @@ def _oracle_references(want: dict[str, Any], ours: str | None) -> tuple[str | No
     reference. The library installed here (4.30) splits at ``//`` as SWIFT defines; for those
     lines the oracle's pieces must be consistent with our bank reference.
     """
-    cref = " ".join((want.get("customer_reference") or "").split())
+    # The library appends :86:'s KREF+ to :61:'s reference on a new line; the parser keeps the
+    # last real one (the 2020 oracles still carry the "KREF+" prefix).
+    lines = [" ".join(line.split()) for line in (want.get("customer_reference") or "").splitlines()]
+    lines = [line for line in lines if line]
+    kref = " ".join(lines[-1].removeprefix("KREF+").split()) if len(lines) > 1 else ""
+    cref = lines[0] if lines else ""
     bref = want.get("bank_reference") or None
     if bref is None and ours is not None:
         head, sep, tail = cref.partition("//")
@@ -63,6 +68,8 @@ def _oracle_references(want: dict[str, Any], ours: str | None) -> tuple[str | No
             assert ours.endswith(want.get("extra_details") or ""), (ours, want)
         bref = ours
     reference = None if cref in ("", "NONREF") else " ".join(cref.split())
+    if kref and kref != "NONREF":
+        reference = kref
     return reference, bref
 
 
