@@ -225,29 +225,6 @@ class PayoutRepository:
         )
         return [_payout(r) for r in rows]
 
-    def posted_statement_references(self, iban: str, references: Sequence[str]) -> set[str]:
-        """Which of ``references`` (expected on ``iban``) a statement line has matched and the
-        ledger has posted. Reads the statements context's tables (migration 0003): matching and
-        posting are its job; settling the payout is ours."""
-        wanted = sorted(set(references))
-        found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ", ".join(f":r{i}" for i in range(len(chunk)))
-            params: dict[str, Any] = {f"r{i}": r for i, r in enumerate(chunk)}
-            params["iban"] = iban
-            rows = self.conn.execute(
-                sa.text(
-                    "SELECT x.reference FROM stmt_expectations x "
-                    "JOIN stmt_matches m ON m.expectation_id = x.id "
-                    f"WHERE x.iban = :iban AND x.reference IN ({marks}) "
-                    "AND m.ledger_result = 'ok'"
-                ),
-                params,
-            )
-            found.update(str(r[0]) for r in rows)
-        return found
-
     # --- batches -------------------------------------------------------------------------
 
     def insert_batch(self, batch: Batch, file_xml: str | None) -> None:

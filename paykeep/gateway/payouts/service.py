@@ -63,6 +63,7 @@ from paykeep.gateway.payouts.model import (
     validate_request,
 )
 from paykeep.gateway.payouts.repository import PayoutRepository
+from paykeep.gateway.statements.model import normalize_reference
 from paykeep.ids import IdGenerator
 from paykeep.ledger.errors import AccountNotFound, transfer_error
 from paykeep.ledger.model import Account, CreateTransferResult, NewAccount, NewTransfer
@@ -572,18 +573,22 @@ class PayoutService:
         to the ledger, and every batch all of whose payouts are settled; returns how many
         payouts were settled."""
         self.resume()
+        if self.statements is None:
+            return 0  # only the statements service knows what the bank confirmed
         with self.database.read() as conn:
             repo = PayoutRepository(conn)
             waiting = repo.accepted_expected(limits.PAYOUT_BATCH_SIZE_MAX)
             debtors = {b: repo.batch(b) for b in {p.batch_id for p in waiting if p.batch_id}}
-            confirmed: set[int] = set()
-            for batch_id, batch in debtors.items():
-                assert batch is not None
-                mine = [p for p in waiting if p.batch_id == batch_id]
-                posted = repo.posted_statement_references(
-                    batch.debtor.iban, [p.end_to_end_id for p in mine]
-                )
-                confirmed.update(p.payout_id for p in mine if p.end_to_end_id in posted)
+        confirmed: set[int] = set()
+        for batch_id, batch in debtors.items():
+            assert batch is not None
+            mine = [p for p in waiting if p.batch_id == batch_id]
+            posted = self.statements.posted_references(
+                batch.debtor.iban, [p.end_to_end_id for p in mine]
+            )
+            confirmed.update(
+                p.payout_id for p in mine if normalize_reference(p.end_to_end_id) in posted
+            )
         if not confirmed:
             return 0
         now = self.clock.now_ns()

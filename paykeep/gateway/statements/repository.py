@@ -120,6 +120,27 @@ class StatementRepository:
 
     # ------------------------------------------------------------------ expectations
 
+    def posted_references(self, iban: str, references: list[str]) -> set[str]:
+        """Of ``references`` (expectations on ``iban``), those whose statement line matched and
+        whose ledger legs were posted."""
+        found: set[str] = set()
+        for start in range(0, len(references), 500):
+            chunk = references[start : start + 500]
+            marks = ", ".join(f":r{i}" for i in range(len(chunk)))
+            params: dict[str, Any] = {f"r{i}": r for i, r in enumerate(chunk)}
+            params["iban"] = iban
+            rows = self.conn.execute(
+                sa.text(
+                    "SELECT x.reference FROM stmt_expectations x "
+                    "JOIN stmt_matches m ON m.expectation_id = x.id "
+                    f"WHERE x.iban = :iban AND x.reference IN ({marks}) "
+                    "AND m.ledger_result = 'ok'"
+                ),
+                params,
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
     def expectation_by_reference(self, iban: str, reference: str) -> StoredExpectation | None:
         found = self.expectations_for(iban, [reference])
         return found.get(reference)

@@ -38,6 +38,7 @@ from paykeep.gateway.statements.model import (
     ParsedStatement,
     candidate_references,
     normalize_iban,
+    normalize_reference,
     reconcile,
     transfer_id,
     validate_expectation,
@@ -386,6 +387,16 @@ class StatementService:
         return out
 
     # ------------------------------------------------------------------ queries
+
+    def posted_references(self, iban: str, references: Sequence[str]) -> set[str]:
+        """Which of these expectations (by reference, on ``iban``) a statement has confirmed:
+        their line matched and their ledger legs are posted. How other contexts (payouts)
+        learn that the bank really moved the money."""
+        wanted = sorted({normalize_reference(r) for r in references if r})
+        if not wanted:
+            return set()
+        with self.database.read() as conn:
+            return StatementRepository(conn).posted_references(normalize_iban(iban), wanted)
 
     def open_breaks(self, limit: int = limits.STATEMENT_BREAKS_PAGE_MAX) -> list[StoredBreak]:
         limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
