@@ -423,55 +423,57 @@ class CardGateway:
         return updated
 
     def _exchange(self, payment: StoredPayment, message: dict[str, str]) -> CardResult:
-        """Send the request just persisted, record what came back, decide the next state."""
+        """Send the request just persisted; record what came back and the next state in one
+        transaction (one commit per answer: the request's own was written before sending)."""
         request_seq = payment.last_seq
         state = payment.state
         try:
             response = self.client.call(message, self.timeout_s)
         except CardNetworkUnavailable:
-            self._record(payment, request_seq, Direction.UNSENT, message)
-            return self._after_failure(payment, CardOutcome.UNAVAILABLE, None)
+            move = self._failure_move(payment, CardOutcome.UNAVAILABLE, None)
+            payment = self._record(payment, request_seq, Direction.UNSENT, message, move=move)
+            return self._result(payment)
         except CardResponseTimeout:
-            self._record(payment, request_seq, Direction.TIMEOUT, message)
-            payment = self._move(
-                payment, state, S.REVERSING, outcome=CardOutcome.REVERSAL_PENDING, reason="timeout"
-            )
+            move = (state, S.REVERSING,
+                    {"outcome": CardOutcome.REVERSAL_PENDING, "reason": "timeout"})  # fmt: skip
+            payment = self._record(payment, request_seq, Direction.TIMEOUT, message, move=move)
             return self._reverse_all(payment)
         code = response.get("39", "")
         auth_code = response.get("38") or None
-        self._record(payment, request_seq, Direction.IN, message, code, auth_code)
-        if code in UNAVAILABLE_CODES:
-            return self._after_failure(payment, CardOutcome.UNAVAILABLE, code)
-        if code != APPROVED_CODE:
-            return self._after_failure(payment, CardOutcome.DECLINED, code)
-        if state is S.AUTHORISING:
-            payment = self._move(payment, state, S.AUTHORISED, outcome=CardOutcome.APPROVED,
-                                 response_code=code, auth_code=auth_code)  # fmt: skip
+        if code in UNAVAILABLE_CODES or code != APPROVED_CODE:
+            outcome = CardOutcome.UNAVAILABLE if code in UNAVAILABLE_CODES else CardOutcome.DECLINED
+            move = self._failure_move(payment, outcome, code)
+            payment = self._record(
+                payment, request_seq, Direction.IN, message, code, auth_code, move=move
+            )
             return self._result(payment)
-        payment = self._move(
-            payment,
-            state,
-            S.SETTLING,
-            outcome=CardOutcome.APPROVED,
-            response_code=code,
-            auth_code=auth_code or payment.auth_code,
+        if state is S.AUTHORISING:
+            approved = {"outcome": CardOutcome.APPROVED, "response_code": code,
+                        "auth_code": auth_code}  # fmt: skip
+            move = (state, S.AUTHORISED, approved)
+            payment = self._record(
+                payment, request_seq, Direction.IN, message, code, auth_code, move=move
+            )
+            return self._result(payment)
+        move = (state, S.SETTLING, {"outcome": CardOutcome.APPROVED, "response_code": code,
+                                    "auth_code": auth_code or payment.auth_code})  # fmt: skip
+        payment = self._record(
+            payment, request_seq, Direction.IN, message, code, auth_code, move=move
         )
         return self._settle(payment)
 
-    def _after_failure(
-        self, payment: StoredPayment, outcome: CardOutcome, code: str | None
-    ) -> CardResult:
+    @staticmethod
+    def _failure_move(
+        payment: StoredPayment, outcome: CardOutcome, code: str | None
+    ) -> tuple[CardPaymentState, CardPaymentState, dict[str, Any]]:
         """Not applied by the issuer. A failed capture leaves the authorisation standing."""
         if payment.state is S.CAPTURING and payment.kind is CardPaymentKind.AUTHORISATION:
-            target = S.AUTHORISED
-            payment = self._move(payment, payment.state, target, outcome=outcome,
-                                 response_code=code, captured_minor=0,
-                                 credit_account_id=None)  # fmt: skip
-        else:
-            target = S.DECLINED if outcome is CardOutcome.DECLINED else S.UNAVAILABLE
-            payment = self._move(payment, payment.state, target, outcome=outcome,
-                                 response_code=code, captured_minor=0)  # fmt: skip
-        return self._result(payment)
+            return (payment.state, S.AUTHORISED, {"outcome": outcome, "response_code": code,
+                                                  "captured_minor": 0,
+                                                  "credit_account_id": None})  # fmt: skip
+        target = S.DECLINED if outcome is CardOutcome.DECLINED else S.UNAVAILABLE
+        return (payment.state, target,
+                {"outcome": outcome, "response_code": code, "captured_minor": 0})  # fmt: skip
 
     def _record(
         self,
@@ -481,8 +483,15 @@ class CardGateway:
         message: Mapping[str, str],
         code: str | None = None,
         auth_code: str | None = None,
-    ) -> None:
+        *,
+        move: tuple[CardPaymentState, CardPaymentState, dict[str, Any]] | None = None,
+    ) -> StoredPayment:
+        """Append what happened to a request and, with ``move``, the state it leads to."""
         now = self.clock.now_ns()
+        values: dict[str, Any] = {}
+        if move is not None:
+            transition(move[0], move[1])
+            values = {k: v.value if isinstance(v, CardOutcome) else v for k, v in move[2].items()}
         with self.database.write() as conn:
             repo = CardRepository(conn)
             current = repo.get(payment.payment_id)
@@ -493,6 +502,16 @@ class CardGateway:
                             message["7"], message.get("37"), None, code, auth_code,
                             request_seq, None, now),
             )  # fmt: skip
+            if move is not None and not repo.update(
+                current.pk, move[0], now, state=move[1].value, **values
+            ):
+                raise CardPaymentInProgress(
+                    f"card payment {payment.payment_id!r} changed meanwhile; ask again",
+                    param="payment_id",
+                )
+            updated = repo.get(payment.payment_id)
+        assert updated is not None
+        return updated
 
     def _move(
         self,
