@@ -97,6 +97,24 @@ class ParsedStatement:
         return sum(e.amount_minor for e in self.entries if e.status is EntryStatus.BOOKED)
 
     @property
+    def kind(self) -> str:
+        """The message family: ``camt.052`` / ``camt.053`` / ``camt.054`` / ``mt940`` /
+        ``mt942``. A statement's identity is (account, kind, id): a camt.052 report and a
+        camt.054 notification may reuse an id without being the same document."""
+        return (
+            ".".join(self.format.split(".")[:2])
+            if self.format.startswith("camt.")
+            else (self.format)
+        )
+
+    @property
+    def of_record(self) -> bool:
+        """End-of-day statements (camt.053, MT940) are the bank's books: only their booked
+        lines move money. Intraday reports and notifications (camt.052, camt.054, MT942)
+        describe the same bookings again; posting them too would credit a wallet twice."""
+        return self.kind in ("camt.053", "mt940")
+
+    @property
     def label(self) -> str:
         seq = f" #{self.sequence}" if self.sequence else ""
         return f"{self.account} {self.statement_id}{seq}"
@@ -364,6 +382,10 @@ def reconcile(
     matches: list[LineMatch] = []
     breaks: list[LineBreak] = []
     consumed: set[int] = set()
+    if not statement.of_record:
+        # Recorded for information; the statement of record (camt.053 / MT940) will carry
+        # the same bookings and is the one that moves money.
+        return Reconciliation((), (), frozenset())
     for index, entry in enumerate(statement.entries):
         if entry.status is not EntryStatus.BOOKED:
             continue

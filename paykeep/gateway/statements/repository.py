@@ -201,12 +201,13 @@ class StatementRepository:
 
     # ------------------------------------------------------------------ statements
 
-    def statement(self, account: str, statement_id: str) -> StoredStatement | None:
+    def statement(self, account: str, kind: str, statement_id: str) -> StoredStatement | None:
         rows = self._all(
             "SELECT id, account, statement_id, currency, opening_booked_minor, "
             "closing_booked_minor, entry_count, fingerprint, state FROM stmt_statements "
-            "WHERE account = :a AND statement_id = :s",
+            "WHERE account = :a AND kind = :k AND statement_id = :s",
             a=account,
+            k=kind,
             s=statement_id,
         )
         return StoredStatement(*rows[0]) if rows else None
@@ -229,13 +230,14 @@ class StatementRepository:
     ) -> int:
         row = self.conn.execute(
             sa.text(
-                "INSERT INTO stmt_statements (account, statement_id, sequence, format, currency, "
-                "created_at, opening_booked_minor, closing_booked_minor, balance_basis, "
+                "INSERT INTO stmt_statements (account, kind, statement_id, sequence, format, "
+                "currency, created_at, opening_booked_minor, closing_booked_minor, balance_basis, "
                 "entry_count, fingerprint, registered, imported_at_ns, state) VALUES "
-                "(:a, :s, :q, :f, :c, :ca, :o, :cl, :b, :n, :fp, :rg, :t, :st) RETURNING id"
+                "(:a, :k, :s, :q, :f, :c, :ca, :o, :cl, :b, :n, :fp, :rg, :t, :st) RETURNING id"
             ),
             {
-                "a": s.account, "s": s.statement_id, "q": s.sequence, "f": s.format,
+                "a": s.account, "k": s.kind, "s": s.statement_id, "q": s.sequence,
+                "f": s.format,
                 "c": s.currency,
                 "ca": None if s.created_at is None else s.created_at.isoformat(),
                 "o": s.opening_booked_minor, "cl": s.closing_booked_minor,

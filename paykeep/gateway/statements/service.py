@@ -212,7 +212,7 @@ class StatementService:
         with self.database.read() as conn:
             repo = StatementRepository(conn)
             for _, (statement, status) in recorded:
-                stored = repo.statement(statement.account, statement.statement_id)
+                stored = repo.statement(statement.account, statement.kind, statement.statement_id)
                 assert stored is not None
                 breaks = repo.breaks(
                     row_id=stored.row_id, open_only=False, limit=max(1, stored.entry_count)
@@ -244,9 +244,9 @@ class StatementService:
         with self.database.write() as conn:
             repo = StatementRepository(conn)
             repo.lock_imports()
-            seen: dict[tuple[str, str], str] = {}
+            seen: dict[tuple[str, str, str], str] = {}
             for statement in statements:
-                key = (statement.account, statement.statement_id)
+                key = (statement.account, statement.kind, statement.statement_id)
                 fingerprint = statement.fingerprint()
                 stored = repo.statement(*key)
                 previous = seen.get(key) or (None if stored is None else stored.fingerprint)

@@ -300,3 +300,34 @@ def test_an_mt940_customer_reference_after_nonref_matches(database: Database) ->
     (s,) = service.import_file(mt940.encode()).statements
     assert (s.entries, s.matched, s.breaks) == (1, 1, [])
     assert _net(service, "buyer:42:wallet") == -5_000
+
+
+def test_reports_and_notifications_are_recorded_but_only_statements_move_money(
+    database: Database,
+) -> None:
+    """A camt.054 notification and the camt.053 statement describe the same booking; only the
+    statement of record posts, so a standing top-up reference is credited once."""
+    import dataclasses
+
+    from paykeep.gateway.statements import parse
+
+    service = _service(database)
+    service.expect(_topup())
+    (statement,) = parse(camt053([Line(4_000, "BUYER42")], opening_minor=0))
+    notification = dataclasses.replace(statement, format="camt.054.001.08")
+    assert (notification.kind, notification.of_record) == ("camt.054", False)
+    (noted,) = service.import_statements([notification]).statements
+    assert (noted.status, noted.matched, noted.breaks) == ("imported", 0, [])
+    assert _net(service, "buyer:42:wallet") == 0
+    # The statement under the same id is another document, not a conflict, and it posts.
+    (booked,) = service.import_statements([statement]).statements
+    assert (booked.status, booked.matched) == ("imported", 1)
+    assert _net(service, "buyer:42:wallet") == -4_000
+
+
+def test_a_report_and_a_notification_may_share_an_id(database: Database) -> None:
+    service = _service(database)
+    report = service.import_file((CAMT / "genkgo_camt052.v8.xml").read_bytes())
+    notification = service.import_file((CAMT / "genkgo_camt054.v8-with-UETR.xml").read_bytes())
+    (a,), (b,) = report.statements, notification.statements
+    assert a.statement_id == b.statement_id and (a.status, b.status) == ("imported", "imported")

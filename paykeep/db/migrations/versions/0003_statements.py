@@ -47,6 +47,8 @@ def upgrade() -> None:
         "stmt_statements",
         sa.Column("id", ROWID, primary_key=True),
         sa.Column("account", sa.String(140), nullable=False),
+        # camt.052 / camt.053 / camt.054 / mt940 / mt942: a statement is (account, kind, id).
+        sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("statement_id", sa.String(300), nullable=False),
         sa.Column("sequence", sa.String(140), nullable=True),
         sa.Column("format", sa.String(32), nullable=False),
@@ -60,7 +62,9 @@ def upgrade() -> None:
         sa.Column("registered", sa.Boolean, nullable=False),
         sa.Column("imported_at_ns", sa.BigInteger, nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
-        sa.UniqueConstraint("account", "statement_id", name="uq_stmt_statements_account_id"),
+        sa.UniqueConstraint(
+            "account", "kind", "statement_id", name="uq_stmt_statements_account_id"
+        ),
         sa.CheckConstraint("state IN ('posting', 'posted')", name="ck_stmt_statements_state"),
     )
     op.create_index("ix_stmt_statements_state", "stmt_statements", ["state"])
