@@ -51,6 +51,13 @@ def import_statements(
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
     as_json: JsonOption = False,
+    accept_unbalanced: Annotated[
+        bool,
+        typer.Option(
+            help="Record a statement whose balances do not add up, with a statement_unbalanced "
+            "break, instead of refusing the file; none of its lines is posted."
+        ),
+    ] = False,
 ) -> None:
     """Import every statement in FILE: check balances, match lines, report breaks."""
     from paykeep import limits
@@ -64,7 +71,9 @@ def import_statements(
                 f"{limits.STATEMENT_FILE_BYTES_MAX} bytes"
             )
         data = file.read_bytes()
-        report = _service(data_dir, database_url).import_file(data, filename=file.name)
+        report = _service(data_dir, database_url).import_file(
+            data, filename=file.name, accept_unbalanced=accept_unbalanced
+        )
     if as_json:
         print_json(report.to_json())
         return

@@ -91,6 +91,9 @@ class ParsedStatement:
     balance_basis: BalanceBasis | None = None
     #: Things the parser noticed and did not use, as values (e.g. a foreign-currency balance).
     notes: tuple[str, ...] = field(default=())
+    #: Closing booked minus (opening booked + booked lines) of a statement imported under
+    #: ``accept_unbalanced``: recorded as a statement-level break, and nothing of it posts.
+    imbalance_minor: int | None = None
 
     @property
     def booked_sum_minor(self) -> int:
@@ -313,6 +316,8 @@ class BreakReason(StrEnum):
     AMOUNT_MISMATCH = "amount_mismatch"
     DUPLICATE = "duplicate"
     LEDGER_REJECTED = "ledger_rejected"
+    #: The statement itself does not add up (line 0: the whole statement; amount: the gap).
+    STATEMENT_UNBALANCED = "statement_unbalanced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +387,20 @@ def reconcile(
     matches: list[LineMatch] = []
     breaks: list[LineBreak] = []
     consumed: set[int] = set()
+    if statement.imbalance_minor is not None:
+        # A statement that does not add up is evidence of nothing: record it, post nothing.
+        return Reconciliation(
+            (),
+            (
+                LineBreak(
+                    -1,
+                    BreakReason.STATEMENT_UNBALANCED,
+                    f"opening + booked lines differ from closing by {statement.imbalance_minor}"
+                    " minor units; no line of this statement was matched",
+                ),
+            ),
+            frozenset(),
+        )
     if not statement.of_record:
         # Recorded for information; the statement of record (camt.053 / MT940) will carry
         # the same bookings and is the one that moves money.

@@ -7,12 +7,15 @@ amounts, then balances per statement.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from paykeep import limits
 from paykeep.gateway.statements.camt import looks_like_xml, parse_camt
 from paykeep.gateway.statements.errors import (
     StatementCurrencyInvalid,
     StatementFileTooLarge,
     StatementFormatUnknown,
+    StatementUnbalanced,
 )
 from paykeep.gateway.statements.model import ParsedStatement, check_balanced
 from paykeep.gateway.statements.mt94x import decode, looks_like_mt94x, parse_mt94x
@@ -22,7 +25,13 @@ from paykeep.gateway.statements.mt94x import decode, looks_like_mt94x, parse_mt9
 _BOOKED_CODES = ("OPBD ", "PRCD ", "CLBD ")
 
 
-def parse(data: bytes, *, filename: str | None = None, check: bool = True) -> list[ParsedStatement]:
+def parse(
+    data: bytes,
+    *,
+    filename: str | None = None,
+    check: bool = True,
+    accept_unbalanced: bool = False,
+) -> list[ParsedStatement]:
     """Every statement in ``data`` (camt.052/053/054 XML, MT940 or MT942 text).
 
     ``filename`` only enriches error messages: the format comes from the content. With
@@ -56,5 +65,11 @@ def parse(data: bytes, *, filename: str | None = None, check: bool = True) -> li
         foreign = [n for n in statement.notes if n.startswith(_BOOKED_CODES)]
         if foreign:
             raise StatementCurrencyInvalid(f"statement {statement.label}: {foreign[0]}")
-        checked.append(check_balanced(statement))
+        try:
+            checked.append(check_balanced(statement))
+        except StatementUnbalanced as exc:
+            if not accept_unbalanced:
+                raise
+            # An operator's explicit choice: keep the statement as evidence, flagged.
+            checked.append(replace(statement, imbalance_minor=exc.difference_minor))
     return checked

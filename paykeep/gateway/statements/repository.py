@@ -298,16 +298,7 @@ class StatementRepository:
                 "amount_minor, currency, reference, created_at_ns) VALUES "
                 "(:s, :l, :r, :d, :e, :a, :c, :ref, :t)"
             ),
-            [
-                {
-                    "s": row_id, "l": b.entry_index + 1, "r": b.reason.value,
-                    "d": b.detail[:2000], "e": b.expectation_id,
-                    "a": statement.entries[b.entry_index].amount_minor,
-                    "c": statement.entries[b.entry_index].currency,
-                    "ref": _reference_of(statement.entries[b.entry_index]), "t": now_ns,
-                }
-                for b in breaks
-            ],
+            [_break_row(row_id, statement, b, now_ns) for b in breaks],
         )  # fmt: skip
 
     def matches(self, row_id: int) -> list[StoredMatch]:
@@ -394,6 +385,20 @@ class StatementRepository:
         )
         out["consumed_expectations"] = int(consumed[0][0])
         return out
+
+
+def _break_row(
+    row_id: int, statement: ParsedStatement, b: LineBreak, now_ns: int
+) -> dict[str, Any]:
+    if b.entry_index < 0:  # the statement as a whole: line 0, the amount is the gap
+        amount, currency, reference = statement.imbalance_minor or 0, statement.currency, None
+    else:
+        entry = statement.entries[b.entry_index]
+        amount, currency, reference = entry.amount_minor, entry.currency, _reference_of(entry)
+    return {
+        "s": row_id, "l": b.entry_index + 1, "r": b.reason.value, "d": b.detail[:2000],
+        "e": b.expectation_id, "a": amount, "c": currency, "ref": reference, "t": now_ns,
+    }  # fmt: skip
 
 
 def _reference_of(entry: Entry) -> str | None:

@@ -193,13 +193,17 @@ class StatementService:
 
     # ------------------------------------------------------------------ import
 
-    def import_file(self, data: bytes, *, filename: str | None = None) -> ImportReport:
+    def import_file(
+        self, data: bytes, *, filename: str | None = None, accept_unbalanced: bool = False
+    ) -> ImportReport:
         """Parse, check, record, post and settle every statement in ``data``.
 
         Any typed error from parsing or checking, or a :class:`StatementConflict`, leaves
-        the database exactly as it was.
+        the database exactly as it was. ``accept_unbalanced`` (an operator's choice for a
+        bank file known to be wrong) records a statement that does not add up with a
+        ``statement_unbalanced`` break and posts none of its lines.
         """
-        statements = parse(data, filename=filename)
+        statements = parse(data, filename=filename, accept_unbalanced=accept_unbalanced)
         return self.import_statements(statements)
 
     def import_statements(self, statements: Sequence[ParsedStatement]) -> ImportReport:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from paykeep.db import Database
 from paykeep.gateway.statements import BalanceBasis, EntryStatus, ParsedStatement, parse
 from paykeep.gateway.statements.errors import StatementCurrencyInvalid, StatementUnbalanced
 from paykeep.gateway.statements.mt94x import split_messages
@@ -299,3 +300,36 @@ def test_every_camt_sample_is_covered() -> None:
     for name in names:
         statements = parse((CAMT / name).read_bytes(), check=False)
         assert statements and all(s.entries for s in statements)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, c) in MT_FILES.items() if isinstance(c, tuple)])
+def test_an_unbalanced_sample_is_recorded_only_when_the_operator_accepts_it(
+    name: str, database: Database
+) -> None:
+    """Refused by default (nothing written); with ``accept_unbalanced`` every statement is
+    recorded with all its lines, the unbalanced ones with one statement-level break carrying
+    the gap, and none of their lines matched or posted."""
+    from paykeep.gateway.statements.model import balance_difference
+    from paykeep.gateway.statements.service import StatementService
+
+    n_statements, n_entries, _ = MT_FILES[name]
+    service = StatementService(database)
+    data = (MT940 / name).read_bytes()
+    # The gap on the basis that fits best (booking date, else value date): 0 = balanced.
+    gaps = [balance_difference(s)[0] for s in parse(data, check=False)]
+    before = service.row_counts()
+    with pytest.raises(StatementUnbalanced):
+        service.import_file(data)
+    assert service.row_counts() == before
+    report = service.import_file(data, accept_unbalanced=True)
+    assert len(report.statements) == n_statements
+    assert sum(s.entries for s in report.statements) == n_entries
+    for outcome, gap in zip(report.statements, gaps, strict=True):
+        assert outcome.matched == 0
+        if gap:
+            assert [(b["line"], b["reason"], b["amount_minor"]) for b in outcome.breaks] == [
+                (0, "statement_unbalanced", gap)
+            ]
+        else:
+            assert all(b["reason"] == "account_not_registered" for b in outcome.breaks)
+    assert service.ledger.head().last_seq == 0  # nothing posted

@@ -31,6 +31,7 @@ BREAK_REASONS = (
     "amount_mismatch",
     "duplicate",
     "ledger_rejected",
+    "statement_unbalanced",
 )
 
 
