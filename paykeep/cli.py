@@ -18,6 +18,7 @@ from paykeep.cli_support import (
     settings_from,
     typed_errors,
 )
+from paykeep.gateway.cards import cli as cards_cli
 from paykeep.gateway.payouts.cli import payouts_app
 from paykeep.gateway.statements.cli import statements_app
 from paykeep.ledger.cli import audit_app, ledger_app
@@ -38,6 +39,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.add_typer(statements_app, name="statements")
 app.add_typer(payouts_app, name="payouts")
+cards_cli.register(app)
 
 
 @db_app.command("upgrade")

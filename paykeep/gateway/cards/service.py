@@ -85,6 +85,16 @@ class RecoveryReport:
         }
 
 
+def find_payment(database: Database, payment_id: str) -> CardResult:
+    """One card payment as stored; needs neither the card network nor the vault's keys."""
+    check_payment_id(payment_id)
+    with database.read() as conn:
+        found = CardRepository(conn).get(payment_id)
+    if found is None:
+        raise CardPaymentNotFound(f"no card payment {payment_id!r}", param="payment_id")
+    return CardGateway._result(found)
+
+
 class CardGateway:
     """Card payments through one acquirer (one settlement currency) and its card network."""
 
@@ -235,8 +245,7 @@ class CardGateway:
         return self._reverse_all(payment)
 
     def payment(self, payment_id: str) -> CardResult:
-        check_payment_id(payment_id)
-        return self._result(self._load(payment_id))
+        return find_payment(self.database, payment_id)
 
     def recover(self, min_age_s: float = limits.CARD_RECOVERY_MIN_AGE_S) -> RecoveryReport:
         """Finish what crashed or timed-out calls left: reverse payments left in flight,
