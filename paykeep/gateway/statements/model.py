@@ -91,8 +91,10 @@ class ParsedStatement:
     balance_basis: BalanceBasis | None = None
     #: Things the parser noticed and did not use, as values (e.g. a foreign-currency balance).
     notes: tuple[str, ...] = field(default=())
-    #: Closing booked minus (opening booked + booked lines) of a statement imported under
+    #: Why the statement's balances cannot be trusted, when it was imported anyway under
     #: ``accept_unbalanced``: recorded as a statement-level break, and nothing of it posts.
+    untrusted: str | None = None
+    #: The gap, closing booked minus (opening booked + booked lines), when one is known.
     imbalance_minor: int | None = None
 
     @property
@@ -387,19 +389,11 @@ def reconcile(
     matches: list[LineMatch] = []
     breaks: list[LineBreak] = []
     consumed: set[int] = set()
-    if statement.imbalance_minor is not None:
-        # A statement that does not add up is evidence of nothing: record it, post nothing.
+    if statement.untrusted is not None:
+        # A statement whose balances do not hold is evidence of nothing: record, post nothing.
+        detail = f"{statement.untrusted}; no line of this statement was matched"
         return Reconciliation(
-            (),
-            (
-                LineBreak(
-                    -1,
-                    BreakReason.STATEMENT_UNBALANCED,
-                    f"opening + booked lines differ from closing by {statement.imbalance_minor}"
-                    " minor units; no line of this statement was matched",
-                ),
-            ),
-            frozenset(),
+            (), (LineBreak(-1, BreakReason.STATEMENT_UNBALANCED, detail),), frozenset()
         )
     if not statement.of_record:
         # Recorded for information; the statement of record (camt.053 / MT940) will carry

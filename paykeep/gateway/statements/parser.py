@@ -62,14 +62,25 @@ def parse(
         return statements
     checked = []
     for statement in statements:
+        # An operator's explicit choice (accept_unbalanced) keeps a statement whose balances
+        # do not hold as evidence, flagged; by default it is refused.
         foreign = [n for n in statement.notes if n.startswith(_BOOKED_CODES)]
         if foreign:
-            raise StatementCurrencyInvalid(f"statement {statement.label}: {foreign[0]}")
+            if not accept_unbalanced:
+                raise StatementCurrencyInvalid(f"statement {statement.label}: {foreign[0]}")
+            checked.append(replace(statement, untrusted=f"a booked balance: {foreign[0]}"))
+            continue
         try:
             checked.append(check_balanced(statement))
         except StatementUnbalanced as exc:
             if not accept_unbalanced:
                 raise
-            # An operator's explicit choice: keep the statement as evidence, flagged.
-            checked.append(replace(statement, imbalance_minor=exc.difference_minor))
+            checked.append(
+                replace(
+                    statement,
+                    untrusted=f"opening + booked lines differ from closing by "
+                    f"{exc.difference_minor} minor units",
+                    imbalance_minor=exc.difference_minor,
+                )
+            )
     return checked

@@ -268,6 +268,9 @@ def test_camt053_genkgo_minimal_has_a_closing_balance_in_another_currency() -> N
     assert e.reference == "4654654654654654"
     assert (e.counterparty_name, e.counterparty_iban) == ("NAME NAME", "NL56AGDH9619008421")
     assert any("SEK" in n for n in s.notes)
+    # An operator may record it anyway: flagged, its line never posted.
+    (kept,) = parse(data, accept_unbalanced=True)
+    assert kept.untrusted is not None and "SEK" in kept.untrusted and kept.entries == s.entries
 
 
 def test_camt052_report() -> None:
