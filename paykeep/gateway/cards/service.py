@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -308,11 +308,9 @@ class CardGateway:
                 f"acquirer {self.acquirer} settles {self.currency} only", param="currency"
             )
         check_security_code(security_code)
-        # identity / idempotency
+        # identity / idempotency: a replay is found by the payment id's unique key below, so
+        # a new payment costs no extra read.
         fingerprint = request_fingerprint(kind, card_token, amount_minor, currency)
-        existing = self._get(payment_id)
-        if existing is not None:
-            return self._replay(existing, fingerprint)
         # references
         card = self.vault.card(card_token)
         credit = None
@@ -358,6 +356,7 @@ class CardGateway:
                     CardMessage(1, Direction.OUT, mti, stan, fields["7"], rrn, amount_minor,
                                 None, None, None, None, now),
                 )  # fmt: skip
+                payment = replace(payment, last_seq=1)
         except sa.exc.IntegrityError:
             # A concurrent call created the same payment id first: this is a replay.
             existing = self._get(payment_id)
@@ -379,7 +378,7 @@ class CardGateway:
         }
         if security_code is not None:
             message["48"] = wire.security_code_field(security_code)
-        return self._exchange(self._load(payment_id), message)
+        return self._exchange(payment, message)
 
     def _replay(self, existing: StoredPayment, fingerprint: str) -> CardResult:
         if existing.fingerprint != fingerprint:
