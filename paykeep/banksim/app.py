@@ -23,6 +23,7 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from paykeep import limits
+from paykeep.banksim.bank import bank_faults_from_json
 from paykeep.banksim.bank import create_router as create_bank_router
 from paykeep.banksim.cardnet import (
     CardNetwork,
@@ -110,10 +111,13 @@ def create_card_router(network: CardNetwork) -> APIRouter:
     return router
 
 
-def create_app(network: CardNetwork, data_dir: Path) -> FastAPI:
+def create_app(
+    network: CardNetwork, data_dir: Path, bank_faults: dict[str, bool] | None = None
+) -> FastAPI:
     app = FastAPI(title="banksim", docs_url=None, redoc_url=None)
     app.include_router(create_card_router(network))
-    app.include_router(create_bank_router(data_dir), prefix="/bank")  # accounts, files, statements
+    # accounts, payment files, statements
+    app.include_router(create_bank_router(data_dir, faults=bank_faults), prefix="/bank")
     return app
 
 
@@ -134,8 +138,17 @@ async def serve(
     seed: int | None = None,
 ) -> None:
     network = CardNetwork(seed=seed)
+    bank_faults = None
     if faults is not None:
         network.set_faults(fault_rules_from_json(faults))
+        if isinstance(faults, dict):
+            unknown = sorted(set(faults) - {"cards", "bank"})
+            if unknown:
+                raise FaultConfigInvalid(f"faults: unknown sections {unknown} (cards, bank)")
+            try:
+                bank_faults = bank_faults_from_json(faults.get("bank", {}))
+            except ValueError as exc:
+                raise FaultConfigInvalid(str(exc)) from None
     cards = CardServer(network)
     bound_card_port = await cards.start(host, card_port)
 
@@ -144,7 +157,10 @@ async def serve(
     http_socket.bind((CONTROL_HOST, http_port))
     bound_http_port = http_socket.getsockname()[1]
     config = uvicorn.Config(
-        create_app(network, data_dir), log_level="warning", access_log=False, lifespan="off"
+        create_app(network, data_dir, bank_faults),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
     server = _Server(config)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import fastapi
+import pydantic
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schwifty import IBAN
@@ -637,9 +638,24 @@ def _date(text: str | None) -> dt.date | None:
         raise BankError(400, "request_invalid", f"not a date: {text!r}") from None
 
 
-def create_router(data_dir: Path, clock: Clock | None = None) -> fastapi.APIRouter:
-    """The bank's HTTP API; the banksim app mounts it under ``/bank``."""
+def bank_faults_from_json(document: Any) -> dict[str, bool]:
+    """The ``"bank"`` part of the ``--faults`` file, e.g. ``{"unknown_reference_line": true}``;
+    ``ValueError`` names what is wrong."""
+    try:
+        faults = Faults.model_validate(document)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"bank faults: {exc.errors()[0]['msg']}") from None
+    return {k: v for k, v in faults.model_dump().items() if v is not None}
+
+
+def create_router(
+    data_dir: Path, clock: Clock | None = None, faults: dict[str, bool] | None = None
+) -> fastapi.APIRouter:
+    """The bank's HTTP API; the banksim app mounts it under ``/bank``. ``faults`` (from the
+    ``--faults`` file) are set at start, as ``POST /bank/faults`` would."""
     store = BankStore(data_dir, clock)
+    if faults:
+        store.set_faults(faults)
     router = fastapi.APIRouter()
 
     async def guarded(work: Callable[[], Any], status: int = 200) -> Response:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from paykeep.bench.gateway import BanksimProcess
 
@@ -57,10 +58,40 @@ def test_a_bad_faults_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_a_faults_file_is_applied_at_start(tmp_path: Path) -> None:
     faults = tmp_path / "faults.json"
-    faults.write_text(json.dumps({"cards": [{"kind": "unavailable", "next": 2}]}))
+    faults.write_text(
+        json.dumps(
+            {
+                "cards": [{"kind": "unavailable", "next": 2}],
+                "bank": {"unknown_reference_line": True},
+            }
+        )
+    )
     with BanksimProcess(tmp_path / "bs", ["--faults", str(faults)]) as bank, bank.http() as http:
         rules = http.get("/faults/cards").json()["faults"]
         assert [(r["kind"], r["remaining"]) for r in rules] == [("unavailable", 2)]
+        assert http.get("/bank/faults").json()["unknown_reference_line"] is True
+
+
+@pytest.mark.parametrize(
+    ("document", "words"),
+    [
+        ({"bank": {"unknown_reference_line": "yes"}}, "bank faults"),
+        ({"bank": {"explode": True}}, "bank faults"),
+        ({"printer": {}}, "unknown sections"),
+    ],
+)
+def test_a_bad_bank_section_is_one_line_and_exit_2(
+    tmp_path: Path, document: dict[str, object], words: str
+) -> None:
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps(document))
+    result = subprocess.run(
+        [sys.executable, "-m", "paykeep.banksim", "--data-dir", str(tmp_path),
+         "--faults", str(faults)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and words in result.stderr
 
 
 def test_nothing_outside_banksim_and_the_cli_imports_banksim() -> None:
