@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
@@ -312,6 +313,22 @@ def canonical_metadata(metadata: Metadata | None) -> str | None:
     return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+#: The fixed-width part of a journal row's encoding, big-endian, in column order: seq, id,
+#: debit, credit, amount, code, flags, pending id, timeout, expiry, timestamp. Every value is
+#: non-negative and within its width by the engine's own checks; a tampered row that is not
+#: cannot be encoded and is reported as not matching its hash.
+_ROW_FIXED: Final = struct.Struct(">QQQQQHIQIQQ")
+_NO_TEXT: Final = b"\x00\x00\x00\x00"
+
+
+def _text_bytes(value: str | None) -> bytes:
+    """A string, length-prefixed (4 bytes, big-endian) so no text can run into the next."""
+    if not value:
+        return _NO_TEXT
+    data = value.encode()
+    return len(data).to_bytes(4, "big") + data
+
+
 def row_digest(
     prev_hash: str,
     seq: int,
@@ -329,19 +346,21 @@ def row_digest(
     metadata_json: str | None,
     timestamp_ns: int,
 ) -> str:
-    """SHA-256 over the previous hash and every field of the row, unambiguously encoded.
+    """SHA-256 over the previous row's digest and every field of the row, unambiguously
+    encoded: fixed-width integers, then currency, reference and metadata length-prefixed.
 
-    Strings are length-prefixed so that no choice of reference or metadata text can make two
-    different rows encode to the same bytes.
+    Raises ``ValueError`` for a row no engine could have written (a negative or oversized
+    number, text that is not encodable): such a row cannot match any hash.
     """
-    ref = reference or ""
-    meta = metadata_json or ""
-    text = (
-        f"{prev_hash}|{seq}|{transfer_id}|{debit_account_id}|{credit_account_id}|{amount_minor}"
-        f"|{currency}|{code}|{flags}|{pending_id}|{timeout_s}|{expires_at_ns}"
-        f"|{len(ref)}:{ref}|{len(meta)}:{meta}|{timestamp_ns}"
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    try:
+        fixed = _ROW_FIXED.pack(
+            seq, transfer_id, debit_account_id, credit_account_id, amount_minor, code, flags,
+            pending_id, timeout_s, expires_at_ns, timestamp_ns,
+        )  # fmt: skip
+        text = _text_bytes(currency) + _text_bytes(reference) + _text_bytes(metadata_json)
+    except (struct.error, UnicodeEncodeError, TypeError) as exc:
+        raise ValueError(f"journal row seq {seq!r} cannot be encoded: {exc}") from None
+    return hashlib.sha256(bytes.fromhex(prev_hash) + fixed + text).hexdigest()
 
 
 def transfer_digest(prev_hash: str, t: Transfer) -> str:
@@ -943,7 +962,10 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
     seq = head.last_seq
     ts = max(now_ns, head.last_timestamp_ns)
     prev = head.last_hash
+    prev_bytes = bytes.fromhex(prev)
     sha256 = hashlib.sha256
+    pack = _ROW_FIXED.pack
+    currencies: dict[str, bytes] = {}
     for p in planned:
         seq += 1
         ts += 1
@@ -951,11 +973,19 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
         expires = ts + timeout * 1_000_000_000 if timeout else 0
         ref = p.reference or ""
         meta = p.metadata_json or ""
-        prev = sha256(
-            f"{prev}|{seq}|{p.id}|{p.debit_account_id}|{p.credit_account_id}|{p.amount_minor}"
-            f"|{p.currency}|{p.code}|{p.flags}|{p.pending_id}|{timeout}|{expires}"
-            f"|{len(ref)}:{ref}|{len(meta)}:{meta}|{ts}".encode()
-        ).hexdigest()
+        currency_bytes = currencies.get(p.currency)
+        if currency_bytes is None:
+            currency_bytes = currencies[p.currency] = _text_bytes(p.currency)
+        digest = sha256(
+            prev_bytes
+            + pack(seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, p.code,
+                   p.flags, p.pending_id, timeout, expires, ts)
+            + currency_bytes
+            + (_text_bytes(ref) if ref else _NO_TEXT)
+            + (_text_bytes(meta) if meta else _NO_TEXT)
+        ).digest()  # fmt: skip
+        prev_bytes = digest
+        prev = digest.hex()
         rows.append(
             (seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, p.currency,
              p.code, p.flags, p.pending_id, timeout, expires, ref, meta, ts, prev)
