@@ -167,6 +167,17 @@ def test_a_deleted_last_row_is_reported(scenario: Scenario) -> None:
     assert not report.ok
 
 
+def test_a_row_no_engine_could_write_is_a_hash_mismatch(scenario: Scenario) -> None:
+    """Values outside what the hash encodes (a negative timeout, an expiry beyond 64 bits) are
+    reported at their row like any other change, never a crash of the audit."""
+    db = scenario.ledger.database
+    t = scenario.ledger.transfer(100)
+    unguard(db)
+    sql(db, "UPDATE ledger_transfers SET timeout_s = -1 WHERE id = 100")
+    report = verify(db)
+    assert (t.seq, 100) in row_problems(report) and "hash_mismatch" in kinds(report)
+
+
 def test_a_tampered_hold_index_is_reported(scenario: Scenario) -> None:
     """Hold 101 has no timeout; giving it one in the sweep's index (or removing 106's) would
     expire or keep a hold behind the journal's back."""
