@@ -128,3 +128,6 @@ SEPA_REFERENCE_LENGTH_MAX: Final = 35
 STATEMENT_EXPECTATION_LEGS_MAX: Final = 8
 #: Open reconciliation breaks listed in one page.
 STATEMENT_BREAKS_PAGE_MAX: Final = 1_000
+#: A break's resolution: who resolved it (an operator id) and why, in words.
+STATEMENT_ACTOR_LENGTH_MAX: Final = 64
+STATEMENT_RESOLUTION_NOTE_LENGTH_MAX: Final = 2_000

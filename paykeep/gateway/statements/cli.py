@@ -1,4 +1,4 @@
-"""``paykeep statements import|breaks|accounts``: thin wrappers over the service.
+"""``paykeep statements import|breaks|resolve|accounts``: thin wrappers over the service.
 
 Exit statuses: 0 success; 2 bad input (a bad or conflicting file: nothing was written), with a
 one-line reason on stderr. Parsers and the database layer are imported inside the commands so
@@ -113,6 +113,36 @@ def list_breaks(
         )
     if not breaks:
         typer.echo("no open breaks")
+
+
+@statements_app.command("resolve")
+def resolve_break(
+    break_id: Annotated[int, typer.Argument(help="The break's id (see `statements breaks`).")],
+    actor: Annotated[str, typer.Option(help="Who resolves it (an operator id).")],
+    note: Annotated[str, typer.Option(help="Why, in words; kept with the break.")],
+    match: Annotated[
+        str | None,
+        typer.Option(
+            help="The reference of the expectation the line really was: the line is matched "
+            "to it (same checks as an import) and its ledger legs are posted."
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Resolve an open break once: explain it, or match its line to an expectation."""
+    from paykeep.gateway.statements.service import break_json
+
+    with typed_errors():
+        resolved = _service(data_dir, database_url).resolve_break(
+            break_id, actor=actor, note=note, match_reference=match
+        )
+    if as_json:
+        print_json({"resolved": break_json(resolved), "matched": match is not None})
+    else:
+        how = f"matched to {match}" if match is not None else "explained"
+        typer.echo(f"break #{resolved.id} resolved: {how}")
 
 
 @accounts_app.command("add")

@@ -124,3 +124,21 @@ class LedgerAccountNotFound(NotFound):
     currency)."""
 
     code = "statement_ledger_account_not_found"
+
+
+class BreakNotFound(NotFound):
+    code = "statement_break_not_found"
+
+
+class BreakAlreadyResolved(Conflict):
+    """A break is resolved once; its resolution is part of the record."""
+
+    code = "statement_break_already_resolved"
+
+
+class BreakResolutionInvalid(InvalidInput):
+    """A resolution without an actor or a note, or a match the break's line cannot take
+    (wrong account, direction, currency or amount; a consumed one-shot expectation; a break
+    that is not about a missing or unclear reference)."""
+
+    code = "statement_break_resolution_invalid"

@@ -372,6 +372,37 @@ class StatementRepository:
         )
         return [StoredBreak(*r) for r in rows]
 
+    def break_by_id(self, break_id: int) -> tuple[StoredBreak, bool] | None:
+        """The break and whether it is already resolved."""
+        rows = self._all(
+            "SELECT b.id, b.statement_row_id, s.account, s.statement_id, b.line, b.reason, "
+            "b.detail, b.expectation_id, b.amount_minor, b.currency, b.reference, "
+            "b.resolved_at_ns FROM stmt_breaks b "
+            "JOIN stmt_statements s ON s.id = b.statement_row_id WHERE b.id = :i",
+            i=break_id,
+        )
+        if not rows:
+            return None
+        *fields, resolved_at = rows[0]
+        return StoredBreak(*fields), resolved_at is not None
+
+    def resolve_break(
+        self, break_id: int, *, now_ns: int, resolution: str, actor: str, note: str
+    ) -> None:
+        result = self.conn.execute(
+            sa.text(
+                "UPDATE stmt_breaks SET resolved_at_ns = :t, resolution = :r, resolved_by = :a, "
+                "resolution_note = :n WHERE id = :i AND resolved_at_ns IS NULL"
+            ),
+            {"t": now_ns, "r": resolution, "a": actor, "n": note, "i": break_id},
+        )
+        assert result.rowcount == 1, f"break {break_id} resolved concurrently"
+
+    def set_posting(self, row_id: int) -> None:
+        self.conn.execute(
+            sa.text("UPDATE stmt_statements SET state = 'posting' WHERE id = :i"), {"i": row_id}
+        )
+
     def count_rows(self) -> dict[str, int]:
         """Rows per table (tests use it to prove a refused import changed nothing)."""
         out = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock
@@ -27,6 +27,9 @@ from paykeep.gateway.statements.errors import (
     BankAccountConflict,
     BankAccountInvalid,
     BankAccountNotFound,
+    BreakAlreadyResolved,
+    BreakNotFound,
+    BreakResolutionInvalid,
     ExpectationConflict,
     LedgerAccountNotFound,
     StatementAccountCurrencyMismatch,
@@ -95,6 +98,20 @@ class ImportReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"statements": [s.to_json() for s in self.statements]}
+
+
+#: Breaks an operator may resolve by naming the expectation: the line's reference was
+#: missing, unknown or named several. Every other reason says the line is not what an
+#: expectation describes, and a hand match must not overrule that.
+_MATCHABLE_BY_HAND: Final = frozenset({"no_reference", "unknown_reference", "ambiguous_reference"})
+
+
+def _resolution_text(value: object, name: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise BreakResolutionInvalid(f"{name} must be 1..{limit} characters", param=name)
+    if not value.isprintable():
+        raise BreakResolutionInvalid(f"{name} must be printable text", param=name)
+    return value.strip()
 
 
 def break_json(b: StoredBreak) -> dict[str, Any]:
@@ -389,6 +406,85 @@ class StatementService:
                 )  # fmt: skip
                 out[match.line] = cause.value
         return out
+
+    # ------------------------------------------------------------------ breaks
+
+    def resolve_break(
+        self,
+        break_id: int,
+        *,
+        actor: str,
+        note: str,
+        match_reference: str | None = None,
+    ) -> StoredBreak:
+        """Close an open break, once, with who and why. With ``match_reference`` the operator
+        names the expectation the line really was (a payer's typo, a reference left out): the
+        line is matched to it exactly as an import would — same checks of account, direction,
+        currency and amount, same deterministic ledger ids — and its legs are posted."""
+        actor = _resolution_text(actor, "actor", limits.STATEMENT_ACTOR_LENGTH_MAX)
+        note = _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
+        if type(break_id) is not int or break_id <= 0:
+            raise BreakNotFound(f"no break {break_id!r}", param="break_id")
+        posting_row: int | None = None
+        with self.database.write() as conn:
+            repo = StatementRepository(conn)
+            repo.lock_imports()
+            found = repo.break_by_id(break_id)
+            if found is None:
+                raise BreakNotFound(f"no break {break_id}", param="break_id")
+            b, resolved = found
+            if resolved:
+                raise BreakAlreadyResolved(f"break {break_id} is already resolved")
+            resolution = "explained"
+            if match_reference is not None:
+                self._match_by_hand(repo, b, match_reference)
+                resolution, posting_row = "matched", b.statement_row_id
+            repo.resolve_break(
+                break_id, now_ns=self.clock.now_ns(), resolution=resolution, actor=actor, note=note
+            )
+        if posting_row is not None:
+            self._post_and_settle(posting_row)
+        with self.database.read() as conn:
+            again = StatementRepository(conn).break_by_id(break_id)
+        assert again is not None
+        return again[0]
+
+    def _match_by_hand(self, repo: StatementRepository, b: StoredBreak, reference: str) -> None:
+        if b.reason not in _MATCHABLE_BY_HAND:
+            raise BreakResolutionInvalid(
+                f"a {b.reason} break is not about a missing or unclear reference; explain it "
+                "with a note instead",
+                param="match_reference",
+            )
+        account = repo.bank_account(normalize_iban(b.account))
+        if account is None:
+            raise BreakResolutionInvalid(f"{b.account} is not a registered bank account")
+        key = normalize_reference(reference) if isinstance(reference, str) else ""
+        hit = repo.expectation_by_reference(account.iban, key) if key else None
+        if hit is None:
+            raise BreakResolutionInvalid(
+                f"nothing is expected on {account.iban} under {reference!r}",
+                param="match_reference",
+            )
+        m = hit.movement
+        direction = "credit" if b.amount_minor > 0 else "debit"
+        problem = (
+            "it was already matched" if not m.standing and hit.consumed
+            else f"it expects {m.currency}" if m.currency != b.currency
+            else f"it expects a {m.direction}" if m.direction != direction
+            else f"it expects {m.amount_minor} minor units"
+            if m.amount_minor is not None and m.amount_minor != abs(b.amount_minor)
+            else None
+        )  # fmt: skip
+        if problem is not None:
+            raise BreakResolutionInvalid(
+                f"line {b.line} cannot be {m.reference}: {problem}", param="match_reference"
+            )
+        ids = [transfer_id(b.account, b.statement_id, b.line, leg) for leg in range(len(m.legs))]
+        repo.insert_matches(b.statement_row_id, [(b.line, hit.id, ids)])
+        if not m.standing:
+            repo.consume([hit.id], b.statement_row_id, {hit.id: b.line})
+        repo.set_posting(b.statement_row_id)
 
     # ------------------------------------------------------------------ queries
 

@@ -331,3 +331,77 @@ def test_a_report_and_a_notification_may_share_an_id(database: Database) -> None
     notification = service.import_file((CAMT / "genkgo_camt054.v8-with-UETR.xml").read_bytes())
     (a,), (b,) = report.statements, notification.statements
     assert a.statement_id == b.statement_id and (a.status, b.status) == ("imported", "imported")
+
+
+def test_a_break_is_resolved_once_by_a_note_or_by_naming_the_expectation(
+    database: Database,
+) -> None:
+    from paykeep.gateway.statements.errors import (
+        BreakAlreadyResolved,
+        BreakNotFound,
+        BreakResolutionInvalid,
+    )
+
+    service = _service(database)
+    service.expect(_topup("PK-7F3A"))
+    service.expect(_payout("PAYOUT-9", 2_000))
+    lines = [
+        Line(3_000, remittance="PK-7F3B"),  # 1 the payer's typo: unknown reference
+        Line(1_200, remittance="bank fee refund"),  # 2 nothing to match: explained
+        Line(-2_000, "BUYER42"),  # 3 wrong direction: never matched by hand
+        Line(2_500, remittance="PK 7F3A?"),  # 4 no whole word is a reference: left open
+    ]
+    (s,) = service.import_file(camt053(lines, opening_minor=10_000)).statements
+    ids = {b["line"]: b["id"] for b in s.breaks}
+    assert sorted(ids) == [1, 2, 3, 4]
+    before = service.row_counts(), service.ledger.head()
+    bad_inputs: list[tuple[int, dict[str, str], type[Exception]]] = [
+        (ids[3], {"match_reference": "BUYER42"}, BreakResolutionInvalid),  # wrong direction
+        (ids[1], {"match_reference": "NOPE"}, BreakResolutionInvalid),  # nothing expected
+        (ids[1], {"match_reference": "PAYOUT-9"}, BreakResolutionInvalid),  # a debit
+        (ids[1], {"actor": " "}, BreakResolutionInvalid),
+        (ids[1], {"note": "x" * 5_000}, BreakResolutionInvalid),
+        (999_999, {}, BreakNotFound),
+    ]
+    for break_id, changes, error in bad_inputs:
+        kwargs: dict[str, str] = {"actor": "ops-1", "note": "checked", **changes}
+        with pytest.raises(error):
+            service.resolve_break(break_id, **kwargs)  # type: ignore[arg-type]
+    assert (service.row_counts(), service.ledger.head()) == before  # nothing changed
+    # The typo'd top-up: matched by hand, posted exactly as an import would.
+    done = service.resolve_break(
+        ids[1], actor="ops-1", note="buyer 42 mistyped", match_reference="pk-7f3a"
+    )
+    assert done.id == ids[1]
+    assert _net(service, "buyer:42:wallet") == -3_000
+    assert _net(service, "clearing:bank-in") == 0
+    service.resolve_break(ids[2], actor="ops-1", note="bank's own fee refund, booked by finance")
+    assert {b.line for b in service.open_breaks()} == {3, 4}
+    with pytest.raises(BreakAlreadyResolved):
+        service.resolve_break(ids[1], actor="ops-2", note="again", match_reference="PK-7F3A")
+    assert _net(service, "buyer:42:wallet") == -3_000  # posted once
+    # A re-import of the statement changes nothing and does not reopen anything.
+    (again,) = service.import_file(camt053(lines, opening_minor=10_000)).statements
+    assert again.status == "already_imported"
+    assert _net(service, "buyer:42:wallet") == -3_000
+
+
+def test_cli_resolve(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    sample = CAMT / "moov_FI_camt_053_sample.xml"
+    assert _cli("statements", "import", str(sample), "--data-dir", data_dir).returncode == 0
+    listed = json.loads(_cli("statements", "breaks", "--json", "--data-dir", data_dir).stdout)
+    first = listed["breaks"][0]["id"]
+    done = _cli("statements", "resolve", str(first), "--actor", "ops-1", "--note", "known",
+                "--json", "--data-dir", data_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["resolved"]["id"] == first and out["matched"] is False
+    again = _cli("statements", "resolve", str(first), "--actor", "ops-1", "--note", "known",
+                 "--data-dir", data_dir)  # fmt: skip
+    assert again.returncode == 2 and "statement_break_already_resolved" in again.stderr
+    matched = _cli("statements", "resolve", str(listed["breaks"][1]["id"]), "--actor", "ops-1",
+                   "--note", "n", "--match", "X", "--data-dir", data_dir)  # fmt: skip
+    assert matched.returncode == 2 and "statement_break_resolution_invalid" in matched.stderr
+    left = json.loads(_cli("statements", "breaks", "--json", "--data-dir", data_dir).stdout)
+    assert len(left["breaks"]) == len(listed["breaks"]) - 1

@@ -138,6 +138,10 @@ def upgrade() -> None:
         sa.Column("reference", sa.String(140), nullable=True),
         sa.Column("created_at_ns", sa.BigInteger, nullable=False),
         sa.Column("resolved_at_ns", sa.BigInteger, nullable=True),
+        # 'matched' (an operator named the expectation) or 'explained' (a note only).
+        sa.Column("resolution", sa.String(16), nullable=True),
+        sa.Column("resolved_by", sa.String(64), nullable=True),
+        sa.Column("resolution_note", sa.Text, nullable=True),
         sa.CheckConstraint(
             "reason IN (" + ", ".join(f"'{r}'" for r in BREAK_REASONS) + ")",
             name="ck_stmt_breaks_reason",
