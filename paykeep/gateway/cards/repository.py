@@ -144,18 +144,36 @@ def _message(row: Any) -> CardMessage:
     )
 
 
+_GET_PAYMENT = sa.select(payments).where(payments.c.payment_id == sa.bindparam("payment_id"))
+_INSERT_MESSAGE = messages.insert()
+_FOLLOW_SEQ_SQLITE = (
+    payments.update()
+    .where(payments.c.id == sa.bindparam("pk"))
+    .values(
+        last_seq=sa.func.max(payments.c.last_seq, sa.bindparam("seq")),
+        updated_at_ns=sa.bindparam("at_ns"),
+    )
+)
+_FOLLOW_SEQ_PG = (
+    payments.update()
+    .where(payments.c.id == sa.bindparam("pk"))
+    .values(
+        last_seq=sa.func.greatest(payments.c.last_seq, sa.bindparam("seq")),
+        updated_at_ns=sa.bindparam("at_ns"),
+    )
+)
+
+
 class CardRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def get(self, payment_id: str) -> StoredPayment | None:
-        row = self.conn.execute(
-            sa.select(payments).where(payments.c.payment_id == payment_id)
-        ).first()
+        row = self.conn.execute(_GET_PAYMENT, {"payment_id": payment_id}).first()
         return None if row is None else _payment(row)
 
     def insert_payment(self, values: dict[str, Any]) -> int:
-        result = self.conn.execute(payments.insert().values(**values))
+        result = self.conn.execute(payments.insert(), values)
         key = result.inserted_primary_key
         assert key is not None
         return int(key[0])
@@ -171,31 +189,30 @@ class CardRepository:
 
     def add_message(self, payment: StoredPayment, message: CardMessage) -> None:
         """Append to the trail; the payment's ``last_seq`` follows (the seq must be next)."""
+        # Statements built once at import and given parameters: SQLAlchemy then reuses their
+        # compiled form instead of building and hashing a new statement per call.
         self.conn.execute(
-            messages.insert().values(
-                payment=payment.pk,
-                seq=message.seq,
-                direction=message.direction.value,
-                mti=message.mti,
-                stan=message.stan,
-                transmitted=message.transmitted,
-                rrn=message.rrn,
-                amount_minor=message.amount_minor,
-                response_code=message.response_code,
-                auth_code=message.auth_code,
-                reply_to_seq=message.reply_to_seq,
-                reverses_seq=message.reverses_seq,
-                at_ns=message.at_ns,
-            )
+            _INSERT_MESSAGE,
+            {
+                "payment": payment.pk,
+                "seq": message.seq,
+                "direction": message.direction.value,
+                "mti": message.mti,
+                "stan": message.stan,
+                "transmitted": message.transmitted,
+                "rrn": message.rrn,
+                "amount_minor": message.amount_minor,
+                "response_code": message.response_code,
+                "auth_code": message.auth_code,
+                "reply_to_seq": message.reply_to_seq,
+                "reverses_seq": message.reverses_seq,
+                "at_ns": message.at_ns,
+            },
         )
         self.conn.execute(
-            payments.update()
-            .where(payments.c.id == payment.pk)
-            .values(last_seq=sa.func.max(payments.c.last_seq, message.seq)
-                    if self.conn.dialect.name == "sqlite"
-                    else sa.func.greatest(payments.c.last_seq, message.seq),
-                    updated_at_ns=message.at_ns)
-        )  # fmt: skip
+            _FOLLOW_SEQ_SQLITE if self.conn.dialect.name == "sqlite" else _FOLLOW_SEQ_PG,
+            {"pk": payment.pk, "seq": message.seq, "at_ns": message.at_ns},
+        )
 
     def messages(self, pk: int) -> list[CardMessage]:
         rows = self.conn.execute(
