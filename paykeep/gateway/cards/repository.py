@@ -7,6 +7,7 @@ it: the loser sees zero rows changed and re-reads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,19 @@ _FOLLOW_SEQ_PG = (
 )
 
 
+@functools.lru_cache(maxsize=64)
+def _update_statement(columns: tuple[str, ...]) -> sa.Update:
+    """One compiled UPDATE per set of columns a transition changes (a handful exist)."""
+    return (
+        payments.update()
+        .where(payments.c.id == sa.bindparam("pk"), payments.c.state == sa.bindparam("expected"))
+        .values(
+            updated_at_ns=sa.bindparam("now_ns"),
+            **{c: sa.bindparam(f"v_{c}") for c in columns},
+        )
+    )
+
+
 class CardRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -180,11 +194,10 @@ class CardRepository:
 
     def update(self, pk: int, expected: CardPaymentState, now_ns: int, **values: Any) -> bool:
         """Change the payment only if it is still in ``expected``; False if it was not."""
-        result = self.conn.execute(
-            payments.update()
-            .where(payments.c.id == pk, payments.c.state == expected.value)
-            .values(updated_at_ns=now_ns, **values)
-        )
+        statement = _update_statement(tuple(sorted(values)))
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(pk=pk, expected=expected.value, now_ns=now_ns)
+        result = self.conn.execute(statement, params)
         return result.rowcount == 1
 
     def add_message(self, payment: StoredPayment, message: CardMessage) -> None:
