@@ -136,6 +136,9 @@ class StatementService:
         self.database = database
         self.clock = clock or SystemClock()
         self.ledger = ledger or Ledger(database, self.clock)
+        # Ledger account name -> (id, currency). Accounts are immutable once created, so a
+        # found name never changes meaning; names not found are not cached.
+        self._accounts: dict[str, tuple[int, str]] = {}
 
     # ------------------------------------------------------------------ registry
 
@@ -200,13 +203,16 @@ class StatementService:
             return repo.insert_expectation(m, self.clock.now_ns())
 
     def _ledger_account(self, name: str, currency: str) -> int:
-        try:
-            account = self.ledger.account_by_name(name)
-        except AccountNotFound:
-            raise LedgerAccountNotFound(f"no ledger account named {name!r}") from None
-        if account.currency != currency:
-            raise LedgerAccountNotFound(f"ledger account {name!r} is {account.currency}")
-        return account.id
+        known = self._accounts.get(name)
+        if known is None:
+            try:
+                account = self.ledger.account_by_name(name)
+            except AccountNotFound:
+                raise LedgerAccountNotFound(f"no ledger account named {name!r}") from None
+            known = self._accounts[name] = (account.id, account.currency)
+        if known[1] != currency:
+            raise LedgerAccountNotFound(f"ledger account {name!r} is {known[1]}")
+        return known[0]
 
     # ------------------------------------------------------------------ import
 
