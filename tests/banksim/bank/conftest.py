@@ -8,19 +8,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.banksim.bank.process import BankProcess, start_bank
+from paykeep.bench.gateway import BanksimProcess
 
 
 @pytest.fixture(scope="session")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BankProcess]:
-    process = start_bank(tmp_path_factory.mktemp("banksim"))
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BanksimProcess]:
+    process = BanksimProcess(tmp_path_factory.mktemp("banksim"))
     yield process
     process.stop()
 
 
 @pytest.fixture
-def http(bank: BankProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=bank.url, timeout=10) as client:
+def http(bank: BanksimProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=bank.base_url, timeout=10) as client:
         yield client
         client.post(
             "/bank/faults", json={"unknown_reference_line": False, "reject_payment_files": False}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,12 +11,24 @@ from typing import Any
 
 import httpx
 from lxml import etree
+from schwifty import IBAN
 
 from paykeep.gateway.payouts import pain001
 from paykeep.gateway.payouts.model import Debtor
-from tests.banksim.bank.process import new_iban
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "bank" / "pain001"
+
+#: A real bank code per country (schwifty checks the bank registry and the BBAN layout).
+_RANDOM = random.SystemRandom()
+_BANKS = {"DE": ("37040044", 10), "NL": ("ABNA", 10)}
+
+
+def new_iban(country: str = "DE") -> str:
+    """A fresh valid IBAN (random account number) so tests sharing a bank never collide."""
+    bank_code, digits = _BANKS[country]
+    # SystemRandom: Hypothesis reseeds the module-level generator for every example.
+    account = str(_RANDOM.randrange(10 ** (digits - 1), 10**digits))
+    return str(IBAN.generate(country, bank_code=bank_code, account_code=account).compact)
 
 
 def open_account(

@@ -9,17 +9,18 @@ import httpx
 import pytest
 from lxml import etree
 
+from paykeep.bench.gateway import BanksimProcess
 from tests.banksim.bank.helpers import (
     FIXTURES,
     account,
     close_day,
     incoming,
+    new_iban,
     open_account,
     payment_file,
     rewrite,
     statement,
 )
-from tests.banksim.bank.process import BankProcess, new_iban, start_bank
 
 CAMT02 = {"c": "urn:iso:std:iso:20022:tech:xsd:camt.053.001.02"}
 
@@ -79,16 +80,16 @@ def test_not_json_is_refused(http: httpx.Client) -> None:
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
-    first = start_bank(tmp_path / "bank")
+    first = BanksimProcess(tmp_path / "bank")
     try:
-        with httpx.Client(base_url=first.url, timeout=10) as http:
+        with httpx.Client(base_url=first.base_url, timeout=10) as http:
             iban = open_account(http, balance=1_000)
             incoming(http, iban, 250, "PK-RESTART")
     finally:
         first.stop()
-    second: BankProcess = start_bank(tmp_path / "bank")
+    second: BanksimProcess = BanksimProcess(tmp_path / "bank")
     try:
-        with httpx.Client(base_url=second.url, timeout=10) as http:
+        with httpx.Client(base_url=second.base_url, timeout=10) as http:
             assert account(http, iban)["balance_minor"] == 1_250
             assert close_day(http, iban)["entries"] == 1
     finally:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from paykeep.bench.gateway import BanksimProcess
 from paykeep.clock import FakeClock
 from paykeep.db import Database
 from paykeep.gateway.payouts.model import Debtor
@@ -16,7 +17,7 @@ from paykeep.gateway.payouts.service import PayoutService
 from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import AccountFlags, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
-from tests.banksim.bank.process import BankProcess, new_iban, start_bank
+from tests.banksim.bank.helpers import new_iban
 
 ASSET, LIABILITY = 1, 2
 MERCHANT = "merchant:42:available"
@@ -74,13 +75,13 @@ def world(database: Database) -> World:
 
 
 @pytest.fixture(scope="session")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BankProcess]:
-    process = start_bank(tmp_path_factory.mktemp("banksim-payouts"))
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BanksimProcess]:
+    process = BanksimProcess(tmp_path_factory.mktemp("banksim-payouts"))
     yield process
     process.stop()
 
 
 @pytest.fixture
-def http(bank: BankProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=bank.url, timeout=10) as client:
+def http(bank: BanksimProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=bank.base_url, timeout=10) as client:
         yield client

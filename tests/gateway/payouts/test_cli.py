@@ -8,12 +8,13 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
+from paykeep.bench.gateway import BanksimProcess
 from paykeep.cli import app
 from paykeep.config import Settings
 from paykeep.db import Database
 from paykeep.ledger.model import AccountFlags, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
-from tests.banksim.bank.process import BankProcess, new_iban
+from tests.banksim.bank.helpers import new_iban
 
 runner = CliRunner()
 
@@ -102,7 +103,7 @@ def test_unreachable_bank_exits_1(settings: Settings, database: Database) -> Non
 
 
 def test_batch_submitted_to_banksim(
-    settings: Settings, database: Database, bank: BankProcess, http: httpx.Client
+    settings: Settings, database: Database, bank: BanksimProcess, http: httpx.Client
 ) -> None:
     _chart(database)
     debtor = new_iban()
@@ -114,7 +115,7 @@ def test_batch_submitted_to_banksim(
     assert run(settings, *REQUEST)[0] == 0
     code, out, err = run(
         settings, "batch", "--debtor-iban", debtor, "--debtor-name", "Paykeep", "--bank",
-        "simbank", "--submit-url", bank.url, "--json",
+        "simbank", "--submit-url", bank.base_url, "--json",
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["state"] == "accepted"

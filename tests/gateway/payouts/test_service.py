@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from lxml import etree
 
+from paykeep.bench.gateway import BanksimProcess
 from paykeep.gateway.payouts.errors import (
     PayoutAccountNotFound,
     PayoutAmountInvalid,
@@ -31,7 +32,6 @@ from paykeep.gateway.payouts.model import (
     PayoutState,
 )
 from paykeep.gateway.payouts.service import BankAnswer
-from tests.banksim.bank.process import BankProcess
 from tests.gateway.payouts.conftest import BANK_ACCOUNT, FUNDED_MINOR, MERCHANT, World
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "bank" / "pain001"
@@ -180,12 +180,12 @@ def test_batch_needs_the_bank_ledger_account(world: World) -> None:
 
 @pytest.mark.parametrize("fmt", ["camt053", "mt940"])
 def test_accepted_then_settled_by_the_statement(
-    world: World, bank: BankProcess, http: httpx.Client, fmt: str
+    world: World, bank: BanksimProcess, http: httpx.Client, fmt: str
 ) -> None:
     _open_bank_account(http, world, balance=500_000)
     payouts = [world.request(request_id=f"r{i}", amount=2_000 * (i + 1)) for i in range(3)]
     batch = world.payouts.batch("EUR", world.debtor)
-    accepted = world.payouts.submit(batch.batch_id, bank.url)
+    accepted = world.payouts.submit(batch.batch_id, bank.base_url)
     assert accepted.state is BatchState.ACCEPTED and accepted.bank_status == "ACCP"
     assert {p.state for p in world.payouts.list()} == {PayoutState.ACCEPTED}
     assert world.payouts.settle() == 0  # nothing on a statement yet
@@ -202,18 +202,18 @@ def test_accepted_then_settled_by_the_statement(
     assert world.balance(MERCHANT) == FUNDED_MINOR - 12_000
     assert world.payouts.settle() == 0
     with pytest.raises(PayoutIllegalTransition):
-        world.payouts.submit(batch.batch_id, bank.url)
+        world.payouts.submit(batch.batch_id, bank.base_url)
     del payouts
 
 
 def test_a_rejected_batch_returns_the_money(
-    world: World, bank: BankProcess, http: httpx.Client
+    world: World, bank: BanksimProcess, http: httpx.Client
 ) -> None:
     _open_bank_account(http, world, balance=1_000)  # the bank holds too little: AM04
     world.request(request_id="a", amount=3_000)
     world.request(request_id="b", amount=4_000)
     batch = world.payouts.batch("EUR", world.debtor)
-    rejected = world.payouts.submit(batch.batch_id, bank.url)
+    rejected = world.payouts.submit(batch.batch_id, bank.base_url)
     assert rejected.state is BatchState.REJECTED
     assert rejected.bank_reason is not None and rejected.bank_reason.startswith("AM04")
     payouts = world.payouts.list()
@@ -227,7 +227,7 @@ def test_a_rejected_batch_returns_the_money(
 
 
 def test_an_unreachable_bank_leaves_the_batch_generated(
-    world: World, bank: BankProcess, http: httpx.Client
+    world: World, bank: BanksimProcess, http: httpx.Client
 ) -> None:
     _open_bank_account(http, world, balance=100_000)
     world.request()
@@ -235,11 +235,11 @@ def test_an_unreachable_bank_leaves_the_batch_generated(
     with pytest.raises(PayoutBankUnavailable):
         world.payouts.submit(batch.batch_id, "http://127.0.0.1:9", timeout_s=2)
     assert world.payouts.batch_file(batch.batch_id).batch.state is BatchState.GENERATED
-    assert world.payouts.submit(batch.batch_id, bank.url).state is BatchState.ACCEPTED
+    assert world.payouts.submit(batch.batch_id, bank.base_url).state is BatchState.ACCEPTED
 
 
 def test_a_lost_answer_is_recovered_from_the_duplicate(
-    world: World, bank: BankProcess, http: httpx.Client
+    world: World, bank: BanksimProcess, http: httpx.Client
 ) -> None:
     """The file reached the bank but the answer was lost (or we crashed): submitting again gets
     `duplicate message id` with the bank's original verdict, and the money left only once."""
@@ -248,7 +248,7 @@ def test_a_lost_answer_is_recovered_from_the_duplicate(
     batch = world.payouts.batch("EUR", world.debtor)
     first = http.post("/bank/payment-files", content=world.payouts.file(batch.batch_id))
     assert first.json()["group_status"] == "ACCP"
-    assert world.payouts.submit(batch.batch_id, bank.url).state is BatchState.ACCEPTED
+    assert world.payouts.submit(batch.batch_id, bank.base_url).state is BatchState.ACCEPTED
     bank_account = http.get(f"/bank/accounts/{world.debtor.iban}").json()
     assert bank_account["balance_minor"] == 100_000 - 12_345
 
