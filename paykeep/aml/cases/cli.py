@@ -7,14 +7,13 @@ second approver required), with a one-line reason on stderr; 1 the run itself fa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from paykeep.aml.cases.errors import CaseInputInvalid
+from paykeep.aml.cases.model import REPORT_FORMATS as FORMATS
 from paykeep.aml.cases.model import CaseAction, CaseEventKind, CaseState
-from paykeep.aml.cases.report import FORMATS, export_case
-from paykeep.aml.cases.service import CaseService
 from paykeep.cli_support import (
     DatabaseUrlOption,
     DataDirOption,
@@ -24,7 +23,9 @@ from paykeep.cli_support import (
     typed_errors,
 )
 from paykeep.clock import ns_to_datetime
-from paykeep.db import open_database
+
+if TYPE_CHECKING:
+    from paykeep.aml.cases.service import CaseService
 
 cases_app = typer.Typer(
     help="AML cases: investigation, decision trail, suspicious activity reports."
@@ -37,6 +38,9 @@ ActorOption = Annotated[
 
 
 def _service(data_dir: Path | None, database_url: str | None) -> CaseService:
+    from paykeep.aml.cases.service import CaseService
+    from paykeep.db import open_database
+
     return CaseService(open_database(settings_from(data_dir, database_url)))
 
 
@@ -214,6 +218,8 @@ def cases_export(
 ) -> None:
     """Export a suspicious activity report (goAML XML or JSON, or HTML); the export is
     recorded in the case's trail."""
+    from paykeep.aml.cases.report import export_case
+
     with typed_errors():
         text = export_case(
             _service(data_dir, database_url),

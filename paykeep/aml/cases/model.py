@@ -32,6 +32,9 @@ from paykeep.aml.cases.errors import (
     CaseSecondApproverRequired,
 )
 
+#: Suspicious activity report exports: goAML XML or JSON, and a human-readable HTML page.
+REPORT_FORMATS: Final = ("goaml-xml", "goaml-json", "html")
+
 
 class CaseState(Enum):
     OPEN = "open"

@@ -28,13 +28,19 @@ from typing import Any, Final
 
 from paykeep.aml.cases import limits
 from paykeep.aml.cases.errors import CaseInputInvalid, CaseNotFound
-from paykeep.aml.cases.model import EvidenceKind, check_actor, check_text, record_export
+from paykeep.aml.cases.model import (
+    REPORT_FORMATS,
+    EvidenceKind,
+    check_actor,
+    check_text,
+    record_export,
+)
 from paykeep.aml.cases.repository import CaseRepository
 from paykeep.aml.cases.service import CaseFile, CaseService
 from paykeep.clock import ns_to_datetime
 from paykeep.money import Money
 
-FORMATS: Final = ("goaml-xml", "goaml-json", "html")
+FORMATS: Final = REPORT_FORMATS
 SUBMISSION_CODE: Final = "E"  # electronic submission
 REPORT_CODE: Final = "SAR"
 FUNDS_CODE: Final = "E"  # electronic funds (FIU lookup)

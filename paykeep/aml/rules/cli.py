@@ -7,13 +7,12 @@ out of bounds, no shadow to promote), with a one-line reason on stderr; 1 the ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from paykeep.aml.rules.errors import RuleConfigInvalid
 from paykeep.aml.rules.model import RuleConfig
-from paykeep.aml.rules.service import RulesService
 from paykeep.cli_support import (
     DatabaseUrlOption,
     DataDirOption,
@@ -22,7 +21,9 @@ from paykeep.cli_support import (
     settings_from,
     typed_errors,
 )
-from paykeep.db import open_database
+
+if TYPE_CHECKING:
+    from paykeep.aml.rules.service import RulesService
 
 rules_app = typer.Typer(help="Real-time AML rules: versioned configuration, shadow versions.")
 
@@ -33,6 +34,10 @@ ActorOption = Annotated[str, typer.Option("--actor", help="Who makes the change 
 
 
 def _service(data_dir: Path | None, database_url: str | None) -> RulesService:
+    # Imported here: this module is loaded by every ``paykeep`` invocation.
+    from paykeep.aml.rules.service import RulesService
+    from paykeep.db import open_database
+
     return RulesService(open_database(settings_from(data_dir, database_url)))
 
 
