@@ -225,3 +225,18 @@ def test_error_codes_are_unique_and_well_formed() -> None:
 def test_registry_refuses_a_reused_code() -> None:
     with pytest.raises(TypeError):
         type("Clash", (PaykeepError,), {"code": "batch_too_large"})
+
+
+def test_the_command_line_starts_without_the_heavy_layers() -> None:
+    """Every ``paykeep`` invocation builds the whole command tree; the database layer, the
+    name matcher, polars and the ISO 8583/XML stacks are imported by the commands that use
+    them, so ``paykeep --help`` and one-line commands stay fast."""
+    import subprocess
+    import sys
+
+    heavy = ["sqlalchemy", "polars", "lightgbm", "rapidfuzz", "lxml", "iso8583", "fastapi"]
+    code = f"import sys, paykeep.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,18 +20,29 @@ from paykeep.cli_support import (
     typed_errors,
 )
 from paykeep.clock import datetime_to_ns, ns_to_datetime
-from paykeep.db import open_database
-from paykeep.ledger.audit import verify
 from paykeep.ledger.model import Account, NewAccount, NewTransfer, Transfer
-from paykeep.ledger.service import Ledger
 from paykeep.money import Money
+
+# The service, the audit and the database layer (SQLAlchemy) are imported by the commands
+# that use them: this module is loaded by every ``paykeep`` invocation.
+if TYPE_CHECKING:
+    from paykeep.db import Database
+    from paykeep.ledger.service import Ledger
 
 ledger_app = typer.Typer(help="Accounts, transfers and balances of the double-entry ledger.")
 audit_app = typer.Typer(help="Verify the ledger against its hash-chained journal.")
 
 
+def _open_database(data_dir: Any, database_url: str | None) -> Database:
+    from paykeep.db import open_database
+
+    return open_database(settings_from(data_dir, database_url))
+
+
 def _open_ledger(data_dir: Any, database_url: str | None) -> Ledger:
-    return Ledger(open_database(settings_from(data_dir, database_url)))
+    from paykeep.ledger.service import Ledger
+
+    return Ledger(_open_database(data_dir, database_url))
 
 
 def account_json(a: Account) -> dict[str, Any]:
@@ -183,7 +194,9 @@ def audit_verify(
 ) -> None:
     """Recompute every balance from the journal and check the hash chain (exit 1 on problems)."""
     with typed_errors():
-        report = verify(open_database(settings_from(data_dir, database_url)))
+        from paykeep.ledger.audit import verify
+
+        report = verify(_open_database(data_dir, database_url))
     if as_json:
         print_json(report.to_json())
     else:
