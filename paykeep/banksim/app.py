@@ -20,10 +20,12 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from paykeep import limits
-from paykeep.banksim.bank import bank_faults_from_json
+from paykeep.banksim.bank import BankError, BankStore, bank_faults_from_json
 from paykeep.banksim.bank import create_router as create_bank_router
 from paykeep.banksim.cardnet import (
     CardNetwork,
@@ -111,13 +113,48 @@ def create_card_router(network: CardNetwork) -> APIRouter:
     return router
 
 
+#: The acquirer's own account, the debtor of its settlement credits (a valid example IBAN).
+ACQUIRER_IBAN = "GB33BUKB20201555555555"
+
+
+class CardSettlement(BaseModel):
+    iban: str = Field(min_length=15, max_length=34)
+    currency: str = Field(min_length=3, max_length=3)
+
+
 def create_app(
     network: CardNetwork, data_dir: Path, bank_faults: dict[str, bool] | None = None
 ) -> FastAPI:
     app = FastAPI(title="banksim", docs_url=None, redoc_url=None)
     app.include_router(create_card_router(network))
+    store = BankStore(data_dir)
     # accounts, payment files, statements
-    app.include_router(create_bank_router(data_dir, faults=bank_faults), prefix="/bank")
+    app.include_router(
+        create_bank_router(data_dir, faults=bank_faults, store=store), prefix="/bank"
+    )
+
+    @app.post("/settlements/cards")
+    async def settle_cards(body: CardSettlement) -> JSONResponse:
+        """The acquirer pays what the card network captured since its last settlement into
+        ``iban`` (the merchant-of-record's account) as one credit; the answer is the
+        settlement report: reference (also the line's end-to-end id), amount and count."""
+        due = network.settle_captures(body.currency)
+        amount = network.settled_amount(due)
+        if not due or amount == 0:
+            return JSONResponse({"reference": None, "amount_minor": 0, "count": 0})
+        reference = f"CS{network.clock.now_ns() // 1_000_000:013d}"
+        try:
+            await run_in_threadpool(
+                store.incoming, body.iban, amount, reference, "banksim acquiring",
+                ACQUIRER_IBAN, reference, False,
+            )  # fmt: skip
+        except BankError as exc:
+            network.unsettle(due)  # nothing was paid: they stay owed
+            return exc.response()
+        return JSONResponse(
+            {"reference": reference, "amount_minor": amount, "count": len(due)}, status_code=201
+        )
+
     return app
 
 

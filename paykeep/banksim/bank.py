@@ -649,11 +649,14 @@ def bank_faults_from_json(document: Any) -> dict[str, bool]:
 
 
 def create_router(
-    data_dir: Path, clock: Clock | None = None, faults: dict[str, bool] | None = None
+    data_dir: Path,
+    clock: Clock | None = None,
+    faults: dict[str, bool] | None = None,
+    store: BankStore | None = None,
 ) -> fastapi.APIRouter:
     """The bank's HTTP API; the banksim app mounts it under ``/bank``. ``faults`` (from the
     ``--faults`` file) are set at start, as ``POST /bank/faults`` would."""
-    store = BankStore(data_dir, clock)
+    store = store or BankStore(data_dir, clock)
     if faults:
         store.set_faults(faults)
     router = fastapi.APIRouter()

@@ -118,6 +118,7 @@ class Txn:
     held_minor: int = 0
     captured_minor: int = 0
     auth: Txn | None = None  # for a capture: the authorisation it captured
+    settled: bool = False  # paid out to the acquirer in a settlement credit
 
 
 @dataclass
@@ -267,6 +268,33 @@ class CardNetwork:
         if ref in self.by_token:
             return [self.by_token[ref]]
         return [c for c in self.cards.values() if c.last4 == ref]
+
+    def settle_captures(self, currency: str) -> list[Txn]:
+        """What the acquirer is owed in ``currency``: every capture and sale not yet settled
+        (and not reversed), now marked settled (``unsettle`` undoes it if the credit fails)."""
+        due = [
+            t
+            for t in self.txns.values()
+            if not t.settled
+            and t.card is not None
+            and t.card.currency == currency
+            and (
+                (t.kind == "auth" and t.state == "captured")
+                or (t.kind == "sale" and t.state == "sold")
+            )
+        ]
+        for t in due:
+            t.settled = True
+        return due
+
+    @staticmethod
+    def settled_amount(txns: list[Txn]) -> int:
+        return sum(t.captured_minor if t.kind == "auth" else t.amount_minor for t in txns)
+
+    @staticmethod
+    def unsettle(txns: list[Txn]) -> None:
+        for t in txns:
+            t.settled = False
 
     def card_view(self, card: Card) -> dict[str, Any]:
         holds = [

@@ -92,3 +92,10 @@ class CardLedgerPostingFailed(PaykeepError):
 
     code = "card_ledger_posting_failed"
     type = "api_error"
+
+
+class CardSettlementMismatch(Conflict):
+    """The acquirer's settlement report does not agree with the captures Paykeep has not yet
+    seen settled: nothing is expected, nothing is marked; the difference is the break."""
+
+    code = "card_settlement_mismatch"

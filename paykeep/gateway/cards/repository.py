@@ -50,6 +50,7 @@ payments = sa.Table(
     sa.Column("last_seq", sa.Integer),
     sa.Column("created_at_ns", sa.BigInteger),
     sa.Column("updated_at_ns", sa.BigInteger),
+    sa.Column("settlement_reference", sa.String(35)),
 )
 messages = sa.Table(
     "card_messages",
@@ -226,6 +227,35 @@ class CardRepository:
             _FOLLOW_SEQ_SQLITE if self.conn.dialect.name == "sqlite" else _FOLLOW_SEQ_PG,
             {"pk": payment.pk, "seq": message.seq, "at_ns": message.at_ns},
         )
+
+    def unsettled_captures(self, acquirer: str, currency: str) -> list[tuple[int, int]]:
+        """(row id, captured amount) of every capture not yet in a settlement."""
+        rows = self.conn.execute(
+            sa.select(payments.c.id, payments.c.captured_minor).where(
+                payments.c.acquirer == acquirer,
+                payments.c.currency == currency,
+                payments.c.state == CardPaymentState.CAPTURED.value,
+                payments.c.settlement_reference.is_(None),
+            )
+        )
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    def settled_by(self, reference: str) -> int:
+        rows = self.conn.execute(
+            sa.select(sa.func.count()).where(payments.c.settlement_reference == reference)
+        )
+        return int(rows.scalar_one())
+
+    def mark_settled(self, pks: list[int], reference: str) -> None:
+        for start in range(0, len(pks), 500):
+            self.conn.execute(
+                payments.update()
+                .where(
+                    payments.c.id.in_(pks[start : start + 500]),
+                    payments.c.settlement_reference.is_(None),
+                )
+                .values(settlement_reference=reference)
+            )
 
     def messages(self, pk: int) -> list[CardMessage]:
         rows = self.conn.execute(

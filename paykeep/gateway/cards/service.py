@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -34,6 +34,7 @@ from paykeep.gateway.cards.errors import (
     CardPaymentInProgress,
     CardPaymentNotFound,
     CardResponseTimeout,
+    CardSettlementMismatch,
 )
 from paykeep.gateway.cards.model import (
     APPROVED_CODE,
@@ -58,10 +59,14 @@ from paykeep.gateway.cards.model import (
     transmission_fields,
 )
 from paykeep.gateway.cards.repository import CardRepository, StoredPayment
+from paykeep.gateway.statements.model import ExpectedMovement, Leg
 from paykeep.gateway.vault.service import CardVault
 from paykeep.ledger.errors import AccountNotFound
 from paykeep.ledger.model import CreateAccountResult, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
+
+if TYPE_CHECKING:
+    from paykeep.gateway.statements.service import StatementService
 
 log = logging.getLogger("paykeep.gateway.cards")
 
@@ -69,6 +74,8 @@ S = CardPaymentState
 #: Ledger codes: the clearing account is an asset; a card capture is its own transfer kind.
 CLEARING_ACCOUNT_CODE = 1
 CARD_CAPTURE_TRANSFER_CODE = 30
+#: The acquirer's settlement credit: bank:safeguarding:<bank> <- clearing:card:<acquirer>.
+CARD_SETTLEMENT_TRANSFER_CODE = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +291,61 @@ class CardGateway:
             else:
                 pending += 1
         return RecoveryReport(reversed_, pending, settled)
+
+    # ------------------------------------------------------------------ settlement
+
+    def expect_settlement(
+        self,
+        statements: StatementService,
+        *,
+        reference: str,
+        amount_minor: int,
+        count: int,
+        iban: str,
+        bank_account_name: str,
+    ) -> int:
+        """The acquirer's settlement report: ``amount_minor`` for ``count`` captures will be
+        credited to ``iban`` under ``reference``. It must agree exactly with the captures
+        Paykeep has not yet seen settled (else :class:`CardSettlementMismatch`, and nothing
+        changes); then the credit is expected on the statement — when its line is imported,
+        ``bank_account_name`` ← ``clearing:card:<acquirer>`` empties the clearing account —
+        and those captures are marked as paid by it. Idempotent on ``reference``."""
+        if not isinstance(reference, str) or not reference.strip() or len(reference) > 35:
+            raise CardInputInvalid("reference must be 1..35 characters", param="reference")
+        check_amount(amount_minor)
+        with self.database.read() as conn:
+            repo = CardRepository(conn)
+            already = repo.settled_by(reference)
+            owed = repo.unsettled_captures(self.acquirer, self.currency)
+        if already:
+            if already != count:
+                raise CardSettlementMismatch(
+                    f"settlement {reference} already paid {already} captures, not {count}"
+                )
+            owed = []  # a replay: expect() below answers with the same expectation
+        elif (sum(a for _, a in owed), len(owed)) != (amount_minor, count):
+            raise CardSettlementMismatch(
+                f"settlement {reference} reports {count} captures for {amount_minor}; "
+                f"Paykeep has {len(owed)} unsettled for {sum(a for _, a in owed)}"
+            )
+        expectation_id = statements.expect(
+            ExpectedMovement(
+                reference=reference,
+                iban=iban,
+                direction="credit",
+                amount_minor=amount_minor,
+                currency=self.currency,
+                legs=(
+                    Leg(
+                        bank_account_name, self.clearing_account_name, CARD_SETTLEMENT_TRANSFER_CODE
+                    ),
+                ),
+            )
+        )
+        if owed:
+            with self.database.write() as conn:
+                CardRepository(conn).mark_settled([pk for pk, _ in owed], reference)
+        return expectation_id
 
     # ------------------------------------------------------------------ starting a payment
 

@@ -90,6 +90,8 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.Integer, nullable=False),
         sa.Column("created_at_ns", sa.BigInteger, nullable=False),
         sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
+        # The acquirer's settlement credit that paid this capture out (NULL: still owed).
+        sa.Column("settlement_reference", sa.String(35), nullable=True),
         sa.CheckConstraint(_in("state", STATES), name="ck_card_payments_state"),
         sa.CheckConstraint(
             f"outcome IS NULL OR {_in('outcome', OUTCOMES)}", name="ck_card_payments_outcome"
@@ -102,6 +104,9 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_card_payments_state", "card_payments", ["state", "updated_at_ns"])
+    op.create_index(
+        "ix_card_payments_unsettled", "card_payments", ["acquirer", "currency", "state"]
+    )
     op.create_table(
         "card_messages",
         sa.Column("id", ROWID, primary_key=True),
