@@ -1,6 +1,7 @@
-"""``paykeep cards payment|recover``: an operator's view of card payments and the recovery
-sweep (reverse what a crash or a timeout left in flight, retry owed reversals, post approved
-captures), until the workers run it on a schedule.
+"""``paykeep cards payment|recover|expect-settlement``: an operator's view of card payments,
+the recovery sweep (reverse what a crash or a timeout left in flight, retry owed reversals,
+post approved captures) until the workers run it on a schedule, and registering an
+acquirer's settlement report.
 
 Exit statuses: 0 success; 1 the sweep left reversals still owed; 2 bad input (unknown payment,
 bad address), with a one-line reason on stderr.
@@ -113,6 +114,41 @@ def recover(
         )
     if report.reversal_pending:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+@cards_app.command("expect-settlement")
+def expect_settlement(
+    reference: Annotated[str, typer.Option(help="The settlement report's reference.")],
+    amount: Annotated[int, typer.Option(help="Its amount, in minor units.")],
+    count: Annotated[int, typer.Option(min=0, help="How many captures it pays.")],
+    iban: Annotated[str, typer.Option(help="The account the acquirer credits.")],
+    bank_account: Annotated[
+        str, typer.Option(help="That account's ledger account, e.g. bank:safeguarding:x.")
+    ],
+    acquirer: Annotated[str, typer.Option(help="The acquirer that reports it.")] = "banksim",
+    currency: Annotated[str, typer.Option(help="The acquirer's settlement currency.")] = "EUR",
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check an acquirer's settlement report against the captures not yet settled, then
+    expect its credit on the statement (exit 2 if the report disagrees; nothing changes)."""
+    from paykeep.db import open_database
+    from paykeep.gateway.cards.service import expect_card_settlement
+    from paykeep.gateway.statements.service import StatementService
+
+    with typed_errors():
+        database = open_database(settings_from(data_dir, database_url))
+        expectation_id = expect_card_settlement(
+            database, StatementService(database), acquirer=acquirer, currency=currency,
+            reference=reference, amount_minor=amount, count=count, iban=iban,
+            bank_account_name=bank_account,
+        )  # fmt: skip
+    out = {"reference": reference, "expectation_id": expectation_id}
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"settlement {reference} expected (expectation {expectation_id})")
 
 
 def register(app: typer.Typer) -> None:

@@ -92,6 +92,73 @@ class RecoveryReport:
         }
 
 
+def clearing_account_name(acquirer: str) -> str:
+    """Card money in transit from ``acquirer``: must return to zero after settlement."""
+    return f"clearing:card:{acquirer}"
+
+
+def expect_card_settlement(
+    database: Database,
+    statements: StatementService,
+    *,
+    acquirer: str,
+    currency: str,
+    reference: str,
+    amount_minor: int,
+    count: int,
+    iban: str,
+    bank_account_name: str,
+) -> int:
+    """The acquirer's settlement report: ``amount_minor`` for ``count`` captures will be
+    credited to ``iban`` under ``reference``. It must agree exactly with the captures Paykeep
+    has not yet seen settled (else :class:`CardSettlementMismatch`, and nothing changes); then
+    the credit is expected on the statement — when its line is imported, ``bank_account_name``
+    ← ``clearing:card:<acquirer>`` empties the clearing account — and those captures are
+    marked as paid by it. Idempotent on ``reference``. Needs neither the network nor the
+    vault."""
+    check_acquirer(acquirer)
+    if not isinstance(reference, str) or not reference.strip() or len(reference) > 35:
+        raise CardInputInvalid("reference must be 1..35 characters", param="reference")
+    check_amount(amount_minor)
+    if type(count) is not int or count <= 0:
+        raise CardInputInvalid("count must be a positive number of captures", param="count")
+    with database.read() as conn:
+        repo = CardRepository(conn)
+        already = repo.settled_by(reference)
+        owed = repo.unsettled_captures(acquirer, currency)
+    if already:
+        if already != count:
+            raise CardSettlementMismatch(
+                f"settlement {reference} already paid {already} captures, not {count}"
+            )
+        owed = []  # a replay: expect() below answers with the same expectation
+    elif (sum(a for _, a in owed), len(owed)) != (amount_minor, count):
+        raise CardSettlementMismatch(
+            f"settlement {reference} reports {count} captures for {amount_minor}; "
+            f"Paykeep has {len(owed)} unsettled for {sum(a for _, a in owed)}"
+        )
+    expectation_id = statements.expect(
+        ExpectedMovement(
+            reference=reference,
+            iban=iban,
+            direction="credit",
+            amount_minor=amount_minor,
+            currency=currency,
+            legs=(
+                Leg(
+                    bank_account_name,
+                    clearing_account_name(acquirer),
+                    CARD_SETTLEMENT_TRANSFER_CODE,
+                ),
+            ),
+        )
+    )
+    if owed:
+        with database.write() as conn:
+            CardRepository(conn).mark_settled([pk for pk, _ in owed], reference)
+    return expectation_id
+
+
 def find_payment(database: Database, payment_id: str) -> CardResult:
     """One card payment as stored; needs neither the card network nor the vault's keys."""
     check_payment_id(payment_id)
@@ -142,7 +209,7 @@ class CardGateway:
 
     @property
     def clearing_account_name(self) -> str:
-        return f"clearing:card:{self.acquirer}"
+        return clearing_account_name(self.acquirer)
 
     # ------------------------------------------------------------------ use cases
 
@@ -304,48 +371,12 @@ class CardGateway:
         iban: str,
         bank_account_name: str,
     ) -> int:
-        """The acquirer's settlement report: ``amount_minor`` for ``count`` captures will be
-        credited to ``iban`` under ``reference``. It must agree exactly with the captures
-        Paykeep has not yet seen settled (else :class:`CardSettlementMismatch`, and nothing
-        changes); then the credit is expected on the statement — when its line is imported,
-        ``bank_account_name`` ← ``clearing:card:<acquirer>`` empties the clearing account —
-        and those captures are marked as paid by it. Idempotent on ``reference``."""
-        if not isinstance(reference, str) or not reference.strip() or len(reference) > 35:
-            raise CardInputInvalid("reference must be 1..35 characters", param="reference")
-        check_amount(amount_minor)
-        with self.database.read() as conn:
-            repo = CardRepository(conn)
-            already = repo.settled_by(reference)
-            owed = repo.unsettled_captures(self.acquirer, self.currency)
-        if already:
-            if already != count:
-                raise CardSettlementMismatch(
-                    f"settlement {reference} already paid {already} captures, not {count}"
-                )
-            owed = []  # a replay: expect() below answers with the same expectation
-        elif (sum(a for _, a in owed), len(owed)) != (amount_minor, count):
-            raise CardSettlementMismatch(
-                f"settlement {reference} reports {count} captures for {amount_minor}; "
-                f"Paykeep has {len(owed)} unsettled for {sum(a for _, a in owed)}"
-            )
-        expectation_id = statements.expect(
-            ExpectedMovement(
-                reference=reference,
-                iban=iban,
-                direction="credit",
-                amount_minor=amount_minor,
-                currency=self.currency,
-                legs=(
-                    Leg(
-                        bank_account_name, self.clearing_account_name, CARD_SETTLEMENT_TRANSFER_CODE
-                    ),
-                ),
-            )
-        )
-        if owed:
-            with self.database.write() as conn:
-                CardRepository(conn).mark_settled([pk for pk, _ in owed], reference)
-        return expectation_id
+        """See :func:`expect_card_settlement` (for this gateway's acquirer and currency)."""
+        return expect_card_settlement(
+            self.database, statements, acquirer=self.acquirer, currency=self.currency,
+            reference=reference, amount_minor=amount_minor, count=count, iban=iban,
+            bank_account_name=bank_account_name,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ starting a payment
 

@@ -102,3 +102,36 @@ def test_a_failed_settlement_credit_leaves_the_captures_owed(own_rig: Rig) -> No
         iban = open_account(http, balance=0)
         report = http.post("/settlements/cards", json={"iban": iban, "currency": "EUR"}).json()
     assert (report["amount_minor"], report["count"]) == (900, 1)
+
+
+def test_cli_expect_settlement(own_rig: Rig, database: Database, settings: Settings) -> None:
+    import json
+    import subprocess
+    import sys
+
+    rig = own_rig
+    rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
+    with rig.banksim.http() as http:
+        iban = open_account(http, balance=0)
+    StatementService(database, rig.ledger).add_account(iban, "EUR", BANK)
+    _, token = rig.new_card(10_000)
+    rig.gateway.sale(token, 1_200, "EUR", payment_id="c-a", credit_account_id=rig.wallet.id)
+    with rig.banksim.http() as http:
+        report = http.post("/settlements/cards", json={"iban": iban, "currency": "EUR"}).json()
+
+    def cli(amount: int) -> subprocess.CompletedProcess[str]:
+        args = ["cards", "expect-settlement", "--reference", report["reference"],
+                "--amount", str(amount), "--count", "1", "--iban", iban,
+                "--bank-account", BANK, "--json", "--data-dir", str(settings.data_dir)]  # fmt: skip
+        if settings.database_url:
+            args += ["--database-url", settings.database_url]
+        return subprocess.run(
+            [sys.executable, "-m", "paykeep.cli", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    refused = cli(1_199)
+    assert refused.returncode == 2 and "card_settlement_mismatch" in refused.stderr
+    done = cli(1_200)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["reference"] == report["reference"]
