@@ -74,6 +74,8 @@ VAULT_REENCRYPT_BATCH: Final = 500
 #: fault rules, and the longest injected delay.
 BANKSIM_CARDS_MAX: Final = 100_000
 BANKSIM_AUTH_LOG_MAX: Final = 100_000
+#: banksim's saved card state (cards, holds, captures): refused beyond this at start.
+BANKSIM_CARD_STATE_BYTES_MAX: Final = 256 * 1024 * 1024
 BANKSIM_FAULTS_MAX: Final = 64
 BANKSIM_FAULT_DELAY_MAX_S: Final = 120.0
 BANKSIM_CONNECTIONS_MAX: Final = 256

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -175,6 +176,8 @@ async def serve(
     seed: int | None = None,
 ) -> None:
     network = CardNetwork(seed=seed)
+    state = CardState(data_dir / CARD_STATE_FILE)
+    state.load(network)
     bank_faults = None
     if faults is not None:
         network.set_faults(fault_rules_from_json(faults))
@@ -214,11 +217,55 @@ async def serve(
     sys.stdout.write(json.dumps({"http_port": bound_http_port, "card_port": bound_card_port}))
     sys.stdout.write("\n")
     sys.stdout.flush()
+    saver = loop.create_task(state.keep_saved(network))
     try:
         await http_task
     finally:
         await cards.stop()
         http_socket.close()
+        saver.cancel()
+        state.save(network)  # the last changes, on a clean stop
+
+
+#: The card network's cards, holds, captures and settlements, kept across restarts.
+CARD_STATE_FILE = "cards.json"
+#: How often changed card state is written (a crash loses at most this much).
+CARD_STATE_SAVE_INTERVAL_S = 0.5
+
+
+class CardState:
+    """The card network's state in a JSON file of the data directory, written atomically
+    (temporary file + rename) whenever it changed, every ``CARD_STATE_SAVE_INTERVAL_S``, and
+    on a clean stop. banksim is a simulator: its test cards' numbers are kept in clear."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.saved_version = -1
+
+    def load(self, network: CardNetwork) -> None:
+        if not self.path.exists():
+            return
+        if self.path.stat().st_size > limits.BANKSIM_CARD_STATE_BYTES_MAX:
+            raise FaultConfigInvalid(f"{self.path} is larger than the card state may be")
+        try:
+            network.restore(json.loads(self.path.read_text(encoding="utf-8")))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise FaultConfigInvalid(f"{self.path} is not banksim card state: {exc}") from None
+        self.saved_version = network.version
+
+    def save(self, network: CardNetwork) -> None:
+        if network.version == self.saved_version:
+            return
+        version, data = network.version, network.snapshot()
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self.saved_version = version
+
+    async def keep_saved(self, network: CardNetwork) -> None:
+        while True:
+            await asyncio.sleep(CARD_STATE_SAVE_INTERVAL_S)
+            self.save(network)
 
 
 def load_faults(path: Path | None) -> Any:

@@ -226,6 +226,8 @@ class CardNetwork:
         self.faults: list[FaultRule] = []
         self.random = random.Random(seed)
         self.seq = 0
+        #: Bumped by every change of cards, holds or settlements: the snapshot writer's cue.
+        self.version = 0
         self.stats = {"frames": 0, "format_errors": 0, "disconnects": 0}
         for builtin in BUILTIN_CARDS:
             self.add_card(
@@ -261,6 +263,7 @@ class CardNetwork:
         )  # fmt: skip
         self.cards[pan] = card
         self.by_token[card.token] = card
+        self.version += 1
         return card
 
     def find_cards(self, ref: str) -> list[Card]:
@@ -285,16 +288,67 @@ class CardNetwork:
         ]
         for t in due:
             t.settled = True
+        self.version += 1
         return due
 
     @staticmethod
     def settled_amount(txns: list[Txn]) -> int:
         return sum(t.captured_minor if t.kind == "auth" else t.amount_minor for t in txns)
 
-    @staticmethod
-    def unsettle(txns: list[Txn]) -> None:
+    def unsettle(self, txns: list[Txn]) -> None:
         for t in txns:
             t.settled = False
+        self.version += 1
+
+    # ------------------------------------------------------------------ persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """Cards, balances, holds, captures, settlements and reversal tombstones, as JSON
+        data: what a restart must not forget (the message log and faults are not kept)."""
+        return {
+            "format": 1,
+            "cards": [
+                {"token": c.token, "pan": c.pan, "expiry": c.expiry, "cvv": c.cvv,
+                 "balance_minor": c.balance_minor, "currency": c.currency,
+                 "forced_response": c.forced_response}
+                for c in self.cards.values()
+            ],
+            "txns": [
+                {"key": list(t.key), "kind": t.kind, "state": t.state,
+                 "card": t.card.token if t.card else None, "amount_minor": t.amount_minor,
+                 "rrn": t.rrn, "auth_code": t.auth_code, "response": t.response,
+                 "held_minor": t.held_minor, "captured_minor": t.captured_minor,
+                 "auth": list(t.auth.key) if t.auth else None, "settled": t.settled}
+                for t in self.txns.values()
+            ],
+            "tombstones": [list(k) for k in sorted(self.tombstones)],
+        }  # fmt: skip
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Load a :meth:`snapshot` (replacing the built-in cards' state with the saved one)."""
+        if data.get("format") != 1:
+            raise FaultConfigInvalid("banksim card state: unknown snapshot format")
+        for c in data["cards"]:
+            card = Card(c["token"], c["pan"], c["expiry"], c["cvv"], int(c["balance_minor"]),
+                        c["currency"], c["forced_response"])  # fmt: skip
+            old = self.cards.get(card.pan)
+            if old is not None:
+                self.by_token.pop(old.token, None)
+            self.cards[card.pan] = card
+            self.by_token[card.token] = card
+        for t in data["txns"]:
+            key = (str(t["key"][0]), str(t["key"][1]), str(t["key"][2]))
+            self.txns[key] = Txn(
+                key, t["kind"], t["state"], self.by_token.get(t["card"]) if t["card"] else None,
+                int(t["amount_minor"]), t["rrn"], t["auth_code"], dict(t["response"]),
+                int(t["held_minor"]), int(t["captured_minor"]), None, bool(t["settled"]),
+            )  # fmt: skip
+        for t in data["txns"]:  # captures point at the authorisation they captured
+            if t["auth"] is not None:
+                key = (str(t["key"][0]), str(t["key"][1]), str(t["key"][2]))
+                auth = tuple(str(part) for part in t["auth"])
+                self.txns[key].auth = self.txns.get(auth)  # type: ignore[arg-type]
+        self.tombstones = {(str(k[0]), str(k[1]), str(k[2])) for k in data["tombstones"]}
 
     def card_view(self, card: Card) -> dict[str, Any]:
         holds = [
@@ -353,6 +407,7 @@ class CardNetwork:
     def _record(self, request: Mapping[str, str], response: Mapping[str, str] | None,
                 *, effect: str, card: Card | None, faults: list[str]) -> None:  # fmt: skip
         self.seq += 1
+        self.version += 1
         self.log.append(
             {
                 "seq": self.seq,
