@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from paykeep.config import SQLITE_FILE_NAME, Settings
-
-
-def paykeep(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    extra: list[str] = []
-    if settings is not None:
-        extra = ["--data-dir", str(settings.data_dir)]
-        if settings.database_url:
-            extra += ["--database-url", settings.database_url]
-    return subprocess.run(
-        [sys.executable, "-m", "paykeep.cli", *args, *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+from tests.support import paykeep
 
 
 def test_demo_runs_and_audits_clean(settings: Settings) -> None:

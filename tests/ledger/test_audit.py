@@ -7,8 +7,6 @@ append-only and zero-sum triggers first, on SQLite by dropping its guard trigger
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 
 import pytest
@@ -19,6 +17,7 @@ from paykeep.db import Database
 from paykeep.ledger.audit import AuditReport, verify
 from paykeep.ledger.model import NewTransfer
 from tests.ledger.scenario import Scenario, build
+from tests.support import paykeep
 
 
 def sql(database: Database, *statements: str) -> None:
@@ -47,11 +46,7 @@ def unguard(database: Database) -> None:
 
 
 def cli_verify(settings: Settings) -> tuple[int, dict[str, object]]:
-    args = [sys.executable, "-m", "paykeep.cli", "audit", "verify", "--json"]
-    args += ["--data-dir", str(settings.data_dir)]
-    if settings.database_url:
-        args += ["--database-url", settings.database_url]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    done = paykeep("audit", "verify", "--json", settings=settings)
     return done.returncode, json.loads(done.stdout)
 
 

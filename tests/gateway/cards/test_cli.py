@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from paykeep.config import Settings
 from paykeep.gateway.cards.model import CardOutcome as O
 from paykeep.gateway.cards.model import CardPaymentState as S
 from tests.gateway.cards.conftest import Rig
+from tests.support import paykeep
 
 
-def paykeep(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    extra = ["--data-dir", str(settings.data_dir)]
-    if settings.database_url:
-        extra += ["--database-url", settings.database_url]
-    return subprocess.run(
-        [sys.executable, "-m", "paykeep.cli", "cards", *args, *extra, "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+def cards(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return paykeep("cards", *args, "--json", settings=settings)
 
 
 def test_the_sweep_command_reverses_what_a_silent_network_left(
@@ -36,15 +30,15 @@ def test_the_sweep_command_reverses_what_a_silent_network_left(
     assert result.state is S.REVERSING
     network = f"127.0.0.1:{rig.banksim.card_port}"
     # While the network still refuses reversals, the sweep reports them owed: exit 1.
-    done = paykeep(settings, "recover", "--card-network", network, "--min-age-s", "0")
+    done = cards(settings, "recover", "--card-network", network, "--min-age-s", "0")
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout) == {"reversed": 0, "reversal_pending": 1, "settled": 0}
     rig.faults()
-    done = paykeep(settings, "recover", "--card-network", network, "--min-age-s", "0")
+    done = cards(settings, "recover", "--card-network", network, "--min-age-s", "0")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["reversed"] == 1
     assert rig.issuer(pan)["held_minor"] == 0
-    shown = paykeep(settings, "payment", "cli-silent")
+    shown = cards(settings, "payment", "cli-silent")
     assert shown.returncode == 0, shown.stderr
     view = json.loads(shown.stdout)
     assert view["outcome"] == O.TIMED_OUT_REVERSED.value and view["last4"] == pan[-4:]
@@ -52,7 +46,7 @@ def test_the_sweep_command_reverses_what_a_silent_network_left(
 
 
 def test_bad_input_exits_2(settings: Settings) -> None:
-    done = paykeep(settings, "payment", "no-such-payment")
+    done = cards(settings, "payment", "no-such-payment")
     assert done.returncode == 2 and "card_payment_not_found" in done.stderr
-    done = paykeep(settings, "recover", "--card-network", "localhost")
+    done = cards(settings, "recover", "--card-network", "localhost")
     assert done.returncode == 2 and "HOST:PORT" in done.stderr

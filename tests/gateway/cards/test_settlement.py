@@ -4,6 +4,8 @@ credit, and the statement line empties ``clearing:card:<acquirer>``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import NewAccount
 from tests.banksim.bank.helpers import close_day, open_account, statement
 from tests.gateway.cards.conftest import Rig
+from tests.support import paykeep
 
 BANK = "bank:safeguarding:sim"
 
@@ -105,10 +108,6 @@ def test_a_failed_settlement_credit_leaves_the_captures_owed(own_rig: Rig) -> No
 
 
 def test_cli_expect_settlement(own_rig: Rig, database: Database, settings: Settings) -> None:
-    import json
-    import subprocess
-    import sys
-
     rig = own_rig
     rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
     with rig.banksim.http() as http:
@@ -120,14 +119,10 @@ def test_cli_expect_settlement(own_rig: Rig, database: Database, settings: Setti
         report = http.post("/settlements/cards", json={"iban": iban, "currency": "EUR"}).json()
 
     def cli(amount: int) -> subprocess.CompletedProcess[str]:
-        args = ["cards", "expect-settlement", "--reference", report["reference"],
-                "--amount", str(amount), "--count", "1", "--iban", iban,
-                "--bank-account", BANK, "--json", "--data-dir", str(settings.data_dir)]  # fmt: skip
-        if settings.database_url:
-            args += ["--database-url", settings.database_url]
-        return subprocess.run(
-            [sys.executable, "-m", "paykeep.cli", *args],
-            capture_output=True, text=True, timeout=120, check=False,
+        return paykeep(
+            "cards", "expect-settlement", "--reference", report["reference"],
+            "--amount", str(amount), "--count", "1", "--iban", iban, "--bank-account", BANK,
+            "--json", settings=settings,
         )  # fmt: skip
 
     refused = cli(1_199)

@@ -4,8 +4,6 @@ other line is a break with its reason, re-imports and retries never post twice."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import AccountFlags, NewAccount
 from tests.gateway.statements.builder import Line, camt053
 from tests.gateway.statements.samples import CAMT
+from tests.support import paykeep
 
 IBAN = "DE89370400440532013000"
 BANK = "bank:safeguarding:x"
@@ -223,17 +222,10 @@ def test_registry_and_expectation_errors(database: Database) -> None:
 # ------------------------------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paykeep.cli", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-
 def test_cli_import_json_and_bad_file(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     sample = CAMT / "moov_FI_camt_053_sample.xml"
-    done = _cli("statements", "import", str(sample), "--json", "--data-dir", data_dir)
+    done = paykeep("statements", "import", str(sample), "--json", "--data-dir", data_dir)
     assert done.returncode == 0, done.stderr
     (s,) = json.loads(done.stdout)["statements"]
     assert {"account", "currency", "opening_booked_minor", "closing_booked_minor", "entries",
@@ -244,14 +236,14 @@ def test_cli_import_json_and_bad_file(tmp_path: Path) -> None:
     assert (s["opening_booked_minor"], s["closing_booked_minor"]) == (1_000_000, 2_364_483)
     bad = tmp_path / "cut.xml"
     bad.write_bytes(sample.read_bytes()[:3000])
-    refused = _cli("statements", "import", str(bad), "--data-dir", data_dir)
+    refused = paykeep("statements", "import", str(bad), "--data-dir", data_dir)
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "statement_truncated" in refused.stderr
     assert "Traceback" not in refused.stderr
-    listed = _cli("statements", "breaks", "--json", "--data-dir", data_dir)
+    listed = paykeep("statements", "breaks", "--json", "--data-dir", data_dir)
     assert listed.returncode == 0
     assert len(json.loads(listed.stdout)["breaks"]) == 10
-    added = _cli("statements", "accounts", "add", "GB82WEST12345698765432", "--currency", "EUR",
+    added = paykeep("statements", "accounts", "add", "GB82WEST12345698765432", "--currency", "EUR",
                  "--ledger-account", "bank:none", "--data-dir", data_dir)  # fmt: skip
     assert added.returncode == 2 and "statement_ledger_account_not_found" in added.stderr
 
@@ -389,19 +381,19 @@ def test_a_break_is_resolved_once_by_a_note_or_by_naming_the_expectation(
 def test_cli_resolve(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     sample = CAMT / "moov_FI_camt_053_sample.xml"
-    assert _cli("statements", "import", str(sample), "--data-dir", data_dir).returncode == 0
-    listed = json.loads(_cli("statements", "breaks", "--json", "--data-dir", data_dir).stdout)
+    assert paykeep("statements", "import", str(sample), "--data-dir", data_dir).returncode == 0
+    listed = json.loads(paykeep("statements", "breaks", "--json", "--data-dir", data_dir).stdout)
     first = listed["breaks"][0]["id"]
-    done = _cli("statements", "resolve", str(first), "--actor", "ops-1", "--note", "known",
+    done = paykeep("statements", "resolve", str(first), "--actor", "ops-1", "--note", "known",
                 "--json", "--data-dir", data_dir)  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["resolved"]["id"] == first and out["matched"] is False
-    again = _cli("statements", "resolve", str(first), "--actor", "ops-1", "--note", "known",
+    again = paykeep("statements", "resolve", str(first), "--actor", "ops-1", "--note", "known",
                  "--data-dir", data_dir)  # fmt: skip
     assert again.returncode == 2 and "statement_break_already_resolved" in again.stderr
-    matched = _cli("statements", "resolve", str(listed["breaks"][1]["id"]), "--actor", "ops-1",
+    matched = paykeep("statements", "resolve", str(listed["breaks"][1]["id"]), "--actor", "ops-1",
                    "--note", "n", "--match", "X", "--data-dir", data_dir)  # fmt: skip
     assert matched.returncode == 2 and "statement_break_resolution_invalid" in matched.stderr
-    left = json.loads(_cli("statements", "breaks", "--json", "--data-dir", data_dir).stdout)
+    left = json.loads(paykeep("statements", "breaks", "--json", "--data-dir", data_dir).stdout)
     assert len(left["breaks"]) == len(listed["breaks"]) - 1
