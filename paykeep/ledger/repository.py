@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from paykeep.db import Database
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 from paykeep.ledger.model import (
     Account,
     Balances,
@@ -424,6 +427,16 @@ class LedgerRepository:
             # The engine mutated cached balances for a batch that did not commit.
             self.cache.drop()
             raise
+
+    def within(self, conn: Connection) -> WriteTx:
+        """The engine's view of a write transaction another context opened (``Database.write``)
+        so that its own rows and the ledger's commit together. It uses a cache of its own: the
+        shared one sees the journal head move and drops itself at its next write."""
+        raw = Database.driver_connection(conn)
+        cache = AccountCache()
+        if self.database.is_sqlite:
+            return SqliteTx(raw, cache, self.postings_tail_max)
+        return PostgresTx(raw, cache, self.postings_tail_max)
 
     @contextmanager
     def read(self) -> Iterator[_Common]:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, monotonic_s
@@ -46,6 +46,10 @@ from paykeep.ledger.model import (
     seal,
     validate_new_account,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 from paykeep.ledger.repository import (
     TRANSFER_COLUMNS,
     LedgerRepository,
@@ -118,43 +122,71 @@ class Ledger:
                 continue  # a concurrent creator won a race on id or name; decide again
         raise LedgerConflict("accounts could not be created: concurrent conflicting writes")
 
+    def create_accounts_within(
+        self, conn: Connection, accounts: Sequence[NewAccount]
+    ) -> list[AccountResult]:
+        """:meth:`create_accounts` inside a write transaction the caller opened with
+        ``Database.write()`` and commits (its rows and these accounts commit together)."""
+        if len(accounts) > limits.BATCH_SIZE_MAX:
+            raise BatchTooLarge(f"at most {limits.BATCH_SIZE_MAX} accounts per call")
+        return self._insert_accounts(self.repo.within(conn), accounts) if accounts else []
+
+    def create_transfers_within(
+        self, conn: Connection, transfers: Sequence[NewTransfer]
+    ) -> list[TransferResult]:
+        """:meth:`create_transfers` inside a write transaction the caller opened with
+        ``Database.write()``: the caller's own rows and these transfers commit or roll back
+        together. Linked chains stay atomic; a rejected item writes nothing of its chain."""
+        if len(transfers) > limits.BATCH_SIZE_MAX:
+            raise BatchTooLarge(f"at most {limits.BATCH_SIZE_MAX} transfers per call")
+        if not transfers:
+            return []
+        try:
+            results, _head = self._decide(self.repo.within(conn), transfers, (), False)
+        except UniqueViolation as exc:
+            raise LedgerConflict(
+                "a concurrent writer created the same transfer id or reference; retry"
+            ) from exc
+        return results
+
     def _create_accounts(self, accounts: Sequence[NewAccount]) -> list[AccountResult]:
+        with self._writer(), self.repo.write() as tx:
+            return self._insert_accounts(tx, accounts)
+
+    def _insert_accounts(self, tx: WriteTx, accounts: Sequence[NewAccount]) -> list[AccountResult]:
         import sqlite3
 
         import psycopg
 
-        with self._writer(), self.repo.write() as tx:
-            existing = tx.load_accounts(a.id for a in accounts)
-            names = tx.load_account_names(
-                a.name for a in accounts if isinstance(a.name, str) and name_ok(a.name)
+        existing = tx.load_accounts(a.id for a in accounts)
+        names = tx.load_account_names(
+            a.name for a in accounts if isinstance(a.name, str) and name_ok(a.name)
+        )
+        now = self.clock.now_ns()
+        results: list[AccountResult] = []
+        rows: list[tuple[object, ...]] = []
+        for index, new in enumerate(accounts):
+            result, meta = validate_new_account(
+                new,
+                existing.get(new.id) if type(new.id) is int else None,
+                names.get(new.name) if new.name is not None else None,
             )
-            now = self.clock.now_ns()
-            results: list[AccountResult] = []
-            rows: list[tuple[object, ...]] = []
-            for index, new in enumerate(accounts):
-                result, meta = validate_new_account(
-                    new,
-                    existing.get(new.id) if type(new.id) is int else None,
-                    names.get(new.name) if new.name is not None else None,
-                )
-                if result is CreateAccountResult.OK:
-                    rows.append(
-                        (new.id, new.currency, new.code, int(new.flags), new.name, meta, now)
-                    )
-                    # Later items in the same call see this one (idempotency within a batch).
-                    existing[new.id] = Account(
-                        new.id, new.currency, new.code, int(new.flags), new.name,
-                        new.metadata, 0, 0, 0, 0, now,
-                    )  # fmt: skip
-                    if new.name is not None:
-                        names[new.name] = new.id
-                results.append(AccountResult(index, new.id, result))
-            if rows:
-                try:
-                    tx.insert_accounts(rows)
-                except (sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as exc:
-                    raise UniqueViolation(str(exc)) from exc
-            return results
+            if result is CreateAccountResult.OK:
+                rows.append((new.id, new.currency, new.code, int(new.flags), new.name, meta, now))
+                # Later items in the same call see this one (idempotency within a batch).
+                existing[new.id] = Account(
+                    new.id, new.currency, new.code, int(new.flags), new.name,
+                    new.metadata, 0, 0, 0, 0, now,
+                )  # fmt: skip
+                if new.name is not None:
+                    names[new.name] = new.id
+            results.append(AccountResult(index, new.id, result))
+        if rows:
+            try:
+                tx.insert_accounts(rows)
+            except (sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as exc:
+                raise UniqueViolation(str(exc)) from exc
+        return results
 
     def create_account(self, account: NewAccount) -> Account:
         """Create one account (or return it when it already exists identically)."""

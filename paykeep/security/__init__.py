@@ -1,0 +1,1 @@
+"""Security: field encryption of personal data, API keys (see README.md)."""
