@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 
@@ -43,3 +44,11 @@ def new_id() -> int:
 def new_token(prefix: str, nbytes: int = 24) -> str:
     """A secret token with a readable prefix, e.g. ``pk_test_`` + 32 url-safe characters."""
     return prefix + secrets.token_urlsafe(nbytes)
+
+
+def derived_id(*parts: str) -> int:
+    """A positive 63-bit id derived from ``parts``: the ledger transfer of a step that must
+    happen once (a payout's request, an order's hold). A retry after a crash names the same
+    transfer, and the ledger answers ``exists`` instead of moving the money twice."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return (int.from_bytes(digest[:8], "big") & (2**63 - 1)) or 1

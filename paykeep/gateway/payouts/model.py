@@ -32,6 +32,7 @@ from paykeep.gateway.payouts.errors import (
     PayoutIllegalTransition,
     PayoutInputInvalid,
 )
+from paykeep.ids import derived_id as derived_id  # re-exported: payouts name their steps
 from paykeep.money import currency_exponent, is_currency
 
 #: The chart-of-accounts name of payout money in transit (DESIGN.md).
@@ -274,14 +275,6 @@ def end_to_end_id(payout_id: int) -> str:
 def message_id(batch_id: int) -> str:
     """``PKPO`` + the batch id in base 36 (batch ids are time-ordered and unique)."""
     return f"PKPO{base36(batch_id)}"
-
-
-def derived_id(*parts: str) -> int:
-    """A positive 63-bit id derived from ``parts``: the ledger transfer of a step that must
-    happen once (a payout's request, its return). A retry after a crash names the same
-    transfer, and the ledger answers ``exists`` instead of moving the money twice."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return (int.from_bytes(digest[:8], "big") & (2**63 - 1)) or 1
 
 
 # ---------------------------------------------------------------------------------------------

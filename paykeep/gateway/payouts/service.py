@@ -2,7 +2,7 @@
 
 Transaction boundaries live here (``Database.write()``); the ledger runs its own. A step that
 spans the ledger and our tables is made safe to repeat instead of atomic: the ledger transfer
-of a payout request or return has an id derived from the payout (``model.derived_id``), so a
+of a payout request or return has an id derived from the payout (``paykeep.ids.derived_id``), so a
 retry after a crash gets ``exists`` from the ledger and never moves money twice, and
 :meth:`PayoutService.resume` finishes whatever a crash left half done.
 """

@@ -1,0 +1,74 @@
+"""Typed errors of the payments context (stable codes; the API maps them by ``type``)."""
+
+from __future__ import annotations
+
+from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
+
+
+class PaymentsInputInvalid(InvalidInput):
+    code = "payments_input_invalid"
+
+
+class ResourceMissing(NotFound):
+    """Unknown id, or an object of another merchant (never reveal that it exists)."""
+
+    code = "resource_missing"
+
+
+class IllegalTransition(Conflict):
+    """The object's state does not allow this action (the transition table says so)."""
+
+    code = "illegal_transition"
+
+
+class ConcurrentUpdate(Conflict):
+    """Another request changed the object between read and write; retry."""
+
+    code = "concurrent_update"
+
+
+class InsufficientFunds(Conflict):
+    code = "insufficient_funds"
+
+
+class PaymentDeclined(PaykeepError):
+    """The card was declined; ``decline_code`` is the network's answer in our words."""
+
+    code = "card_declined"
+    type = "card_error"
+
+    def __init__(self, message: str, *, decline_code: str, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.decline_code = decline_code
+
+
+class PaymentMethodUnavailable(PaykeepError):
+    code = "payment_method_unavailable"
+    type = "invalid_request"
+
+
+class PaymentProcessorUnavailable(PaykeepError):
+    """The card network did not answer (the payment was reversed); the buyer may retry."""
+
+    code = "payment_processor_unavailable"
+    type = "unavailable"
+
+
+class CheckoutSessionExpired(Conflict):
+    code = "checkout_session_expired"
+
+
+class PayoutNotAllowed(Conflict):
+    code = "payout_not_allowed"
+
+
+class RiskDeclined(PaykeepError):
+    """Financial-crime controls blocked this movement; nothing moved."""
+
+    code = "risk_blocked"
+    type = "permission_error"
+
+
+class CarrierSignatureInvalid(PaykeepError):
+    code = "carrier_signature_invalid"
+    type = "authentication_error"

@@ -1,0 +1,309 @@
+"""Stored objects of the payments context and how the API shows them (``to_api``).
+
+``to_api`` is the one representation of an object: API responses and webhook events both use
+it. Personal data is never in it: a buyer's email is masked, a payout IBAN shows its last four.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from paykeep.payments.model import FeePlan, LineItem, OrderState, RefundState, TimerSettings
+from paykeep.security.fields import mask_iban
+
+NS = 1_000_000_000
+
+
+def _s(ns: int | None) -> int | None:
+    return None if ns is None else ns // NS
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    id: str
+    legal_name: str
+    country: str
+    currency: str
+    payout_iban_last4: str | None
+    payout_iban_verified: bool
+    fees: FeePlan
+    timers: TimerSettings
+    payment_reference: str
+    created_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "merchant",
+            "legal_name": self.legal_name,
+            "country": self.country,
+            "currency": self.currency,
+            "payout_iban": mask_iban(self.payout_iban_last4),
+            "payout_iban_verified": self.payout_iban_verified,
+            "fee_plan": {
+                "percent_bp": self.fees.percent_bp,
+                "fixed_minor": self.fees.fixed_minor,
+                "reserve_percent_bp": self.fees.reserve_percent_bp,
+                "reserve_hold_s": self.fees.reserve_hold_s,
+            },
+            "escrow_timers": {
+                "unpaid_close_s": self.timers.unpaid_close_s,
+                "ship_by_s": self.timers.ship_by_s,
+                "confirm_after_delivery_s": self.timers.confirm_after_delivery_s,
+                "confirm_after_shipping_s": self.timers.confirm_after_shipping_s,
+            },
+            "payment_reference": self.payment_reference,
+            "created": _s(self.created_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Buyer:
+    id: str
+    merchant_id: str | None
+    email_masked: str
+    payment_reference: str
+    created_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "buyer",
+            "merchant": self.merchant_id,
+            "email": self.email_masked,
+            "payment_reference": self.payment_reference,
+            "created": _s(self.created_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: str
+    merchant_id: str
+    buyer_id: str
+    currency: str
+    amount_minor: int
+    fee_minor: int
+    state: OrderState
+    funding: str | None
+    hold_transfer_id: int | None
+    refunded_minor: int
+    released_minor: int
+    paused: bool
+    timer: str | None
+    timer_due_ns: int | None
+    description: str | None
+    merchant_reference: str | None
+    version: int
+    paid_at_ns: int | None
+    shipped_at_ns: int | None
+    delivered_at_ns: int | None
+    created_at_ns: int
+    updated_at_ns: int
+    items: tuple[LineItem, ...] = ()
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "order",
+            "merchant": self.merchant_id,
+            "buyer": self.buyer_id,
+            "currency": self.currency,
+            "amount_minor": self.amount_minor,
+            "fee_minor": self.fee_minor,
+            "refunded_minor": self.refunded_minor,
+            "released_minor": self.released_minor,
+            "state": self.state.value,
+            "funding": self.funding,
+            "disputed": self.paused,
+            "timer": None
+            if self.timer is None or self.paused
+            else {"kind": self.timer, "due": _s(self.timer_due_ns)},
+            "description": self.description,
+            "merchant_reference": self.merchant_reference,
+            "items": [
+                {
+                    "description": i.description,
+                    "quantity": i.quantity,
+                    "unit_amount_minor": i.unit_amount_minor,
+                    "amount_minor": i.amount_minor,
+                }
+                for i in self.items
+            ],
+            "paid_at": _s(self.paid_at_ns),
+            "shipped_at": _s(self.shipped_at_ns),
+            "delivered_at": _s(self.delivered_at_ns),
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: str
+    order_id: str
+    merchant_id: str
+    method: str
+    state: str
+    amount_minor: int
+    currency: str
+    card_payment_id: str | None
+    card_brand: str | None
+    card_last4: str | None
+    decline_code: str | None
+    decline_message: str | None
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "payment",
+            "order": self.order_id,
+            "merchant": self.merchant_id,
+            "method": self.method,
+            "state": self.state,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "card": None
+            if self.card_last4 is None
+            else {"brand": self.card_brand, "last4": self.card_last4},
+            "decline_code": self.decline_code,
+            "decline_message": self.decline_message,
+            "created": _s(self.created_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    id: str
+    order_id: str
+    merchant_id: str
+    direction: str
+    carrier: str
+    tracking_number: str
+    state: str
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "shipment",
+            "order": self.order_id,
+            "merchant": self.merchant_id,
+            "direction": self.direction,
+            "carrier": self.carrier,
+            "tracking_number": self.tracking_number,
+            "state": self.state,
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    id: str
+    order_id: str
+    merchant_id: str
+    amount_minor: int
+    reason: str | None
+    return_required: bool
+    state: RefundState
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "refund",
+            "order": self.order_id,
+            "merchant": self.merchant_id,
+            "amount_minor": self.amount_minor,
+            "reason": self.reason,
+            "return_required": self.return_required,
+            "state": self.state.value,
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    id: str
+    order_id: str
+    refund_id: str | None
+    merchant_id: str
+    state: str
+    reason: str | None
+    buyer_share_minor: int | None
+    merchant_share_minor: int | None
+    decided_by: str | None
+    decision_note: str | None
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "dispute",
+            "order": self.order_id,
+            "refund": self.refund_id,
+            "merchant": self.merchant_id,
+            "state": self.state,
+            "reason": self.reason,
+            "buyer_share_minor": self.buyer_share_minor,
+            "merchant_share_minor": self.merchant_share_minor,
+            "decision_note": self.decision_note,
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantPayout:
+    id: str
+    merchant_id: str
+    gateway_payout_id: int | None
+    amount_minor: int
+    currency: str
+    state: str
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "payout",
+            "merchant": self.merchant_id,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "state": self.state,
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    id: str
+    merchant_id: str
+    order_id: str
+    success_url: str | None
+    state: str
+    expires_at_ns: int
+    created_at_ns: int
+
+    def to_api(self, url: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "checkout_session",
+            "merchant": self.merchant_id,
+            "order": self.order_id,
+            "state": self.state,
+            "success_url": self.success_url,
+            "url": url,
+            "expires": _s(self.expires_at_ns),
+            "created": _s(self.created_at_ns),
+        }

@@ -1,0 +1,399 @@
+"""SQL of the payments context (SQLAlchemy Core text on both databases).
+
+Every method runs on the caller's connection: the service decides where transactions begin
+and end, so a state change, its ledger transfers and its outbox event commit together.
+Reads that precede a change lock the row on PostgreSQL (``FOR UPDATE``); SQLite serialises
+writers with ``BEGIN IMMEDIATE``, so the same code is safe on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from paykeep.payments.model import FeePlan, LineItem, OrderState, RefundState, TimerSettings
+from paykeep.payments.records import (
+    Buyer,
+    CheckoutSession,
+    Dispute,
+    Merchant,
+    MerchantPayout,
+    Order,
+    Payment,
+    Refund,
+    Shipment,
+)
+from paykeep.security.fields import mask_email
+
+_statements: dict[str, sa.TextClause] = {}
+
+
+def q(sql: str) -> sa.TextClause:
+    """Compile each statement's text once (they are hot)."""
+    found = _statements.get(sql)
+    if found is None:
+        found = _statements[sql] = sa.text(sql)
+    return found
+
+
+ORDER_COLUMNS = (
+    "id, merchant_id, buyer_id, currency, amount_minor, fee_minor, state, funding, "
+    "hold_transfer_id, refunded_minor, released_minor, disputed, timer, timer_due_ns, "
+    "description, merchant_reference, version, paid_at_ns, shipped_at_ns, delivered_at_ns, "
+    "created_at_ns, updated_at_ns"
+)
+MERCHANT_COLUMNS = (
+    "id, legal_name, country, currency, payout_iban_last4, payout_iban_verified, "
+    "fee_percent_bp, fee_fixed_minor, reserve_percent_bp, reserve_hold_s, unpaid_close_s, "
+    "ship_by_s, confirm_after_delivery_s, confirm_after_shipping_s, payment_reference, "
+    "created_at_ns"
+)
+PAYMENT_COLUMNS = (
+    "id, order_id, merchant_id, method, state, amount_minor, currency, card_payment_id, "
+    "card_brand, card_last4, decline_code, decline_message, created_at_ns, updated_at_ns"
+)
+SHIPMENT_COLUMNS = (
+    "id, order_id, merchant_id, direction, carrier, tracking_number, state, created_at_ns, "
+    "updated_at_ns"
+)
+REFUND_COLUMNS = (
+    "id, order_id, merchant_id, amount_minor, reason, return_required, state, created_at_ns, "
+    "updated_at_ns"
+)
+DISPUTE_COLUMNS = (
+    "id, order_id, refund_id, merchant_id, state, reason, buyer_share_minor, "
+    "merchant_share_minor, decided_by, decision_note, created_at_ns, updated_at_ns"
+)
+PAYOUT_COLUMNS = (
+    "id, merchant_id, gateway_payout_id, amount_minor, currency, state, created_at_ns, "
+    "updated_at_ns"
+)
+SESSION_COLUMNS = "id, merchant_id, order_id, success_url, state, expires_at_ns, created_at_ns"
+
+
+def _merchant(r: Sequence[Any]) -> Merchant:
+    return Merchant(
+        r[0], r[1], r[2], r[3], r[4], bool(r[5]),
+        FeePlan(int(r[6]), int(r[7]), int(r[8]), int(r[9])),
+        TimerSettings(int(r[10]), int(r[11]), int(r[12]), int(r[13])),
+        r[14], int(r[15]),
+    )  # fmt: skip
+
+
+def _order(r: Sequence[Any], items: tuple[LineItem, ...] = ()) -> Order:
+    return Order(
+        r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), OrderState(r[6]), r[7], r[8],
+        int(r[9]), int(r[10]), bool(r[11]), r[12], r[13], r[14], r[15], int(r[16]),
+        r[17], r[18], r[19], int(r[20]), int(r[21]), items,
+    )  # fmt: skip
+
+
+def _refund(r: Sequence[Any]) -> Refund:
+    return Refund(r[0], r[1], r[2], int(r[3]), r[4], bool(r[5]), RefundState(r[6]), r[7], r[8])
+
+
+class PaymentsRepository:
+    def __init__(self, conn: Connection, *, postgres: bool) -> None:
+        self.conn = conn
+        self.postgres = postgres
+        self._lock = " FOR UPDATE" if postgres else ""
+
+    def _one(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None:
+        return self.conn.execute(q(sql), params).first()
+
+    def _all(self, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+        return list(self.conn.execute(q(sql), params).all())
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        columns = ", ".join(row)
+        values = ", ".join(f":{c}" for c in row)
+        self.conn.execute(q(f"INSERT INTO {table} ({columns}) VALUES ({values})"), row)
+
+    def update(self, table: str, key: str, changes: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{c} = :{c}" for c in changes)
+        self.conn.execute(
+            q(f"UPDATE {table} SET {assignments} WHERE id = :_key"), {**changes, "_key": key}
+        )
+
+    # ------------------------------------------------------------------ merchants, buyers
+
+    def merchant(self, merchant_id: str) -> Merchant | None:
+        row = self._one(
+            f"SELECT {MERCHANT_COLUMNS} FROM payments_merchants WHERE id = :id",
+            {"id": merchant_id},
+        )
+        return None if row is None else _merchant(row)
+
+    def merchant_iban(self, merchant_id: str) -> bytes | None:
+        row = self._one(
+            "SELECT payout_iban_enc FROM payments_merchants WHERE id = :id", {"id": merchant_id}
+        )
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def merchants(self, limit: int, starting_after: str | None) -> list[Merchant]:
+        rows = self._page("payments_merchants", MERCHANT_COLUMNS, {}, limit, starting_after)
+        return [_merchant(r) for r in rows]
+
+    def buyer_row(self, buyer_id: str) -> Sequence[Any] | None:
+        return self._one(
+            "SELECT id, merchant_id, email_enc, payment_reference, created_at_ns "
+            "FROM payments_buyers WHERE id = :id",
+            {"id": buyer_id},
+        )
+
+    def buyer_by_reference(self, reference: str) -> str | None:
+        row = self._one(
+            "SELECT id FROM payments_buyers WHERE payment_reference = :r", {"r": reference}
+        )
+        return None if row is None else str(row[0])
+
+    def buyer_rows(
+        self, merchant_id: str | None, limit: int, starting_after: str | None
+    ) -> list[Sequence[Any]]:
+        where = {} if merchant_id is None else {"merchant_id": merchant_id}
+        return self._page(
+            "payments_buyers",
+            "id, merchant_id, email_enc, payment_reference, created_at_ns",
+            where,
+            limit,
+            starting_after,
+        )
+
+    @staticmethod
+    def buyer_from(row: Sequence[Any], email: str) -> Buyer:
+        return Buyer(row[0], row[1], mask_email(email), row[3], int(row[4]))
+
+    # ------------------------------------------------------------------ orders
+
+    def order(
+        self, order_id: str, *, lock: bool = False, items: bool = False, skip_locked: bool = False
+    ) -> Order | None:
+        """``lock``: FOR UPDATE on PostgreSQL; ``skip_locked``: None when another transaction
+        holds the row (a worker leaves it to the worker that has it)."""
+        suffix = ""
+        if self.postgres and (lock or skip_locked):
+            suffix = " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+        row = self._one(
+            f"SELECT {ORDER_COLUMNS} FROM payments_orders WHERE id = :id{suffix}",
+            {"id": order_id},
+        )
+        if row is None:
+            return None
+        return _order(row, self.items(order_id) if items else ())
+
+    def items(self, order_id: str) -> tuple[LineItem, ...]:
+        rows = self._all(
+            "SELECT description, quantity, unit_amount_minor FROM payments_order_items "
+            "WHERE order_id = :id ORDER BY position",
+            {"id": order_id},
+        )
+        return tuple(LineItem(r[0], int(r[1]), int(r[2])) for r in rows)
+
+    def orders(self, where: dict[str, Any], limit: int, starting_after: str | None) -> list[Order]:
+        return [
+            _order(r)
+            for r in self._page("payments_orders", ORDER_COLUMNS, where, limit, starting_after)
+        ]
+
+    def save_order(self, before: Order, changes: dict[str, Any], now_ns: int) -> None:
+        """Optimistic write: the row must still be at ``before.version``."""
+        changes = {**changes, "version": before.version + 1, "updated_at_ns": now_ns}
+        assignments = ", ".join(f"{c} = :{c}" for c in changes)
+        result = self.conn.execute(
+            q(f"UPDATE payments_orders SET {assignments} WHERE id = :_key AND version = :_version"),
+            {**changes, "_key": before.id, "_version": before.version},
+        )
+        if result.rowcount != 1:
+            from paykeep.payments.errors import ConcurrentUpdate
+
+            raise ConcurrentUpdate(f"order {before.id} changed concurrently; retry")
+
+    def due_orders(self, now_ns: int, limit: int) -> list[str]:
+        rows = self._all(
+            "SELECT id FROM payments_orders WHERE timer_due_ns <= :now AND disputed = :f "
+            "ORDER BY timer_due_ns LIMIT :limit",
+            {"now": now_ns, "f": False, "limit": limit},
+        )
+        return [str(r[0]) for r in rows]
+
+    def bank_transfer_orders(self, limit: int) -> list[str]:
+        rows = self._all(
+            "SELECT id FROM payments_orders WHERE state = 'created' "
+            "AND funding = 'bank_transfer' ORDER BY id LIMIT :limit",
+            {"limit": limit},
+        )
+        return [str(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ others
+
+    def payment(self, payment_id: str) -> Payment | None:
+        row = self._one(
+            f"SELECT {PAYMENT_COLUMNS} FROM payments_payments WHERE id = :id", {"id": payment_id}
+        )
+        return None if row is None else Payment(*row)
+
+    def payments(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[Payment]:
+        rows = self._page("payments_payments", PAYMENT_COLUMNS, where, limit, starting_after)
+        return [Payment(*r) for r in rows]
+
+    def shipment(self, shipment_id: str, *, lock: bool = False) -> Shipment | None:
+        row = self._one(
+            f"SELECT {SHIPMENT_COLUMNS} FROM payments_shipments WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": shipment_id},
+        )
+        return None if row is None else Shipment(*row)
+
+    def shipment_by_tracking(self, carrier: str, tracking: str) -> Shipment | None:
+        row = self._one(
+            f"SELECT {SHIPMENT_COLUMNS} FROM payments_shipments "
+            "WHERE carrier = :c AND tracking_number = :t",
+            {"c": carrier, "t": tracking},
+        )
+        return None if row is None else Shipment(*row)
+
+    def shipments(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[Shipment]:
+        rows = self._page("payments_shipments", SHIPMENT_COLUMNS, where, limit, starting_after)
+        return [Shipment(*r) for r in rows]
+
+    def refund(self, refund_id: str, *, lock: bool = False) -> Refund | None:
+        row = self._one(
+            f"SELECT {REFUND_COLUMNS} FROM payments_refunds WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": refund_id},
+        )
+        return None if row is None else _refund(row)
+
+    def refunds(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[Refund]:
+        rows = self._page("payments_refunds", REFUND_COLUMNS, where, limit, starting_after)
+        return [_refund(r) for r in rows]
+
+    def open_refunds(self, order_id: str) -> list[Refund]:
+        rows = self._all(
+            f"SELECT {REFUND_COLUMNS} FROM payments_refunds WHERE order_id = :o "
+            "AND state NOT IN ('completed', 'rejected', 'cancelled')",
+            {"o": order_id},
+        )
+        return [_refund(r) for r in rows]
+
+    def dispute(self, dispute_id: str, *, lock: bool = False) -> Dispute | None:
+        row = self._one(
+            f"SELECT {DISPUTE_COLUMNS} FROM payments_disputes WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": dispute_id},
+        )
+        return None if row is None else Dispute(*row)
+
+    def disputes(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[Dispute]:
+        rows = self._page("payments_disputes", DISPUTE_COLUMNS, where, limit, starting_after)
+        return [Dispute(*r) for r in rows]
+
+    def payout(self, payout_id: str) -> MerchantPayout | None:
+        row = self._one(
+            f"SELECT {PAYOUT_COLUMNS} FROM payments_payouts WHERE id = :id", {"id": payout_id}
+        )
+        return None if row is None else MerchantPayout(*row)
+
+    def payouts(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[MerchantPayout]:
+        rows = self._page("payments_payouts", PAYOUT_COLUMNS, where, limit, starting_after)
+        return [MerchantPayout(*r) for r in rows]
+
+    def session_by_token_hash(self, token_hash: str) -> CheckoutSession | None:
+        row = self._one(
+            f"SELECT {SESSION_COLUMNS} FROM payments_checkout_sessions WHERE token_hash = :h",
+            {"h": token_hash},
+        )
+        return None if row is None else CheckoutSession(*row)
+
+    def session(self, session_id: str) -> CheckoutSession | None:
+        row = self._one(
+            f"SELECT {SESSION_COLUMNS} FROM payments_checkout_sessions WHERE id = :id",
+            {"id": session_id},
+        )
+        return None if row is None else CheckoutSession(*row)
+
+    def sessions(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[CheckoutSession]:
+        rows = self._page(
+            "payments_checkout_sessions", SESSION_COLUMNS, where, limit, starting_after
+        )
+        return [CheckoutSession(*r) for r in rows]
+
+    def due_reserves(self, now_ns: int, limit: int) -> list[Sequence[Any]]:
+        """Called in a write transaction: claims the rows (SKIP LOCKED on PostgreSQL)."""
+        skip = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        return self._all(
+            "SELECT id, merchant_id, currency, amount_minor FROM payments_reserves "
+            "WHERE released_at_ns IS NULL AND release_at_ns <= :now "
+            f"ORDER BY release_at_ns LIMIT :limit{skip}",
+            {"now": now_ns, "limit": limit},
+        )
+
+    def events(
+        self, merchant_id: str | None, limit: int, starting_after: str | None,
+        object_id: str | None = None,
+    ) -> list[Sequence[Any]]:  # fmt: skip
+        clauses, params = [], {"limit": limit}
+        if merchant_id is not None:
+            clauses.append("merchant_id = :m")
+            params["m"] = merchant_id  # type: ignore[assignment]
+        if object_id is not None:
+            clauses.append("object_id = :o")
+            params["o"] = object_id  # type: ignore[assignment]
+        if starting_after is not None:
+            clauses.append("seq < (SELECT seq FROM payments_events WHERE id = :after)")
+            params["after"] = starting_after  # type: ignore[assignment]
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._all(
+            "SELECT id, merchant_id, type, object_id, payload, created_at_ns FROM payments_events"
+            f"{where} ORDER BY seq DESC LIMIT :limit",
+            params,
+        )
+
+    def event(self, event_id: str) -> Sequence[Any] | None:
+        return self._one(
+            "SELECT id, merchant_id, type, object_id, payload, created_at_ns "
+            "FROM payments_events WHERE id = :id",
+            {"id": event_id},
+        )
+
+    # ------------------------------------------------------------------ paging
+
+    def _page(
+        self,
+        table: str,
+        columns: str,
+        where: dict[str, Any],
+        limit: int,
+        starting_after: str | None,
+    ) -> list[Sequence[Any]]:
+        """Newest first by id (ids are time-ordered): ``limit`` rows after ``starting_after``."""
+        clauses = [f"{c} = :{c}" for c in where]
+        params: dict[str, Any] = dict(where)
+        if starting_after is not None:
+            clauses.append("id < :_after")
+            params["_after"] = starting_after
+        params["_limit"] = limit
+        text = f"SELECT {columns} FROM {table}"
+        if clauses:
+            text += " WHERE " + " AND ".join(clauses)
+        return self._all(text + " ORDER BY id DESC LIMIT :_limit", params)
+
+
+def in_clause(values: Iterable[str]) -> str:
+    """Only for values we generated ourselves (ids): quoted literals for an IN list."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)

@@ -1,0 +1,1617 @@
+"""Use cases of marketplace payments: merchants, buyers, orders in escrow, shipments, refunds,
+disputes, timers, reserves and payouts.
+
+Every state change runs inside one write transaction (:meth:`PaymentsService.transaction`):
+the new state, the ledger transfers (``Ledger.create_transfers_within``) and the outbox event
+commit together or not at all. Ledger transfer ids are derived from what they answer to
+(``order-hold`` + order id, ...), so a retry after a crash can never move money twice.
+
+Callers pass ``scope``: the merchant id a merchant's API key is bound to, or ``None`` for the
+platform operator. An object of another merchant is :class:`ResourceMissing`, exactly like an
+unknown id, so ids of other merchants' objects cannot even be probed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from paykeep.clock import Clock, SystemClock
+from paykeep.db import Database
+from paykeep.ids import IdGenerator, derived_id
+from paykeep.ledger.model import (
+    AccountFlags,
+    CreateTransferResult,
+    NewAccount,
+    NewTransfer,
+    TransferFlags,
+    TransferResult,
+)
+from paykeep.ledger.service import Ledger
+from paykeep.money import is_currency
+from paykeep.payments.errors import (
+    CheckoutSessionExpired,
+    IllegalTransition,
+    InsufficientFunds,
+    PaymentDeclined,
+    PaymentMethodUnavailable,
+    PaymentProcessorUnavailable,
+    PaymentsInputInvalid,
+    PayoutNotAllowed,
+    ResourceMissing,
+    RiskDeclined,
+)
+from paykeep.payments.events import record_event
+from paykeep.payments.model import (
+    NS_PER_S,
+    SHIPMENT_ORDER,
+    TIMER_ACTIONS,
+    FeePlan,
+    LineItem,
+    OrderAction,
+    OrderState,
+    RefundAction,
+    RefundState,
+    Release,
+    ShipmentEvent,
+    Timer,
+    TimerSettings,
+    decline_reason,
+    dispute_split,
+    order_total,
+    plan_release,
+    refund_transition,
+    timer_for,
+    transition,
+)
+from paykeep.payments.records import (
+    Buyer,
+    CheckoutSession,
+    Dispute,
+    Merchant,
+    MerchantPayout,
+    Order,
+    Payment,
+    Refund,
+    Shipment,
+)
+from paykeep.payments.repository import PaymentsRepository
+from paykeep.security.fields import FieldCipher
+
+if TYPE_CHECKING:
+    from paykeep.gateway.cards.service import CardGateway
+    from paykeep.gateway.payouts.service import PayoutService
+    from paykeep.gateway.statements.service import StatementService
+    from paykeep.gateway.vault.service import CardVault
+
+# Chart of accounts codes (``../../shared/DESIGN.md``) and the transfer codes of this context.
+ASSET, LIABILITY, REVENUE = 1, 2, 4
+HOLD_CODE: Final = 50
+RELEASE_CODE: Final = 51
+FEE_CODE: Final = 52
+RESERVE_CODE: Final = 53
+RESERVE_RELEASE_CODE: Final = 54
+TOPUP_CODE: Final = 55
+
+CHECKOUT_SESSION_TTL_S: Final = 24 * 3600
+TIMER_SWEEP_BATCH: Final = 200
+NAME_MAX: Final = 140
+EMAIL_MAX: Final = 254
+TRACKING_MAX: Final = 64
+REASON_MAX: Final = 500
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_CARRIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_TRACKING = re.compile(r"[A-Za-z0-9-]{4,64}")
+
+
+class RiskCheck(Protocol):
+    """Financial-crime controls consulted before money moves (``paykeep.aml.rules``).
+
+    Returns ``allow``, ``review`` (the movement waits: a release stays held) or ``block``
+    (declined with :class:`RiskDeclined`, nothing moves)."""
+
+    def decide(self, kind: str, context: dict[str, Any]) -> str: ...
+
+
+class AllowAll:
+    def decide(self, kind: str, context: dict[str, Any]) -> str:
+        return "allow"
+
+
+@dataclass
+class Tx:
+    """One write (or read) transaction of the payments context."""
+
+    conn: Connection
+    now_ns: int
+    repo: PaymentsRepository
+    events: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMerchant:
+    legal_name: str
+    country: str
+    currency: str = "EUR"
+    payout_iban: str | None = None
+    fees: FeePlan = field(default_factory=FeePlan)
+    timers: TimerSettings = field(default_factory=TimerSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutView:
+    """What the buyer's checkout page shows (no personal data beyond the masked email)."""
+
+    session: CheckoutSession
+    order: Order
+    merchant_name: str
+    bank_reference: str
+    bank_iban: str | None
+    latest_payment: Payment | None
+    wallet_available_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    currency: str
+    available_minor: int
+    pending_minor: int
+    reserve_minor: int
+
+    def to_api(self, owner: str) -> dict[str, Any]:
+        return {
+            "object": "balance",
+            "owner": owner,
+            "currency": self.currency,
+            "available_minor": self.available_minor,
+            "pending_minor": self.pending_minor,
+            "reserve_minor": self.reserve_minor,
+        }
+
+
+def wallet_name(buyer_id: str, currency: str) -> str:
+    return f"buyer:{buyer_id}:wallet:{currency}"
+
+
+def available_name(merchant_id: str, currency: str) -> str:
+    return f"merchant:{merchant_id}:available:{currency}"
+
+
+def reserve_name(merchant_id: str, currency: str) -> str:
+    return f"merchant:{merchant_id}:reserve:{currency}"
+
+
+def fees_name(currency: str) -> str:
+    return f"platform:fees:{currency}"
+
+
+def account_id(name: str) -> int:
+    """Accounts have ids derived from their chart name: any process creates the same one."""
+    return derived_id("account", name)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _reference(prefix: str) -> str:
+    """A bank transfer reference a person can type: prefix + 10 characters of Crockford base32
+    without ambiguous letters."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+class PaymentsService:
+    def __init__(
+        self,
+        database: Database,
+        ledger: Ledger,
+        cipher: FieldCipher,
+        *,
+        clock: Clock | None = None,
+        cards: CardGateway | None = None,
+        vault: CardVault | None = None,
+        statements: StatementService | None = None,
+        payouts: PayoutService | None = None,
+        bank_iban: str | None = None,
+        bank_name: str = "banksim",
+        risk: RiskCheck | None = None,
+    ) -> None:
+        self.database = database
+        self.ledger = ledger
+        self.cipher = cipher
+        self.clock = clock or SystemClock()
+        self.ids = IdGenerator(self.clock)
+        self.cards = cards
+        self.vault = vault
+        self.statements = statements
+        self.payouts = payouts
+        self.bank_iban = bank_iban
+        self.bank_name = bank_name
+        self.risk: RiskCheck = risk or AllowAll()
+        self._postgres = database.is_postgres
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self.database.write() as conn:
+            yield Tx(conn, self.clock.now_ns(), PaymentsRepository(conn, postgres=self._postgres))
+
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        with self.database.read() as conn:
+            yield Tx(conn, self.clock.now_ns(), PaymentsRepository(conn, postgres=self._postgres))
+
+    def new_id(self, prefix: str) -> str:
+        """Time-ordered ids (16 hex digits): sorting by id is sorting by creation."""
+        return f"{prefix}_{self.ids.next_id():016x}"
+
+    def _event(self, tx: Tx, merchant_id: str | None, type_: str, obj: dict[str, Any]) -> None:
+        tx.events.append(
+            record_event(
+                tx.conn,
+                merchant_id=merchant_id,
+                type_=type_,
+                object_id=str(obj["id"]),
+                obj=obj,
+                now_ns=tx.now_ns,
+            )
+        )
+
+    # ------------------------------------------------------------------ ledger helpers
+
+    def _ensure_accounts(self, tx: Tx, specs: Sequence[tuple[str, str, int, int]]) -> None:
+        """Create chart accounts (name, currency, code, flags) if absent, in this transaction."""
+        self.ledger.create_accounts_within(
+            tx.conn,
+            [
+                NewAccount(account_id(name), currency, code, flags, name=name)
+                for name, currency, code, flags in specs
+            ],
+        )
+
+    def _merchant_accounts(self, tx: Tx, merchant_id: str, currency: str) -> None:
+        no_overdraft = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+        self._ensure_accounts(
+            tx,
+            [
+                (available_name(merchant_id, currency), currency, LIABILITY, no_overdraft),
+                (reserve_name(merchant_id, currency), currency, LIABILITY, no_overdraft),
+                (fees_name(currency), currency, REVENUE, no_overdraft),
+            ],
+        )
+
+    def _buyer_wallet(self, tx: Tx, buyer_id: str, currency: str) -> None:
+        no_overdraft = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+        self._ensure_accounts(
+            tx, [(wallet_name(buyer_id, currency), currency, LIABILITY, no_overdraft)]
+        )
+
+    def _transfers(self, tx: Tx, transfers: Sequence[NewTransfer]) -> list[TransferResult]:
+        results: list[TransferResult] = self.ledger.create_transfers_within(tx.conn, transfers)
+        for result in results:
+            if result.applied_or_exists:
+                continue
+            if result.result in (
+                CreateTransferResult.EXCEEDS_CREDITS,
+                CreateTransferResult.LINKED_EVENT_FAILED,
+            ) and any(r.result is CreateTransferResult.EXCEEDS_CREDITS for r in results):
+                raise InsufficientFunds("the balance does not cover this amount")
+            from paykeep.ledger.errors import transfer_error
+
+            raise transfer_error(result.result, result.id)
+        return results
+
+    # ------------------------------------------------------------------ merchants
+
+    def create_merchant(self, tx: Tx, new: NewMerchant) -> Merchant:
+        if not isinstance(new.legal_name, str) or not 1 <= len(new.legal_name.strip()) <= 140:
+            raise PaymentsInputInvalid("legal_name is 1 to 140 characters", param="legal_name")
+        if not isinstance(new.country, str) or not _COUNTRY.fullmatch(new.country):
+            raise PaymentsInputInvalid("country is an ISO 3166 alpha-2 code", param="country")
+        if not is_currency(new.currency):
+            raise PaymentsInputInvalid("currency is an ISO 4217 code", param="currency")
+        fees, timers = new.fees.check(), new.timers.check()
+        iban_enc, last4 = None, None
+        merchant_id = self.new_id("mer")
+        if new.payout_iban is not None:
+            iban = _check_iban(new.payout_iban)
+            iban_enc = self.cipher.seal(iban, purpose="merchant.iban", row_id=merchant_id)
+            last4 = iban[-4:]
+        merchant = Merchant(
+            merchant_id, new.legal_name.strip(), new.country, new.currency, last4, False,
+            fees, timers, _reference("PKM"), tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_merchants",
+            {
+                "id": merchant.id,
+                "legal_name": merchant.legal_name,
+                "country": merchant.country,
+                "currency": merchant.currency,
+                "payout_iban_enc": iban_enc,
+                "payout_iban_last4": last4,
+                "payout_iban_verified": False,
+                "fee_percent_bp": fees.percent_bp,
+                "fee_fixed_minor": fees.fixed_minor,
+                "reserve_percent_bp": fees.reserve_percent_bp,
+                "reserve_hold_s": fees.reserve_hold_s,
+                "unpaid_close_s": timers.unpaid_close_s,
+                "ship_by_s": timers.ship_by_s,
+                "confirm_after_delivery_s": timers.confirm_after_delivery_s,
+                "confirm_after_shipping_s": timers.confirm_after_shipping_s,
+                "payment_reference": merchant.payment_reference,
+                "created_at_ns": tx.now_ns,
+            },
+        )
+        self._merchant_accounts(tx, merchant.id, merchant.currency)
+        self._event(tx, merchant.id, "merchant.created", merchant.to_api())
+        return merchant
+
+    def merchant(self, tx: Tx, scope: str | None, merchant_id: str) -> Merchant:
+        if scope is not None and scope != merchant_id:
+            raise ResourceMissing(f"no merchant {merchant_id!r}", param="id")
+        found = tx.repo.merchant(merchant_id)
+        if found is None:
+            raise ResourceMissing(f"no merchant {merchant_id!r}", param="id")
+        return found
+
+    def update_merchant(
+        self,
+        tx: Tx,
+        scope: str | None,
+        merchant_id: str,
+        *,
+        timers: TimerSettings | None = None,
+        fees: FeePlan | None = None,
+        payout_iban: str | None = None,
+    ) -> Merchant:
+        """Merchants change their timers and payout IBAN (a new IBAN must be verified again);
+        only the operator changes a fee plan."""
+        merchant = self.merchant(tx, scope, merchant_id)
+        changes: dict[str, Any] = {}
+        if timers is not None:
+            t = timers.check()
+            changes.update(
+                unpaid_close_s=t.unpaid_close_s,
+                ship_by_s=t.ship_by_s,
+                confirm_after_delivery_s=t.confirm_after_delivery_s,
+                confirm_after_shipping_s=t.confirm_after_shipping_s,
+            )
+        if fees is not None:
+            if scope is not None:
+                raise PaymentsInputInvalid(
+                    "only the platform operator changes a fee plan", param="fee_plan"
+                )
+            f = fees.check()
+            changes.update(
+                fee_percent_bp=f.percent_bp,
+                fee_fixed_minor=f.fixed_minor,
+                reserve_percent_bp=f.reserve_percent_bp,
+                reserve_hold_s=f.reserve_hold_s,
+            )
+        if payout_iban is not None:
+            iban = _check_iban(payout_iban)
+            changes.update(
+                payout_iban_enc=self.cipher.seal(iban, purpose="merchant.iban", row_id=merchant.id),
+                payout_iban_last4=iban[-4:],
+                payout_iban_verified=False,
+            )
+        if changes:
+            tx.repo.update("payments_merchants", merchant.id, changes)
+            merchant = self.merchant(tx, scope, merchant_id)
+            self._event(tx, merchant.id, "merchant.updated", merchant.to_api())
+        return merchant
+
+    def verify_payout_iban(self, tx: Tx, merchant_id: str) -> Merchant:
+        """The operator confirms the payout IBAN belongs to the merchant (KYB done)."""
+        merchant = self.merchant(tx, None, merchant_id)
+        if merchant.payout_iban_last4 is None:
+            raise IllegalTransition("the merchant has no payout IBAN", param="payout_iban")
+        tx.repo.update("payments_merchants", merchant.id, {"payout_iban_verified": True})
+        merchant = replace(merchant, payout_iban_verified=True)
+        self._event(tx, merchant.id, "merchant.updated", merchant.to_api())
+        return merchant
+
+    def merchants(self, tx: Tx, limit: int, starting_after: str | None) -> list[Merchant]:
+        return tx.repo.merchants(limit, starting_after)
+
+    # ------------------------------------------------------------------ buyers
+
+    def create_buyer(self, tx: Tx, scope: str | None, name: str, email: str) -> Buyer:
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= NAME_MAX:
+            raise PaymentsInputInvalid(f"name is 1 to {NAME_MAX} characters", param="name")
+        if not isinstance(email, str) or len(email) > EMAIL_MAX or not _EMAIL.fullmatch(email):
+            raise PaymentsInputInvalid("email is not a valid address", param="email")
+        buyer_id = self.new_id("buy")
+        reference = _reference("PKB")
+        tx.repo.insert(
+            "payments_buyers",
+            {
+                "id": buyer_id,
+                "merchant_id": scope,
+                "name_enc": self.cipher.seal(name.strip(), purpose="buyer.name", row_id=buyer_id),
+                "email_enc": self.cipher.seal(email, purpose="buyer.email", row_id=buyer_id),
+                "email_hmac": self.cipher.lookup(email.lower(), purpose="buyer.email"),
+                "payment_reference": reference,
+                "created_at_ns": tx.now_ns,
+            },
+        )
+        row = tx.repo.buyer_row(buyer_id)
+        assert row is not None
+        buyer = PaymentsRepository.buyer_from(row, email)
+        self._event(tx, scope, "buyer.created", buyer.to_api())
+        return buyer
+
+    def buyer(self, tx: Tx, scope: str | None, buyer_id: str) -> Buyer:
+        row = tx.repo.buyer_row(buyer_id)
+        if row is None or (scope is not None and row[1] != scope):
+            raise ResourceMissing(f"no buyer {buyer_id!r}", param="buyer")
+        email = self.cipher.open(bytes(row[2]), purpose="buyer.email", row_id=buyer_id)
+        return PaymentsRepository.buyer_from(row, email)
+
+    def buyers(
+        self, tx: Tx, scope: str | None, limit: int, starting_after: str | None
+    ) -> list[Buyer]:
+        return [
+            PaymentsRepository.buyer_from(
+                r, self.cipher.open(bytes(r[2]), purpose="buyer.email", row_id=r[0])
+            )
+            for r in tx.repo.buyer_rows(scope, limit, starting_after)
+        ]
+
+    def register_topup_reference(self, buyer: Buyer, currency: str) -> None:
+        """Tell the statement import that bank transfers carrying this buyer's reference
+        credit their wallet (bank → clearing:bank-in → wallet). Separate transaction."""
+        if self.statements is None or self.bank_iban is None:
+            return
+        from paykeep.gateway.statements.model import ExpectedMovement, Leg
+
+        with self.transaction() as tx:
+            self._buyer_wallet(tx, buyer.id, currency)
+        self._ensure_bank_accounts(currency)
+        self.statements.expect(
+            ExpectedMovement(
+                reference=buyer.payment_reference,
+                iban=self.bank_iban,
+                direction="credit",
+                amount_minor=None,
+                currency=currency,
+                standing=True,
+                legs=(
+                    Leg(f"bank:safeguarding:{self.bank_name}", "clearing:bank-in", TOPUP_CODE),
+                    Leg("clearing:bank-in", wallet_name(buyer.id, currency), TOPUP_CODE),
+                ),
+            )
+        )
+
+    def _ensure_bank_accounts(self, currency: str) -> None:
+        no_overdraft_asset = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+        with self.transaction() as tx:
+            self._ensure_accounts(
+                tx,
+                [
+                    (f"bank:safeguarding:{self.bank_name}", currency, ASSET, no_overdraft_asset),
+                    ("clearing:bank-in", currency, ASSET, 0),
+                ],
+            )
+
+    # ------------------------------------------------------------------ orders
+
+    def create_order(
+        self,
+        tx: Tx,
+        merchant_id: str,
+        buyer_id: str,
+        items: list[LineItem],
+        *,
+        currency: str | None = None,
+        description: str | None = None,
+        merchant_reference: str | None = None,
+    ) -> Order:
+        merchant = self.merchant(tx, merchant_id, merchant_id)
+        self.buyer(tx, merchant_id, buyer_id)
+        currency = merchant.currency if currency is None else currency
+        if not is_currency(currency):
+            raise PaymentsInputInvalid("currency is an ISO 4217 code", param="currency")
+        if description is not None and len(description) > 500:
+            raise PaymentsInputInvalid("description is at most 500 characters", param="description")
+        if merchant_reference is not None and not 1 <= len(merchant_reference) <= 64:
+            raise PaymentsInputInvalid(
+                "merchant_reference is 1 to 64 characters", param="merchant_reference"
+            )
+        amount = order_total(items)
+        order_id = self.new_id("ord")
+        timer, due = timer_for(OrderState.CREATED, merchant.timers, tx.now_ns)
+        order = Order(
+            order_id, merchant.id, buyer_id, currency, amount, 0, OrderState.CREATED, None,
+            None, 0, 0, False, timer, due, description, merchant_reference, 1,
+            None, None, None, tx.now_ns, tx.now_ns, tuple(items),
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_orders",
+            {
+                "id": order.id,
+                "merchant_id": order.merchant_id,
+                "buyer_id": order.buyer_id,
+                "currency": order.currency,
+                "amount_minor": order.amount_minor,
+                "fee_minor": 0,
+                "state": order.state.value,
+                "funding": None,
+                "hold_transfer_id": None,
+                "refunded_minor": 0,
+                "released_minor": 0,
+                "disputed": False,
+                "timer": timer,
+                "timer_due_ns": due,
+                "description": description,
+                "merchant_reference": merchant_reference,
+                "version": 1,
+                "created_at_ns": tx.now_ns,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        for position, item in enumerate(items):
+            tx.repo.insert(
+                "payments_order_items",
+                {
+                    "order_id": order.id,
+                    "position": position,
+                    "description": item.description,
+                    "quantity": item.quantity,
+                    "unit_amount_minor": item.unit_amount_minor,
+                },
+            )
+        self._buyer_wallet(tx, buyer_id, currency)
+        self._merchant_accounts(tx, merchant.id, currency)
+        self._event(tx, merchant.id, "order.created", order.to_api())
+        return order
+
+    def order(self, tx: Tx, scope: str | None, order_id: str, *, lock: bool = False) -> Order:
+        found = tx.repo.order(order_id, lock=lock, items=not lock)
+        if found is None or (scope is not None and found.merchant_id != scope):
+            raise ResourceMissing(f"no order {order_id!r}", param="order")
+        if lock:
+            found = replace(found, items=tx.repo.items(order_id))
+        return found
+
+    def orders(
+        self,
+        tx: Tx,
+        scope: str | None,
+        limit: int,
+        starting_after: str | None,
+        *,
+        state: str | None = None,
+        buyer_id: str | None = None,
+    ) -> list[Order]:
+        where: dict[str, Any] = {}
+        if scope is not None:
+            where["merchant_id"] = scope
+        if state is not None:
+            where["state"] = OrderState(state).value
+        if buyer_id is not None:
+            where["buyer_id"] = buyer_id
+        return tx.repo.orders(where, limit, starting_after)
+
+    def _merchant_of(self, tx: Tx, order: Order) -> Merchant:
+        merchant = tx.repo.merchant(order.merchant_id)
+        assert merchant is not None
+        return merchant
+
+    def _move(
+        self,
+        tx: Tx,
+        order: Order,
+        action: OrderAction,
+        changes: dict[str, Any],
+        *,
+        timer_since: int | None = None,
+        delivered: bool = False,
+    ) -> Order:
+        """Apply ``action`` (through the transition table), persist, set the next timer and
+        write the event ``order.<new state>`` (or ``order.updated`` when the state stays)."""
+        new_state = transition(order.state, action)
+        merchant = self._merchant_of(tx, order)
+        timer, due = timer_for(
+            new_state, merchant.timers, tx.now_ns if timer_since is None else timer_since,
+            delivered=delivered,
+        )  # fmt: skip
+        changes = {**changes, "state": new_state.value, "timer": timer, "timer_due_ns": due}
+        tx.repo.save_order(order, changes, tx.now_ns)
+        updated = self.order(tx, None, order.id)
+        kind = new_state.value if new_state is not order.state else "updated"
+        self._event(tx, order.merchant_id, f"order.{kind}", updated.to_api())
+        return updated
+
+    # ------------------------------------------------------------------ checkout
+
+    def create_checkout_session(
+        self, tx: Tx, merchant_id: str, order_id: str, success_url: str | None = None
+    ) -> tuple[CheckoutSession, str]:
+        """A session for the buyer to pay ``order_id``; returns it and its secret token (the
+        URL's last segment; stored only as a hash)."""
+        order = self.order(tx, merchant_id, order_id)
+        if order.state is not OrderState.CREATED:
+            raise IllegalTransition(f"order {order_id} is {order.state.value}", param="order")
+        if success_url is not None and (
+            not success_url.startswith(("https://", "http://")) or len(success_url) > 500
+        ):
+            raise PaymentsInputInvalid("success_url is an http(s) URL", param="success_url")
+        token = "cs_" + secrets.token_urlsafe(32)
+        session = CheckoutSession(
+            self.new_id("cs"), merchant_id, order_id, success_url, "open",
+            tx.now_ns + CHECKOUT_SESSION_TTL_S * NS_PER_S, tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_checkout_sessions",
+            {
+                "id": session.id,
+                "token_hash": _token_hash(token),
+                "merchant_id": merchant_id,
+                "order_id": order_id,
+                "success_url": success_url,
+                "state": "open",
+                "expires_at_ns": session.expires_at_ns,
+                "created_at_ns": tx.now_ns,
+            },
+        )
+        self._event(tx, merchant_id, "checkout_session.created", session.to_api())
+        return session, token
+
+    def session_for_token(self, tx: Tx, token: str) -> CheckoutSession:
+        if not isinstance(token, str) or not token.startswith("cs_") or len(token) > 100:
+            raise ResourceMissing("no such checkout session", param="session")
+        session = tx.repo.session_by_token_hash(_token_hash(token))
+        if session is None:
+            raise ResourceMissing("no such checkout session", param="session")
+        return session
+
+    def checkout_view(self, token: str) -> CheckoutView:
+        with self.reading() as tx:
+            session = self.session_for_token(tx, token)
+            order = self.order(tx, None, session.order_id)
+            merchant = self._merchant_of(tx, order)
+            buyer_row = tx.repo.buyer_row(order.buyer_id)
+            assert buyer_row is not None
+            payments = tx.repo.payments({"order_id": order.id}, 1, None)
+        wallet = self.ledger.lookup_accounts(
+            [account_id(wallet_name(order.buyer_id, order.currency))]
+        )
+        available = next(iter(wallet.values())).available if wallet else 0
+        return CheckoutView(
+            session, order, merchant.legal_name, str(buyer_row[3]), self.bank_iban,
+            payments[0] if payments else None, available,
+        )  # fmt: skip
+
+    def _open_session(self, tx: Tx, token: str) -> tuple[CheckoutSession, Order]:
+        session = self.session_for_token(tx, token)
+        if session.state == "open" and tx.now_ns >= session.expires_at_ns:
+            raise CheckoutSessionExpired("this checkout session has expired", param="session")
+        order = self.order(tx, None, session.order_id, lock=True)
+        return session, order
+
+    # ------------------------------------------------------------------ paying
+
+    def _hold(self, tx: Tx, order: Order, funding: str) -> Order:
+        """Buyer's wallet → merchant's available, pending (the escrow hold), and the order
+        moves to awaiting_shipment: one transaction."""
+        if self.risk.decide("payment", _risk_context(order)) == "block":
+            raise RiskDeclined("this payment was declined by our risk controls")
+        hold_id = derived_id("order-hold", order.id)
+        self._transfers(
+            tx,
+            [
+                NewTransfer(
+                    id=hold_id,
+                    debit_account_id=account_id(wallet_name(order.buyer_id, order.currency)),
+                    credit_account_id=account_id(available_name(order.merchant_id, order.currency)),
+                    amount_minor=order.amount_minor,
+                    currency=order.currency,
+                    code=HOLD_CODE,
+                    flags=int(TransferFlags.PENDING),
+                    reference=f"order:{order.id}:hold",
+                )
+            ],
+        )
+        return self._move(
+            tx, order, OrderAction.PAY,
+            {"funding": funding, "hold_transfer_id": hold_id, "paid_at_ns": tx.now_ns},
+        )  # fmt: skip
+
+    def pay_from_wallet(self, tx: Tx, token: str) -> Order:
+        """The buyer pays from their wallet balance (earlier top-ups, refunds)."""
+        session, order = self._open_session(tx, token)
+        transition(order.state, OrderAction.PAY)
+        payment = self._payment_row(tx, order, "wallet", "succeeded")
+        order = self._hold(tx, order, "wallet")
+        self._complete_session(tx, session)
+        self._event(tx, order.merchant_id, "payment.succeeded", payment.to_api())
+        return order
+
+    def choose_bank_transfer(self, tx: Tx, token: str) -> Order:
+        """The buyer will pay by bank transfer with their reference: the order waits (its
+        unpaid timer still runs) until the statement credits the wallet."""
+        _session, order = self._open_session(tx, token)
+        transition(order.state, OrderAction.PAY)
+        if order.funding != "bank_transfer":
+            tx.repo.save_order(order, {"funding": "bank_transfer"}, tx.now_ns)
+            order = self.order(tx, None, order.id)
+            self._event(tx, order.merchant_id, "order.updated", order.to_api())
+        return order
+
+    def pay_with_card(
+        self, token: str, pan: str, exp_month: int, exp_year: int, cvc: str
+    ) -> tuple[Order, Payment]:
+        """Card payment: a sale through the acquirer credits the buyer's wallet from card
+        clearing, then the hold is placed. Three steps, each durable; a crash between them
+        leaves the money in the buyer's wallet (theirs) and the payment ``processing``, which
+        :meth:`recover_card_payments` completes."""
+        if self.cards is None or self.vault is None:
+            raise PaymentMethodUnavailable("card payments are not configured", param="method")
+        with self.transaction() as tx:
+            _session, order = self._open_session(tx, token)
+            transition(order.state, OrderAction.PAY)
+            if order.currency != self.cards.currency:
+                raise PaymentMethodUnavailable(
+                    f"cards are accepted in {self.cards.currency} only", param="method"
+                )
+            payment = self._payment_row(tx, order, "card", "processing")
+        card = self.vault.tokenize(pan, exp_month, exp_year)
+        try:
+            result = self.cards.sale(
+                card.token,
+                order.amount_minor,
+                order.currency,
+                payment_id=payment.id,
+                security_code=cvc,
+                credit_account_name=wallet_name(order.buyer_id, order.currency),
+            )
+        except Exception:
+            # The gateway keeps its own record; recover_card_payments settles what it became.
+            with self.transaction() as tx:
+                self._finish_payment(
+                    tx, payment, "failed", "processing_error",
+                    "The payment could not be processed. Please try again.", card.brand, card.last4,
+                )  # fmt: skip
+            raise
+        return self._card_outcome(payment, result.approved, result.response_code,
+                                  result.outcome.value, card.brand, card.last4, token)  # fmt: skip
+
+    def _card_outcome(
+        self, payment: Payment, approved: bool, response_code: str | None, outcome: str,
+        brand: str, last4: str, token: str | None,
+    ) -> tuple[Order, Payment]:  # fmt: skip
+        error: PaymentDeclined | PaymentProcessorUnavailable | None = None
+        with self.transaction() as tx:
+            order = self.order(tx, None, payment.order_id, lock=True)
+            if not approved:
+                if outcome in ("unavailable", "timed_out_reversed", "reversal_pending"):
+                    code, words = (
+                        "processor_unavailable",
+                        ("We could not reach your bank. You were not charged; please try again."),
+                    )
+                    error = PaymentProcessorUnavailable(words)
+                else:
+                    code, words = decline_reason(response_code)
+                    error = PaymentDeclined(words, decline_code=code)
+                payment = self._finish_payment(tx, payment, "failed", code, words, brand, last4)
+            else:
+                payment = self._finish_payment(tx, payment, "succeeded", None, None, brand, last4)
+                if order.state is OrderState.CREATED:
+                    order = self._hold(tx, order, "card")
+                    if token is not None:
+                        self._complete_session(tx, self.session_for_token(tx, token))
+                # Otherwise (closed meanwhile, or paid twice) the money stays in the buyer's
+                # wallet: theirs, visible in their balance, refundable.
+        if error is not None:
+            raise error
+        return order, payment
+
+    def _payment_row(self, tx: Tx, order: Order, method: str, state: str) -> Payment:
+        payment = Payment(
+            self.new_id("pay"), order.id, order.merchant_id, method, state,
+            order.amount_minor, order.currency, None, None, None, None, None,
+            tx.now_ns, tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_payments",
+            {
+                "id": payment.id,
+                "order_id": order.id,
+                "merchant_id": order.merchant_id,
+                "method": method,
+                "state": state,
+                "amount_minor": order.amount_minor,
+                "currency": order.currency,
+                "card_payment_id": payment.id if method == "card" else None,
+                "created_at_ns": tx.now_ns,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        return payment
+
+    def _finish_payment(
+        self, tx: Tx, payment: Payment, state: str, code: str | None, words: str | None,
+        brand: str | None, last4: str | None,
+    ) -> Payment:  # fmt: skip
+        tx.repo.update(
+            "payments_payments",
+            payment.id,
+            {
+                "state": state,
+                "decline_code": code,
+                "decline_message": words,
+                "card_brand": brand,
+                "card_last4": last4,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        done = replace(
+            payment, state=state, decline_code=code, decline_message=words,
+            card_brand=brand, card_last4=last4, updated_at_ns=tx.now_ns,
+        )  # fmt: skip
+        kind = "succeeded" if state == "succeeded" else "failed"
+        self._event(tx, payment.merchant_id, f"payment.{kind}", done.to_api())
+        return done
+
+    def _complete_session(self, tx: Tx, session: CheckoutSession) -> None:
+        if session.state == "open":
+            tx.repo.update("payments_checkout_sessions", session.id, {"state": "complete"})
+            self._event(
+                tx, session.merchant_id, "checkout_session.completed",
+                replace(session, state="complete").to_api(),
+            )  # fmt: skip
+
+    def recover_card_payments(self, min_age_s: float = 30.0) -> int:
+        """Finish card payments left ``processing`` by a crash: ask the gateway what became
+        of each (its own recovery reverses what was never answered)."""
+        if self.cards is None:
+            return 0
+        from paykeep.gateway.cards.errors import CardPaymentNotFound
+
+        with self.reading() as tx:
+            stale = [
+                p
+                for p in tx.repo.payments({"state": "processing"}, 100, None)
+                if p.method == "card" and tx.now_ns - p.created_at_ns > min_age_s * NS_PER_S
+            ]
+        done = 0
+        for payment in stale:
+            try:
+                result = self.cards.payment(payment.id)
+            except CardPaymentNotFound:
+                with self.transaction() as tx:
+                    self._finish_payment(
+                        tx, payment, "failed", "processing_error",
+                        "The payment could not be processed. Please try again.", None, None,
+                    )  # fmt: skip
+                done += 1
+                continue
+            if result.outcome.value in ("approved", "declined", "unavailable",
+                                        "timed_out_reversed"):  # fmt: skip
+                with contextlib.suppress(PaymentDeclined, PaymentProcessorUnavailable):
+                    self._card_outcome(
+                        payment, result.approved, result.response_code, result.outcome.value,
+                        result.brand, result.last4, None,
+                    )  # fmt: skip
+                done += 1
+        return done
+
+    def settle_bank_transfers(self, limit: int = TIMER_SWEEP_BATCH) -> int:
+        """Orders waiting for a bank transfer are paid from the wallet once the statement
+        has credited enough."""
+        with self.reading() as tx:
+            waiting = tx.repo.bank_transfer_orders(limit)
+        paid = 0
+        for order_id in waiting:
+            try:
+                with self.transaction() as tx:
+                    order = self.order(tx, None, order_id, lock=True)
+                    if order.state is not OrderState.CREATED:
+                        continue
+                    payment = self._payment_row(tx, order, "bank_transfer", "succeeded")
+                    order = self._hold(tx, order, "bank_transfer")
+                    self._event(tx, order.merchant_id, "payment.succeeded", payment.to_api())
+                    paid += 1
+            except InsufficientFunds:
+                continue
+        return paid
+
+    # ------------------------------------------------------------------ shipping
+
+    def ship(
+        self, tx: Tx, scope: str | None, order_id: str, carrier: str, tracking_number: str
+    ) -> tuple[Order, Shipment]:
+        order = self.order(tx, scope, order_id, lock=True)
+        _check_tracking(carrier, tracking_number)
+        transition(order.state, OrderAction.SHIP)
+        shipment = self._new_shipment(tx, order, "outbound", carrier, tracking_number)
+        order = self._move(tx, order, OrderAction.SHIP, {"shipped_at_ns": tx.now_ns})
+        return order, shipment
+
+    def _new_shipment(
+        self, tx: Tx, order: Order, direction: str, carrier: str, tracking: str
+    ) -> Shipment:
+        if tx.repo.shipment_by_tracking(carrier, tracking) is not None:
+            raise PaymentsInputInvalid(
+                "this tracking number is already used for another shipment",
+                param="tracking_number",
+            )
+        shipment = Shipment(
+            self.new_id("shp"), order.id, order.merchant_id, direction, carrier, tracking,
+            "label_created", tx.now_ns, tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_shipments",
+            {
+                "id": shipment.id,
+                "order_id": order.id,
+                "merchant_id": order.merchant_id,
+                "direction": direction,
+                "carrier": carrier,
+                "tracking_number": tracking,
+                "state": shipment.state,
+                "created_at_ns": tx.now_ns,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        self._event(tx, order.merchant_id, "shipment.created", shipment.to_api())
+        return shipment
+
+    def shipment(self, tx: Tx, scope: str | None, shipment_id: str) -> Shipment:
+        found = tx.repo.shipment(shipment_id)
+        if found is None or (scope is not None and found.merchant_id != scope):
+            raise ResourceMissing(f"no shipment {shipment_id!r}", param="shipment")
+        return found
+
+    def shipment_event(
+        self,
+        tx: Tx,
+        shipment: Shipment,
+        kind: str,
+        *,
+        source: str,
+        external_id: str | None = None,
+        occurred_at_ns: int | None = None,
+    ) -> Shipment:
+        """Record a tracking event (from the merchant or a signed carrier webhook). Events
+        are idempotent per (source, external id); the state only moves forward. A delivered
+        outbound shipment starts the buyer's confirmation window."""
+        try:
+            event = ShipmentEvent(kind)
+        except ValueError:
+            raise PaymentsInputInvalid(
+                "kind is picked_up, in_transit, delivered or returned", param="kind"
+            ) from None
+        occurred = tx.now_ns if occurred_at_ns is None else occurred_at_ns
+        if external_id is not None:
+            seen = tx.conn.execute(
+                _q_seen, {"s": shipment.id, "src": source, "e": external_id}
+            ).first()
+            if seen is not None:
+                return shipment
+        tx.repo.insert(
+            "payments_shipment_events",
+            {
+                "id": self.new_id("sev"),
+                "shipment_id": shipment.id,
+                "kind": event.value,
+                "source": source,
+                "external_id": external_id,
+                "occurred_at_ns": occurred,
+                "recorded_at_ns": tx.now_ns,
+            },
+        )
+        if SHIPMENT_ORDER[event] <= SHIPMENT_ORDER.get(shipment.state, 0):
+            return shipment
+        tx.repo.update(
+            "payments_shipments", shipment.id, {"state": event.value, "updated_at_ns": tx.now_ns}
+        )
+        shipment = replace(shipment, state=event.value, updated_at_ns=tx.now_ns)
+        self._event(tx, shipment.merchant_id, "shipment.updated", shipment.to_api())
+        if event is ShipmentEvent.DELIVERED and shipment.direction == "outbound":
+            order = self.order(tx, None, shipment.order_id, lock=True)
+            if order.state is OrderState.AWAITING_RECEIPT and order.delivered_at_ns is None:
+                self._move(
+                    tx, order, OrderAction.DELIVER, {"delivered_at_ns": occurred},
+                    timer_since=occurred, delivered=True,
+                )  # fmt: skip
+        if shipment.direction == "return" and event is ShipmentEvent.DELIVERED:
+            # The merchant still confirms the return's condition (receive_return).
+            pass
+        return shipment
+
+    # ------------------------------------------------------------------ release / refund
+
+    def _release(self, tx: Tx, order: Order, refund_minor: int, action: OrderAction) -> Order:
+        """End the hold: post ``held - refund_minor`` to the merchant (the rest returns to the
+        buyer), the fee to ``platform:fees`` and the reserve to the merchant's reserve — one
+        linked batch. A full refund voids the hold."""
+        merchant = self._merchant_of(tx, order)
+        release = plan_release(order.amount_minor, refund_minor, merchant.fees)
+        if (
+            release.to_merchant > 0
+            and self.risk.decide("release", _risk_context(order)) == "review"
+        ):
+            raise IllegalTransition(
+                "the release of this order is held for a compliance review", param="order"
+            )
+        transition(order.state, action)
+        assert order.hold_transfer_id is not None
+        self._transfers(tx, _release_transfers(order, release))
+        if release.reserve:
+            tx.repo.insert(
+                "payments_reserves",
+                {
+                    "id": self.new_id("rsv"),
+                    "merchant_id": order.merchant_id,
+                    "order_id": order.id,
+                    "currency": order.currency,
+                    "amount_minor": release.reserve,
+                    "release_at_ns": tx.now_ns + merchant.fees.reserve_hold_s * NS_PER_S,
+                },
+            )
+        return self._move(
+            tx, order, action,
+            {
+                "fee_minor": release.fee,
+                "released_minor": release.to_merchant,
+                "refunded_minor": release.to_buyer,
+                "disputed": False,
+            },
+        )  # fmt: skip
+
+    def confirm(self, tx: Tx, order_id: str, *, token: str | None = None) -> Order:
+        """The buyer confirms receipt (through their checkout session) — or the operator."""
+        if token is not None:
+            session = self.session_for_token(tx, token)
+            if session.order_id != order_id:
+                raise ResourceMissing(f"no order {order_id!r}", param="order")
+        order = self.order(tx, None, order_id, lock=True)
+        if tx.repo.open_refunds(order.id):
+            raise IllegalTransition("a refund request on this order is open", param="order")
+        return self._release(tx, order, 0, OrderAction.CONFIRM)
+
+    def refund(
+        self, tx: Tx, scope: str | None, order_id: str, amount_minor: int | None,
+        reason: str | None = None,
+    ) -> tuple[Order, Refund]:  # fmt: skip
+        """The merchant (or the operator) refunds at once: all (void) or part (the remainder
+        is released to the merchant and the order ends)."""
+        order = self.order(tx, scope, order_id, lock=True)
+        amount = order.amount_minor if amount_minor is None else amount_minor
+        _check_refund_amount(order, amount)
+        _check_reason(reason)
+        refund = self._new_refund(tx, order, amount, reason, False, RefundState.COMPLETED)
+        order = self._refund_order(tx, order, amount)
+        return order, refund
+
+    def _refund_order(self, tx: Tx, order: Order, amount: int) -> Order:
+        action = (
+            OrderAction.REFUND_FULL if amount == order.amount_minor else OrderAction.REFUND_PARTIAL
+        )
+        return self._release(tx, order, amount, action)
+
+    def _new_refund(
+        self, tx: Tx, order: Order, amount: int, reason: str | None, return_required: bool,
+        state: RefundState,
+    ) -> Refund:  # fmt: skip
+        refund = Refund(
+            self.new_id("ref"), order.id, order.merchant_id, amount, reason, return_required,
+            state, tx.now_ns, tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_refunds",
+            {
+                "id": refund.id,
+                "order_id": order.id,
+                "merchant_id": order.merchant_id,
+                "amount_minor": amount,
+                "reason": reason,
+                "return_required": return_required,
+                "state": state.value,
+                "created_at_ns": tx.now_ns,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        self._event(tx, order.merchant_id, f"refund.{state.value}", refund.to_api())
+        return refund
+
+    def request_refund(
+        self, tx: Tx, token: str, order_id: str, amount_minor: int | None, reason: str | None
+    ) -> Refund:
+        """The buyer asks for a refund (through their checkout session); the order's timer
+        pauses until the request ends."""
+        session = self.session_for_token(tx, token)
+        if session.order_id != order_id:
+            raise ResourceMissing(f"no order {order_id!r}", param="order")
+        order = self.order(tx, None, order_id, lock=True)
+        if order.state not in (OrderState.AWAITING_SHIPMENT, OrderState.AWAITING_RECEIPT):
+            raise IllegalTransition(
+                f"an order that is {order.state.value} cannot be refunded", param="order"
+            )
+        if tx.repo.open_refunds(order.id):
+            raise IllegalTransition("a refund request on this order is already open", param="order")
+        amount = order.amount_minor if amount_minor is None else amount_minor
+        _check_refund_amount(order, amount)
+        _check_reason(reason)
+        refund = self._new_refund(tx, order, amount, reason, False, RefundState.REQUESTED)
+        self._pause(tx, order)
+        return refund
+
+    def _pause(self, tx: Tx, order: Order) -> None:
+        tx.repo.save_order(order, {"disputed": True}, tx.now_ns)
+
+    def _resume(self, tx: Tx, order: Order) -> Order:
+        """A refund request ended without moving money: the order's timer restarts from now."""
+        merchant = self._merchant_of(tx, order)
+        timer, due = timer_for(
+            order.state, merchant.timers, tx.now_ns, delivered=order.delivered_at_ns is not None
+        )
+        tx.repo.save_order(
+            order, {"disputed": False, "timer": timer, "timer_due_ns": due}, tx.now_ns
+        )
+        return self.order(tx, None, order.id)
+
+    def refund_action(
+        self,
+        tx: Tx,
+        refund_id: str,
+        action: RefundAction,
+        *,
+        scope: str | None = None,
+        token: str | None = None,
+        carrier: str | None = None,
+        tracking_number: str | None = None,
+    ) -> Refund:
+        """Merchant actions (agree, agree_with_return, refuse, receive_return) are scoped by
+        merchant; buyer actions (ship_return, escalate, cancel) by the checkout token."""
+        refund = tx.repo.refund(refund_id, lock=True)
+        if refund is None or (scope is not None and refund.merchant_id != scope):
+            raise ResourceMissing(f"no refund {refund_id!r}", param="refund")
+        buyer_actions = (RefundAction.SHIP_RETURN, RefundAction.ESCALATE, RefundAction.CANCEL)
+        if action in buyer_actions:
+            if token is None:
+                raise IllegalTransition(f"only the buyer can {action.value}", param="action")
+            if self.session_for_token(tx, token).order_id != refund.order_id:
+                raise ResourceMissing(f"no refund {refund_id!r}", param="refund")
+        elif token is not None or action in (
+            RefundAction.DECIDE_FOR_BUYER,
+            RefundAction.DECIDE_FOR_MERCHANT,
+        ):
+            raise IllegalTransition(f"the buyer cannot {action.value}", param="action")
+        new_state = refund_transition(refund.state, action)
+        order = self.order(tx, None, refund.order_id, lock=True)
+        if action is RefundAction.SHIP_RETURN:
+            _check_tracking(carrier or "", tracking_number or "")
+            assert carrier is not None and tracking_number is not None
+            self._new_shipment(tx, order, "return", carrier, tracking_number)
+        if action is RefundAction.ESCALATE:
+            self._open_dispute(tx, order, refund)
+        refund = self._set_refund(tx, refund, new_state)
+        if new_state is RefundState.COMPLETED:
+            self._refund_order(tx, order, refund.amount_minor)
+        elif new_state is RefundState.CANCELLED:
+            self._resume(tx, order)
+        return refund
+
+    def _set_refund(self, tx: Tx, refund: Refund, state: RefundState) -> Refund:
+        tx.repo.update(
+            "payments_refunds", refund.id, {"state": state.value, "updated_at_ns": tx.now_ns}
+        )
+        refund = replace(refund, state=state, updated_at_ns=tx.now_ns)
+        self._event(tx, refund.merchant_id, f"refund.{state.value}", refund.to_api())
+        return refund
+
+    def refund_record(self, tx: Tx, scope: str | None, refund_id: str) -> Refund:
+        found = tx.repo.refund(refund_id)
+        if found is None or (scope is not None and found.merchant_id != scope):
+            raise ResourceMissing(f"no refund {refund_id!r}", param="refund")
+        return found
+
+    # ------------------------------------------------------------------ disputes
+
+    def _open_dispute(self, tx: Tx, order: Order, refund: Refund) -> Dispute:
+        dispute = Dispute(
+            self.new_id("dsp"), order.id, refund.id, order.merchant_id, "open", refund.reason,
+            None, None, None, None, tx.now_ns, tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_disputes",
+            {
+                "id": dispute.id,
+                "order_id": order.id,
+                "refund_id": refund.id,
+                "merchant_id": order.merchant_id,
+                "state": "open",
+                "reason": refund.reason,
+                "created_at_ns": tx.now_ns,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        self._event(tx, order.merchant_id, "dispute.created", dispute.to_api())
+        return dispute
+
+    def decide_dispute(
+        self, tx: Tx, dispute_id: str, buyer_share_bp: int, decided_by: str, note: str | None
+    ) -> Dispute:
+        """The platform's decision: the buyer gets ``buyer_share_bp`` / 10,000 of the held
+        amount (split exactly with ``allocate``), the merchant the rest; the order ends."""
+        dispute = tx.repo.dispute(dispute_id, lock=True)
+        if dispute is None:
+            raise ResourceMissing(f"no dispute {dispute_id!r}", param="dispute")
+        if dispute.state != "open":
+            raise IllegalTransition("this dispute is already decided", param="dispute")
+        _check_reason(note)
+        order = self.order(tx, None, dispute.order_id, lock=True)
+        buyer, merchant_share = dispute_split(order.amount_minor, order.currency, buyer_share_bp)
+        if dispute.refund_id is not None:
+            refund = tx.repo.refund(dispute.refund_id, lock=True)
+            assert refund is not None
+            action = RefundAction.DECIDE_FOR_BUYER if buyer else RefundAction.DECIDE_FOR_MERCHANT
+            refund_transition(refund.state, action)
+            tx.repo.update(
+                "payments_refunds", refund.id,
+                {"amount_minor": buyer or refund.amount_minor, "updated_at_ns": tx.now_ns},
+            )  # fmt: skip
+            self._set_refund(
+                tx, replace(refund, amount_minor=buyer or refund.amount_minor),
+                refund_transition(refund.state, action),
+            )  # fmt: skip
+        order = self.order(tx, None, order.id, lock=True)
+        if buyer == 0 and order.state is OrderState.AWAITING_RECEIPT:
+            self._release(tx, order, 0, OrderAction.CONFIRM)
+        elif buyer == 0:
+            # Wholly for the merchant before shipping: the order goes on (it must still
+            # ship) and, the claim being over, its timer restarts.
+            self._resume(tx, order)
+        else:
+            self._refund_order(tx, order, buyer)
+        tx.repo.update(
+            "payments_disputes",
+            dispute.id,
+            {
+                "state": "decided",
+                "buyer_share_minor": buyer,
+                "merchant_share_minor": merchant_share,
+                "decided_by": decided_by,
+                "decision_note": note,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        dispute = replace(
+            dispute, state="decided", buyer_share_minor=buyer,
+            merchant_share_minor=merchant_share, decided_by=decided_by, decision_note=note,
+            updated_at_ns=tx.now_ns,
+        )  # fmt: skip
+        self._event(tx, dispute.merchant_id, "dispute.decided", dispute.to_api())
+        return dispute
+
+    def dispute(self, tx: Tx, scope: str | None, dispute_id: str) -> Dispute:
+        found = tx.repo.dispute(dispute_id)
+        if found is None or (scope is not None and found.merchant_id != scope):
+            raise ResourceMissing(f"no dispute {dispute_id!r}", param="dispute")
+        return found
+
+    # ------------------------------------------------------------------ timers
+
+    def run_timers(self, limit: int = TIMER_SWEEP_BATCH) -> dict[str, int]:
+        """Fire due timers: close unpaid orders, refund unshipped ones, auto-confirm. Each order
+        in its own transaction; safe with several workers (PostgreSQL: ``SKIP LOCKED``; the
+        optimistic version check makes a double fire a no-op on either database)."""
+        fired: dict[str, int] = {}
+        with self.reading() as tx:
+            due = tx.repo.due_orders(tx.now_ns, limit)
+        for order_id in due:
+            try:
+                with self.transaction() as tx:
+                    locked = tx.repo.order(order_id, skip_locked=True)
+                    if locked is None:
+                        continue  # another worker holds it
+                    order = locked
+                    if order.timer is None or order.paused or order.timer_due_ns is None:
+                        continue
+                    if order.timer_due_ns > tx.now_ns:
+                        continue
+                    timer = Timer(order.timer)
+                    action = TIMER_ACTIONS[timer]
+                    if action is OrderAction.CLOSE:
+                        self._move(tx, order, action, {})
+                    elif action is OrderAction.REFUND_FULL:
+                        self._release(tx, order, order.amount_minor, action)
+                    else:
+                        self._release(tx, order, 0, action)
+                    fired[timer.value] = fired.get(timer.value, 0) + 1
+            except (IllegalTransition, InsufficientFunds) as exc:
+                fired[f"skipped:{exc.code}"] = fired.get(f"skipped:{exc.code}", 0) + 1
+        return fired
+
+    def release_reserves(self, limit: int = TIMER_SWEEP_BATCH) -> int:
+        """Move reserves whose hold period has passed back to the merchant's available."""
+        released = 0
+        with self.transaction() as tx:
+            for rid, merchant_id, currency, amount in tx.repo.due_reserves(tx.now_ns, limit):
+                self._transfers(
+                    tx,
+                    [
+                        NewTransfer(
+                            id=derived_id("reserve-release", str(rid)),
+                            debit_account_id=account_id(reserve_name(merchant_id, currency)),
+                            credit_account_id=account_id(available_name(merchant_id, currency)),
+                            amount_minor=int(amount),
+                            currency=currency,
+                            code=RESERVE_RELEASE_CODE,
+                        )
+                    ],
+                )
+                tx.repo.update("payments_reserves", str(rid), {"released_at_ns": tx.now_ns})
+                released += 1
+        return released
+
+    # ------------------------------------------------------------------ balances, payouts
+
+    def merchant_balances(self, tx: Tx, scope: str | None, merchant_id: str) -> list[Balances]:
+        merchant = self.merchant(tx, scope, merchant_id)
+        accounts = self.ledger.lookup_accounts(
+            [
+                account_id(available_name(merchant.id, merchant.currency)),
+                account_id(reserve_name(merchant.id, merchant.currency)),
+            ]
+        )
+        available = accounts.get(account_id(available_name(merchant.id, merchant.currency)))
+        reserve = accounts.get(account_id(reserve_name(merchant.id, merchant.currency)))
+        return [
+            Balances(
+                merchant.currency,
+                available.available if available else 0,
+                available.credits_pending if available else 0,
+                reserve.balance_posted if reserve else 0,
+            )
+        ]
+
+    def buyer_balances(self, tx: Tx, scope: str | None, buyer_id: str) -> list[Balances]:
+        self.buyer(tx, scope, buyer_id)
+        prefix = f"buyer:{buyer_id}:wallet:"
+        rows = tx.conn.execute(_q_named, {"p": prefix + "%"}).all()
+        return [
+            Balances(
+                str(r[1]),
+                int(r[4]) - int(r[3]) - int(r[2]),
+                int(r[2]),
+                0,
+            )
+            for r in rows
+        ]
+
+    def request_payout(
+        self, scope: str | None, merchant_id: str, amount_minor: int, request_id: str
+    ) -> MerchantPayout:
+        """Withdraw ``available`` to the merchant's verified IBAN through the gateway's pain.001
+        batches. ``request_id`` makes it idempotent (the API passes its idempotency key)."""
+        if self.payouts is None:
+            raise PayoutNotAllowed("payouts are not configured", param="amount_minor")
+        with self.reading() as tx:
+            merchant = self.merchant(tx, scope, merchant_id)
+            iban_enc = tx.repo.merchant_iban(merchant.id)
+        if iban_enc is None or not merchant.payout_iban_verified:
+            raise PayoutNotAllowed("the payout IBAN is not verified yet", param="payout_iban")
+        if type(amount_minor) is not int or amount_minor <= 0:
+            raise PaymentsInputInvalid("amount_minor is a positive integer", param="amount_minor")
+        if self.risk.decide("payout", {"merchant": merchant.id, "amount": amount_minor}) != "allow":
+            raise RiskDeclined("this payout was stopped by our risk controls")
+        iban = self.cipher.open(iban_enc, purpose="merchant.iban", row_id=merchant.id)
+        from paykeep.gateway.payouts.errors import PayoutInsufficientFunds
+
+        try:
+            payout = self.payouts.request(
+                merchant.id, amount_minor, merchant.currency,
+                available_name(merchant.id, merchant.currency), merchant.legal_name[:70], iban,
+                request_id=f"{merchant.id}:{request_id}",
+                remittance=f"Paykeep payout {merchant.id}",
+            )  # fmt: skip
+        except PayoutInsufficientFunds:
+            raise InsufficientFunds("the available balance does not cover this payout") from None
+        with self.transaction() as tx:
+            existing = tx.repo.payouts({"gateway_payout_id": payout.payout_id}, 1, None)
+            if existing:
+                return existing[0]
+            record = MerchantPayout(
+                self.new_id("po"), merchant.id, payout.payout_id, amount_minor,
+                merchant.currency, payout.state, tx.now_ns, tx.now_ns,
+            )  # fmt: skip
+            tx.repo.insert(
+                "payments_payouts",
+                {
+                    "id": record.id,
+                    "merchant_id": merchant.id,
+                    "gateway_payout_id": payout.payout_id,
+                    "amount_minor": amount_minor,
+                    "currency": merchant.currency,
+                    "state": payout.state,
+                    "created_at_ns": tx.now_ns,
+                    "updated_at_ns": tx.now_ns,
+                },
+            )
+            self._event(tx, merchant.id, "payout.created", record.to_api())
+        return record
+
+    def sync_payouts(self) -> int:
+        """Copy the gateway's payout states (batched, accepted, settled, returned) onto the
+        merchants' payout records, with an event for each change."""
+        if self.payouts is None:
+            return 0
+        changed = 0
+        with self.reading() as tx:
+            open_ = [
+                p for p in tx.repo.payouts({}, 500, None) if p.state not in ("settled", "returned")
+            ]
+        for record in open_:
+            if record.gateway_payout_id is None:
+                continue
+            state = self.payouts.get(record.gateway_payout_id).state
+            if state != record.state:
+                with self.transaction() as tx:
+                    tx.repo.update(
+                        "payments_payouts", record.id, {"state": state, "updated_at_ns": tx.now_ns}
+                    )
+                    self._event(
+                        tx, record.merchant_id, f"payout.{state}",
+                        replace(record, state=state, updated_at_ns=tx.now_ns).to_api(),
+                    )  # fmt: skip
+                changed += 1
+        return changed
+
+    # ------------------------------------------------------------------ carriers
+
+    def register_carrier(self, tx: Tx, name: str) -> str:
+        """A carrier that may post signed tracking webhooks; returns its secret once."""
+        if not isinstance(name, str) or not _CARRIER.fullmatch(name):
+            raise PaymentsInputInvalid("carrier is 1 to 64 of a-z 0-9 _ -", param="name")
+        secret = "csec_" + secrets.token_urlsafe(32)
+        carrier_id = self.new_id("car")
+        tx.repo.insert(
+            "payments_carriers",
+            {
+                "id": carrier_id,
+                "name": name,
+                "secret_enc": self.cipher.seal(secret, purpose="carrier.secret", row_id=name),
+                "created_at_ns": tx.now_ns,
+            },
+        )
+        return secret
+
+    def carrier_secret(self, tx: Tx, name: str) -> str | None:
+        row = tx.conn.execute(_q_carrier, {"n": name}).first()
+        if row is None:
+            return None
+        return self.cipher.open(bytes(row[0]), purpose="carrier.secret", row_id=name)
+
+
+def _release_transfers(order: Order, release: Release) -> list[NewTransfer]:
+    assert order.hold_transfer_id is not None
+    if release.to_merchant == 0:
+        return [
+            NewTransfer(
+                id=derived_id("order-void", order.id),
+                pending_id=order.hold_transfer_id,
+                flags=int(TransferFlags.VOID_PENDING),
+                reference=f"order:{order.id}:void",
+            )
+        ]
+    available = account_id(available_name(order.merchant_id, order.currency))
+    chain = [
+        NewTransfer(
+            id=derived_id("order-release", order.id),
+            pending_id=order.hold_transfer_id,
+            amount_minor=release.to_merchant,
+            flags=int(TransferFlags.POST_PENDING),
+            reference=f"order:{order.id}:release",
+        )
+    ]
+    if release.fee:
+        chain.append(
+            NewTransfer(
+                id=derived_id("order-fee", order.id),
+                debit_account_id=available,
+                credit_account_id=account_id(fees_name(order.currency)),
+                amount_minor=release.fee,
+                currency=order.currency,
+                code=FEE_CODE,
+                reference=f"order:{order.id}:fee",
+            )
+        )
+    if release.reserve:
+        chain.append(
+            NewTransfer(
+                id=derived_id("order-reserve", order.id),
+                debit_account_id=available,
+                credit_account_id=account_id(reserve_name(order.merchant_id, order.currency)),
+                amount_minor=release.reserve,
+                currency=order.currency,
+                code=RESERVE_CODE,
+                reference=f"order:{order.id}:reserve",
+            )
+        )
+    linked = int(TransferFlags.LINKED)
+    return [
+        replace(t, flags=t.flags | linked) if i < len(chain) - 1 else t for i, t in enumerate(chain)
+    ]
+
+
+def _risk_context(order: Order) -> dict[str, Any]:
+    return {
+        "order": order.id,
+        "merchant": order.merchant_id,
+        "buyer": order.buyer_id,
+        "amount_minor": order.amount_minor,
+        "currency": order.currency,
+    }
+
+
+def _check_iban(iban: str) -> str:
+    from schwifty import IBAN
+    from schwifty.exceptions import SchwiftyException
+
+    try:
+        return str(IBAN(iban).compact)
+    except (SchwiftyException, ValueError, TypeError):
+        raise PaymentsInputInvalid("payout_iban is not a valid IBAN", param="payout_iban") from None
+
+
+def _check_tracking(carrier: str, tracking: str) -> None:
+    if not isinstance(carrier, str) or not _CARRIER.fullmatch(carrier):
+        raise PaymentsInputInvalid("carrier is 1 to 64 of a-z 0-9 _ -", param="carrier")
+    if not isinstance(tracking, str) or not _TRACKING.fullmatch(tracking):
+        raise PaymentsInputInvalid(
+            "tracking_number is 4 to 64 letters, digits or dashes", param="tracking_number"
+        )
+
+
+def _check_refund_amount(order: Order, amount: int) -> None:
+    if type(amount) is not int or not 1 <= amount <= order.amount_minor:
+        raise PaymentsInputInvalid(
+            f"amount_minor is 1 to {order.amount_minor} for this order", param="amount_minor"
+        )
+
+
+def _check_reason(reason: str | None) -> None:
+    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_MAX):
+        raise PaymentsInputInvalid(f"reason is at most {REASON_MAX} characters", param="reason")
+
+
+_q_seen = sa.text(
+    "SELECT 1 FROM payments_shipment_events WHERE shipment_id = :s AND source = :src "
+    "AND external_id = :e"
+)
+_q_named = sa.text(
+    "SELECT name, currency, debits_pending, debits_posted, credits_posted FROM ledger_accounts "
+    "WHERE name LIKE :p"
+)
+_q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")
+
+__all__ = [
+    "Balances",
+    "CheckoutView",
+    "NewMerchant",
+    "PaymentsService",
+    "RiskCheck",
+    "Tx",
+    "account_id",
+    "available_name",
+    "fees_name",
+    "reserve_name",
+    "wallet_name",
+]
