@@ -1,0 +1,820 @@
+"""Webhook delivery: the outbox ``payments_events`` to merchants' endpoints, at least once.
+
+Data flow (each arrow is one short database transaction; HTTP happens between them, never
+inside one):
+
+1. ``fan_out`` reads events after the ``webhooks`` cursor in ``seq`` order, creates one
+   ``pending`` delivery per (event, enabled endpoint of the event's merchant subscribed to its
+   type) and advances the cursor, all in one transaction. PostgreSQL: the cursor row is locked
+   ``FOR UPDATE SKIP LOCKED`` (a second worker finds it locked and returns 0); SQLite
+   serialises writers anyway.
+2. ``deliver_due`` claims due deliveries (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and leases
+   them by pushing ``next_attempt_at_ns`` past the attempt's longest duration, then commits.
+3. The POSTs run concurrently outside any transaction, one thread per claimed delivery.
+4. The results are written in one transaction, each guarded by the claim (state, attempts and
+   lease unchanged): a worker whose lease ran out (another took the delivery over) writes
+   nothing, so each attempt number is recorded once.
+
+Receivers must be idempotent on ``webhook-id`` (the event id): delivery is at least once, a
+lease that runs out or a replay sends the same event again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from paykeep.clock import NS_PER_S, Clock, SystemClock, monotonic_s
+from paykeep.db import Database
+from paykeep.db.errors import DatabaseUnavailable
+from paykeep.ids import IdGenerator
+from paykeep.security.errors import FieldDecryptionFailed
+from paykeep.security.fields import FieldCipher
+from paykeep.workers import webhook_model as model
+from paykeep.workers.webhook_model import (
+    AttemptResult,
+    DeliveryState,
+    EventNotFound,
+    SigningSecrets,
+    WebhookEndpointDisabled,
+    WebhookEndpointLimitReached,
+    WebhookEndpointNotFound,
+    WebhookMerchantUnknown,
+    WebhookParameterInvalid,
+    WebhookReplayConflict,
+    WebhookReplayLimitReached,
+)
+
+log = logging.getLogger("paykeep.workers.webhooks")
+
+CURSOR_NAME: Final = "webhooks"
+ENDPOINT_ID_PREFIX: Final = "we_"
+DELIVERY_ID_PREFIX: Final = "whd_"
+#: The ``purpose`` of the sealed secret (bound into the AES-GCM associated data).
+SECRET_PURPOSE: Final = "webhook_endpoint.secret"  # noqa: S105 (a label)
+ERROR_ENDPOINT_DISABLED: Final = "endpoint disabled"
+ERROR_UNSEALABLE: Final = "signing secret cannot be opened (vault key missing?)"
+
+_ENDPOINT_COLUMNS = "id, merchant_id, url, event_types, enabled, created_at_ns"
+_DELIVERY_COLUMNS = (
+    "d.id, d.event_id, d.endpoint_id, d.state, d.attempts, d.next_attempt_at_ns, "
+    "d.last_status, d.last_error, d.created_at_ns, d.updated_at_ns"
+)
+
+
+# --- Views ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """An endpoint as its merchant sees it (never the secret)."""
+
+    id: str
+    merchant_id: str
+    url: str
+    event_types: tuple[str, ...] | None  # None: every type
+    enabled: bool
+    created_at_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "webhook_endpoint",
+            "merchant_id": self.merchant_id,
+            "url": self.url,
+            "event_types": list(self.event_types) if self.event_types is not None else ["*"],
+            "enabled": self.enabled,
+            "created": self.created_at_ns // NS_PER_S,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryView:
+    id: str
+    event_id: str
+    endpoint_id: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at_ns: int | None  # while in flight: the end of the worker's lease
+    last_status: int | None
+    last_error: str | None
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "webhook_delivery",
+            "event_id": self.event_id,
+            "endpoint_id": self.endpoint_id,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "next_attempt_at": (
+                None if self.next_attempt_at_ns is None else self.next_attempt_at_ns // NS_PER_S
+            ),
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "created": self.created_at_ns // NS_PER_S,
+            "updated": self.updated_at_ns // NS_PER_S,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    """Newest first (ids are time-ordered); ``has_more``: a next page exists after the last."""
+
+    data: tuple[DeliveryView, ...]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    delivery_id: str
+    event_id: str
+    attempts: int
+    lease_until_ns: int
+    url: str
+    secret_enc: bytes
+    endpoint_id: str
+    payload: str
+
+
+def _endpoint(row: sa.Row[Any]) -> EndpointView:
+    return EndpointView(
+        id=row.id,
+        merchant_id=row.merchant_id,
+        url=row.url,
+        event_types=model.decode_event_types(row.event_types),
+        enabled=bool(row.enabled),
+        created_at_ns=int(row.created_at_ns),
+    )
+
+
+def _delivery(row: sa.Row[Any]) -> DeliveryView:
+    return DeliveryView(
+        id=row.id,
+        event_id=row.event_id,
+        endpoint_id=row.endpoint_id,
+        state=DeliveryState(row.state),
+        attempts=int(row.attempts),
+        next_attempt_at_ns=None if row.next_attempt_at_ns is None else int(row.next_attempt_at_ns),
+        last_status=None if row.last_status is None else int(row.last_status),
+        last_error=row.last_error,
+        created_at_ns=int(row.created_at_ns),
+        updated_at_ns=int(row.updated_at_ns),
+    )
+
+
+_INSERT_DELIVERY = sa.text(
+    "INSERT INTO payments_webhook_deliveries (id, event_id, endpoint_id, state, attempts, "
+    "next_attempt_at_ns, last_status, last_error, created_at_ns, updated_at_ns) VALUES "
+    "(:id, :event_id, :endpoint_id, 'pending', 0, :now, NULL, NULL, :now, :now)"
+)
+_RECORD_ATTEMPT = sa.text(
+    "UPDATE payments_webhook_deliveries SET state = :state, attempts = :attempts, "
+    "next_attempt_at_ns = :next_attempt_at_ns, last_status = :last_status, "
+    "last_error = :last_error, updated_at_ns = :now "
+    "WHERE id = :id AND state = 'pending' AND attempts = :attempts_before "
+    "AND next_attempt_at_ns = :lease_until_ns"
+)
+
+
+# --- The service ----------------------------------------------------------------------------
+
+
+class WebhookService:
+    """Endpoints, fan-out, delivery, replay and the delivery log.
+
+    ``merchant_id`` arguments scope every read and action to one merchant: another merchant's
+    endpoint or event is "not found", never "forbidden". ``None`` is the operator's scope
+    (every merchant) where the signature allows it.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        cipher: FieldCipher,
+        clock: Clock | None = None,
+        http_timeout_s: float = model.HTTP_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        if not 0 < http_timeout_s <= model.HTTP_TIMEOUT_S_MAX:
+            raise WebhookParameterInvalid(
+                f"http_timeout_s must be in (0, {model.HTTP_TIMEOUT_S_MAX}]",
+                param="http_timeout_s",
+            )
+        self.database = database
+        self.cipher = cipher
+        self.clock = clock or SystemClock()
+        self.http_timeout_s = http_timeout_s
+        self._ids = IdGenerator(self.clock)
+        # An attempt's wall-time budget (monotonic) for reading an error body; the lease is
+        # longer, so a worker always finishes (or gives up) before another may take over.
+        self._attempt_budget_s = model.LEASE_TIMEOUTS * http_timeout_s
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(http_timeout_s),
+            follow_redirects=False,
+            # Deliveries go straight to the merchant: no proxy or .netrc from the environment.
+            trust_env=False,
+            limits=httpx.Limits(
+                max_connections=model.DELIVER_BATCH_MAX,
+                max_keepalive_connections=model.DELIVER_BATCH_MAX,
+            ),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> WebhookService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _new_id(self, prefix: str) -> str:
+        # Fixed-width hex of a time-ordered 63-bit id: string order is creation order, which
+        # is what newest-first pagination (``id < starting_after``) relies on.
+        return f"{prefix}{self._ids.next_id():016x}"
+
+    # --- Endpoints ------------------------------------------------------------------------
+
+    def create_endpoint(
+        self, merchant_id: str, url: str, event_types: Sequence[str] | None = None
+    ) -> tuple[EndpointView, str]:
+        """Register an endpoint; returns it and its signing secret, which is shown only here
+        (stored sealed, never returned again)."""
+        url = model.check_url(url)
+        types = model.check_event_types(event_types)
+        now_ns = self.clock.now_ns()
+        endpoint_id = self._new_id(ENDPOINT_ID_PREFIX)
+        secret = model.new_secret()
+        sealed = self.cipher.seal(
+            SigningSecrets(secret).to_text(), purpose=SECRET_PURPOSE, row_id=endpoint_id
+        )
+        lock = " FOR UPDATE" if self.database.is_postgres else ""
+        with self.database.write() as conn:
+            # Locking the merchant row serialises creations, so the limit below holds.
+            merchant = conn.execute(
+                sa.text(f"SELECT id FROM payments_merchants WHERE id = :id{lock}"),
+                {"id": merchant_id},
+            ).first()
+            if merchant is None:
+                raise WebhookMerchantUnknown(f"no merchant {merchant_id!r}", param="merchant_id")
+            enabled_count = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM payments_webhook_endpoints "
+                    "WHERE merchant_id = :m AND enabled = :t"
+                ),
+                {"m": merchant_id, "t": True},
+            ).scalar_one()
+            if enabled_count >= model.ENDPOINTS_PER_MERCHANT_MAX:
+                raise WebhookEndpointLimitReached(
+                    f"a merchant has at most {model.ENDPOINTS_PER_MERCHANT_MAX} enabled "
+                    "endpoints; disable one first"
+                )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO payments_webhook_endpoints (id, merchant_id, url, secret_enc, "
+                    "event_types, enabled, created_at_ns) VALUES "
+                    "(:id, :merchant_id, :url, :secret_enc, :event_types, :enabled, :now)"
+                ),
+                {
+                    "id": endpoint_id,
+                    "merchant_id": merchant_id,
+                    "url": url,
+                    "secret_enc": sealed,
+                    "event_types": model.encode_event_types(types),
+                    "enabled": True,
+                    "now": now_ns,
+                },
+            )
+        view = EndpointView(endpoint_id, merchant_id, url, types, True, now_ns)
+        return view, secret
+
+    def list_endpoints(self, merchant_id: str) -> list[EndpointView]:
+        """The merchant's endpoints, newest first (at most ``PAGE_SIZE_MAX``)."""
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT {_ENDPOINT_COLUMNS} FROM payments_webhook_endpoints "
+                    "WHERE merchant_id = :m ORDER BY id DESC LIMIT :limit"
+                ),
+                {"m": merchant_id, "limit": model.PAGE_SIZE_MAX},
+            ).all()
+        return [_endpoint(row) for row in rows]
+
+    def get_endpoint(self, merchant_id: str | None, endpoint_id: str) -> EndpointView:
+        with self.database.read() as conn:
+            return _endpoint(self._owned_endpoint(conn, merchant_id, endpoint_id))
+
+    def _owned_endpoint(
+        self, conn: Connection, merchant_id: str | None, endpoint_id: str, *, lock: bool = False
+    ) -> sa.Row[Any]:
+        suffix = " FOR UPDATE" if lock and self.database.is_postgres else ""
+        row = conn.execute(
+            sa.text(
+                f"SELECT {_ENDPOINT_COLUMNS}, secret_enc FROM payments_webhook_endpoints "
+                f"WHERE id = :id{suffix}"
+            ),
+            {"id": endpoint_id},
+        ).first()
+        if row is None or (merchant_id is not None and row.merchant_id != merchant_id):
+            raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id!r}", param="id")
+        return row
+
+    def disable_endpoint(self, merchant_id: str | None, endpoint_id: str) -> EndpointView:
+        """Stop delivering to the endpoint (idempotent). Its pending deliveries become dead
+        ("endpoint disabled"); an attempt in flight records nothing."""
+        now_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            row = self._owned_endpoint(conn, merchant_id, endpoint_id, lock=True)
+            conn.execute(
+                sa.text("UPDATE payments_webhook_endpoints SET enabled = :f WHERE id = :id"),
+                {"f": False, "id": endpoint_id},
+            )
+            conn.execute(
+                sa.text(
+                    "UPDATE payments_webhook_deliveries SET state = 'dead', "
+                    "next_attempt_at_ns = NULL, last_error = :error, updated_at_ns = :now "
+                    "WHERE endpoint_id = :id AND state = 'pending'"
+                ),
+                {"id": endpoint_id, "error": ERROR_ENDPOINT_DISABLED, "now": now_ns},
+            )
+        view = _endpoint(row)
+        return EndpointView(
+            view.id, view.merchant_id, view.url, view.event_types, False, view.created_at_ns
+        )
+
+    def rotate_secret(self, merchant_id: str | None, endpoint_id: str) -> str:
+        """A new signing secret, returned once. For ``SECRET_ROTATION_GRACE_S`` the previous
+        secret signs too (two signatures in ``webhook-signature``)."""
+        now_ns = self.clock.now_ns()
+        new = model.new_secret()
+        with self.database.write() as conn:
+            row = self._owned_endpoint(conn, merchant_id, endpoint_id, lock=True)
+            if not row.enabled:
+                raise WebhookEndpointDisabled(f"webhook endpoint {endpoint_id!r} is disabled")
+            current = self._open_secrets(row.secret_enc, endpoint_id)
+            sealed = self.cipher.seal(
+                current.rotated(new, now_ns).to_text(), purpose=SECRET_PURPOSE, row_id=endpoint_id
+            )
+            conn.execute(
+                sa.text("UPDATE payments_webhook_endpoints SET secret_enc = :s WHERE id = :id"),
+                {"s": sealed, "id": endpoint_id},
+            )
+        return new
+
+    def _open_secrets(self, sealed: bytes, endpoint_id: str) -> SigningSecrets:
+        text = self.cipher.open(bytes(sealed), purpose=SECRET_PURPOSE, row_id=endpoint_id)
+        return SigningSecrets.from_text(text)
+
+    # --- Fan-out --------------------------------------------------------------------------
+
+    def fan_out(self, limit: int = model.FAN_OUT_BATCH_MAX) -> int:
+        """Turn up to ``limit`` events after the cursor into deliveries; returns the number of
+        events consumed (0: nothing new, or another worker holds the cursor)."""
+        model.check_limit(limit, model.FAN_OUT_BATCH_MAX)
+        now_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            cursor_seq = self._lock_cursor(conn)
+            if cursor_seq is None:
+                return 0
+            events = conn.execute(
+                sa.text(
+                    "SELECT seq, id, merchant_id, type, created_at_ns FROM payments_events "
+                    "WHERE seq > :cursor ORDER BY seq LIMIT :limit"
+                ),
+                {"cursor": cursor_seq, "limit": limit},
+            ).all()
+            events = self._without_gaps(events, cursor_seq, now_ns)
+            if not events:
+                return 0
+            merchant_ids = sorted({e.merchant_id for e in events if e.merchant_id is not None})
+            endpoints: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {}
+            if merchant_ids:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT id, merchant_id, event_types FROM payments_webhook_endpoints "
+                        "WHERE enabled = :t AND merchant_id IN :merchants ORDER BY id"
+                    ).bindparams(sa.bindparam("merchants", expanding=True)),
+                    {"t": True, "merchants": merchant_ids},
+                ).all()
+                for row in rows:
+                    endpoints.setdefault(row.merchant_id, []).append(
+                        (row.id, model.decode_event_types(row.event_types))
+                    )
+            deliveries = [
+                {
+                    "id": self._new_id(DELIVERY_ID_PREFIX),
+                    "event_id": event.id,
+                    "endpoint_id": endpoint_id,
+                    "now": now_ns,
+                }
+                for event in events
+                for endpoint_id, types in endpoints.get(event.merchant_id, ())
+                if model.subscribes(types, event.type)
+            ]
+            if deliveries:
+                conn.execute(_INSERT_DELIVERY, deliveries)
+            conn.execute(
+                sa.text("UPDATE payments_outbox_cursor SET seq = :seq WHERE name = :name"),
+                {"seq": events[-1].seq, "name": CURSOR_NAME},
+            )
+        return len(events)
+
+    def _lock_cursor(self, conn: Connection) -> int | None:
+        """The cursor's position, locked for this transaction; None if another worker has it."""
+        select = sa.text(
+            "SELECT seq FROM payments_outbox_cursor WHERE name = :name"
+            + (" FOR UPDATE SKIP LOCKED" if self.database.is_postgres else "")
+        )
+        seq = conn.execute(select, {"name": CURSOR_NAME}).scalar_one_or_none()
+        if seq is not None:
+            return int(seq)
+        conn.execute(
+            sa.text(
+                "INSERT INTO payments_outbox_cursor (name, seq) VALUES (:name, 0) "
+                "ON CONFLICT (name) DO NOTHING"
+            ),
+            {"name": CURSOR_NAME},
+        )
+        seq = conn.execute(select, {"name": CURSOR_NAME}).scalar_one_or_none()
+        return None if seq is None else int(seq)
+
+    def _without_gaps(
+        self, events: Sequence[sa.Row[Any]], cursor_seq: int, now_ns: int
+    ) -> Sequence[sa.Row[Any]]:
+        """The prefix of ``events`` it is safe to move the cursor over.
+
+        PostgreSQL draws ``seq`` before commit: a missing number may be a transaction still
+        running, which would commit *behind* the cursor and never be delivered. So the cursor
+        stops at a gap until the event after it is ``OUTBOX_GAP_GRACE_S`` old (by then the
+        missing number was rolled back). SQLite has one writer and reuses rolled-back rowids:
+        what is visible has no gap that can still fill.
+        """
+        if not self.database.is_postgres:
+            return events
+        expected = cursor_seq + 1
+        grace_ns = model.OUTBOX_GAP_GRACE_S * NS_PER_S
+        for index, event in enumerate(events):
+            if event.seq != expected and now_ns - int(event.created_at_ns) < grace_ns:
+                return events[:index]
+            expected = event.seq + 1
+        return events
+
+    # --- Delivery -------------------------------------------------------------------------
+
+    def deliver_due(self, limit: int = model.DELIVER_BATCH_MAX) -> int:
+        """Attempt up to ``limit`` due deliveries (concurrently, at most
+        ``DELIVERIES_PER_ENDPOINT_PER_CALL_MAX`` per endpoint); returns how many were tried."""
+        model.check_limit(limit, model.DELIVER_BATCH_MAX)
+        claims = self._claim(limit)
+        if not claims:
+            return 0
+        if len(claims) == 1:
+            results = [self._attempt(claims[0])]
+        else:
+            with ThreadPoolExecutor(len(claims), thread_name_prefix="webhook") as pool:
+                results = list(pool.map(self._attempt, claims))
+        self._record(claims, results)
+        return len(claims)
+
+    def _claim(self, limit: int) -> list[_Claim]:
+        now_ns = self.clock.now_ns()
+        lease_until_ns = now_ns + model.lease_s(self.http_timeout_s) * NS_PER_S
+        postgres = self.database.is_postgres
+        with self.database.write() as conn:
+            due = conn.execute(
+                sa.text(
+                    "SELECT id, endpoint_id FROM payments_webhook_deliveries "
+                    "WHERE state = 'pending' AND next_attempt_at_ns <= :now "
+                    "ORDER BY next_attempt_at_ns, id LIMIT :scan"
+                ),
+                {"now": now_ns, "scan": model.CLAIM_SCAN_MAX},
+            ).all()
+            picked: list[str] = []
+            per_endpoint: dict[str, int] = {}
+            for row in due:
+                taken = per_endpoint.get(row.endpoint_id, 0)
+                if taken < model.DELIVERIES_PER_ENDPOINT_PER_CALL_MAX:
+                    per_endpoint[row.endpoint_id] = taken + 1
+                    picked.append(row.id)
+                    if len(picked) == limit:
+                        break
+            if not picked:
+                return []
+            # Re-checked under the lock: another worker may have leased some meanwhile.
+            rows = conn.execute(
+                sa.text(
+                    "SELECT d.id, d.event_id, d.endpoint_id, d.attempts, w.url, w.secret_enc, "
+                    "w.enabled, ev.payload FROM payments_webhook_deliveries d "
+                    "JOIN payments_webhook_endpoints w ON w.id = d.endpoint_id "
+                    "JOIN payments_events ev ON ev.id = d.event_id "
+                    "WHERE d.id IN :ids AND d.state = 'pending' AND d.next_attempt_at_ns <= :now"
+                    + (" FOR UPDATE OF d SKIP LOCKED" if postgres else "")
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"ids": picked, "now": now_ns},
+            ).all()
+            disabled = [row.id for row in rows if not row.enabled]
+            claimed = [row for row in rows if row.enabled]
+            if disabled:
+                conn.execute(
+                    sa.text(
+                        "UPDATE payments_webhook_deliveries SET state = 'dead', "
+                        "next_attempt_at_ns = NULL, last_error = :error, updated_at_ns = :now "
+                        "WHERE id IN :ids"
+                    ).bindparams(sa.bindparam("ids", expanding=True)),
+                    {"ids": disabled, "error": ERROR_ENDPOINT_DISABLED, "now": now_ns},
+                )
+            if claimed:
+                conn.execute(
+                    sa.text(
+                        "UPDATE payments_webhook_deliveries SET next_attempt_at_ns = :lease, "
+                        "updated_at_ns = :now WHERE id IN :ids"
+                    ).bindparams(sa.bindparam("ids", expanding=True)),
+                    {"ids": [row.id for row in claimed], "lease": lease_until_ns, "now": now_ns},
+                )
+        return [
+            _Claim(
+                delivery_id=row.id,
+                event_id=row.event_id,
+                attempts=int(row.attempts),
+                lease_until_ns=lease_until_ns,
+                url=row.url,
+                secret_enc=bytes(row.secret_enc),
+                endpoint_id=row.endpoint_id,
+                payload=row.payload,
+            )
+            for row in claimed
+        ]
+
+    def _attempt(self, claim: _Claim) -> AttemptResult:
+        try:
+            signing = self._open_secrets(claim.secret_enc, claim.endpoint_id)
+        except FieldDecryptionFailed:
+            log.error("webhook %s: the secret of %s cannot be opened", claim.delivery_id,
+                      claim.endpoint_id)  # fmt: skip
+            return AttemptResult(None, ERROR_UNSEALABLE)
+        now_ns = self.clock.now_ns()
+        body = claim.payload.encode("utf-8")  # the stored text, byte for byte
+        headers = model.sign_headers(
+            signing.active(now_ns), claim.event_id, now_ns // NS_PER_S, body
+        )
+        return self._post(claim.url, headers, body)
+
+    def _post(self, url: str, headers: Mapping[str, str], body: bytes) -> AttemptResult:
+        deadline = monotonic_s() + self._attempt_budget_s
+        try:
+            with self._http.stream("POST", url, content=body, headers=dict(headers)) as response:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return AttemptResult(status, None)
+                # Raw bytes (no decompression: a small gzip must not expand in memory), capped
+                # in size and in time; the rest of the body is never read.
+                captured = bytearray()
+                for chunk in response.iter_raw(1024):
+                    captured += chunk
+                    if len(captured) >= model.RESPONSE_BODY_READ_BYTES_MAX:
+                        break
+                    if monotonic_s() > deadline:
+                        break
+                text = bytes(captured[: model.RESPONSE_BODY_READ_BYTES_MAX]).decode(
+                    "utf-8", "replace"
+                )
+                return AttemptResult(status, model.bounded_error(f"HTTP {status}: {text}"))
+        except httpx.TimeoutException as exc:
+            return AttemptResult(None, model.bounded_error(f"timeout ({type(exc).__name__})"))
+        except httpx.HTTPError as exc:
+            # Connection refused or reset, DNS failure, TLS failure, protocol error: all are
+            # the endpoint's failures and retried on schedule.
+            return AttemptResult(
+                None, model.bounded_error(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            )
+
+    def _record(self, claims: Sequence[_Claim], results: Sequence[AttemptResult]) -> None:
+        now_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            for claim, result in zip(claims, results, strict=True):
+                step = model.after_attempt(claim.attempts, result, now_ns)
+                written = conn.execute(
+                    _RECORD_ATTEMPT,
+                    {
+                        "id": claim.delivery_id,
+                        "state": step.state.value,
+                        "attempts": step.attempts,
+                        "next_attempt_at_ns": step.next_attempt_at_ns,
+                        "last_status": result.status,
+                        "last_error": result.error,
+                        "now": now_ns,
+                        "attempts_before": claim.attempts,
+                        "lease_until_ns": claim.lease_until_ns,
+                    },
+                ).rowcount
+                if not written:
+                    log.warning(
+                        "webhook %s: lease lost (taken over or endpoint disabled); attempt %d "
+                        "not recorded",
+                        claim.delivery_id,
+                        step.attempts,
+                    )
+                elif step.state is DeliveryState.DEAD:
+                    log.warning(
+                        "webhook %s dead after %d attempts: %s",
+                        claim.delivery_id,
+                        step.attempts,
+                        result.error,
+                    )
+
+    # --- Replay and the delivery log ------------------------------------------------------
+
+    def replay(
+        self, merchant_id: str | None, event_id: str, endpoint_id: str | None = None
+    ) -> list[DeliveryView]:
+        """New pending deliveries of an event: to ``endpoint_id`` (which must be enabled), or
+        to every enabled endpoint of the event's merchant subscribed to its type."""
+        now_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            event = conn.execute(
+                sa.text("SELECT id, merchant_id, type FROM payments_events WHERE id = :id"),
+                {"id": event_id},
+            ).first()
+            if (
+                event is None
+                or event.merchant_id is None
+                or (merchant_id is not None and event.merchant_id != merchant_id)
+            ):
+                raise EventNotFound(f"no event {event_id!r}", param="event_id")
+            if endpoint_id is not None:
+                row = self._owned_endpoint(conn, event.merchant_id, endpoint_id)
+                if not row.enabled:
+                    raise WebhookEndpointDisabled(f"webhook endpoint {endpoint_id!r} is disabled")
+                targets = [row.id]
+            else:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT id, event_types FROM payments_webhook_endpoints "
+                        "WHERE merchant_id = :m AND enabled = :t ORDER BY id"
+                    ),
+                    {"m": event.merchant_id, "t": True},
+                ).all()
+                targets = [
+                    r.id
+                    for r in rows
+                    if model.subscribes(model.decode_event_types(r.event_types), event.type)
+                ]
+            existing = conn.execute(
+                sa.text("SELECT count(*) FROM payments_webhook_deliveries WHERE event_id = :e"),
+                {"e": event_id},
+            ).scalar_one()
+            if existing + len(targets) > model.DELIVERIES_PER_EVENT_MAX:
+                raise WebhookReplayLimitReached(
+                    f"event {event_id!r} has {existing} deliveries; at most "
+                    f"{model.DELIVERIES_PER_EVENT_MAX}"
+                )
+            ids = []
+            for target in targets:
+                # (event, endpoint, created_at_ns) is unique: a replay in the same nanosecond
+                # as an earlier delivery (a coarse or fake clock) takes the next one.
+                latest = conn.execute(
+                    sa.text(
+                        "SELECT max(created_at_ns) FROM payments_webhook_deliveries "
+                        "WHERE event_id = :e AND endpoint_id = :w"
+                    ),
+                    {"e": event_id, "w": target},
+                ).scalar_one()
+                created_ns = now_ns if latest is None else max(now_ns, int(latest) + 1)
+                delivery_id = self._new_id(DELIVERY_ID_PREFIX)
+                try:
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO payments_webhook_deliveries (id, event_id, endpoint_id, "
+                            "state, attempts, next_attempt_at_ns, last_status, last_error, "
+                            "created_at_ns, updated_at_ns) VALUES (:id, :e, :w, 'pending', 0, "
+                            ":now, NULL, NULL, :created, :now)"
+                        ),
+                        {
+                            "id": delivery_id,
+                            "e": event_id,
+                            "w": target,
+                            "now": now_ns,
+                            "created": created_ns,
+                        },
+                    )
+                except sa.exc.IntegrityError:
+                    # The whole transaction rolls back: a replay creates all or nothing.
+                    raise WebhookReplayConflict(
+                        f"event {event_id!r} is being replayed to {target!r} right now; retry"
+                    ) from None
+                ids.append(delivery_id)
+            if not ids:
+                return []
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM payments_webhook_deliveries d "
+                    "WHERE d.id IN :ids ORDER BY d.id"
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"ids": ids},
+            ).all()
+        return [_delivery(row) for row in rows]
+
+    def deliveries(
+        self,
+        merchant_id: str | None,
+        event_id: str | None = None,
+        state: str | None = None,
+        limit: int = model.PAGE_SIZE_DEFAULT,
+        starting_after: str | None = None,
+    ) -> DeliveryPage:
+        """The delivery log, newest first, optionally of one event and/or in one state."""
+        model.check_limit(limit, model.PAGE_SIZE_MAX)
+        conditions = ["1 = 1"]
+        params: dict[str, Any] = {"limit": limit + 1}
+        if merchant_id is not None:
+            conditions.append("w.merchant_id = :merchant_id")
+            params["merchant_id"] = merchant_id
+        if event_id is not None:
+            conditions.append("d.event_id = :event_id")
+            params["event_id"] = event_id
+        if state is not None:
+            try:
+                params["state"] = DeliveryState(state).value
+            except ValueError:
+                raise WebhookParameterInvalid(
+                    f"state is one of {', '.join(s.value for s in DeliveryState)}", param="state"
+                ) from None
+            conditions.append("d.state = :state")
+        if starting_after is not None:
+            if not (starting_after.startswith(DELIVERY_ID_PREFIX) and len(starting_after) <= 40):
+                raise WebhookParameterInvalid(
+                    "starting_after is a webhook delivery id", param="starting_after"
+                )
+            conditions.append("d.id < :starting_after")
+            params["starting_after"] = starting_after
+        with self.database.read() as conn:
+            rows = conn.execute(
+                sa.text(
+                    f"SELECT {_DELIVERY_COLUMNS} FROM payments_webhook_deliveries d "
+                    "JOIN payments_webhook_endpoints w ON w.id = d.endpoint_id "
+                    f"WHERE {' AND '.join(conditions)} ORDER BY d.id DESC LIMIT :limit"
+                ),
+                params,
+            ).all()
+        page = tuple(_delivery(row) for row in rows[:limit])
+        return DeliveryPage(page, has_more=len(rows) > limit)
+
+    # --- The receiving side ---------------------------------------------------------------
+
+    def verify(
+        self,
+        secret: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        tolerance_s: int = model.TIMESTAMP_TOLERANCE_S,
+    ) -> None:
+        """Check a delivery as a merchant would (see :func:`verify`), against this clock."""
+        verify(secret, headers, body, tolerance_s=tolerance_s, clock=self.clock)
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    tolerance_s: int = model.TIMESTAMP_TOLERANCE_S,
+    *,
+    clock: Clock | None = None,
+) -> None:
+    """Verify a received webhook before parsing its body: raises ``webhook_signature_invalid``
+    or ``webhook_timestamp_invalid``, else returns None."""
+    now_s = (clock or SystemClock()).now_ns() // NS_PER_S
+    model.verify(secret, headers, body, now_s=now_s, tolerance_s=tolerance_s)
+
+
+# --- The worker loop ------------------------------------------------------------------------
+
+
+def run_webhook_worker(
+    service: WebhookService,
+    stop: threading.Event,
+    interval_s: float = 1.0,
+    *,
+    fan_out_batch: int = model.FAN_OUT_BATCH_MAX,
+    deliver_batch: int = model.DELIVER_BATCH_MAX,
+) -> None:
+    """Fan out and deliver until ``stop`` is set; sleeps ``interval_s`` when idle. A database
+    outage is logged and waited out, never fatal; any other error is a bug and propagates."""
+    while not stop.is_set():
+        try:
+            worked = service.fan_out(fan_out_batch)
+            worked += service.deliver_due(deliver_batch)
+        except (DatabaseUnavailable, sa.exc.OperationalError) as exc:
+            log.warning("webhook worker: database unavailable (%s); retrying", exc)
+            worked = 0
+        if not worked:
+            stop.wait(interval_s)

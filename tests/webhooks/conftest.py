@@ -1,0 +1,165 @@
+"""Webhook test wiring: a real HTTP receiver (the merchant's side), merchants, events, and a
+service on a fake clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from paykeep.clock import FakeClock
+from paykeep.db import Database
+from paykeep.gateway.vault.keys import VaultKeys
+from paykeep.payments.events import record_event
+from paykeep.security.fields import FieldCipher
+from paykeep.workers.webhooks import WebhookService
+
+#: How long a "hang" answer holds the connection (longer than the tests' HTTP timeout).
+HANG_S = 3.0
+HTTP_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A merchant's web server: records every request; answers per path as told."""
+
+    port: int = 0
+    requests: list[Received] = field(default_factory=list)
+    answers: dict[str, tuple[int, bytes, dict[str, str]] | str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def answer(
+        self, path: str, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        with self.lock:
+            self.answers[path] = (status, body, headers or {})
+
+    def hang(self, path: str) -> None:
+        with self.lock:
+            self.answers[path] = "hang"
+
+    def received(self, path: str | None = None) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if path is None or r.path == path]
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            length = int(self.headers.get("content-length", "0"))
+            body = self.rfile.read(length)
+            with receiver.lock:
+                receiver.requests.append(
+                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
+                answer = receiver.answers.get(self.path, (200, b"ok", {}))
+            if receiver.delay_s:
+                receiver.released.wait(receiver.delay_s)
+            if answer == "hang":
+                receiver.released.wait(HANG_S)
+                return
+            assert not isinstance(answer, str)
+            status, payload, headers = answer
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(receiver))
+    server.daemon_threads = True
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.released.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def cipher(tmp_path: Path) -> FieldCipher:
+    return FieldCipher(VaultKeys.from_directory(tmp_path / "keys", create=True))
+
+
+@pytest.fixture
+def service(database: Database, cipher: FieldCipher, clock: FakeClock) -> Iterator[WebhookService]:
+    with WebhookService(database, cipher, clock=clock, http_timeout_s=HTTP_TIMEOUT_S) as svc:
+        yield svc
+
+
+def add_merchant(database: Database, merchant_id: str, now_ns: int = 0) -> str:
+    with database.write() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO payments_merchants (id, legal_name, country, currency, "
+                "payout_iban_verified, fee_percent_bp, fee_fixed_minor, reserve_percent_bp, "
+                "reserve_hold_s, unpaid_close_s, ship_by_s, confirm_after_delivery_s, "
+                "confirm_after_shipping_s, payment_reference, created_at_ns) VALUES "
+                "(:id, :name, 'DE', 'EUR', :f, 0, 0, 0, 0, 0, 0, 0, 0, :ref, :now)"
+            ),
+            {"id": merchant_id, "name": f"{merchant_id} GmbH", "f": False, "ref": merchant_id,
+             "now": now_ns},  # fmt: skip
+        )
+    return merchant_id
+
+
+def add_event(
+    database: Database,
+    clock: FakeClock,
+    merchant_id: str | None,
+    type_: str = "order.paid",
+    obj: dict[str, Any] | None = None,
+) -> str:
+    with database.write() as conn:
+        return record_event(
+            conn,
+            merchant_id=merchant_id,
+            type_=type_,
+            object_id="ord_1",
+            obj=obj if obj is not None else {"id": "ord_1", "amount_minor": 1250, "note": "é✓"},
+            now_ns=clock.now_ns(),
+        )
+
+
+def event_payload(database: Database, event_id: str) -> str:
+    with database.read() as conn:
+        payload: str = conn.execute(
+            sa.text("SELECT payload FROM payments_events WHERE id = :id"), {"id": event_id}
+        ).scalar_one()
+    return payload
