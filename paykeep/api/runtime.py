@@ -1,0 +1,163 @@
+"""The composition root: every service of one Paykeep process, wired once.
+
+An API process (``paykeep serve`` runs one or several) and the worker loops build the same
+:class:`Runtime` from :class:`RuntimeConfig`, which ``paykeep serve`` passes to its children
+through the environment (``PAYKEEP_*`` variables below), so a process started by uvicorn's
+multi-process mode finds everything without arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from paykeep.config import Settings
+
+if TYPE_CHECKING:
+    from paykeep.db import Database
+    from paykeep.gateway.cards.client import CardNetworkClient
+    from paykeep.gateway.cards.service import CardGateway
+    from paykeep.gateway.payouts.service import PayoutService
+    from paykeep.gateway.statements.service import StatementService
+    from paykeep.gateway.vault.service import CardVault
+    from paykeep.ledger.service import Ledger
+    from paykeep.payments.service import PaymentsService
+    from paykeep.security.api_keys import ApiKeyService
+    from paykeep.security.fields import FieldCipher
+    from paykeep.workers.webhooks import WebhookService
+
+ENV_CARD_NETWORK = "PAYKEEP_CARD_NETWORK"  # host:port of the acquirer's ISO 8583 endpoint
+ENV_BANK_URL = "PAYKEEP_BANK_URL"  # the bank's HTTP API (banksim: http://127.0.0.1:port)
+ENV_BANK_IBAN = "PAYKEEP_BANK_IBAN"  # the safeguarding account's IBAN
+ENV_BANK_NAME = "PAYKEEP_BANK_NAME"  # names the ledger account bank:safeguarding:<name>
+ENV_PUBLIC_URL = "PAYKEEP_PUBLIC_URL"  # how buyers reach this server (checkout links)
+ENV_CURRENCY = "PAYKEEP_CURRENCY"  # the acquirer's and the safeguarding account's currency
+
+DEFAULT_BANK_NAME = "banksim"
+DEFAULT_CURRENCY = "EUR"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    settings: Settings
+    card_network: tuple[str, int] | None = None
+    bank_url: str | None = None
+    bank_iban: str | None = None
+    bank_name: str = DEFAULT_BANK_NAME
+    public_url: str = "http://127.0.0.1:8000"
+    currency: str = DEFAULT_CURRENCY
+
+    def to_env(self) -> dict[str, str]:
+        env = {"PAYKEEP_DATA_DIR": str(self.settings.data_dir)}
+        if self.settings.database_url:
+            env["PAYKEEP_DATABASE_URL"] = self.settings.database_url
+        if self.card_network is not None:
+            env[ENV_CARD_NETWORK] = f"{self.card_network[0]}:{self.card_network[1]}"
+        if self.bank_url is not None:
+            env[ENV_BANK_URL] = self.bank_url
+        if self.bank_iban is not None:
+            env[ENV_BANK_IBAN] = self.bank_iban
+        env[ENV_BANK_NAME] = self.bank_name
+        env[ENV_PUBLIC_URL] = self.public_url
+        env[ENV_CURRENCY] = self.currency
+        return env
+
+    @classmethod
+    def from_env(cls) -> RuntimeConfig:
+        card = os.environ.get(ENV_CARD_NETWORK)
+        network = None
+        if card:
+            host, _, port = card.rpartition(":")
+            network = (host, int(port))
+        return cls(
+            settings=Settings.resolve(None, None),
+            card_network=network,
+            bank_url=os.environ.get(ENV_BANK_URL) or None,
+            bank_iban=os.environ.get(ENV_BANK_IBAN) or None,
+            bank_name=os.environ.get(ENV_BANK_NAME) or DEFAULT_BANK_NAME,
+            public_url=os.environ.get(ENV_PUBLIC_URL) or "http://127.0.0.1:8000",
+            currency=os.environ.get(ENV_CURRENCY) or DEFAULT_CURRENCY,
+        )
+
+
+@dataclass
+class Runtime:
+    config: RuntimeConfig
+    database: Database
+    ledger: Ledger
+    cipher: FieldCipher
+    vault: CardVault
+    api_keys: ApiKeyService
+    statements: StatementService
+    payouts: PayoutService
+    payments: PaymentsService
+    webhooks: WebhookService
+    card_client: CardNetworkClient | None
+    cards: CardGateway | None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.settings.data_dir
+
+    def close(self) -> None:
+        if self.card_client is not None:
+            self.card_client.close()
+        self.database.dispose()
+
+
+def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
+    from paykeep.db import open_database
+    from paykeep.gateway.cards.client import CardNetworkClient
+    from paykeep.gateway.cards.service import CardGateway
+    from paykeep.gateway.payouts.service import PayoutService
+    from paykeep.gateway.statements.service import StatementService
+    from paykeep.gateway.vault.keys import VaultKeys
+    from paykeep.gateway.vault.service import CardVault
+    from paykeep.ledger.service import Ledger
+    from paykeep.payments.service import PaymentsService
+    from paykeep.security.api_keys import ApiKeyService
+    from paykeep.security.fields import FieldCipher
+    from paykeep.workers.webhooks import WebhookService
+
+    config.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(config.settings, migrate=migrate)
+    ledger = Ledger(database)
+    keys = VaultKeys.load(config.settings.data_dir)
+    cipher = FieldCipher(keys)
+    vault = CardVault(database, keys)
+    statements = StatementService(database, ledger)
+    payouts = PayoutService(database, ledger, statements=statements)
+    card_client = None
+    cards = None
+    if config.card_network is not None:
+        card_client = CardNetworkClient(*config.card_network)
+        cards = CardGateway(
+            database, ledger, vault, card_client, acquirer="banksim", currency=config.currency
+        )
+    payments = PaymentsService(
+        database,
+        ledger,
+        cipher,
+        cards=cards,
+        vault=vault,
+        statements=statements,
+        payouts=payouts,
+        bank_iban=config.bank_iban,
+        bank_name=config.bank_name,
+    )
+    return Runtime(
+        config=config,
+        database=database,
+        ledger=ledger,
+        cipher=cipher,
+        vault=vault,
+        api_keys=ApiKeyService(database),
+        statements=statements,
+        payouts=payouts,
+        payments=payments,
+        webhooks=WebhookService(database, cipher),
+        card_client=card_client,
+        cards=cards,
+    )
