@@ -189,6 +189,36 @@ def bench_gateway(
             typer.echo(f"{key}: {value}")
 
 
+@app.command("serve")
+def serve_command(
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    host: Annotated[str, typer.Option(help="Listen address of the API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65_535, help="0: a free port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API processes.")] = 1,
+    bank_cycle: Annotated[
+        float, typer.Option(min=0.5, max=86_400, help="Seconds between bank day cycles.")
+    ] = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Run Paykeep: the API, the checkout pages, the workers and a banksim child process.
+
+    The first start against a database seeds a demo marketplace and prints the operator key;
+    URL and keys are kept in <data dir>/serve.json for `paykeep demo`.
+    """
+    from paykeep.serve import serve
+
+    with typed_errors():
+        serve(
+            settings_from(data_dir, database_url),
+            host=host,
+            port=port,
+            workers=workers,
+            as_json=as_json,
+            bank_cycle_s=bank_cycle,
+        )
+
+
 @app.command("banksim")
 def banksim(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="banksim's own state directory")],

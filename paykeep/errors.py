@@ -49,6 +49,17 @@ class NotFound(PaykeepError):
     type = "not_found"
 
 
+class ResourceMissing(NotFound):
+    """No such object — or another merchant's: the two answers are identical on purpose, so
+    ids of other merchants' objects cannot even be probed. Shared by every context."""
+
+    code = "resource_missing"
+
+    @classmethod
+    def of(cls, what: str, object_id: str) -> ResourceMissing:
+        return cls(f"no such {what}: {object_id!r}", param="id")
+
+
 class Conflict(PaykeepError):
     code = "conflict"
     type = "conflict"

@@ -23,11 +23,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
+from paykeep.errors import ResourceMissing as ResourceMissing  # re-exported for the routes
 
 log = logging.getLogger("paykeep.api")
 
 #: Family (``PaykeepError.type``) -> HTTP status. ``insufficient_funds`` is 402 (Stripe's
-#: "request failed": valid, understood, but the money is not there).
+#: "request failed": valid, understood, but the money is not there); ``unprocessable`` (the
+#: ledger's state rejections, e.g. ``pending_transfer_already_posted``, set programmatically in
+#: ``paykeep.ledger.errors``) is 422. Validation failures are 400, never 422.
 STATUS_BY_TYPE: Final[Mapping[str, int]] = {
     "invalid_request": 400,
     "authentication_error": 401,
@@ -35,6 +38,7 @@ STATUS_BY_TYPE: Final[Mapping[str, int]] = {
     "permission_error": 403,
     "not_found": 404,
     "conflict": 409,
+    "unprocessable": 422,
     "rate_limit": 429,
     "api_error": 500,
     "unavailable": 503,
@@ -49,6 +53,7 @@ TYPE_BY_STATUS: Final[Mapping[int, str]] = {
     405: "invalid_request",
     409: "conflict",
     413: "invalid_request",
+    422: "unprocessable",
     429: "rate_limit",
     503: "unavailable",
 }
@@ -87,16 +92,6 @@ class RequestFailed(InvalidInput):
     """A bare HTTP error raised by the framework with a status this table does not name."""
 
     code = "request_failed"
-
-
-class ResourceMissing(NotFound):
-    """No such object — or another merchant's: the two answers are identical on purpose."""
-
-    code = "resource_missing"
-
-    @classmethod
-    def of(cls, what: str, object_id: str) -> ResourceMissing:
-        return cls(f"no such {what}: {object_id!r}", param="id")
 
 
 class ApiKeyMissing(PaykeepError):

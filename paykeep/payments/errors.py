@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
+from paykeep.errors import Conflict, InvalidInput, PaykeepError
+from paykeep.errors import ResourceMissing as ResourceMissing  # raised here too
 
 
 class PaymentsInputInvalid(InvalidInput):
     code = "payments_input_invalid"
-
-
-class ResourceMissing(NotFound):
-    """Unknown id, or an object of another merchant (never reveal that it exists)."""
-
-    code = "resource_missing"
 
 
 class IllegalTransition(Conflict):

@@ -480,7 +480,7 @@ class PaymentsService:
 
         with self.transaction() as tx:
             self._buyer_wallet(tx, buyer.id, currency)
-        self._ensure_bank_accounts(currency)
+        self.ensure_bank_accounts(currency)
         self.statements.expect(
             ExpectedMovement(
                 reference=buyer.payment_reference,
@@ -496,7 +496,7 @@ class PaymentsService:
             )
         )
 
-    def _ensure_bank_accounts(self, currency: str) -> None:
+    def ensure_bank_accounts(self, currency: str) -> None:
         no_overdraft_asset = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
         with self.transaction() as tx:
             self._ensure_accounts(

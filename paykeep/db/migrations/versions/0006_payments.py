@@ -123,8 +123,9 @@ def upgrade() -> None:
     op.create_table(
         "payments_orders",
         sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("merchant_id", sa.String(40), sa.ForeignKey("payments_merchants.id"),
-                  nullable=False),  # fmt: skip
+        sa.Column(
+            "merchant_id", sa.String(40), sa.ForeignKey("payments_merchants.id"), nullable=False
+        ),
         sa.Column("buyer_id", sa.String(40), sa.ForeignKey("payments_buyers.id"), nullable=False),
         sa.Column("currency", sa.String(3), nullable=False),
         sa.Column("amount_minor", sa.BigInteger, nullable=False),
@@ -159,8 +160,7 @@ def upgrade() -> None:
     op.create_index("ix_orders_timer", "payments_orders", ["timer_due_ns"])
     op.create_table(
         "payments_order_items",
-        sa.Column("order_id", sa.String(40), sa.ForeignKey("payments_orders.id"),
-                  primary_key=True),  # fmt: skip
+        sa.Column("order_id", sa.String(40), sa.ForeignKey("payments_orders.id"), primary_key=True),
         sa.Column("position", sa.Integer, primary_key=True),
         sa.Column("description", sa.String(200), nullable=False),
         sa.Column("quantity", sa.Integer, nullable=False),
@@ -215,8 +215,9 @@ def upgrade() -> None:
     op.create_table(
         "payments_shipment_events",
         sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("shipment_id", sa.String(40), sa.ForeignKey("payments_shipments.id"),
-                  nullable=False),  # fmt: skip
+        sa.Column(
+            "shipment_id", sa.String(40), sa.ForeignKey("payments_shipments.id"), nullable=False
+        ),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("external_id", sa.String(64), nullable=True),
@@ -311,8 +312,9 @@ def upgrade() -> None:
     op.create_table(
         "payments_webhook_endpoints",
         sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("merchant_id", sa.String(40), sa.ForeignKey("payments_merchants.id"),
-                  nullable=False),  # fmt: skip
+        sa.Column(
+            "merchant_id", sa.String(40), sa.ForeignKey("payments_merchants.id"), nullable=False
+        ),
         sa.Column("url", sa.String(500), nullable=False),
         sa.Column("secret_enc", sa.LargeBinary, nullable=False),
         sa.Column("event_types", sa.Text, nullable=True),
@@ -333,9 +335,7 @@ def upgrade() -> None:
         _ts("created_at_ns"),
         _ts("updated_at_ns"),
         sa.UniqueConstraint("event_id", "endpoint_id", "created_at_ns", name="uq_delivery"),
-        sa.CheckConstraint(
-            "state IN ('pending', 'delivered', 'dead')", name="ck_deliveries_state"
-        ),
+        sa.CheckConstraint("state IN ('pending', 'delivered', 'dead')", name="ck_deliveries_state"),
     )
     op.create_index(
         "ix_deliveries_due", "payments_webhook_deliveries", ["state", "next_attempt_at_ns"]

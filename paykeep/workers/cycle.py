@@ -1,0 +1,130 @@
+"""The background work of ``paykeep serve``: escrow timers, reserves, bank-transfer
+settlement, card recovery, payout batches and the bank's end-of-day cycle, webhooks.
+
+Each loop calls idempotent service methods on an interval, so several worker processes may
+run it at once (timers claim orders with ``SKIP LOCKED`` on PostgreSQL; every step names its
+ledger transfers by a derived id). An error in one pass is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from paykeep.api.runtime import Runtime
+
+log = logging.getLogger("paykeep.workers")
+
+TIMERS_INTERVAL_S: Final = 0.5
+BANK_CYCLE_INTERVAL_S: Final = 5.0
+WEBHOOK_INTERVAL_S: Final = 0.25
+BANK_HTTP_TIMEOUT_S: Final = 10.0
+
+
+@dataclass
+class WorkerStats:
+    passes: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def count(self, table: dict[str, int], name: str) -> None:
+        table[name] = table.get(name, 0) + 1
+
+
+def _loop(
+    name: str,
+    interval_s: float,
+    step: Callable[[], object],
+    stop: threading.Event,
+    stats: WorkerStats,
+) -> None:
+    while not stop.is_set():
+        try:
+            step()
+            stats.count(stats.passes, name)
+        except Exception:
+            stats.count(stats.errors, name)
+            log.exception("worker %s: pass failed", name)
+        stop.wait(interval_s)
+
+
+def escrow_pass(runtime: Runtime) -> None:
+    payments = runtime.payments
+    payments.run_timers()
+    payments.settle_bank_transfers()
+    payments.release_reserves()
+    payments.recover_card_payments()
+
+
+def bank_cycle_pass(runtime: Runtime) -> None:
+    """Batch requested payouts into a pain.001 for the bank, close the bank's day on the
+    safeguarding account and import the statements it produced (top-ups credit wallets,
+    payouts settle), then copy payout states onto the merchants' records."""
+    import httpx
+
+    from paykeep.gateway.payouts.errors import PayoutNothingToBatch
+    from paykeep.gateway.payouts.model import Debtor
+
+    config = runtime.config
+    if config.bank_url is None or config.bank_iban is None:
+        return
+    payouts = runtime.payouts
+    debtor = Debtor("Paykeep Safeguarding", config.bank_iban, config.bank_name)
+    try:
+        batch = payouts.batch(config.currency, debtor)
+        payouts.submit(batch.batch_id, config.bank_url)
+    except PayoutNothingToBatch:
+        pass
+    with httpx.Client(base_url=config.bank_url, timeout=BANK_HTTP_TIMEOUT_S) as bank:
+        bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
+        listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
+        seen = _imported_statement_ids(runtime)
+        for statement in listed.get("statements", []):
+            statement_id = statement["id"] if isinstance(statement, dict) else str(statement)
+            if statement_id in seen:
+                continue
+            body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
+            body.raise_for_status()
+            runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
+    payouts.resume()
+    runtime.payments.sync_payouts()
+    runtime.payments.settle_bank_transfers()
+
+
+def _imported_statement_ids(runtime: Runtime) -> set[str]:
+    import sqlalchemy as sa
+
+    with runtime.database.read() as conn:
+        rows = conn.execute(sa.text("SELECT statement_id FROM stmt_statements")).all()
+    return {str(r[0]) for r in rows}
+
+
+def webhook_pass(runtime: Runtime) -> None:
+    runtime.webhooks.fan_out()
+    runtime.webhooks.deliver_due()
+
+
+def start_workers(
+    runtime: Runtime, stop: threading.Event, *, bank_cycle_s: float = BANK_CYCLE_INTERVAL_S
+) -> tuple[list[threading.Thread], WorkerStats]:
+    stats = WorkerStats()
+    plan: list[tuple[str, float, Callable[[], object]]] = [
+        ("escrow", TIMERS_INTERVAL_S, lambda: escrow_pass(runtime)),
+        ("webhooks", WEBHOOK_INTERVAL_S, lambda: webhook_pass(runtime)),
+        ("bank", bank_cycle_s, lambda: bank_cycle_pass(runtime)),
+    ]
+    threads = [
+        threading.Thread(
+            target=_loop,
+            args=(name, interval, step, stop, stats),
+            name=f"worker-{name}",
+            daemon=True,
+        )
+        for name, interval, step in plan
+    ]
+    for thread in threads:
+        thread.start()
+    return threads, stats
