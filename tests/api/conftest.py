@@ -1,0 +1,37 @@
+"""One real ``paykeep serve`` per test module and backend (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from paykeep.config import Settings
+from tests.serverproc import ServerProcess
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    import uuid
+
+    from tests.conftest import BACKENDS, _pg_admin, _pg_url
+
+    if request.param not in BACKENDS:
+        pytest.skip(f"backend {request.param} not selected (PAYKEEP_TEST_BACKENDS)")
+    data_dir: Path = tmp_path_factory.mktemp("serve")
+    name = None
+    if request.param == "postgres":
+        name = f"paykeep_srv_{uuid.uuid4().hex[:12]}"
+        with _pg_admin() as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        settings = Settings(data_dir=data_dir, database_url=_pg_url(name))
+    else:
+        settings = Settings(data_dir=data_dir)
+    with ServerProcess(settings, "--bank-cycle", "1") as proc:
+        yield proc
+    if name is not None:
+        with _pg_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
