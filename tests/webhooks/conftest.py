@@ -65,7 +65,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
             with receiver.lock:
@@ -87,17 +87,27 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog (5) resets connections when a worker sends a batch at once.
+    request_queue_size = 256
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops a kept-alive connection (the service closing, or giving up on
+        # a hanging answer) is not the receiver's error.
+        pass
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(receiver))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(receiver))
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -133,8 +143,13 @@ def add_merchant(database: Database, merchant_id: str, now_ns: int = 0) -> str:
                 "confirm_after_shipping_s, payment_reference, created_at_ns) VALUES "
                 "(:id, :name, 'DE', 'EUR', :f, 0, 0, 0, 0, 0, 0, 0, 0, :ref, :now)"
             ),
-            {"id": merchant_id, "name": f"{merchant_id} GmbH", "f": False, "ref": merchant_id,
-             "now": now_ns},  # fmt: skip
+            {
+                "id": merchant_id,
+                "name": f"{merchant_id} GmbH",
+                "f": False,
+                "ref": merchant_id,
+                "now": now_ns,
+            },
         )
     return merchant_id
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 
 import pytest
@@ -36,17 +37,18 @@ OK = AttemptResult(204, None)
 
 def test_schedule_is_monotone_and_about_three_days() -> None:
     delays = model.RETRY_SCHEDULE_S
-    assert all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
     assert delays[0] == 5
     assert abs(sum(delays) - THREE_DAYS_S) <= 3600
-    assert model.ATTEMPTS_MAX == len(delays) + 1
+    assert len(delays) + 1 == model.ATTEMPTS_MAX
 
 
 @given(
     lateness_s=st.lists(
-        st.integers(min_value=0, max_value=3600), min_size=model.ATTEMPTS_MAX,
+        st.integers(min_value=0, max_value=3600),
+        min_size=model.ATTEMPTS_MAX,
         max_size=model.ATTEMPTS_MAX,
-    ),  # fmt: skip
+    ),
     start_ns=st.integers(min_value=0, max_value=2**62),
     succeed_at=st.one_of(st.none(), st.integers(min_value=1, max_value=model.ATTEMPTS_MAX)),
 )
