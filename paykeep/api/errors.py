@@ -153,8 +153,9 @@ class JsonResponse(Response):
         return json_bytes(content)
 
 
-def status_for(error: PaykeepError) -> int:
-    """The HTTP status of a typed error; an unmapped type is a programming error -> 500."""
+def status_for(error: PaykeepError | type[PaykeepError]) -> int:
+    """The HTTP status of a typed error (or error class: ``code`` and ``type`` are class
+    attributes); an unmapped type is a programming error -> 500."""
     by_code = STATUS_BY_CODE.get(error.code)
     if by_code is not None:
         return by_code
