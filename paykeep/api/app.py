@@ -33,6 +33,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         pass
     else:
         app.include_router(checkout_router(lambda: runtime.payments))
+    from paykeep.api.demo_receiver import demo_receiver_router
+
+    app.include_router(demo_receiver_router(runtime.data_dir))
     return app
 
 
