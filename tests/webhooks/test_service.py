@@ -417,7 +417,7 @@ def test_the_delivery_log_pages_filters_and_scopes(
     assert service.deliveries("mer_a", event_id=events[0]).data[0].event_id == events[0]
     for bad in ({"limit": 0}, {"limit": 101}, {"state": "gone"}, {"starting_after": "x"}):
         with pytest.raises(WebhookParameterInvalid):
-            service.deliveries("mer_a", **bad)  # type: ignore[arg-type]
+            service.deliveries("mer_a", **bad)
 
 
 def test_the_worker_loop_delivers_until_stopped(
