@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -55,6 +55,108 @@ def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption =
 
 @app.command("demo")
 def demo(
+    data_dir: DataDirOption = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running server (default: the one `paykeep serve` runs from the data directory)."
+        ),
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="The operator key for --url.")] = None,
+    orders: Annotated[int, typer.Option(min=1, max=10_000)] = 24,
+    seed: Annotated[int, typer.Option(help="Makes the day's choices repeatable.")] = 7,
+    as_json: JsonOption = False,
+) -> None:
+    """Drive a marketplace day over HTTP against a running server, then reconcile.
+
+    Buyers pay by card and bank transfer, merchants ship, carriers deliver, buyers confirm,
+    timers close and refund and confirm, refunds, a dispute, payouts — then every balance is
+    checked against the orders (exit 1 if one does not reconcile).
+    """  # fmt: skip
+    from paykeep.demo_day import DemoFailed, run_demo_day
+
+    with typed_errors():
+        target = _demo_target(data_dir, url, api_key)
+    try:
+        if as_json:
+            result = run_demo_day(**target, orders=orders, seed=seed)
+        else:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            console = Console()
+            console.print(f"[bold]Paykeep demo day[/bold] against {target['url']}")
+            with Progress(console=console, transient=False) as bar:
+                tasks: dict[str, object] = {}
+
+                def progress(what: str, n: int) -> None:
+                    if what not in tasks:
+                        tasks[what] = bar.add_task(what, total=orders)
+                    bar.advance(tasks[what], n)  # type: ignore[arg-type]
+
+                result = run_demo_day(**target, orders=orders, seed=seed, progress=progress)
+    except DemoFailed as exc:
+        fail(f"demo failed: {exc}", code=1)
+    except OSError as exc:
+        fail(f"cannot reach the server: {exc}", code=1)
+    if as_json:
+        print_json(result.to_json())
+        return
+    from rich.table import Table
+
+    table = Table("what", "value")
+    for key in ("orders", "volume_minor", "fees_minor", "refunded_minor", "payouts_minor",
+                "webhooks_delivered", "elapsed_s"):  # fmt: skip
+        table.add_row(key, str(getattr(result, key)))
+    table.add_row("order states", ", ".join(f"{k} {v}" for k, v in sorted(result.states.items())))
+    console.print(table)
+    for check in result.checks:
+        console.print(f"[green]✓[/green] {check}")
+
+
+def _demo_target(data_dir: Path | None, url: str | None, api_key: str | None) -> dict[str, Any]:
+    from paykeep.config import Settings
+    from paykeep.serve import read_serve_file
+
+    if url is not None:
+        if api_key is None:
+            fail("--url needs --api-key (an operator key)")
+        return {"url": url, "operator_key": api_key, "merchants": _demo_merchants(url, api_key),
+                "carrier": None, "banksim_url": None}  # fmt: skip
+    settings = Settings.resolve(data_dir, None)
+    served = read_serve_file(settings.data_dir)
+    if served is None:
+        fail(f"no server found in {settings.data_dir}: start `paykeep serve` first, or pass --url")
+    assert served is not None
+    return {"url": served["url"], "operator_key": served["operator_key"],
+            "merchants": served["merchants"], "carrier": served.get("carrier"),
+            "banksim_url": served.get("banksim_url")}  # fmt: skip
+
+
+def _demo_merchants(url: str, api_key: str) -> list[dict[str, Any]]:
+    """With --url: demo merchants created through the API (each response carries its key)."""
+    import httpx
+
+    made = []
+    for name, country, iban in (("Demo Tea House", "DE", "DE89370400440532013000"),
+                                ("Demo Cycle Shop", "NL", "NL91ABNA0417164300")):  # fmt: skip
+        response = httpx.post(
+            f"{url}/v1/merchants",
+            json={"legal_name": name, "country": country, "currency": "EUR", "payout_iban": iban},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=30,
+        )
+        if response.status_code != 201:
+            fail(f"cannot create demo merchants: {response.status_code} {response.text[:200]}")
+        body = response.json()
+        httpx.post(f"{url}/v1/merchants/{body['id']}/verify_payout_iban",
+                   headers={"Authorization": f"Bearer {api_key}"}, timeout=30)  # fmt: skip
+        made.append({"id": body["id"], "name": name, "api_key": body["api_key"]})
+    return made
+
+
+@ledger_app.command("demo")
+def ledger_demo(
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
     as_json: JsonOption = False,

@@ -13,7 +13,7 @@ from tests.support import paykeep
 
 
 def test_demo_runs_and_audits_clean(settings: Settings) -> None:
-    done = paykeep("demo", "--json", settings=settings)
+    done = paykeep("ledger", "demo", "--json", settings=settings)
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout)
     assert outcome["audit"]["ok"] is True
@@ -22,7 +22,7 @@ def test_demo_runs_and_audits_clean(settings: Settings) -> None:
     assert "exceeds_credits" in results
     assert outcome["balances"]["platform:fees"] == "3.48 EUR"  # 2.9 % of 120.00, half-even
     # The demo can run again on the same data (fresh names and ids every run).
-    again = paykeep("demo", "--json", settings=settings)
+    again = paykeep("ledger", "demo", "--json", settings=settings)
     assert again.returncode == 0, again.stderr
     verify = paykeep("audit", "verify", "--json", settings=settings)
     assert verify.returncode == 0
@@ -64,7 +64,7 @@ def test_ledger_commands_and_bad_input(settings: Settings) -> None:
 
 def test_audit_verify_names_a_tampered_row(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    assert paykeep("demo", settings=settings).returncode == 0
+    assert paykeep("ledger", "demo", settings=settings).returncode == 0
     with sqlite3.connect(tmp_path / SQLITE_FILE_NAME) as conn:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute("UPDATE ledger_transfers SET amount_minor = amount_minor + 1")
