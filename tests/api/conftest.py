@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from paykeep.bench.serveproc import ServerProcess
 from paykeep.config import Settings
-from tests.serverproc import ServerProcess
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

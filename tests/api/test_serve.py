@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.serverproc import ServerProcess
+from paykeep.bench.serveproc import ServerProcess
 
 
 def test_serve_seeds_and_authenticates(server: ServerProcess) -> None:
