@@ -291,6 +291,29 @@ def bench_gateway(
             typer.echo(f"{key}: {value}")
 
 
+@bench_app.command("api")
+def bench_api(
+    clients: Annotated[int, typer.Option(min=1, max=512)] = 32,
+    seconds: Annotated[float, typer.Option(min=1, max=3_600)] = 10.0,
+    database_url: DatabaseUrlOption = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API processes.")] = 1,
+    as_json: JsonOption = False,
+) -> None:
+    """Money-moving requests/s (pay, ship, confirm) from concurrent clients against a real
+    `paykeep serve`, p50/p99, beside a same-run trivial authenticated GET baseline (ratio)."""
+    from paykeep.bench.api import run_api_bench
+
+    with typed_errors():
+        figures = run_api_bench(
+            clients=clients, seconds=seconds, database_url=database_url, workers=workers
+        )
+    if as_json:
+        print_json(figures)
+    else:
+        for key, value in figures.items():
+            typer.echo(f"{key}: {value}")
+
+
 @app.command("serve")
 def serve_command(
     data_dir: DataDirOption = None,

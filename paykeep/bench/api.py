@@ -1,0 +1,222 @@
+"""``paykeep bench api``: money-moving requests per second through the whole HTTP stack.
+
+Starts ``paykeep serve`` (embedded SQLite in a scratch directory, or ``--database-url``),
+funds one buyer wallet per client with a bank transfer through the simulated bank, creates
+the orders and checkout sessions up front (not timed), then for ``seconds`` lets ``clients``
+concurrent clients on 127.0.0.1 drive the escrow flow — pay (from the wallet), ship,
+confirm — each a durable money-moving transaction (ledger hold / state / release with fee and
+reserve as one linked batch / outbox event). The baseline, measured in the same run with
+the same client, is a trivial authenticated GET (``/v1/whoami``) on the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from paykeep.bench.serveproc import ServerProcess
+from paykeep.config import Settings
+
+WALLET_TOPUP_MINOR: Final = 10**11
+ORDER_AMOUNT_MINOR: Final = 1_000
+ORDERS_PER_CLIENT_MAX: Final = 5_000
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+async def _drive_baseline(url: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as http:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await http.get("/v1/whoami")
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise RuntimeError(f"baseline GET failed: {response.status_code}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": _pct(latencies, 0.5) * 1000,
+        "p99_ms": _pct(latencies, 0.99) * 1000,
+    }
+
+
+async def _drive_escrow(
+    url: str, merchant_keys: list[str], work: list[list[tuple[int, str, str]]], seconds: float
+) -> dict[str, Any]:
+    latencies: dict[str, list[float]] = {"pay": [], "ship": [], "confirm": []}
+    failures: dict[str, int] = {}
+    deadline = time.perf_counter() + seconds
+    finished = 0
+
+    async def client(orders: list[tuple[int, str, str]]) -> None:
+        nonlocal finished
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            for n, (merchant, order_id, token) in enumerate(orders):
+                if time.perf_counter() >= deadline:
+                    return
+                key = {"Authorization": f"Bearer {merchant_keys[merchant]}"}
+                steps: tuple[tuple[str, str, dict[str, Any], dict[str, str]], ...] = (
+                    ("pay", f"/v1/checkout/{token}/pay", {"method": "wallet"}, {}),
+                    ("ship", f"/v1/orders/{order_id}/ship",
+                     {"carrier": "bench-post", "tracking_number": f"BP{order_id[-12:]}"}, key),
+                    ("confirm", f"/v1/checkout/{token}/confirm", {}, {}),
+                )  # fmt: skip
+                for name, path, body, headers in steps:
+                    start = time.perf_counter()
+                    response = await http.post(
+                        path, json=body, headers={**headers, "Idempotency-Key": f"{name}-{n}"}
+                    )
+                    latencies[name].append(time.perf_counter() - start)
+                    if response.status_code != 200:
+                        failures[f"{name}:{response.status_code}"] = (
+                            failures.get(f"{name}:{response.status_code}", 0) + 1
+                        )
+                        break
+                else:
+                    finished += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(orders) for orders in work))
+    elapsed = time.perf_counter() - start
+    every = [x for values in latencies.values() for x in values]
+    return {
+        "elapsed_s": elapsed,
+        "requests": len(every),
+        "requests_per_s": len(every) / elapsed,
+        "p50_ms": _pct(every, 0.5) * 1000,
+        "p99_ms": _pct(every, 0.99) * 1000,
+        "per_step_p99_ms": {k: round(_pct(v, 0.99) * 1000, 2) for k, v in latencies.items()},
+        "per_step_mean_ms": {
+            k: round(statistics.fmean(v) * 1000, 2) if v else 0 for k, v in latencies.items()
+        },
+        "orders_completed": finished,
+        "failures": failures,
+    }
+
+
+def _setup(server: ServerProcess, clients: int, orders_per_client: int) -> tuple[
+    list[str], list[list[tuple[int, str, str]]]
+]:  # fmt: skip
+    """One funded buyer per client (bank transfer → statement → wallet), the orders and
+    their checkout sessions."""
+    merchants = server.info["merchants"]
+    keys = [m["api_key"] for m in merchants]
+    banksim = server.info["banksim_url"]
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for merchant, key in zip(merchants, keys, strict=True):
+            http.post(
+                f"/v1/merchants/{merchant['id']}",
+                json={"escrow_timers": {"unpaid_close_s": 3600, "ship_by_s": 3600,
+                                        "confirm_after_delivery_s": 3600,
+                                        "confirm_after_shipping_s": 3600}},
+                headers={"Authorization": f"Bearer {key}"},
+            ).raise_for_status()  # fmt: skip
+        buyers = []
+        for c in range(clients):
+            key = keys[c % len(keys)]
+            auth = {"Authorization": f"Bearer {key}"}
+            buyer = http.post(
+                "/v1/buyers", json={"name": f"Bench {c}", "email": f"bench{c}@example.com"},
+                headers=auth,
+            )  # fmt: skip
+            buyer.raise_for_status()
+            buyers.append((c % len(keys), buyer.json()))
+        iban = None
+        for merchant_index, buyer in buyers:
+            order = _order(http, keys[merchant_index], buyer["id"])
+            view = http.get(f"/v1/checkout/{order[1]}").json()
+            iban = view["bank_transfer"]["iban"]
+            httpx.post(
+                f"{banksim}/bank/accounts/{iban}/incoming",
+                json={"amount_minor": WALLET_TOPUP_MINOR, "remittance": buyer["payment_reference"],
+                      "debtor_name": "Bench Buyer", "debtor_iban": "NL91ABNA0417164300"},
+                timeout=30,
+            ).raise_for_status()  # fmt: skip
+        deadline = time.monotonic() + 120
+        for merchant_index, buyer in buyers:
+            auth = {"Authorization": f"Bearer {keys[merchant_index]}"}
+            while True:
+                balance = http.get(f"/v1/buyers/{buyer['id']}/balance", headers=auth).json()
+                rows = balance.get("data", [balance])
+                if sum(int(r["available_minor"]) for r in rows) >= WALLET_TOPUP_MINOR:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bench wallets were not credited within 120 s")
+                time.sleep(0.5)
+        work = [
+            [(mi, *_order(http, keys[mi], buyer["id"])) for _ in range(orders_per_client)]
+            for mi, buyer in buyers
+        ]
+    return keys, work
+
+
+def _order(http: httpx.Client, key: str, buyer_id: str) -> tuple[str, str]:
+    auth = {"Authorization": f"Bearer {key}"}
+    order = http.post(
+        "/v1/orders",
+        json={"buyer": buyer_id, "items": [{"description": "Bench item", "quantity": 1,
+                                            "unit_amount_minor": ORDER_AMOUNT_MINOR}]},
+        headers=auth,
+    )  # fmt: skip
+    order.raise_for_status()
+    session = http.post("/v1/checkout_sessions", json={"order": order.json()["id"]}, headers=auth)
+    session.raise_for_status()
+    return order.json()["id"], str(session.json()["url"]).rsplit("/", 1)[-1]
+
+
+def run_api_bench(
+    *,
+    clients: int,
+    seconds: float,
+    database_url: str | None = None,
+    workers: int = 1,
+    orders_per_client: int | None = None,
+) -> dict[str, Any]:
+    per_client = orders_per_client or min(ORDERS_PER_CLIENT_MAX, max(20, int(seconds * 40)))
+    with tempfile.TemporaryDirectory(prefix="paykeep-bench-api-") as tmp:
+        settings = Settings(data_dir=Path(tmp), database_url=database_url)
+        with ServerProcess(settings, "--workers", str(workers), "--bank-cycle", "1") as server:
+            keys, work = _setup(server, clients, per_client)
+            baseline = asyncio.run(
+                _drive_baseline(server.url, server.operator_key, clients, min(seconds, 10))
+            )
+            escrow = asyncio.run(_drive_escrow(server.url, keys, work, seconds))
+    return {
+        "backend": "postgres" if database_url else "sqlite",
+        "sqlite_synchronous": None if database_url else "FULL (WAL)",
+        "clients": clients,
+        "api_processes": workers,
+        "seconds": round(escrow["elapsed_s"], 2),
+        "money_moving_requests": escrow["requests"],
+        "money_moving_requests_per_s": round(escrow["requests_per_s"], 1),
+        "latency_ms_p50": round(escrow["p50_ms"], 2),
+        "latency_ms_p99": round(escrow["p99_ms"], 2),
+        "per_step_p99_ms": escrow["per_step_p99_ms"],
+        "per_step_mean_ms": escrow["per_step_mean_ms"],
+        "orders_completed": escrow["orders_completed"],
+        "failures": escrow["failures"],
+        "baseline_requests_per_s": round(baseline["requests_per_s"], 1),
+        "baseline_latency_ms_p99": round(baseline["p99_ms"], 2),
+        "ratio": round(escrow["requests_per_s"] / baseline["requests_per_s"], 3),
+        "flow": "pay (wallet) + ship + confirm per order; orders created beforehand",
+    }
