@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
+
+from paykeep.clock import SystemClock
 
 GOOD_CARD: Final = {"number": "4111111111111111", "exp_month": 12, "exp_year": 2029, "cvc": "123"}
 DECLINED_CARD: Final = {"number": "4000000000000002", "exp_month": 12, "exp_year": 2029,
@@ -91,13 +94,14 @@ class Api:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=30)
         self._n = 0
+        self._run = secrets.token_hex(8)  # keys unique to this run, never reused across runs
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              *, ok: tuple[int, ...] = (200, 201), idem: bool = True) -> Any:  # fmt: skip
         headers = {}
         if method == "POST" and idem:
             self._n += 1
-            headers["Idempotency-Key"] = f"demo-{time.time_ns()}-{self._n}-{random.random()}"
+            headers["Idempotency-Key"] = f"demo-{self._run}-{self._n}"
         response = self.http.request(method, path, json=body, headers=headers)
         if response.status_code not in ok:
             raise DemoFailed(f"{method} {path} -> {response.status_code}: {response.text[:300]}")
@@ -279,7 +283,7 @@ def _carrier_event(url: str, carrier: dict[str, str], tracking: str, kind: str) 
     body = json.dumps(
         {"tracking_number": tracking, "kind": kind, "event_id": f"ev-{tracking}-{kind}"}
     ).encode()
-    t = str(int(time.time()))
+    t = str(SystemClock().now_ns() // 1_000_000_000)
     signature = hmac.new(carrier["secret"].encode(), f"{t}.".encode() + body, hashlib.sha256)
     response = httpx.post(
         f"{url}/v1/carriers/{carrier['name']}/events",
