@@ -28,13 +28,15 @@ from paykeep.errors import ResourceMissing as ResourceMissing  # re-exported for
 log = logging.getLogger("paykeep.api")
 
 #: Family (``PaykeepError.type``) -> HTTP status. ``insufficient_funds`` is 402 (Stripe's
-#: "request failed": valid, understood, but the money is not there); ``unprocessable`` (the
-#: ledger's state rejections, e.g. ``pending_transfer_already_posted``, set programmatically in
-#: ``paykeep.ledger.errors``) is 422. Validation failures are 400, never 422.
+#: "request failed": valid, understood, but the money is not there), and so is ``card_error``
+#: (a declined card, as Stripe answers it). ``unprocessable`` (the ledger's state rejections,
+#: e.g. ``pending_transfer_already_posted``, typed programmatically in ``paykeep.ledger.errors``)
+#: is 422. Validation failures are 400, never 422.
 STATUS_BY_TYPE: Final[Mapping[str, int]] = {
     "invalid_request": 400,
     "authentication_error": 401,
     "insufficient_funds": 402,
+    "card_error": 402,
     "permission_error": 403,
     "not_found": 404,
     "conflict": 409,

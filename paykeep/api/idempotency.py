@@ -176,21 +176,16 @@ def _as_bytes(body: Body) -> bytes:
 async def idempotent_request(request: Request) -> IdempotentRequest:
     """Read and check ``Idempotency-Key``; fingerprint the request only when a key was sent."""
     key = validate_key(request.headers.get(IDEMPOTENCY_KEY_HEADER))
-    path = request.url.path
-    query = request.url.query
+    scope = request.scope
+    if key is None:
+        return IdempotentRequest(None, scope["method"], scope["path"], "", request_id_of(request))
+    path = scope["path"]
+    query = scope.get("query_string", b"")
     if query:
-        path = f"{path}?{query}"
-    fingerprint = ""
-    if key is not None:
-        # FastAPI has already read the body for a route with a body parameter: this is cached.
-        fingerprint = request_fingerprint(request.method, path, await request.body())
-    return IdempotentRequest(
-        key=key,
-        method=request.method,
-        path=path,
-        request_sha256=fingerprint,
-        request_id=request_id_of(request),
-    )
+        path = f"{path}?{query.decode('latin-1')}"
+    # FastAPI has already read the body for a route with a body parameter: this is cached.
+    fingerprint = request_fingerprint(scope["method"], path, await request.body())
+    return IdempotentRequest(key, scope["method"], path, fingerprint, request_id_of(request))
 
 
 IdempotencyMeta = Annotated[IdempotentRequest, Depends(idempotent_request)]
