@@ -17,16 +17,17 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
+from paykeep.db.group import GroupWriter
 from paykeep.ids import IdGenerator, derived_id
 from paykeep.ledger.model import (
     AccountFlags,
@@ -92,6 +93,8 @@ if TYPE_CHECKING:
     from paykeep.gateway.payouts.service import PayoutService
     from paykeep.gateway.statements.service import StatementService
     from paykeep.gateway.vault.service import CardVault
+
+T = TypeVar("T")
 
 # Chart of accounts codes (``../../shared/DESIGN.md``) and the transfer codes of this context.
 ASSET, LIABILITY, REVENUE = 1, 2, 4
@@ -240,6 +243,7 @@ class PaymentsService:
         self.bank_name = bank_name
         self.risk: RiskCheck = risk or AllowAll()
         self._postgres = database.is_postgres
+        self.writer = GroupWriter(database)
 
     # ------------------------------------------------------------------ transactions
 
@@ -247,6 +251,16 @@ class PaymentsService:
     def transaction(self) -> Iterator[Tx]:
         with self.database.write() as conn:
             yield Tx(conn, self.clock.now_ns(), PaymentsRepository(conn, postgres=self._postgres))
+
+    def run(self, op: Callable[[Tx], T]) -> T:
+        """``op(tx)`` in a write transaction that commits before this returns. On SQLite the
+        operations of concurrent callers share one COMMIT (``paykeep.db.group``), each in
+        its own SAVEPOINT; on PostgreSQL each is its own transaction."""
+        return self.writer.run(
+            lambda conn: op(
+                Tx(conn, self.clock.now_ns(), PaymentsRepository(conn, postgres=self._postgres))
+            )
+        )
 
     @contextmanager
     def reading(self) -> Iterator[Tx]:
