@@ -142,11 +142,13 @@ class CheckoutPaymentInProgress(Conflict):
 
 # -- pure helpers ------------------------------------------------------------------------------
 
-_EXPIRY = re.compile(r"\s*(\d{1,2})\s*/\s*(\d{2}|\d{4})\s*")
-_CVC = re.compile(r"\d{3,4}")
+# ASCII digits only: ``\d`` alone would take "１２/３０" (full-width) and int() would agree.
+_EXPIRY = re.compile(r"\s*(\d{1,2})\s*/\s*(\d{2}|\d{4})\s*", re.ASCII)
+_CVC = re.compile(r"\d{3,4}", re.ASCII)
 _PAN_SEPARATORS = re.compile(r"[ -]")
-#: 12 to 19 digits, possibly grouped by single spaces or dashes: what a card number looks like.
-_PAN_LIKE = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
+#: 12 or more digits, possibly grouped by single spaces or dashes: what a card number looks
+#: like, also when glued to other digits (a longer run is masked whole: logs lose nothing).
+_PAN_LIKE = re.compile(r"\d(?:[ -]?\d){11,}")
 _TOKEN_LIKE = re.compile(r"cs_[A-Za-z0-9_-]{8,}")
 
 
