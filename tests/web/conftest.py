@@ -109,6 +109,7 @@ class Shop:
     server: Server
     backend: str
     pans: list[str] = field(default_factory=list)
+    issuer_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -127,7 +128,14 @@ class Shop:
             )  # fmt: skip
             assert response.status_code == 201, response.text
         self.pans.append(pan)
+        self.issuer_tokens[pan] = response.json()["token"]
         return pan
+
+    def card_fault(self, pan: str, kind: str) -> None:
+        """The card network answers the next message for this card with ``kind``."""
+        rule = {"kind": kind, "next": 1, "card": self.issuer_tokens[pan]}
+        with self.banksim.http() as http:
+            http.post("/faults/cards", json={"faults": [rule]}).raise_for_status()
 
     def new_merchant(self, name: str = "Ada's Books GmbH") -> str:
         with self.service.transaction() as tx:

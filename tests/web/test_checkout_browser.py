@@ -103,6 +103,26 @@ def test_declined_card_shows_the_reason_and_the_order_stays_open(shop: Shop, vis
     assert_card_numbers_absent(shop, visit, poor, good)
 
 
+def test_an_unreachable_bank_is_explained_and_the_buyer_can_retry(shop: Shop, visit: Visit) -> None:
+    merchant = shop.new_merchant()
+    order_id, token = shop.new_order(merchant, shop.new_buyer(merchant))
+    pan = shop.new_card()
+    shop.card_fault(pan, "unavailable")
+    page = visit.page
+    page.goto(shop.url(token))
+
+    fill_card(page, pan)
+    expect(page.locator("#errors")).to_have_text(
+        "We could not reach your bank. You were not charged; please try again."
+    )
+    assert visit.statuses[-1] == 503
+    assert shop.order_state(order_id) == "created"
+    fill_card(page, pan)  # the fault was for one message only
+    page.wait_for_url("**/result?done=paid")
+    assert shop.order_state(order_id) == "awaiting_shipment"
+    assert_card_numbers_absent(shop, visit, pan)
+
+
 def test_a_mistyped_card_is_refused_in_words_before_any_payment(shop: Shop, visit: Visit) -> None:
     merchant = shop.new_merchant()
     order_id, token = shop.new_order(merchant, shop.new_buyer(merchant))
