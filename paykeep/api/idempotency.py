@@ -46,7 +46,7 @@ import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, NamedTuple, TypeVar
+from typing import Annotated, Any, Final, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
@@ -293,6 +293,26 @@ def purge_expired(
 _SYSTEM_CLOCK: Final = SystemClock()
 
 
+R = TypeVar("R")
+
+
+def _runner(
+    transaction: Callable[[], AbstractContextManager[T]],
+) -> Callable[[Callable[[T], R]], R]:
+    """How to run a unit of work in ``transaction``'s transaction. A factory that offers
+    ``group_run`` (the payments service's: concurrent callers share one SQLite COMMIT, see
+    ``paykeep.db.group``) is used through it; any other as a plain ``with`` block."""
+    grouped = getattr(transaction, "group_run", None)
+    if grouped is not None:
+        return cast(Callable[[Callable[[T], R]], R], grouped)
+
+    def run(unit: Callable[[T], R]) -> R:
+        with transaction() as tx:
+            return unit(tx)
+
+    return run
+
+
 def run_idempotent(
     transaction: Callable[[], AbstractContextManager[T]],
     principal: Principal,
@@ -307,22 +327,30 @@ def run_idempotent(
     object with ``.conn``) and returns ``(status, body)``, body a JSON-able mapping or bytes.
     Without a key the operation simply runs in its transaction and errors propagate.
     """
+    run = _runner(transaction)
     if request.key is None:
-        with transaction() as tx:
+
+        def plain(tx: T) -> IdempotentResult:
             status, body = operation(tx)
-        return IdempotentResult(status, _as_bytes(body), False)
+            return IdempotentResult(status, _as_bytes(body), False)
+
+        return run(plain)
+    key = request.key
     now_ns = (clock or _SYSTEM_CLOCK).now_ns()
     scope = scope_of(principal)
-    try:
-        with transaction() as tx:
-            conn = connection_of(tx)
-            replay = claim(conn, scope, request, now_ns)
-            if replay is not None:
-                return replay
-            status, body = operation(tx)
-            body_bytes = _as_bytes(body)
-            complete(conn, scope, request.key, status, body_bytes)
+
+    def keyed(tx: T) -> IdempotentResult:
+        conn = connection_of(tx)
+        replay = claim(conn, scope, request, now_ns)
+        if replay is not None:
+            return replay
+        status, body = operation(tx)
+        body_bytes = _as_bytes(body)
+        complete(conn, scope, key, status, body_bytes)
         return IdempotentResult(status, body_bytes, False)
+
+    try:
+        return run(keyed)
     except (IdempotencyKeyReused, IdempotencyKeyInUse):
         raise  # about the key itself: never stored
     except PaykeepError as error:
@@ -330,29 +358,34 @@ def run_idempotent(
         if not 400 <= status < 500:
             raise  # a server-side failure: the retry deserves a fresh attempt
         body_bytes = error_body(error, request.request_id)
-        return _store_error(transaction, scope, request, status, body_bytes, now_ns)
+        return _store_error(run, scope, request, status, body_bytes, now_ns)
 
 
 def _store_error(
-    transaction: Callable[[], AbstractContextManager[T]],
+    run: Callable[[Callable[[T], IdempotentResult | None]], IdempotentResult | None],
     scope: str,
     request: IdempotentRequest,
     status: int,
     body: bytes,
     now_ns: int,
 ) -> IdempotentResult:
-    assert request.key is not None
+    key = request.key
+    assert key is not None
+
+    def store(tx: T) -> IdempotentResult | None:
+        conn = connection_of(tx)
+        replay = claim(conn, scope, request, now_ns)
+        if replay is not None:
+            # A concurrent request with this key finished first: its answer is the key's.
+            return replay
+        complete(conn, scope, key, status, body)
+        return None
+
     try:
-        with transaction() as tx:
-            conn = connection_of(tx)
-            replay = claim(conn, scope, request, now_ns)
-            if replay is not None:
-                # A concurrent request with this key finished first: its answer is the key's.
-                return replay
-            complete(conn, scope, request.key, status, body)
+        replayed = run(store)
     except IdempotencyKeyInUse:
-        pass  # another request holds the key now; this answer goes unstored
-    return IdempotentResult(status, body, False)
+        replayed = None  # another request holds the key now; this answer goes unstored
+    return replayed if replayed is not None else IdempotentResult(status, body, False)
 
 
 def idempotent_response(

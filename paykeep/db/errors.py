@@ -8,8 +8,10 @@ class DatabaseUrlInvalid(InvalidInput):
 
 
 class DatabaseUnavailable(PaykeepError):
+    """The database is busy or unreachable: the request may be retried (503, Retry-After)."""
+
     code = "database_unavailable"
-    type = "api_error"
+    type = "unavailable"
 
 
 class SchemaOutOfDate(PaykeepError):

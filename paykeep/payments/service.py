@@ -18,7 +18,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -141,6 +141,22 @@ class Tx:
     events: list[str] = field(default_factory=list)
 
 
+class Transactions:
+    """Calling it opens a write transaction (a context manager yielding :class:`Tx`);
+    ``group_run(op)`` runs ``op(tx)`` through the group committer instead."""
+
+    def __init__(
+        self,
+        open_: Callable[[], AbstractContextManager[Tx]],
+        group_run: Callable[[Callable[[Tx], Any]], Any],
+    ) -> None:
+        self._open = open_
+        self.group_run = group_run
+
+    def __call__(self) -> AbstractContextManager[Tx]:
+        return self._open()
+
+
 @dataclass(frozen=True, slots=True)
 class NewMerchant:
     legal_name: str
@@ -244,11 +260,14 @@ class PaymentsService:
         self.risk: RiskCheck = risk or AllowAll()
         self._postgres = database.is_postgres
         self.writer = GroupWriter(database)
+        #: ``with payments.transaction() as tx:`` — and, for callers that can hand over a
+        #: unit of work (the API's idempotent POSTs), ``payments.transaction.group_run(op)``.
+        self.transaction = Transactions(self._transaction, self.run)
 
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def _transaction(self) -> Iterator[Tx]:
         with self.database.write() as conn:
             yield Tx(conn, self.clock.now_ns(), PaymentsRepository(conn, postgres=self._postgres))
 
