@@ -9,6 +9,7 @@ Default figures: 25.00 EUR, fee plan 2.9 % + 0.30 with a 10 % reserve held one h
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -559,6 +560,55 @@ def test_timers_fire_only_their_own_orders(world: World) -> None:
     assert w.svc.run_timers() == {"refund_unshipped": 1}
     states = [w.get_order(o.id).state for o in (unpaid_fast, unpaid_slow, paid_fast)]
     assert states == [S.CLOSED, S.CREATED, S.REFUNDED]
+
+
+def test_concurrent_timer_workers_and_buyers_release_each_order_once(world: World) -> None:
+    """Two timer sweeps and a buyer confirming, at the same moment, over the same due orders:
+    every order is released exactly once (one fee each), the losers see a no-op or an
+    illegal transition, never an error of their own and never a second release."""
+    w = world
+    m = w.merchant()
+    b = w.buyer(m)
+    paid = [w.paid_order(m, b, 1_000 + k) for k in range(8)]
+    orders = [(ship(w, order, f"C{k:06d}")[0], token) for k, (order, token) in enumerate(paid)]
+    w.clock.advance(DEFAULT_TIMERS.confirm_after_shipping_s)
+    barrier = threading.Barrier(3)
+    fired: list[dict[str, int]] = []
+    confirmed: list[str] = []
+    failures: list[BaseException] = []
+
+    def sweep() -> None:
+        try:
+            barrier.wait()
+            fired.append(w.svc.run_timers())
+        except BaseException as exc:  # reported below, with the thread's own traceback
+            failures.append(exc)
+
+    def buyer() -> None:
+        try:
+            barrier.wait()
+            for order, token in reversed(orders):
+                try:
+                    with w.svc.transaction() as tx:
+                        w.svc.confirm(tx, order.id, token=token)
+                    confirmed.append(order.id)
+                except IllegalTransition:
+                    continue
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (sweep, sweep, buyer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures
+    by_timer = sum(r.get("confirm_after_shipping", 0) for r in fired)
+    assert by_timer + len(confirmed) == 8, (fired, confirmed)
+    assert all(not k.startswith("skipped") for r in fired for k in r), fired
+    assert all(w.get_order(o.id).state is S.COMPLETED for o, _ in orders)
+    assert w.fees() == sum(reference_fee(1_000 + k) for k in range(8))
+    assert w.wallet(b) == (0, 0)
 
 
 # --- illegal transitions ----------------------------------------------------------------------
