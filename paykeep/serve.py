@@ -170,9 +170,13 @@ def serve(
 ) -> None:
     import uvicorn
 
+    from paykeep.web.checkout import SecretsFilter
     from paykeep.workers.cycle import start_workers
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        # Checkout URLs carry the buyer's token; card-number-like digit runs never reach a log.
+        handler.addFilter(SecretsFilter())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if port == 0:
         port = free_port(host)
@@ -212,13 +216,13 @@ def serve(
 
             uvicorn.run(
                 create_app(runtime), host=host, port=port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5,
+                access_log=False, timeout_graceful_shutdown=5, log_config=None,
             )  # fmt: skip
         else:
             uvicorn.run(
                 "paykeep.api.app:create_app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5,
+                timeout_graceful_shutdown=5, log_config=None,
             )  # fmt: skip
     finally:
         stop.set()

@@ -67,3 +67,9 @@ class RiskDeclined(PaykeepError):
 class CarrierSignatureInvalid(PaykeepError):
     code = "carrier_signature_invalid"
     type = "authentication_error"
+
+
+class PaymentInProgress(Conflict):
+    """A card payment of this order is being processed: a second one could charge twice."""
+
+    code = "payment_in_progress"

@@ -44,6 +44,7 @@ from paykeep.payments.errors import (
     IllegalTransition,
     InsufficientFunds,
     PaymentDeclined,
+    PaymentInProgress,
     PaymentMethodUnavailable,
     PaymentProcessorUnavailable,
     PaymentsInputInvalid,
@@ -797,6 +798,13 @@ class PaymentsService:
         with self.transaction() as tx:
             _session, order = self._open_session(tx, token)
             transition(order.state, OrderAction.PAY)
+            if any(
+                p.state == "processing" for p in tx.repo.payments({"order_id": order.id}, 50, None)
+            ):
+                # Two submits at once would both reach the card network (and both charge).
+                raise PaymentInProgress(
+                    "a card payment of this order is already being processed", param="order"
+                )
             if order.currency != self.cards.currency:
                 raise PaymentMethodUnavailable(
                     f"cards are accepted in {self.cards.currency} only", param="method"

@@ -429,6 +429,9 @@ PROBLEMS_BY_CODE: Final[Mapping[str, Problem]] = {
     "checkout_payment_in_progress": Problem(
         409, "A payment for this order is already being processed. Please wait and reload."
     ),
+    "payment_in_progress": Problem(
+        409, "A payment for this order is already being processed. Please wait and reload."
+    ),
     "invalid_amount": Problem(422, "Please enter the amount like 12.50."),
     "amount_precision_exceeded": Problem(422, "Please enter the amount like 12.50."),
 }
