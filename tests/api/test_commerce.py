@@ -8,6 +8,7 @@ the pure parts (signatures, event times, in-memory pages) in ``test_commerce_pur
 from __future__ import annotations
 
 import itertools
+import json
 from types import EllipsisType
 from typing import Any
 
@@ -508,3 +509,43 @@ def test_a_checkout_sessions_url_is_shown_once(server: ServerProcess) -> None:
         assert payments[0]["card"] == {"brand": "visa", "last4": "1111"}
         assert m.get(f"/v1/payments/{payments[0]['id']}").json() == payments[0]
         assert m.get(f"/v1/checkout_sessions/{session['id']}").json()["state"] == "complete"
+
+
+# -- the OpenAPI document -------------------------------------------------------------------
+
+
+def test_every_commerce_route_is_documented(server: ServerProcess) -> None:
+    from fastapi.routing import APIRoute
+
+    from paykeep.api.routes.commerce import router
+
+    with server.client() as anonymous:
+        document = anonymous.get("/openapi.json").json()
+    operations = {
+        (method, route.path): document["paths"][route.path][method.lower()]
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
+    assert len(operations) == 27
+    for (method, path), operation in operations.items():
+        assert operation.get("summary"), (method, path)
+        assert "422" not in operation["responses"], (method, path)
+        secured = "security" in operation
+        assert secured == (path != "/v1/carriers/{carrier}/events"), (method, path)
+    carrier = operations[("POST", "/v1/carriers/{carrier}/events")]
+    assert "Paykeep-Signature" in carrier["description"]
+    assert "application/json" in carrier["requestBody"]["content"]
+    assert [p["name"] for p in carrier["parameters"]].count("Paykeep-Signature") == 1
+    assert json.dumps(document)  # no $ref to a schema that was never defined:
+    refs = {ref for ref in _refs(document) if ref.startswith("#/components/schemas/")}
+    assert {ref.rsplit("/", 1)[1] for ref in refs} <= set(document["components"]["schemas"])
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
