@@ -1136,6 +1136,14 @@ class PaymentsService:
         amount = order.amount_minor if amount_minor is None else amount_minor
         _check_refund_amount(order, amount)
         _check_reason(reason)
+        if tx.repo.open_refunds(order.id):
+            # The buyer's claim (and any dispute over it) is settled through that claim: agree
+            # to it, or let the platform decide — never two refunds racing for one hold.
+            raise IllegalTransition(
+                "the buyer's refund request on this order is open: agree to it or await the "
+                "platform's decision",
+                param="order",
+            )
         refund = self._new_refund(tx, order, amount, reason, False, RefundState.COMPLETED)
         order = self._refund_order(tx, order, amount)
         return order, refund
@@ -1242,6 +1250,9 @@ class PaymentsService:
             self._new_shipment(tx, order, "return", carrier, tracking_number)
         if action is RefundAction.ESCALATE:
             self._open_dispute(tx, order, refund)
+        if action is RefundAction.AGREE_WITH_RETURN:
+            tx.repo.update("payments_refunds", refund.id, {"return_required": True})
+            refund = replace(refund, return_required=True)
         refund = self._set_refund(tx, refund, new_state)
         if new_state is RefundState.COMPLETED:
             self._refund_order(tx, order, refund.amount_minor)
