@@ -1038,6 +1038,11 @@ class PaymentsService:
                 "kind is picked_up, in_transit, delivered or returned", param="kind"
             ) from None
         occurred = tx.now_ns if occurred_at_ns is None else occurred_at_ns
+        # Re-read under the row lock: two concurrent events must not both move the state.
+        locked = tx.repo.shipment(shipment.id, lock=True)
+        if locked is None:
+            raise ResourceMissing(f"no shipment {shipment.id!r}", param="shipment")
+        shipment = locked
         if external_id is not None:
             seen = tx.conn.execute(
                 _q_seen, {"s": shipment.id, "src": source, "e": external_id}
