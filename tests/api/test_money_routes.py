@@ -441,6 +441,7 @@ def test_every_refund_path_and_disputes(shop: Shop) -> None:
     assert_error(shop.buyer_http.post(f"/v1/checkout/{token}/confirm"), 409, "illegal_transition")
     agreed = shop.http.post(f"/v1/refunds/{rid}/agree", json={"return_required": True})
     assert agreed.json()["state"] == "merchant_agreed", agreed.text
+    assert agreed.json()["return_required"] is True
     assert_error(shop.http.post(f"/v1/refunds/{rid}/receive_return"), 409, "illegal_transition")
     shipped = shop.buyer_http.post(
         f"/v1/checkout/{token}/refunds/{rid}/ship_return",
