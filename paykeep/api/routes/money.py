@@ -349,7 +349,10 @@ def _once_in_tx(
     idem: IdempotentRequest,
     operation: Callable[[Tx], tuple[int, dict[str, Any]]],
 ) -> Response:
-    return idempotent_response(runtime.payments.transaction, principal, idem, operation)
+    payments = runtime.payments
+    return idempotent_response(
+        payments.transaction, principal, idem, operation, clock=payments.clock
+    )
 
 
 # -- the buyer's checkout --------------------------------------------------------------------
