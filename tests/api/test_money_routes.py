@@ -366,6 +366,44 @@ def test_card_payment_is_idempotent_and_validated_before_anything_is_written(sho
     assert again.json() == declined.json()
 
 
+def luhn_card(prefix: str = "4000") -> str:
+    """A fresh 16-digit card number with a valid check digit."""
+    body = prefix + str(uuid.uuid4().int % 10**11).zfill(11)
+    total = 0
+    for i, digit in enumerate(reversed(body)):
+        d = int(digit) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return body + str((10 - total % 10) % 10)
+
+
+def test_an_unreachable_card_network_releases_the_key_for_the_retry(shop: Shop) -> None:
+    banksim = shop.server.info["banksim_url"]
+    pan = luhn_card()
+    added = httpx.post(f"{banksim}/cards", json={"pan": pan, "expiry": "2912", "cvv": "123",
+                                                 "balance_minor": 100_000}, timeout=10)  # fmt: skip
+    assert added.status_code == 201, added.text
+    rule = {"kind": "unavailable", "next": 1, "card": added.json()["token"]}
+    httpx.post(f"{banksim}/faults/cards", json={"faults": [rule]}, timeout=10).raise_for_status()
+    buyer = shop.buyer()
+    order, token = shop.order(buyer["id"], 2600)
+
+    key = {"Idempotency-Key": f"pay-{uuid.uuid4()}"}
+    failed = shop.pay(token, card(pan), headers=key)
+    error = assert_error(failed, 503, "payment_processor_unavailable")
+    assert "not charged" in error["message"] and pan not in failed.text
+    assert shop.get_order(order["id"])["state"] == "created"
+    # Not stored: the same key runs the payment afresh (the network answers now).
+    retried = shop.pay(token, card(pan), headers=key)
+    assert retried.status_code == 200, retried.text
+    assert "Idempotent-Replayed" not in retried.headers
+    assert retried.json()["order"]["state"] == "awaiting_shipment"
+    replayed = shop.pay(token, card(pan), headers=key)
+    assert replayed.headers.get("Idempotent-Replayed") == "true"
+    assert replayed.json() == retried.json()
+    assert shop.wallet(buyer["id"]) == (0, 2600)
+    assert pan not in shop.server.log()
+
+
 def test_unknown_checkout_tokens_are_missing(shop: Shop) -> None:
     for token in ("cs_doesnotexist", "nope", "cs_" + "x" * 200):
         assert_error(shop.buyer_http.get(f"/v1/checkout/{token}"), 404, "resource_missing")
