@@ -828,26 +828,41 @@ def test_expired_checkout_session_cannot_pay(world: World) -> None:
     assert w.get_order(order.id).state is S.CREATED
 
 
-def test_merchant_refund_during_a_dispute_closes_or_is_refused(world: World) -> None:
+def test_merchant_refund_is_refused_while_a_claim_is_open(world: World) -> None:
+    """The buyer's claim is settled through the claim (agree, or the platform decides):
+    a merchant refund beside it would leave a dispute open over a refunded order, whose
+    later decision "for the merchant" would record money the merchant never got."""
     w = world
     m = w.merchant()
     b = w.buyer(m)
     order, token = w.paid_order(m, b)
     ship(w, order)
-    refund_id, dispute_id = open_dispute(w, order, token)
-    try:
-        with w.svc.transaction() as tx:
-            w.svc.refund(tx, m.id, order.id, None, "fine, have it back")
-    except IllegalTransition:
-        return  # refusing while the platform decides is one correct answer
-    # the other: the merchant's refund settles the claim
+    with w.svc.transaction() as tx:
+        claim = w.svc.request_refund(tx, token, order.id, 1_000, "one cup broken")
+    for amount in (None, 1_000, 1):
+
+        def merchant_refund(tx: Tx, amount: int | None = amount) -> object:
+            return w.svc.refund(tx, m.id, order.id, amount, "here")
+
+        refused(w, IllegalTransition, "illegal_transition", merchant_refund)
+    with w.svc.transaction() as tx:
+        w.svc.refund_action(tx, claim.id, RefundAction.ESCALATE, token=token)
     with w.svc.reading() as tx:
-        claim = w.svc.refund_record(tx, m.id, refund_id)
-        dispute = w.svc.dispute(tx, m.id, dispute_id)
-    assert claim.state in (RefundState.COMPLETED, RefundState.CANCELLED), claim.state
-    assert dispute.state != "open", "the dispute over a refunded order is still open"
-    with pytest.raises(IllegalTransition), w.svc.transaction() as tx:
-        w.svc.decide_dispute(tx, dispute_id, 0, "operator:1", None)
+        (dispute,) = tx.repo.disputes({"order_id": order.id}, 10, None)
+    refused(
+        w, IllegalTransition, "illegal_transition",
+        lambda tx: w.svc.refund(tx, m.id, order.id, None, "fine, have it back"),
+    )  # fmt: skip
+    # the claim still ends the normal way, once
+    with w.svc.transaction() as tx:
+        decided = w.svc.decide_dispute(tx, dispute.id, 10_000, "operator:1", None)
+    assert (decided.buyer_share_minor, decided.merchant_share_minor) == (2_500, 0)
+    assert w.get_order(order.id).state is S.REFUNDED and w.wallet(b) == (2_500, 0)
+    # and with the claim over, the order is finished: no second refund either
+    refused(
+        w, IllegalTransition, "illegal_transition",
+        lambda tx: w.svc.refund(tx, m.id, order.id, None, None),
+    )  # fmt: skip
 
 
 # --- ownership --------------------------------------------------------------------------------
