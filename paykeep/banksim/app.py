@@ -152,9 +152,13 @@ def create_app(
         except BankError as exc:
             network.unsettle(due)  # nothing was paid: they stay owed
             return exc.response()
+        # Like a real settlement file, the report lists what it pays (by retrieval reference
+        # number), so the acquirer's customer can match it capture by capture.
         return JSONResponse(
-            {"reference": reference, "amount_minor": amount, "count": len(due)}, status_code=201
-        )
+            {"reference": reference, "amount_minor": amount, "count": len(due),
+             "rrns": sorted(t.rrn for t in due)},
+            status_code=201,
+        )  # fmt: skip
 
     return app
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    import httpx
+
     from paykeep.api.runtime import Runtime
 
 log = logging.getLogger("paykeep.workers")
@@ -23,6 +26,9 @@ TIMERS_INTERVAL_S: Final = 0.5
 BANK_CYCLE_INTERVAL_S: Final = 5.0
 WEBHOOK_INTERVAL_S: Final = 0.25
 BANK_HTTP_TIMEOUT_S: Final = 10.0
+#: A settlement report naming a capture Paykeep is still recording is checked again.
+SETTLEMENT_MATCH_ATTEMPTS: Final = 10
+SETTLEMENT_MATCH_WAIT_S: Final = 0.3
 
 
 @dataclass
@@ -79,6 +85,8 @@ def bank_cycle_pass(runtime: Runtime) -> None:
     except PayoutNothingToBatch:
         pass
     with httpx.Client(base_url=config.bank_url, timeout=BANK_HTTP_TIMEOUT_S) as bank:
+        if runtime.cards is not None:
+            settle_cards(runtime, bank)
         bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
         listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
         seen = _imported_statement_ids(runtime)
@@ -92,6 +100,47 @@ def bank_cycle_pass(runtime: Runtime) -> None:
     payouts.resume()
     runtime.payments.sync_payouts()
     runtime.payments.settle_bank_transfers()
+
+
+def settle_cards(runtime: Runtime, bank: httpx.Client) -> None:
+    """The acquirer pays what its network captured into the safeguarding account; its report
+    (with the retrieval reference numbers it pays) is checked against Paykeep's own captures
+    and the credit expected, so the statement line empties ``clearing:card:<acquirer>``.
+    A capture the network answered but Paykeep has not recorded yet makes the report
+    disagree for a moment: it is checked again, briefly, before giving up (then the line is a
+    break for a person to resolve, never a guess)."""
+    from paykeep.gateway.cards.errors import CardSettlementMismatch
+    from paykeep.gateway.cards.service import expect_card_settlement
+
+    config = runtime.config
+    assert config.bank_iban is not None and runtime.cards is not None
+    answer = bank.post(
+        "/settlements/cards", json={"iban": config.bank_iban, "currency": config.currency}
+    )
+    answer.raise_for_status()
+    report = answer.json()
+    if not report.get("count"):
+        return
+    for attempt in range(SETTLEMENT_MATCH_ATTEMPTS):
+        try:
+            expect_card_settlement(
+                runtime.database,
+                runtime.statements,
+                acquirer=runtime.cards.acquirer,
+                currency=config.currency,
+                reference=report["reference"],
+                amount_minor=int(report["amount_minor"]),
+                count=int(report["count"]),
+                iban=config.bank_iban,
+                bank_account_name=f"bank:safeguarding:{config.bank_name}",
+                rrns=report.get("rrns"),
+            )
+            return
+        except CardSettlementMismatch:
+            if attempt == SETTLEMENT_MATCH_ATTEMPTS - 1:
+                log.warning("card settlement %s does not match our captures", report)
+                return
+            time.sleep(SETTLEMENT_MATCH_WAIT_S)
 
 
 def _imported_statement_ids(runtime: Runtime) -> set[str]:

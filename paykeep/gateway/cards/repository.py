@@ -8,7 +8,7 @@ it: the loser sees zero rows changed and re-reads.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,17 +228,20 @@ class CardRepository:
             {"pk": payment.pk, "seq": message.seq, "at_ns": message.at_ns},
         )
 
-    def unsettled_captures(self, acquirer: str, currency: str) -> list[tuple[int, int]]:
-        """(row id, captured amount) of every capture not yet in a settlement."""
-        rows = self.conn.execute(
-            sa.select(payments.c.id, payments.c.captured_minor).where(
-                payments.c.acquirer == acquirer,
-                payments.c.currency == currency,
-                payments.c.state == CardPaymentState.CAPTURED.value,
-                payments.c.settlement_reference.is_(None),
-            )
+    def unsettled_captures(
+        self, acquirer: str, currency: str, rrns: Sequence[str] | None = None
+    ) -> list[tuple[int, int]]:
+        """(row id, captured amount) of every capture not yet in a settlement (only those
+        with the given retrieval reference numbers when ``rrns`` is given)."""
+        query = sa.select(payments.c.id, payments.c.captured_minor).where(
+            payments.c.acquirer == acquirer,
+            payments.c.currency == currency,
+            payments.c.state == CardPaymentState.CAPTURED.value,
+            payments.c.settlement_reference.is_(None),
         )
-        return [(int(r[0]), int(r[1])) for r in rows]
+        if rrns is not None:
+            query = query.where(payments.c.rrn.in_(list(rrns)))
+        return [(int(r[0]), int(r[1])) for r in self.conn.execute(query)]
 
     def settled_by(self, reference: str) -> int:
         rows = self.conn.execute(

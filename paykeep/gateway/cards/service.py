@@ -12,7 +12,7 @@ transfer id fixed when the payment was created, so a repeated posting is a no-op
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +108,7 @@ def expect_card_settlement(
     count: int,
     iban: str,
     bank_account_name: str,
+    rrns: Sequence[str] | None = None,
 ) -> int:
     """The acquirer's settlement report: ``amount_minor`` for ``count`` captures will be
     credited to ``iban`` under ``reference``. It must agree exactly with the captures Paykeep
@@ -115,7 +116,9 @@ def expect_card_settlement(
     the credit is expected on the statement — when its line is imported, ``bank_account_name``
     ← ``clearing:card:<acquirer>`` empties the clearing account — and those captures are
     marked as paid by it. Idempotent on ``reference``. Needs neither the network nor the
-    vault."""
+    vault. ``rrns`` (the report's list of retrieval reference numbers, when it has one) names
+    exactly which captures it pays, so captures made while the report was produced are
+    left for the next settlement."""
     check_acquirer(acquirer)
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 35:
         raise CardInputInvalid("reference must be 1..35 characters", param="reference")
@@ -125,7 +128,7 @@ def expect_card_settlement(
     with database.read() as conn:
         repo = CardRepository(conn)
         already = repo.settled_by(reference)
-        owed = repo.unsettled_captures(acquirer, currency)
+        owed = repo.unsettled_captures(acquirer, currency, rrns)
     if already:
         if already != count:
             raise CardSettlementMismatch(
