@@ -285,6 +285,15 @@ class PaymentsRepository:
         )
         return [_refund(r) for r in rows]
 
+    def idle_refunds(self, now_ns: int, idle_s: int, limit: int) -> list[tuple[str, str]]:
+        rows = self._all(
+            "SELECT id, state FROM payments_refunds WHERE state IN ('requested', "
+            "'merchant_refused', 'merchant_agreed', 'return_shipped') AND updated_at_ns <= :t "
+            "ORDER BY updated_at_ns LIMIT :limit",
+            {"t": now_ns - idle_s * 1_000_000_000, "limit": limit},
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
     def dispute(self, dispute_id: str, *, lock: bool = False) -> Dispute | None:
         row = self._one(
             f"SELECT {DISPUTE_COLUMNS} FROM payments_disputes WHERE id = :id"

@@ -107,6 +107,14 @@ RESERVE_RELEASE_CODE: Final = 54
 TOPUP_CODE: Final = 55
 
 CHECKOUT_SESSION_TTL_S: Final = 24 * 3600
+#: A refund claim with no move for this long is escalated or lapses (``expire_claims``).
+CLAIM_IDLE_S: Final = 3 * 24 * 3600
+CLAIM_TIMEOUT_ACTIONS: Final = {
+    RefundState.REQUESTED: RefundAction.ESCALATE,  # the merchant did not answer
+    RefundState.RETURN_SHIPPED: RefundAction.ESCALATE,  # the merchant did not confirm receipt
+    RefundState.MERCHANT_REFUSED: RefundAction.CANCEL,  # the buyer did not escalate
+    RefundState.MERCHANT_AGREED: RefundAction.CANCEL,  # the buyer never sent the goods back
+}
 TIMER_SWEEP_BATCH: Final = 200
 NAME_MAX: Final = 140
 EMAIL_MAX: Final = 254
@@ -1075,9 +1083,13 @@ class PaymentsService:
                     tx, order, OrderAction.DELIVER, {"delivered_at_ns": occurred},
                     timer_since=occurred, delivered=True,
                 )  # fmt: skip
-        if shipment.direction == "return" and event is ShipmentEvent.DELIVERED:
-            # The merchant still confirms the return's condition (receive_return).
-            pass
+        if event is ShipmentEvent.RETURNED and shipment.direction == "outbound":
+            # The parcel went back to the merchant: the buyer never got the goods, so the
+            # clock must not release the money. The order waits for the merchant's refund
+            # (or a new shipment is not possible: the platform decides on a dispute).
+            order = self.order(tx, None, shipment.order_id, lock=True)
+            if order.state is OrderState.AWAITING_RECEIPT and not order.paused:
+                self._pause(tx, order)
         return shipment
 
     # ------------------------------------------------------------------ release / refund
@@ -1088,13 +1100,14 @@ class PaymentsService:
         linked batch. A full refund voids the hold."""
         merchant = self._merchant_of(tx, order)
         release = plan_release(order.amount_minor, refund_minor, merchant.fees)
-        if (
-            release.to_merchant > 0
-            and self.risk.decide("release", _risk_context(order)) == "review"
-        ):
-            raise IllegalTransition(
-                "the release of this order is held for a compliance review", param="order"
-            )
+        if release.to_merchant > 0:
+            verdict = self.risk.decide("release", _risk_context(order))
+            if verdict == "block":
+                raise RiskDeclined("the release of this order was stopped by our risk controls")
+            if verdict != "allow":
+                raise IllegalTransition(
+                    "the release of this order is held for a compliance review", param="order"
+                )
         transition(order.state, action)
         assert order.hold_transfer_id is not None
         self._transfers(tx, _release_transfers(order, release))
@@ -1206,8 +1219,13 @@ class PaymentsService:
         self._pause(tx, order)
         return refund
 
-    def _pause(self, tx: Tx, order: Order) -> None:
+    def _pause(self, tx: Tx, order: Order) -> Order:
+        """A claim is open on the order (refund request, dispute, parcel returned): its timer
+        stops, so no money is released or refunded by the clock meanwhile."""
         tx.repo.save_order(order, {"disputed": True}, tx.now_ns)
+        paused = self.order(tx, None, order.id)
+        self._event(tx, order.merchant_id, "order.updated", paused.to_api())
+        return paused
 
     def _resume(self, tx: Tx, order: Order) -> Order:
         """A refund request ended without moving money: the order's timer restarts from now."""
@@ -1218,7 +1236,9 @@ class PaymentsService:
         tx.repo.save_order(
             order, {"disputed": False, "timer": timer, "timer_due_ns": due}, tx.now_ns
         )
-        return self.order(tx, None, order.id)
+        resumed = self.order(tx, None, order.id)
+        self._event(tx, order.merchant_id, "order.updated", resumed.to_api())
+        return resumed
 
     def refund_action(
         self,
@@ -1395,6 +1415,33 @@ class PaymentsService:
             except (IllegalTransition, InsufficientFunds) as exc:
                 fired[f"skipped:{exc.code}"] = fired.get(f"skipped:{exc.code}", 0) + 1
         return fired
+
+    def expire_claims(self, limit: int = TIMER_SWEEP_BATCH) -> dict[str, int]:
+        """A claim never freezes the money: a refund request the merchant leaves unanswered,
+        or a returned parcel it leaves unconfirmed, goes to the platform as a dispute; one the
+        buyer abandons (refused and never escalated, agreed but never sent back) lapses and
+        the order's timer restarts."""
+        moved: dict[str, int] = {}
+        with self.reading() as tx:
+            idle = tx.repo.idle_refunds(tx.now_ns, CLAIM_IDLE_S, limit)
+        for refund_id, state in idle:
+            action = CLAIM_TIMEOUT_ACTIONS[RefundState(state)]
+            try:
+                with self.transaction() as tx:
+                    refund = tx.repo.refund(refund_id, lock=True)
+                    if refund is None or refund.state.value != state:
+                        continue
+                    order = self.order(tx, None, refund.order_id, lock=True)
+                    new_state = refund_transition(refund.state, action)
+                    if action is RefundAction.ESCALATE:
+                        self._open_dispute(tx, order, refund)
+                    self._set_refund(tx, refund, new_state)
+                    if new_state is RefundState.CANCELLED:
+                        self._resume(tx, order)
+                    moved[action.value] = moved.get(action.value, 0) + 1
+            except IllegalTransition:
+                continue
+        return moved
 
     def release_reserves(self, limit: int = TIMER_SWEEP_BATCH) -> int:
         """Move reserves whose hold period has passed back to the merchant's available."""

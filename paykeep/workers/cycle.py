@@ -60,6 +60,7 @@ def _loop(
 def escrow_pass(runtime: Runtime) -> None:
     payments = runtime.payments
     payments.run_timers()
+    payments.expire_claims()
     payments.settle_bank_transfers()
     payments.release_reserves()
     payments.recover_card_payments()
