@@ -98,7 +98,7 @@ def bank_cycle_pass(runtime: Runtime) -> None:
             body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
             body.raise_for_status()
             runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
-    payouts.resume()
+    payouts.settle()  # resume() + mark settled what the statement confirmed
     runtime.payments.sync_payouts()
     runtime.payments.settle_bank_transfers()
 
