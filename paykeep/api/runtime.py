@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from paykeep.config import Settings
 
 if TYPE_CHECKING:
+    from paykeep.aml.rules.escrow import EscrowRisk
     from paykeep.db import Database
     from paykeep.gateway.cards.client import CardNetworkClient
     from paykeep.gateway.cards.service import CardGateway
@@ -108,6 +109,31 @@ class Runtime:
         self.database.dispose()
 
 
+def _risk_controls(config: RuntimeConfig, database: Database) -> EscrowRisk:
+    """The real-time rules before every hold, release and payout, screening parties against
+    the sanctions lists imported into the data directory (``paykeep aml lists import``).
+    Without any list the sanctions rule has nothing to match: said once, loudly."""
+    import logging
+
+    from paykeep.aml.rules.escrow import EscrowRisk
+    from paykeep.aml.rules.sanctions import NoSanctions, ScreeningSanctions
+    from paykeep.aml.rules.service import DecisionEngine
+    from paykeep.aml.screening.service import ScreeningService
+
+    screening = ScreeningService(data_dir=config.settings.data_dir)
+    sanctions: NoSanctions | ScreeningSanctions
+    if screening.current_versions():
+        sanctions = ScreeningSanctions(screening)
+    else:
+        logging.getLogger("paykeep.aml").warning(
+            "no sanctions list imported in %s: payments are not screened against one "
+            "(paykeep aml lists import FILE --format ofac-csv|un-xml|ftm)",
+            config.settings.data_dir,
+        )
+        sanctions = NoSanctions()
+    return EscrowRisk(DecisionEngine(database, sanctions))
+
+
 def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
     from paykeep.db import open_database
     from paykeep.gateway.cards.client import CardNetworkClient
@@ -141,6 +167,7 @@ def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
         database,
         ledger,
         cipher,
+        risk=_risk_controls(config, database),
         cards=cards,
         vault=vault,
         statements=statements,

@@ -71,7 +71,7 @@ async def _drive_escrow(
     async def client(orders: list[tuple[int, str, str]]) -> None:
         nonlocal finished
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            for n, (merchant, order_id, token) in enumerate(orders):
+            for merchant, order_id, token in orders:
                 if time.perf_counter() >= deadline:
                     return
                 key = {"Authorization": f"Bearer {merchant_keys[merchant]}"}
@@ -84,7 +84,9 @@ async def _drive_escrow(
                 for name, path, body, headers in steps:
                     start = time.perf_counter()
                     response = await http.post(
-                        path, json=body, headers={**headers, "Idempotency-Key": f"{name}-{n}"}
+                        path,
+                        json=body,
+                        headers={**headers, "Idempotency-Key": f"{name}-{order_id}"},
                     )
                     latencies[name].append(time.perf_counter() - start)
                     if response.status_code != 200:
@@ -163,11 +165,35 @@ def _setup(server: ServerProcess, clients: int, orders_per_client: int) -> tuple
                 if time.monotonic() > deadline:
                     raise RuntimeError("the bench wallets were not credited within 120 s")
                 time.sleep(0.5)
-        work = [
-            [(mi, *_order(http, keys[mi], buyer["id"])) for _ in range(orders_per_client)]
-            for mi, buyer in buyers
-        ]
+    work = asyncio.run(_create_orders(server.url, keys, buyers, orders_per_client))
     return keys, work
+
+
+async def _create_orders(
+    url: str, keys: list[str], buyers: list[tuple[int, dict[str, Any]]], per_client: int
+) -> list[list[tuple[int, str, str]]]:
+    """Each client's orders and checkout sessions, created concurrently (setup, not timed)."""
+
+    async def one_client(merchant_index: int, buyer_id: str) -> list[tuple[int, str, str]]:
+        auth = {"Authorization": f"Bearer {keys[merchant_index]}"}
+        made = []
+        async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60) as http:
+            for _ in range(per_client):
+                order = await http.post(
+                    "/v1/orders",
+                    json={"buyer": buyer_id, "items": [{"description": "Bench item",
+                          "quantity": 1, "unit_amount_minor": ORDER_AMOUNT_MINOR}]},
+                )  # fmt: skip
+                order.raise_for_status()
+                session = await http.post(
+                    "/v1/checkout_sessions", json={"order": order.json()["id"]}
+                )
+                session.raise_for_status()
+                token = str(session.json()["url"]).rsplit("/", 1)[-1]
+                made.append((merchant_index, str(order.json()["id"]), token))
+        return made
+
+    return list(await asyncio.gather(*(one_client(mi, b["id"]) for mi, b in buyers)))
 
 
 def _order(http: httpx.Client, key: str, buyer_id: str) -> tuple[str, str]:
@@ -192,7 +218,7 @@ def run_api_bench(
     workers: int = 1,
     orders_per_client: int | None = None,
 ) -> dict[str, Any]:
-    per_client = orders_per_client or min(ORDERS_PER_CLIENT_MAX, max(20, int(seconds * 40)))
+    per_client = orders_per_client or min(ORDERS_PER_CLIENT_MAX, max(20, int(seconds * 12)))
     with tempfile.TemporaryDirectory(prefix="paykeep-bench-api-") as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=database_url)
         with ServerProcess(settings, "--workers", str(workers), "--bank-cycle", "1") as server:

@@ -129,14 +129,17 @@ _TRACKING = re.compile(r"[A-Za-z0-9-]{4,64}")
 class RiskCheck(Protocol):
     """Financial-crime controls consulted before money moves (``paykeep.aml.rules``).
 
-    Returns ``allow``, ``review`` (the movement waits: a release stays held) or ``block``
-    (declined with :class:`RiskDeclined`, nothing moves)."""
+    ``conn`` is the transaction that is about to move the money: a decision recorded there
+    commits with the movement. Returns ``allow``, ``review`` (a payment goes ahead with a case
+    open; a release stays held) or ``block`` (declined with :class:`RiskDeclined`, nothing
+    moves). ``context``: kind-specific facts (order, merchant, buyer, amount, currency, names).
+    """
 
-    def decide(self, kind: str, context: dict[str, Any]) -> str: ...
+    def decide(self, conn: Connection | None, kind: str, context: dict[str, Any]) -> str: ...
 
 
 class AllowAll:
-    def decide(self, kind: str, context: dict[str, Any]) -> str:
+    def decide(self, conn: Connection | None, kind: str, context: dict[str, Any]) -> str:
         return "allow"
 
 
@@ -750,7 +753,7 @@ class PaymentsService:
     def _hold(self, tx: Tx, order: Order, funding: str) -> Order:
         """Buyer's wallet → merchant's available, pending (the escrow hold), and the order
         moves to awaiting_shipment: one transaction."""
-        if self.risk.decide("payment", _risk_context(order)) == "block":
+        if self.risk.decide(tx.conn, "payment", self._risk_context(tx, order)) == "block":
             raise RiskDeclined("this payment was declined by our risk controls")
         hold_id = derived_id("order-hold", order.id)
         self._transfers(
@@ -772,6 +775,23 @@ class PaymentsService:
             tx, order, OrderAction.PAY,
             {"funding": funding, "hold_transfer_id": hold_id, "paid_at_ns": tx.now_ns},
         )  # fmt: skip
+
+    def _risk_context(self, tx: Tx, order: Order) -> dict[str, Any]:
+        """What the risk controls may know of an order's parties (names for screening only;
+        they are never stored by the rules)."""
+        merchant = self._merchant_of(tx, order)
+        buyer_row = tx.repo.buyer_row(order.buyer_id)
+        return {
+            "order": order.id,
+            "merchant": order.merchant_id,
+            "merchant_name": merchant.legal_name,
+            "merchant_country": merchant.country,
+            "merchant_since_ns": merchant.created_at_ns,
+            "buyer": order.buyer_id,
+            "buyer_since_ns": int(buyer_row[4]) if buyer_row is not None else None,
+            "amount_minor": order.amount_minor,
+            "currency": order.currency,
+        }
 
     def pay_from_wallet(self, tx: Tx, token: str) -> Order:
         """The buyer pays from their wallet balance (earlier top-ups, refunds)."""
@@ -1094,14 +1114,26 @@ class PaymentsService:
 
     # ------------------------------------------------------------------ release / refund
 
-    def _release(self, tx: Tx, order: Order, refund_minor: int, action: OrderAction) -> Order:
+    def _release(
+        self,
+        tx: Tx,
+        order: Order,
+        refund_minor: int,
+        action: OrderAction,
+        *,
+        reviewed: bool = False,
+    ) -> Order:
         """End the hold: post ``held - refund_minor`` to the merchant (the rest returns to the
         buyer), the fee to ``platform:fees`` and the reserve to the merchant's reserve — one
         linked batch. A full refund voids the hold."""
         merchant = self._merchant_of(tx, order)
         release = plan_release(order.amount_minor, refund_minor, merchant.fees)
         if release.to_merchant > 0:
-            verdict = self.risk.decide("release", _risk_context(order))
+            verdict = (
+                "allow"
+                if reviewed
+                else self.risk.decide(tx.conn, "release", self._risk_context(tx, order))
+            )
             if verdict == "block":
                 raise RiskDeclined("the release of this order was stopped by our risk controls")
             if verdict != "allow":
@@ -1142,7 +1174,9 @@ class PaymentsService:
         order = self.order(tx, None, order_id, lock=True)
         if tx.repo.open_refunds(order.id):
             raise IllegalTransition("a refund request on this order is open", param="order")
-        return self._release(tx, order, 0, OrderAction.CONFIRM)
+        # The operator confirming (no buyer token) is the compliance decision on a release
+        # held for review: it does not ask the risk controls again.
+        return self._release(tx, order, 0, OrderAction.CONFIRM, reviewed=token is None)
 
     def refund(
         self, tx: Tx, scope: str | None, order_id: str, amount_minor: int | None,
@@ -1514,7 +1548,16 @@ class PaymentsService:
             raise PayoutNotAllowed("the payout IBAN is not verified yet", param="payout_iban")
         if type(amount_minor) is not int or amount_minor <= 0:
             raise PaymentsInputInvalid("amount_minor is a positive integer", param="amount_minor")
-        if self.risk.decide("payout", {"merchant": merchant.id, "amount": amount_minor}) != "allow":
+        payout_context = {
+            "event_id": f"payout:{merchant.id}:{request_id}",
+            "merchant": merchant.id,
+            "merchant_name": merchant.legal_name,
+            "merchant_country": merchant.country,
+            "merchant_since_ns": merchant.created_at_ns,
+            "amount_minor": amount_minor,
+            "currency": merchant.currency,
+        }
+        if self.risk.decide(None, "payout", payout_context) != "allow":
             raise RiskDeclined("this payout was stopped by our risk controls")
         iban = self.cipher.open(iban_enc, purpose="merchant.iban", row_id=merchant.id)
         from paykeep.gateway.payouts.errors import PayoutInsufficientFunds
@@ -1655,14 +1698,6 @@ def _release_transfers(order: Order, release: Release) -> list[NewTransfer]:
     ]
 
 
-def _risk_context(order: Order) -> dict[str, Any]:
-    return {
-        "order": order.id,
-        "merchant": order.merchant_id,
-        "buyer": order.buyer_id,
-        "amount_minor": order.amount_minor,
-        "currency": order.currency,
-    }
 
 
 def _check_iban(iban: str) -> str:

@@ -59,6 +59,9 @@ def _loop(
 
 def escrow_pass(runtime: Runtime) -> None:
     payments = runtime.payments
+    flush = getattr(payments.risk, "flush", None)
+    if flush is not None:
+        flush()  # risk decisions whose movement rolled back (blocks, held releases)
     payments.run_timers()
     payments.expire_claims()
     payments.settle_bank_transfers()

@@ -633,7 +633,7 @@ class FixedRisk:
     answers: dict[str, str]
     asked: list[str] = field(default_factory=list)
 
-    def decide(self, kind: str, context: dict[str, Any]) -> str:
+    def decide(self, conn: object, kind: str, context: dict[str, Any]) -> str:
         self.asked.append(kind)
         return self.answers.get(kind, "allow")
 

@@ -699,6 +699,10 @@ def settings_for_run() -> Any:
         else (Phase.explicit, Phase.reuse, Phase.generate),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         database=None,
+        # The coverage assertion above needs the same walk on every run (a random walk of 25
+        # examples sometimes missed a path, and CI must not flake); PAYKEEP_STATEFUL_RANDOM=1
+        # explores new walks locally.
+        derandomize=not os.environ.get("PAYKEEP_STATEFUL_RANDOM"),
     )
 
 

@@ -286,50 +286,56 @@ class DecisionEngine:
 
     def decide(self, event: MoneyEvent) -> Decision:
         """Decide and record (idempotent on ``event.event_id``)."""
+        with self.database.write() as conn:
+            return self.decide_within(conn, event)
+
+    def decide_within(self, conn: Any, event: MoneyEvent) -> Decision:
+        """:meth:`decide` inside a write transaction the caller opened (``Database.write``):
+        the decision, its alerts, history and case commit with the caller's own rows (the
+        payments code decides inside the transaction that moves the money)."""
         validate_event(event)
         fingerprint = event_fingerprint(event)
-        with self.database.write() as conn:
-            repo = RulesRepository(conn)
-            stored = repo.decision(event.event_id)
-            if stored is not None:
-                if stored.fingerprint != fingerprint:
-                    raise RuleEventIdReused(
-                        f"event {event.event_id!r} was decided with a different body",
-                        param="event_id",
-                    )
-                return Decision(
-                    event_id=stored.event_id,
-                    outcome=stored.outcome,
-                    alerts=tuple(a for a in stored.alerts if not a.shadow),
-                    shadow_alerts=tuple(a for a in stored.alerts if a.shadow),
-                    decided_at_ns=stored.decided_at_ns,
-                    case_id=stored.case_id,
-                    replayed=True,
+        repo = RulesRepository(conn)
+        stored = repo.decision(event.event_id)
+        if stored is not None:
+            if stored.fingerprint != fingerprint:
+                raise RuleEventIdReused(
+                    f"event {event.event_id!r} was decided with a different body",
+                    param="event_id",
                 )
-            active = load_active(repo, self.rules)
-            since = event.at_ns - limits.HISTORY_WINDOW_MAX_S * NS_PER_S
-            history = {
-                p.party_id: repo.history(
-                    p.party_id, since, event.at_ns, limits.HISTORY_ENTRIES_PER_PARTY_MAX
-                )
-                for p in event.parties
-            }
-            hits = self._screen(event, active)
-            evaluation = evaluate(RuleInput(event, history, hits), active, self.policy)
-            decided_at_ns = self.clock.now_ns()
-            case_id = None
-            if evaluation.outcome is Outcome.REVIEW:
-                case_id = self._open_case(conn, event, evaluation.live, history, decided_at_ns)
-            repo.insert_decision(
-                event,
-                fingerprint,
-                evaluation.outcome,
-                case_id,
-                decided_at_ns,
-                (*evaluation.live, *evaluation.shadow),
+            return Decision(
+                event_id=stored.event_id,
+                outcome=stored.outcome,
+                alerts=tuple(a for a in stored.alerts if not a.shadow),
+                shadow_alerts=tuple(a for a in stored.alerts if a.shadow),
+                decided_at_ns=stored.decided_at_ns,
+                case_id=stored.case_id,
+                replayed=True,
             )
-            if records_history(event, evaluation.outcome):
-                repo.append_history(history_entries(event))
+        active = load_active(repo, self.rules)
+        since = event.at_ns - limits.HISTORY_WINDOW_MAX_S * NS_PER_S
+        history = {
+            p.party_id: repo.history(
+                p.party_id, since, event.at_ns, limits.HISTORY_ENTRIES_PER_PARTY_MAX
+            )
+            for p in event.parties
+        }
+        hits = self._screen(event, active)
+        evaluation = evaluate(RuleInput(event, history, hits), active, self.policy)
+        decided_at_ns = self.clock.now_ns()
+        case_id = None
+        if evaluation.outcome is Outcome.REVIEW:
+            case_id = self._open_case(conn, event, evaluation.live, history, decided_at_ns)
+        repo.insert_decision(
+            event,
+            fingerprint,
+            evaluation.outcome,
+            case_id,
+            decided_at_ns,
+            (*evaluation.live, *evaluation.shadow),
+        )
+        if records_history(event, evaluation.outcome):
+            repo.append_history(history_entries(event))
         return Decision(
             event_id=event.event_id,
             outcome=evaluation.outcome,

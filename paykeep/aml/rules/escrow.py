@@ -1,0 +1,99 @@
+"""The real-time rules as the payments context's risk check (its ``RiskCheck`` port).
+
+Before a payment's hold, a release and a payout, ``decide(conn, kind, context)`` turns the
+movement into a :class:`MoneyEvent` (buyer → merchant, parties with how long they have been
+customers, names for screening only) and asks the :class:`DecisionEngine` *inside the
+transaction that moves the money*, so an allowed movement and its decision commit together.
+
+A ``block`` or a held release rolls that transaction back — and the decision with it. Those
+events are kept here and recorded again by :meth:`EscrowRisk.flush` (the workers call it) in
+a transaction of their own: decisions are idempotent on the event id, so the record, the
+alerts and — for a review — the case exist exactly once, and the next attempt at the same
+release gets the recorded answer (held until an operator confirms the order).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Final
+
+from paykeep.aml.rules.model import EventKind, MoneyEvent, Outcome, Party
+from paykeep.aml.rules.service import DecisionEngine
+from paykeep.money import Money
+
+log = logging.getLogger("paykeep.aml.escrow")
+
+#: Decisions waiting to be recorded after their transaction rolled back.
+PENDING_RECORDS_MAX: Final = 10_000
+
+KINDS: Final = {
+    "payment": EventKind.PAYMENT,
+    "release": EventKind.RELEASE,
+    "payout": EventKind.PAYOUT,
+}
+
+
+def money_event(kind: str, context: dict[str, Any], at_ns: int) -> MoneyEvent:
+    """The rules' view of one escrow movement."""
+    merchant = Party(
+        f"merchant:{context['merchant']}",
+        opened_at_ns=context.get("merchant_since_ns"),
+        name=context.get("merchant_name"),
+        country=context.get("merchant_country"),
+    )
+    buyer = (
+        Party(f"buyer:{context['buyer']}", opened_at_ns=context.get("buyer_since_ns"))
+        if context.get("buyer")
+        else None
+    )
+    event_kind = KINDS[kind]
+    payer: Party | None
+    payee: Party | None
+    if event_kind is EventKind.PAYOUT:
+        payer, payee = merchant, None
+        event_id = str(context["event_id"])
+    else:
+        payer, payee = buyer, merchant
+        event_id = f"{kind}:{context['order']}"
+    return MoneyEvent(
+        kind=event_kind,
+        event_id=event_id,
+        at_ns=at_ns,
+        amount=Money(int(context["amount_minor"]), str(context["currency"])),
+        payer=payer,
+        payee=payee,
+    )
+
+
+class EscrowRisk:
+    def __init__(self, engine: DecisionEngine) -> None:
+        self.engine = engine
+        self._pending: dict[str, MoneyEvent] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, conn: Any, kind: str, context: dict[str, Any]) -> str:
+        event = money_event(kind, context, self.engine.clock.now_ns())
+        if conn is None:
+            decision = self.engine.decide(event)
+        else:
+            decision = self.engine.decide_within(conn, event)
+        outcome = decision.outcome
+        rolls_back = outcome is Outcome.BLOCK or (
+            outcome is Outcome.REVIEW and event.kind is not EventKind.PAYMENT
+        )
+        if rolls_back and conn is not None and not decision.replayed:
+            with self._lock:
+                if len(self._pending) < PENDING_RECORDS_MAX:
+                    self._pending[event.event_id] = event
+                else:
+                    log.error("risk decisions to record: queue full; %s dropped", event.event_id)
+        return outcome.value
+
+    def flush(self) -> int:
+        """Record the decisions whose movement's transaction rolled back."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for event in pending.values():
+            self.engine.decide(event)
+        return len(pending)
