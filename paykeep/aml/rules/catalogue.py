@@ -109,9 +109,11 @@ VELOCITY_KINDS: Final = frozenset(
 
 
 def velocity(data: RuleInput, params: Params) -> list[Finding]:
-    """Per party: more than ``count_max`` money events, or more than ``amount_max_minor`` in
+    """For the party whose money moves (the payer; the payee of a top-up, whose wallet is
+    being filled): more than ``count_max`` money events, or more than ``amount_max_minor`` in
     ``currency``, within the window (payments, top-ups, payouts, refunds; releases settle a
-    payment already counted and are left out)."""
+    payment already counted and are left out). A merchant *receiving* many payments is its
+    business, not a typology: its inflows are ``fan_in``'s to judge."""
     event = data.event
     if event.kind not in VELOCITY_KINDS:
         return []
@@ -119,7 +121,8 @@ def velocity(data: RuleInput, params: Params) -> list[Finding]:
     count_max = _int(params, "count_max")
     amount_max = _int(params, "amount_max_minor")
     findings = []
-    for party in event.parties:
+    mover = event.payee if event.kind is EventKind.TOP_UP else event.payer
+    for party in (mover,) if mover is not None else ():
         entries = [e for e in _window(data, party.party_id, params) if e.kind in VELOCITY_KINDS]
         count = len(entries) + 1
         amount = sum(e.amount_minor for e in entries if e.currency == currency)
