@@ -1698,8 +1698,6 @@ def _release_transfers(order: Order, release: Release) -> list[NewTransfer]:
     ]
 
 
-
-
 def _check_iban(iban: str) -> str:
     from schwifty import IBAN
     from schwifty.exceptions import SchwiftyException
