@@ -991,6 +991,8 @@ class PaymentsService:
                     order = self.order(tx, None, order_id, lock=True)
                     if order.state is not OrderState.CREATED:
                         continue
+                    if not self._wallet_covers(tx, order):
+                        continue
                     payment = self._payment_row(tx, order, "bank_transfer", "succeeded")
                     order = self._hold(tx, order, "bank_transfer")
                     self._event(tx, order.merchant_id, "payment.succeeded", payment.to_api())
@@ -998,6 +1000,22 @@ class PaymentsService:
             except InsufficientFunds:
                 continue
         return paid
+
+    def _wallet_covers(self, tx: Tx, order: Order) -> bool:
+        """Whether the buyer's wallet covers ``order`` without touching money a card sale
+        has just put there for another of their orders (a card payment still
+        ``processing``: its sale may have credited the wallet, its hold is not placed yet)."""
+        wallet_id = account_id(wallet_name(order.buyer_id, order.currency))
+        row = tx.conn.execute(_q_wallet, {"id": wallet_id}).first()
+        if row is None:
+            return False
+        available = int(row[0]) - int(row[1]) - int(row[2])
+        reserved = int(
+            tx.conn.execute(
+                _q_card_in_flight, {"buyer": order.buyer_id, "currency": order.currency}
+            ).scalar_one()
+        )
+        return available - reserved >= order.amount_minor
 
     # ------------------------------------------------------------------ shipping
 
@@ -1128,6 +1146,7 @@ class PaymentsService:
         linked batch. A full refund voids the hold."""
         merchant = self._merchant_of(tx, order)
         release = plan_release(order.amount_minor, refund_minor, merchant.fees)
+        transition(order.state, action)  # an illegal action is refused before anything else
         if release.to_merchant > 0:
             verdict = (
                 "allow"
@@ -1736,6 +1755,15 @@ _q_seen = sa.text(
 _q_named = sa.text(
     "SELECT name, currency, debits_pending, debits_posted, credits_posted FROM ledger_accounts "
     "WHERE name LIKE :p"
+)
+_q_wallet = sa.text(
+    "SELECT credits_posted, debits_posted, debits_pending FROM ledger_accounts WHERE id = :id"
+)
+_q_card_in_flight = sa.text(
+    "SELECT COALESCE(SUM(p.amount_minor), 0) FROM payments_payments p "
+    "JOIN payments_orders o ON o.id = p.order_id "
+    "WHERE o.buyer_id = :buyer AND p.currency = :currency AND p.method = 'card' "
+    "AND p.state = 'processing'"
 )
 _q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")
 

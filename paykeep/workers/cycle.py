@@ -70,9 +70,10 @@ def escrow_pass(runtime: Runtime) -> None:
 
 
 def bank_cycle_pass(runtime: Runtime) -> None:
-    """Batch requested payouts into a pain.001 for the bank, close the bank's day on the
-    safeguarding account and import the statements it produced (top-ups credit wallets,
-    payouts settle), then copy payout states onto the merchants' records."""
+    """Take the acquirer's card settlement, batch requested payouts into a pain.001 for the
+    bank, close the bank's day on the safeguarding account and import the statements it
+    produced (top-ups credit wallets, card settlements empty the clearing account, payouts
+    settle), then copy payout states onto the merchants' records."""
     import httpx
 
     from paykeep.gateway.payouts.errors import PayoutNothingToBatch
@@ -83,14 +84,16 @@ def bank_cycle_pass(runtime: Runtime) -> None:
         return
     payouts = runtime.payouts
     debtor = Debtor("Paykeep Safeguarding", config.bank_iban, config.bank_name)
-    try:
-        batch = payouts.batch(config.currency, debtor)
-        payouts.submit(batch.batch_id, config.bank_url)
-    except PayoutNothingToBatch:
-        pass
     with httpx.Client(base_url=config.bank_url, timeout=BANK_HTTP_TIMEOUT_S) as bank:
+        # Card money first: the acquirer's credit must be at the bank before a payout file
+        # spends it (a file the bank cannot cover is rejected whole, every payout in it).
         if runtime.cards is not None:
             settle_cards(runtime, bank)
+        try:
+            batch = payouts.batch(config.currency, debtor)
+            payouts.submit(batch.batch_id, config.bank_url)
+        except PayoutNothingToBatch:
+            pass
         bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
         listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
         seen = _imported_statement_ids(runtime)

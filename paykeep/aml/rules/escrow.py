@@ -18,7 +18,9 @@ import logging
 import threading
 from typing import Any, Final
 
+from paykeep.aml.rules.errors import RuleEventIdReused
 from paykeep.aml.rules.model import EventKind, MoneyEvent, Outcome, Party
+from paykeep.aml.rules.repository import RulesRepository
 from paykeep.aml.rules.service import DecisionEngine
 from paykeep.money import Money
 
@@ -74,10 +76,15 @@ class EscrowRisk:
 
     def decide(self, conn: Any, kind: str, context: dict[str, Any]) -> str:
         event = money_event(kind, context, self.engine.clock.now_ns())
-        if conn is None:
-            decision = self.engine.decide(event)
-        else:
-            decision = self.engine.decide_within(conn, event)
+        try:
+            if conn is None:
+                decision = self.engine.decide(event)
+            else:
+                decision = self.engine.decide_within(conn, event)
+        except RuleEventIdReused:
+            # A later attempt at the same movement (a release retried after a review hold, a
+            # payment retried after a decline): the recorded answer stands.
+            return self._recorded(conn, event.event_id)
         outcome = decision.outcome
         rolls_back = outcome is Outcome.BLOCK or (
             outcome is Outcome.REVIEW and event.kind is not EventKind.PAYMENT
@@ -89,6 +96,15 @@ class EscrowRisk:
                 else:
                     log.error("risk decisions to record: queue full; %s dropped", event.event_id)
         return outcome.value
+
+    def _recorded(self, conn: Any, event_id: str) -> str:
+        if conn is not None:
+            stored = RulesRepository(conn).decision(event_id)
+        else:
+            with self.engine.database.read() as reader:
+                stored = RulesRepository(reader).decision(event_id)
+        assert stored is not None, "a reused event id names a recorded decision"
+        return str(stored.outcome.value)
 
     def flush(self) -> int:
         """Record the decisions whose movement's transaction rolled back."""
