@@ -134,9 +134,13 @@ def create_engine_for(url: str) -> Engine:
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        in_memory = parsed.database in (None, "", ":memory:")
         engine = sa.create_engine(
             parsed,
-            poolclass=NullPool if parsed.database in (None, "", ":memory:") else None,
+            poolclass=NullPool if in_memory else None,
+            # Enough pooled connections for a thread pool of API handlers: a connection made
+            # on demand and discarded runs the on-connect PRAGMAs every time.
+            **({} if in_memory else {"pool_size": 16, "max_overflow": 48}),
             connect_args={"check_same_thread": False, "timeout": DB_LOCK_TIMEOUT_S},
         )
         event.listen(engine, "connect", _sqlite_on_connect)
