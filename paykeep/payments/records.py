@@ -307,3 +307,34 @@ class CheckoutSession:
             "expires": _s(self.expires_at_ns),
             "created": _s(self.created_at_ns),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Topup:
+    """A bank transfer carrying a buyer's reference, as the statement brought it in: credited
+    to the wallet, or held in ``clearing:bank-in`` by the risk controls until an operator
+    releases it."""
+
+    id: str
+    buyer_id: str
+    merchant_id: str | None
+    amount_minor: int
+    currency: str
+    state: str
+    risk_outcome: str
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "topup",
+            "buyer": self.buyer_id,
+            "merchant": self.merchant_id,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "state": self.state,
+            "risk_outcome": self.risk_outcome,
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }

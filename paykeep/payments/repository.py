@@ -25,6 +25,7 @@ from paykeep.payments.records import (
     Payment,
     Refund,
     Shipment,
+    Topup,
 )
 from paykeep.security.fields import mask_email
 
@@ -69,6 +70,10 @@ DISPUTE_COLUMNS = (
 )
 PAYOUT_COLUMNS = (
     "id, merchant_id, gateway_payout_id, amount_minor, currency, state, created_at_ns, "
+    "updated_at_ns"
+)
+TOPUP_COLUMNS = (
+    "id, buyer_id, merchant_id, amount_minor, currency, state, risk_outcome, created_at_ns, "
     "updated_at_ns"
 )
 SESSION_COLUMNS = "id, merchant_id, order_id, success_url, state, expires_at_ns, created_at_ns"
@@ -293,6 +298,35 @@ class PaymentsRepository:
             {"t": now_ns - idle_s * 1_000_000_000, "limit": limit},
         )
         return [(str(r[0]), str(r[1])) for r in rows]
+
+    def arrived_topups(self, limit: int) -> list[Sequence[Any]]:
+        """Statement lines posted against a buyer's standing reference (bank -> clearing:bank-in)
+        that the payments context has not handled yet."""
+        return self._all(
+            "SELECT m.statement_row_id, m.line, b.id, b.merchant_id, en.amount_minor, "
+            "en.currency, b.created_at_ns FROM stmt_matches m "
+            "JOIN stmt_expectations e ON e.id = m.expectation_id "
+            "JOIN payments_buyers b ON b.payment_reference = e.reference "
+            "JOIN stmt_entries en ON en.statement_row_id = m.statement_row_id "
+            "AND en.line = m.line "
+            "LEFT JOIN payments_topups t ON t.statement_row_id = m.statement_row_id "
+            "AND t.line = m.line "
+            "WHERE m.ledger_result = 'ok' AND e.standing = :t AND t.id IS NULL "
+            "ORDER BY m.statement_row_id, m.line LIMIT :limit",
+            {"t": True, "limit": limit},
+        )
+
+    def topup(self, topup_id: str, *, lock: bool = False) -> Topup | None:
+        row = self._one(
+            f"SELECT {TOPUP_COLUMNS} FROM payments_topups WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": topup_id},
+        )
+        return None if row is None else Topup(*row)
+
+    def topups(self, where: dict[str, Any], limit: int, starting_after: str | None) -> list[Topup]:
+        rows = self._page("payments_topups", TOPUP_COLUMNS, where, limit, starting_after)
+        return [Topup(*r) for r in rows]
 
     def dispute(self, dispute_id: str, *, lock: bool = False) -> Dispute | None:
         row = self._one(

@@ -85,6 +85,7 @@ from paykeep.payments.records import (
     Payment,
     Refund,
     Shipment,
+    Topup,
 )
 from paykeep.payments.repository import PaymentsRepository
 from paykeep.security.fields import FieldCipher
@@ -534,12 +535,118 @@ class PaymentsService:
                 amount_minor=None,
                 currency=currency,
                 standing=True,
-                legs=(
-                    Leg(f"bank:safeguarding:{self.bank_name}", "clearing:bank-in", TOPUP_CODE),
-                    Leg("clearing:bank-in", wallet_name(buyer.id, currency), TOPUP_CODE),
-                ),
+                # The statement brings the money to clearing:bank-in; credit_topups moves it
+                # on to the wallet once the risk controls have allowed the top-up.
+                legs=(Leg(f"bank:safeguarding:{self.bank_name}", "clearing:bank-in", TOPUP_CODE),),
             )
         )
+
+    def credit_topups(self, limit: int = TIMER_SWEEP_BATCH) -> dict[str, int]:
+        """Bank transfers the statement brought in for buyers: each is decided by the risk
+        controls (``top_up``) and, if allowed, moved clearing:bank-in → the buyer's wallet, in
+        the transaction that records it. A held one stays in clearing:bank-in (a visible
+        reconciliation item) until an operator releases it (:meth:`release_topup`)."""
+        counts: dict[str, int] = {}
+        with self.reading() as tx:
+            arrived = tx.repo.arrived_topups(limit)
+        for row_id, line, buyer_id, merchant_id, amount, currency, buyer_since in arrived:
+            with self.transaction() as tx:
+                if tx.conn.execute(_q_topup_seen, {"r": row_id, "l": line}).first():
+                    continue
+                topup_id = self.new_id("top")
+                context = {
+                    "event_id": f"top_up:{topup_id}",
+                    "buyer": buyer_id,
+                    "buyer_since_ns": int(buyer_since),
+                    "amount_minor": abs(int(amount)),
+                    "currency": currency,
+                }
+                outcome = self.risk.decide(tx.conn, "top_up", context)
+                state = "credited" if outcome == "allow" else "held"
+                transfer_id = None
+                if state == "credited":
+                    self._buyer_wallet(tx, buyer_id, currency)
+                    transfer_id = self._credit_topup(
+                        tx, topup_id, buyer_id, abs(int(amount)), currency
+                    )
+                tx.repo.insert(
+                    "payments_topups",
+                    {
+                        "id": topup_id,
+                        "statement_row_id": row_id,
+                        "line": line,
+                        "buyer_id": buyer_id,
+                        "merchant_id": merchant_id,
+                        "amount_minor": abs(int(amount)),
+                        "currency": currency,
+                        "state": state,
+                        "risk_outcome": outcome,
+                        "transfer_id": transfer_id,
+                        "created_at_ns": tx.now_ns,
+                        "updated_at_ns": tx.now_ns,
+                    },
+                )
+                topup = tx.repo.topup(topup_id)
+                assert topup is not None
+                self._event(tx, merchant_id, f"topup.{state}", topup.to_api())
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def _credit_topup(
+        self, tx: Tx, topup_id: str, buyer_id: str, amount: int, currency: str
+    ) -> int:
+        transfer_id = derived_id("topup-credit", topup_id)
+        self._transfers(
+            tx,
+            [
+                NewTransfer(
+                    id=transfer_id,
+                    debit_account_id=account_id("clearing:bank-in"),
+                    credit_account_id=account_id(wallet_name(buyer_id, currency)),
+                    amount_minor=amount,
+                    currency=currency,
+                    code=TOPUP_CODE,
+                    reference=f"topup:{topup_id}",
+                )
+            ],
+        )
+        return transfer_id
+
+    def release_topup(self, tx: Tx, topup_id: str, released_by: str) -> Topup:
+        """The operator's decision on a held top-up: credit the wallet now."""
+        topup = tx.repo.topup(topup_id, lock=True)
+        if topup is None:
+            raise ResourceMissing(f"no top-up {topup_id!r}", param="id")
+        if topup.state != "held":
+            raise IllegalTransition(f"this top-up is {topup.state}", param="id")
+        self._buyer_wallet(tx, topup.buyer_id, topup.currency)
+        transfer_id = self._credit_topup(
+            tx, topup.id, topup.buyer_id, topup.amount_minor, topup.currency
+        )
+        tx.repo.update(
+            "payments_topups",
+            topup.id,
+            {
+                "state": "credited",
+                "transfer_id": transfer_id,
+                "released_by": released_by,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        topup = replace(topup, state="credited", updated_at_ns=tx.now_ns)
+        self._event(tx, topup.merchant_id, "topup.credited", topup.to_api())
+        return topup
+
+    def topups(
+        self, tx: Tx, scope: str | None, limit: int, starting_after: str | None,
+        *, buyer_id: str | None = None,
+    ) -> list[Topup]:  # fmt: skip
+        where: dict[str, Any] = {}
+        if scope is not None:
+            where["merchant_id"] = scope
+        if buyer_id is not None:
+            where["buyer_id"] = buyer_id
+        return tx.repo.topups(where, limit, starting_after)
 
     def ensure_bank_accounts(self, currency: str) -> None:
         no_overdraft_asset = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
@@ -1765,6 +1872,7 @@ _q_card_in_flight = sa.text(
     "WHERE o.buyer_id = :buyer AND p.currency = :currency AND p.method = 'card' "
     "AND p.state = 'processing'"
 )
+_q_topup_seen = sa.text("SELECT 1 FROM payments_topups WHERE statement_row_id = :r AND line = :l")
 _q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")
 
 __all__ = [

@@ -64,6 +64,7 @@ def escrow_pass(runtime: Runtime) -> None:
         flush()  # risk decisions whose movement rolled back (blocks, held releases)
     payments.run_timers()
     payments.expire_claims()
+    payments.credit_topups()
     payments.settle_bank_transfers()
     payments.release_reserves()
     payments.recover_card_payments()
@@ -106,6 +107,7 @@ def bank_cycle_pass(runtime: Runtime) -> None:
             runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
     payouts.settle()  # resume() + mark settled what the statement confirmed
     runtime.payments.sync_payouts()
+    runtime.payments.credit_topups()
     runtime.payments.settle_bank_transfers()
 
 

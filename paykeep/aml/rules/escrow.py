@@ -30,6 +30,7 @@ log = logging.getLogger("paykeep.aml.escrow")
 PENDING_RECORDS_MAX: Final = 10_000
 
 KINDS: Final = {
+    "top_up": EventKind.TOP_UP,
     "payment": EventKind.PAYMENT,
     "release": EventKind.RELEASE,
     "payout": EventKind.PAYOUT,
@@ -38,11 +39,15 @@ KINDS: Final = {
 
 def money_event(kind: str, context: dict[str, Any], at_ns: int) -> MoneyEvent:
     """The rules' view of one escrow movement."""
-    merchant = Party(
-        f"merchant:{context['merchant']}",
-        opened_at_ns=context.get("merchant_since_ns"),
-        name=context.get("merchant_name"),
-        country=context.get("merchant_country"),
+    merchant = (
+        Party(
+            f"merchant:{context['merchant']}",
+            opened_at_ns=context.get("merchant_since_ns"),
+            name=context.get("merchant_name"),
+            country=context.get("merchant_country"),
+        )
+        if context.get("merchant")
+        else None
     )
     buyer = (
         Party(f"buyer:{context['buyer']}", opened_at_ns=context.get("buyer_since_ns"))
@@ -54,6 +59,9 @@ def money_event(kind: str, context: dict[str, Any], at_ns: int) -> MoneyEvent:
     payee: Party | None
     if event_kind is EventKind.PAYOUT:
         payer, payee = merchant, None
+        event_id = str(context["event_id"])
+    elif event_kind is EventKind.TOP_UP:
+        payer, payee = None, buyer  # money from outside into the buyer's wallet
         event_id = str(context["event_id"])
     else:
         payer, payee = buyer, merchant
@@ -86,8 +94,11 @@ class EscrowRisk:
             # payment retried after a decline): the recorded answer stands.
             return self._recorded(conn, event.event_id)
         outcome = decision.outcome
-        rolls_back = outcome is Outcome.BLOCK or (
-            outcome is Outcome.REVIEW and event.kind is not EventKind.PAYMENT
+        # A held top-up commits (recorded as held, decision included); a blocked payment or
+        # a held release or payout rolls its transaction back, decision included.
+        rolls_back = event.kind is not EventKind.TOP_UP and (
+            outcome is Outcome.BLOCK
+            or (outcome is Outcome.REVIEW and event.kind is not EventKind.PAYMENT)
         )
         if rolls_back and conn is not None and not decision.replayed:
             with self._lock:

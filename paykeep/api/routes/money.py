@@ -829,6 +829,42 @@ def decide_dispute(
     return _once_in_tx(runtime, principal, idem, operation)
 
 
+# -- top-ups ---------------------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/topups", tags=["top-ups"], summary="Bank transfers credited or held, newest first."
+)
+def list_topups(
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    page: Page,
+    buyer: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    with runtime.payments.reading() as tx:
+        rows = runtime.payments.topups(
+            tx, owner_filter(principal), page.fetch, page.starting_after, buyer_id=buyer
+        )
+    return page_response(page, rows, lambda t: t.to_api())
+
+
+@router.post(
+    "/v1/topups/{topup_id}/release",
+    tags=["top-ups"],
+    summary="Release a top-up held by the risk controls (operator): credit the wallet.",
+    responses=_NOT_FOUND,
+)
+def release_topup(
+    topup_id: IdPath, principal: OperatorPrincipal, runtime: RuntimeDep, idem: IdempotencyMeta
+) -> Response:
+    payments = runtime.payments
+
+    def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
+        return 200, payments.release_topup(tx, topup_id, principal.key_id).to_api()
+
+    return _once_in_tx(runtime, principal, idem, operation)
+
+
 # -- payouts ---------------------------------------------------------------------------------
 
 

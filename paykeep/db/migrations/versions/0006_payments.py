@@ -341,6 +341,26 @@ def upgrade() -> None:
         "ix_deliveries_due", "payments_webhook_deliveries", ["state", "next_attempt_at_ns"]
     )
     op.create_table(
+        "payments_topups",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("statement_row_id", sa.BigInteger, nullable=False),
+        sa.Column("line", sa.Integer, nullable=False),
+        sa.Column("buyer_id", sa.String(40), sa.ForeignKey("payments_buyers.id"), nullable=False),
+        sa.Column("merchant_id", sa.String(40), nullable=True),
+        sa.Column("amount_minor", sa.BigInteger, nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("risk_outcome", sa.String(16), nullable=False),
+        sa.Column("transfer_id", sa.BigInteger, nullable=True),
+        sa.Column("released_by", sa.String(40), nullable=True),
+        _ts("created_at_ns"),
+        _ts("updated_at_ns"),
+        sa.UniqueConstraint("statement_row_id", "line", name="uq_topups_line"),
+        sa.CheckConstraint("state IN ('credited', 'held')", name="ck_topups_state"),
+        sa.CheckConstraint("amount_minor > 0", name="ck_topups_amount"),
+    )
+    op.create_index("ix_topups_buyer", "payments_topups", ["buyer_id", "id"])
+    op.create_table(
         "payments_outbox_cursor",
         sa.Column("name", sa.String(32), primary_key=True),
         sa.Column("seq", sa.BigInteger, nullable=False),
@@ -375,6 +395,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS payments_events_append_only()")
     for table in (
         "payments_outbox_cursor",
+        "payments_topups",
         "payments_webhook_deliveries",
         "payments_webhook_endpoints",
         "payments_events",
