@@ -171,3 +171,44 @@ def test_demo_day_reconciles(server: ServerProcess) -> None:
     assert {"completed", "closed"} <= set(result["states"])
     assert result["fees_minor"] > 0 and result["webhooks_delivered"] > 0
     assert len(result["checks"]) == 4
+
+
+def _aml_rules(server: ServerProcess, *changes: str) -> None:
+    database = server.info["database"]
+    argv = [sys.executable, "-m", "paykeep.cli", "aml", "rules", "set-config",
+            "new_account_high_value", *changes, "--actor", "compliance:test",
+            "--data-dir", str(server.log_path.parent)]  # fmt: skip
+    if database != "sqlite":
+        argv += ["--database-url", database]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_held_top_up_waits_for_the_operator(shop: Shop, server: ServerProcess) -> None:
+    from tests.api.test_money_routes import send_bank_transfer
+
+    big = 5_000_000  # only transfers this large are held, so the module's other tests are not
+    _aml_rules(server, f"amount_min_minor={big}", "age_max_s=31536000", "score_bp=6000")
+    try:
+        buyer = shop.buyer()
+        send_bank_transfer(server, buyer["payment_reference"], big)
+
+        def held() -> dict[str, object] | None:
+            rows = shop.http.get("/v1/topups", params={"buyer": buyer["id"]}).json()["data"]
+            return rows[0] if rows else None
+
+        topup = wait_for("the top-up to be decided", held, timeout_s=30)
+        assert (topup["state"], topup["risk_outcome"], topup["amount_minor"]) == (
+            "held", "review", big,
+        )  # fmt: skip
+        assert shop.wallet(buyer["id"]) == (0, 0)
+        refused = shop.http.post(f"/v1/topups/{topup['id']}/release")
+        assert refused.status_code == 403, refused.text
+        released = shop.operator.post(f"/v1/topups/{topup['id']}/release")
+        assert released.status_code == 200, released.text
+        assert released.json()["state"] == "credited"
+        assert shop.wallet(buyer["id"]) == (big, 0)
+        again = shop.operator.post(f"/v1/topups/{topup['id']}/release")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "illegal_transition"
+    finally:
+        _aml_rules(server, "amount_min_minor=200000", "age_max_s=604800", "score_bp=5500")
