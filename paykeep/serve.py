@@ -71,6 +71,7 @@ def start_banksim(data_dir: Path) -> Banksim:
          "--http-port", "0", "--card-port", "0"],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )  # fmt: skip
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], BANKSIM_START_TIMEOUT_S)
@@ -80,6 +81,15 @@ def start_banksim(data_dir: Path) -> Banksim:
         raise RuntimeError("banksim did not start (see its messages above)")
     ports = json.loads(line)
     return Banksim(process, int(ports["http_port"]), int(ports["card_port"]))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the serving process dies, however it dies (a
+    SIGKILLed `paykeep serve` must not leave its simulated bank running)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str) -> int:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from pathlib import Path
+
 from paykeep.bench.serveproc import ServerProcess
+from paykeep.config import Settings
 
 
 def test_serve_seeds_and_authenticates(server: ServerProcess) -> None:
@@ -19,3 +24,40 @@ def test_serve_seeds_and_authenticates(server: ServerProcess) -> None:
         assert denied.json()["error"]["code"] == "api_key_missing"
     assert len(server.info["merchants"]) == 3
     assert server.info["operator_key"].startswith("op_test_")
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of ``pid``'s child processes, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_server_takes_its_simulated_bank_with_it(tmp_path: Path) -> None:
+    with ServerProcess(Settings(data_dir=tmp_path / "data")) as proc:
+        banks = [pid for pid, cmd in _children(proc.process.pid) if "paykeep.banksim" in cmd]
+        assert len(banks) == 1
+        assert _alive(banks[0])
+        proc.process.send_signal(signal.SIGKILL)
+        proc.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(banks[0]):
+            assert time.monotonic() < deadline, "banksim outlived its killed server"
+            time.sleep(0.1)
