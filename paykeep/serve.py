@@ -71,7 +71,7 @@ def start_banksim(data_dir: Path) -> Banksim:
          "--http-port", "0", "--card-port", "0"],
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )  # fmt: skip
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], BANKSIM_START_TIMEOUT_S)
@@ -83,7 +83,7 @@ def start_banksim(data_dir: Path) -> Banksim:
     return Banksim(process, int(ports["http_port"]), int(ports["card_port"]))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the serving process dies, however it dies (a
     SIGKILLed `paykeep serve` must not leave its simulated bank running)."""
     import ctypes

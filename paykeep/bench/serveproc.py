@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from paykeep.config import Settings
+from paykeep.serve import die_with_parent
 
 START_TIMEOUT_S = 60.0
 
@@ -35,6 +36,8 @@ class ServerProcess:
         self.process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
             env={**os.environ, **(env or {})},
+            # A killed bench or test run must not leave a server (and its bank) behind.
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )  # fmt: skip
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT_S)
