@@ -189,6 +189,27 @@ class CaseRepository:
             )
         )
 
+    def open_case_about(self, party_ids: Sequence[str]) -> Case | None:
+        """The newest case still being worked on (open, investigating or escalated) whose
+        subjects include one of ``party_ids``."""
+        for party_id in party_ids:
+            escaped = party_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = '%"' + escaped.replace('"', '\\"') + '"%'
+            row = self.conn.execute(
+                sa.select(cases)
+                .where(
+                    cases.c.state.in_(("open", "investigating", "escalated")),
+                    cases.c.last_seq > 0,
+                    cases.c.subject_party_ids.like(pattern, escape="\\"),
+                )
+                .order_by(cases.c.id.desc())
+                .limit(1)
+                .with_for_update()
+            ).first()
+            if row is not None:
+                return _case(row)
+        return None
+
     def get(self, case_id: int, *, for_update: bool = False) -> Case | None:
         query = sa.select(cases).where(cases.c.id == case_id, cases.c.last_seq > 0)
         if for_update:

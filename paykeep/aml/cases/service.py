@@ -120,6 +120,21 @@ def open_case_in(
     return case
 
 
+def add_evidence_in(
+    repo: CaseRepository,
+    case: Case,
+    evidence: Sequence[NewEvidence],
+    *,
+    actor: str,
+    at_ns: int,
+) -> Case:
+    """Attach evidence to an existing case inside the caller's transaction."""
+    model.check_actor(actor)
+    for item in evidence:
+        case = _attach(repo, case, item, actor, at_ns)
+    return case
+
+
 @dataclass
 class CaseService:
     database: Database

@@ -283,29 +283,35 @@ class RulesRepository:
     ) -> Sequence[HistoryEntry]:
         """The party's most recent ``limit`` entries with ``since_ns < at_ns <= until_ns``,
         oldest first."""
+        # Hot (every decision, for every party): one precompiled statement, plain tuples, and
+        # enum members looked up in a dict instead of constructed per row.
         rows = self.conn.execute(
-            sa.select(party_events)
-            .where(
-                party_events.c.party_id == party_id,
-                party_events.c.at_ns > since_ns,
-                party_events.c.at_ns <= until_ns,
-            )
-            .order_by(party_events.c.at_ns.desc(), party_events.c.id.desc())
-            .limit(limit)
+            _HISTORY, {"party": party_id, "since": since_ns, "until": until_ns, "limit": limit}
         ).all()
+        kinds, directions = _KINDS, _DIRECTIONS
         return [
             HistoryEntry(
-                at_ns=r.at_ns,
-                event_id=r.event_id,
-                kind=EventKind(r.kind),
-                direction=Direction(r.direction),
-                amount_minor=r.amount_minor,
-                currency=r.currency,
-                counterparty_id=r.counterparty_id,
-                counterparty_opened_at_ns=r.counterparty_opened_at_ns,
-                card_approved=None if r.card_approved is None else bool(r.card_approved),
+                at,
+                event_id,
+                kinds[kind],
+                directions[direction],
+                amount,
+                currency,
+                counterparty,
+                opened,
+                None if approved is None else bool(approved),
             )
-            for r in reversed(rows)
+            for (
+                at,
+                event_id,
+                kind,
+                direction,
+                amount,
+                currency,
+                counterparty,
+                opened,
+                approved,
+            ) in reversed(rows)
         ]
 
     def append_history(self, entries: Iterable[tuple[str, HistoryEntry]]) -> None:
@@ -326,3 +332,13 @@ class RulesRepository:
         ]
         if rows:
             self.conn.execute(sa.insert(party_events), rows)
+
+
+_HISTORY = sa.text(
+    "SELECT at_ns, event_id, kind, direction, amount_minor, currency, counterparty_id, "
+    "counterparty_opened_at_ns, card_approved FROM aml_party_events "
+    "WHERE party_id = :party AND at_ns > :since AND at_ns <= :until "
+    "ORDER BY at_ns DESC, id DESC LIMIT :limit"
+)
+_KINDS = {k.value: k for k in EventKind}
+_DIRECTIONS = {d.value: d for d in Direction}

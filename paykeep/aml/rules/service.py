@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from paykeep.aml.cases import limits as cases_limits
 from paykeep.aml.cases.model import EvidenceKind, risk_from_score
-from paykeep.aml.cases.repository import CaseRepository
-from paykeep.aml.cases.service import NewEvidence, open_case_in
+from paykeep.aml.cases.repository import CaseRepository, case_evidence
+from paykeep.aml.cases.service import NewEvidence, add_evidence_in, open_case_in
 from paykeep.aml.rules import limits
 from paykeep.aml.rules.catalogue import RULES
 from paykeep.aml.rules.errors import (
@@ -399,8 +400,17 @@ class DecisionEngine:
             NewEvidence(EvidenceKind.GRAPH, f"graph:{event.event_id}", _graph(event, history)),
         ]
         rules = ", ".join(sorted({a.rule for a in live}))
+        repo = CaseRepository(conn)
+        # A party already under review gets one case, not one per alert: this event's
+        # evidence joins the case being worked on (while it has room for it).
+        current = repo.open_case_about(subjects[:16])
+        if current is not None and (
+            repo.count(case_evidence, current.case_id) + len(evidence)
+            <= cases_limits.EVIDENCE_PER_CASE_MAX
+        ):
+            return add_evidence_in(repo, current, evidence, actor=SYSTEM_ACTOR, at_ns=at_ns).case_id
         case = open_case_in(
-            CaseRepository(conn),
+            repo,
             title=f"Review of {event.kind.value} {event.event_id[:64]}: {rules}"[:200],
             risk=risk_from_score(top),
             subject_party_ids=subjects[:16],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from paykeep.aml.cases.model import CaseState, EvidenceKind, RiskLevel
+from paykeep.aml.cases.model import CaseAction, CaseState, EvidenceKind, RiskLevel
 from paykeep.aml.cases.service import CaseService
 from paykeep.aml.rules.errors import (
     PaymentBlocked,
@@ -215,3 +215,20 @@ def test_history_is_per_party_and_bounded_in_time(engine: DecisionEngine) -> Non
     assert (
         engine.decide(ev(K.PAYOUT, 480_000, 120, payer="m2", payee=None)).outcome is Outcome.REVIEW
     )
+
+
+def test_a_party_under_review_has_one_case_until_it_is_closed(
+    engine: DecisionEngine, database: Database, clock: FakeClock
+) -> None:
+    cases = CaseService(database, clock)
+    first = engine.decide(ev(K.PAYMENT, 250_000, payer_age_s=3600, event_id="big-1"))
+    second = engine.decide(ev(K.PAYMENT, 260_000, 60, payer_age_s=3660, event_id="big-2"))
+    assert first.outcome is second.outcome is Outcome.REVIEW
+    assert first.case_id is not None and second.case_id == first.case_id
+    refs = {e.ref for e in cases.get(first.case_id).evidence if e.kind is EvidenceKind.TRANSACTION}
+    assert refs == {"big-1", "big-2"}
+    # Closed as a false positive, the next review of that party opens a new case.
+    cases.act(first.case_id, CaseAction.INVESTIGATE, actor="officer:ann")
+    cases.act(first.case_id, CaseAction.CLOSE_FALSE_POSITIVE, actor="officer:ann", reason="ok")
+    third = engine.decide(ev(K.PAYMENT, 270_000, 120, payer_age_s=3720, event_id="big-3"))
+    assert third.case_id is not None and third.case_id != first.case_id
