@@ -155,6 +155,8 @@ def _setup(server: ServerProcess, clients: int, orders_per_client: int) -> tuple
                 timeout=30,
             ).raise_for_status()  # fmt: skip
         deadline = time.monotonic() + 120
+        operator = {"Authorization": f"Bearer {server.operator_key}"}
+        released: set[str] = set()
         for merchant_index, buyer in buyers:
             auth = {"Authorization": f"Bearer {keys[merchant_index]}"}
             while True:
@@ -162,6 +164,15 @@ def _setup(server: ServerProcess, clients: int, orders_per_client: int) -> tuple
                 rows = balance.get("data", [balance])
                 if sum(int(r["available_minor"]) for r in rows) >= WALLET_TOPUP_MINOR:
                     break
+                # Large transfers into new accounts are held by the AML rules (new account,
+                # high value): the operator's release is part of funding them.
+                held = http.get("/v1/topups", params={"buyer": buyer["id"]}, headers=operator)
+                for topup in held.json()["data"]:
+                    if topup["state"] == "held" and topup["id"] not in released:
+                        http.post(
+                            f"/v1/topups/{topup['id']}/release", headers=operator
+                        ).raise_for_status()
+                        released.add(topup["id"])
                 if time.monotonic() > deadline:
                     raise RuntimeError("the bench wallets were not credited within 120 s")
                 time.sleep(0.5)
