@@ -1,5 +1,6 @@
 """The background work of ``paykeep serve``: escrow timers, reserves, bank-transfer
-settlement, card recovery, payout batches and the bank's end-of-day cycle, webhooks.
+settlement, card recovery, payout batches and the bank's end-of-day cycle, webhooks, and the
+purge of expired idempotency records.
 
 Each loop calls idempotent service methods on an interval, so several worker processes may
 run it at once (timers claim orders with ``SKIP LOCKED`` on PostgreSQL; every step names its
@@ -25,6 +26,9 @@ log = logging.getLogger("paykeep.workers")
 TIMERS_INTERVAL_S: Final = 0.5
 BANK_CYCLE_INTERVAL_S: Final = 5.0
 WEBHOOK_INTERVAL_S: Final = 0.25
+HOUSEKEEPING_INTERVAL_S: Final = 60.0
+#: Purge batches per housekeeping pass (each is one short transaction).
+HOUSEKEEPING_BATCHES_MAX: Final = 20
 BANK_HTTP_TIMEOUT_S: Final = 10.0
 #: A settlement report naming a capture Paykeep is still recording is checked again.
 SETTLEMENT_MATCH_ATTEMPTS: Final = 10
@@ -160,6 +164,15 @@ def _imported_statement_ids(runtime: Runtime) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
+def housekeeping_pass(runtime: Runtime) -> None:
+    """Idempotency records are kept 24 h: delete the expired ones, in bounded batches."""
+    from paykeep.api.idempotency import IDEMPOTENCY_PURGE_BATCH, purge_expired
+
+    for _ in range(HOUSEKEEPING_BATCHES_MAX):
+        if purge_expired(runtime.database) < IDEMPOTENCY_PURGE_BATCH:
+            return
+
+
 def webhook_pass(runtime: Runtime) -> None:
     runtime.webhooks.fan_out()
     runtime.webhooks.deliver_due()
@@ -173,6 +186,7 @@ def start_workers(
         ("escrow", TIMERS_INTERVAL_S, lambda: escrow_pass(runtime)),
         ("webhooks", WEBHOOK_INTERVAL_S, lambda: webhook_pass(runtime)),
         ("bank", bank_cycle_s, lambda: bank_cycle_pass(runtime)),
+        ("housekeeping", HOUSEKEEPING_INTERVAL_S, lambda: housekeeping_pass(runtime)),
     ]
     threads = [
         threading.Thread(
