@@ -106,6 +106,14 @@ class OperatorOnly(PaykeepError):
     type = "permission_error"
 
 
+class MerchantKeyRequired(PaykeepError):
+    """The route acts as a merchant (creating orders, checkout sessions, tracking events,
+    payouts): an operator key has no merchant to act for."""
+
+    code = "merchant_key_required"
+    type = "permission_error"
+
+
 class IdempotencyKeyInvalid(InvalidInput):
     code = "idempotency_key_invalid"
 

@@ -214,6 +214,10 @@ _COMPLETE = sa.text(
     "UPDATE payments_idempotency_keys SET status_code = :status, response_body = :body "
     "WHERE principal = :principal AND key = :key"
 )
+_RELEASE = sa.text(
+    "DELETE FROM payments_idempotency_keys WHERE principal = :principal AND key = :key "
+    "AND request_sha256 = :request_sha256 AND status_code IS NULL"
+)
 _PURGE = sa.text(
     "DELETE FROM payments_idempotency_keys WHERE (principal, key) IN ("
     "SELECT principal, key FROM payments_idempotency_keys WHERE expires_at_ns <= :now "
@@ -275,6 +279,14 @@ def complete(conn: Connection, scope: str, key: str, status: int, body: bytes) -
         _COMPLETE, {"principal": scope, "key": key, "status": status, "body": body}
     ).rowcount
     assert updated == 1, "complete() without a claim in this or an earlier transaction"
+
+
+def release(conn: Connection, scope: str, request: IdempotentRequest) -> None:
+    """Give up an unanswered claim (the operation did not happen): a retry runs afresh."""
+    conn.execute(
+        _RELEASE,
+        {"principal": scope, "key": request.key, "request_sha256": request.request_sha256},
+    )
 
 
 def purge_expired(
@@ -388,6 +400,60 @@ def _store_error(
     return replayed if replayed is not None else IdempotentResult(status, body, False)
 
 
+#: An effect that commits in transactions of its own: ``(status, body answered now, body a
+#: replay answers)`` — the two differ when the first answer shows a secret once.
+ClaimedEffect = Callable[[], tuple[int, bytes, bytes]]
+
+
+def run_claimed(
+    transaction: Callable[[], AbstractContextManager[T]],
+    principal: Principal,
+    request: IdempotentRequest,
+    effect: ClaimedEffect,
+    *,
+    clock: Clock | None = None,
+) -> IdempotentResult:
+    """At most once per key, for an effect that cannot run inside the key's transaction (a
+    network call, another service's own writes): claim the key in one transaction, run the
+    effect, store its answer in another. A typed 4xx error is stored as the key's answer; a
+    typed 5xx releases the claim (nothing happened: the retry runs afresh); any other failure
+    leaves the claim in flight — whether the effect happened is unknown, and the in-flight
+    timeout hands the key to a retry once recovery has settled it."""
+    if request.key is None:
+        status, shown, _stored = effect()
+        return IdempotentResult(status, shown, False)
+    key = request.key
+    run = _runner(transaction)
+    scope = scope_of(principal)
+    now_ns = (clock or _SYSTEM_CLOCK).now_ns()
+    replay = run(lambda tx: claim(connection_of(tx), scope, request, now_ns))
+    if replay is not None:
+        return replay
+    try:
+        status, shown, stored = effect()
+    except PaykeepError as error:
+        status = status_for(error)
+        if status >= 500:
+            run(lambda tx: release(connection_of(tx), scope, request))
+            raise
+        stored = shown = error_body(error, request.request_id)
+    run(lambda tx: complete(connection_of(tx), scope, key, status, stored))
+    return IdempotentResult(status, shown, False)
+
+
+def result_response(result: IdempotentResult) -> Response:
+    """An :class:`IdempotentResult` as the route's JSON response (``Idempotent-Replayed:
+    true`` on a replay)."""
+    headers: dict[str, str] = {}
+    if result.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    if result.status >= 400:
+        headers.update(error_headers(result.status))
+    return Response(
+        result.body, status_code=result.status, headers=headers, media_type=JSON_MEDIA_TYPE
+    )
+
+
 def idempotent_response(
     transaction: Callable[[], AbstractContextManager[T]],
     principal: Principal,
@@ -398,12 +464,4 @@ def idempotent_response(
 ) -> Response:
     """:func:`run_idempotent` as the route's response (JSON; ``Idempotent-Replayed: true``
     on a replay)."""
-    result = run_idempotent(transaction, principal, request, operation, clock=clock)
-    headers: dict[str, str] = {}
-    if result.replayed:
-        headers[REPLAYED_HEADER] = "true"
-    if result.status >= 400:
-        headers.update(error_headers(result.status))
-    return Response(
-        result.body, status_code=result.status, headers=headers, media_type=JSON_MEDIA_TYPE
-    )
+    return result_response(run_idempotent(transaction, principal, request, operation, clock=clock))

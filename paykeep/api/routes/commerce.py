@@ -51,25 +51,19 @@ from starlette.responses import Response
 from paykeep.api.auth import CurrentPrincipal, OperatorPrincipal, owner_filter
 from paykeep.api.errors import (
     JSON_MEDIA_TYPE,
+    MerchantKeyRequired,
     OperatorOnly,
     ParameterInvalid,
-    error_body,
-    error_headers,
     json_bytes,
-    status_for,
     translate_validation_error,
 )
 from paykeep.api.idempotency import (
-    REPLAYED_HEADER,
     IdempotencyMeta,
     IdempotentRequest,
-    IdempotentResult,
-    claim,
-    complete,
-    connection_of,
     idempotent_response,
+    result_response,
+    run_claimed,
     run_idempotent,
-    scope_of,
 )
 from paykeep.api.pagination import (
     CURSOR_LENGTH_MAX,
@@ -80,7 +74,7 @@ from paykeep.api.pagination import (
 )
 from paykeep.api.runtime import Runtime
 from paykeep.clock import NS_PER_S
-from paykeep.errors import PaykeepError, ResourceMissing
+from paykeep.errors import ResourceMissing
 from paykeep.payments.errors import CarrierSignatureInvalid
 from paykeep.payments.model import FeePlan, LineItem, OrderState, TimerSettings
 from paykeep.payments.records import CheckoutSession, Order, Payment, Shipment
@@ -117,14 +111,6 @@ _UNKNOWN_CARRIER_SECRET: Final = "csec_unknown-carrier"  # noqa: S105 - never ac
 MERCHANT_KEY_LABEL: Final = "created with the merchant"
 
 
-class MerchantKeyRequired(PaykeepError):
-    """The route acts as a merchant (creating orders, checkout sessions, tracking events):
-    an operator key has no merchant to act for."""
-
-    code = "merchant_key_required"
-    type = "permission_error"
-
-
 # -- dependencies and helpers ---------------------------------------------------------------
 
 
@@ -158,17 +144,6 @@ def _json(
                     media_type=JSON_MEDIA_TYPE)  # fmt: skip
 
 
-def _result_response(result: IdempotentResult) -> Response:
-    """What ``idempotent_response`` answers, for routes that look at the result first."""
-    headers: dict[str, str] = {}
-    if result.replayed:
-        headers[REPLAYED_HEADER] = "true"
-    if result.status >= 400:
-        headers.update(error_headers(result.status))
-    return Response(result.body, status_code=result.status, headers=headers,
-                    media_type=JSON_MEDIA_TYPE)  # fmt: skip
-
-
 def _acting_merchant(principal: CurrentPrincipal) -> str:
     if principal.role != "merchant" or principal.merchant_id is None:
         raise MerchantKeyRequired("this route acts for a merchant: use the merchant's API key")
@@ -186,36 +161,18 @@ def _outside_transaction(
     idem: IdempotentRequest,
     effect: Callable[[], tuple[int, Mapping[str, Any], Mapping[str, Any]]],
 ) -> Response:
-    """Idempotency for an effect that commits in its own transaction (the API key service).
+    """Idempotency for an effect that commits in its own transaction (the API key service):
+    ``effect`` returns ``(status, stored, shown)`` — ``stored`` is what a replay answers (no
+    secret), ``shown`` this first answer (``idempotency.run_claimed``)."""
 
-    ``effect`` returns ``(status, stored, shown)``: ``stored`` is what a replay answers (no
-    secret), ``shown`` this first answer. The key is claimed in one transaction and completed
-    in another (see the module doc); a typed 4xx error is stored as the key's answer, like
-    ``run_idempotent`` does.
-    """
-    payments = runtime.payments
-    if idem.key is None:
-        status, _stored, shown = effect()
-        return _json(status, shown)
-    scope = scope_of(principal)
-    with payments.transaction() as tx:
-        replay = claim(connection_of(tx), scope, idem, payments.clock.now_ns())
-    if replay is not None:
-        return _result_response(replay)
-    try:
+    def as_bytes() -> tuple[int, bytes, bytes]:
         status, stored, shown = effect()
-    except PaykeepError as error:
-        status = status_for(error)
-        if not 400 <= status < 500:
-            raise  # the claim stays in flight; a retry takes it over after its timeout
-        body = error_body(error, idem.request_id)
-        with payments.transaction() as tx:
-            complete(connection_of(tx), scope, idem.key, status, body)
-        return Response(body, status_code=status, headers=error_headers(status),
-                        media_type=JSON_MEDIA_TYPE)  # fmt: skip
-    with payments.transaction() as tx:
-        complete(connection_of(tx), scope, idem.key, status, json_bytes(stored))
-    return _json(status, shown)
+        return status, json_bytes(shown), json_bytes(stored)
+
+    payments = runtime.payments
+    return result_response(
+        run_claimed(payments.transaction, principal, idem, as_bytes, clock=payments.clock)
+    )
 
 
 def _example(description: str, example: Mapping[str, Any]) -> dict[str, Any]:
@@ -532,7 +489,7 @@ def create_merchant(
 
     result = run_idempotent(payments.transaction, principal, idem, operation, clock=payments.clock)
     if result.status != 201 or result.replayed:
-        return _result_response(result)
+        return result_response(result)
     document = json.loads(result.body)
     # After the commit: the key service writes through its own connection (see module doc).
     plain, _view = runtime.api_keys.create("merchant", document["id"], label=MERCHANT_KEY_LABEL)
@@ -726,7 +683,7 @@ def create_buyer(
         buyer_id = json.loads(result.body)["id"]
         buyer = _read(runtime, lambda tx: payments.buyer(tx, None, buyer_id))
         payments.register_topup_reference(buyer, runtime.config.currency)
-    return _result_response(result)
+    return result_response(result)
 
 
 @router.get("/v1/buyers", tags=["buyers"], summary="List buyers, newest first.")
@@ -873,7 +830,7 @@ def create_checkout_session(
 
     result = run_idempotent(payments.transaction, principal, idem, operation, clock=payments.clock)
     if result.status != 201 or result.replayed:
-        return _result_response(result)
+        return result_response(result)
     return _json(201, {**json.loads(result.body), "url": url[0]})
 
 

@@ -58,23 +58,21 @@ from starlette.responses import Response
 from paykeep.api.auth import CurrentPrincipal, OperatorPrincipal, check_owner, missing, owner_filter
 from paykeep.api.errors import (
     JSON_MEDIA_TYPE,
-    error_body,
+    MerchantKeyRequired,
     error_document,
     error_headers,
     json_bytes,
-    status_for,
 )
 from paykeep.api.idempotency import (
     REPLAYED_HEADER,
+    ClaimedEffect,
     IdempotencyMeta,
     IdempotentRequest,
-    claim,
-    complete,
     idempotent_response,
-    scope_of,
+    result_response,
+    run_claimed,
 )
 from paykeep.api.pagination import CURSOR_PATTERN, Page, PageParams, page_response
-from paykeep.api.routes.commerce import MerchantKeyRequired
 from paykeep.api.runtime import Runtime
 from paykeep.errors import PaykeepError
 from paykeep.gateway.cards.errors import CardSecurityCodeInvalid
@@ -109,11 +107,6 @@ PAYOUT_REQUEST_ID_RANDOM_BYTES: Final = 16
 #: The purpose label of the keyed fingerprint of buyer requests (see the module doc).
 _BUYER_FINGERPRINT_PURPOSE: Final = "idempotency.checkout"
 ID_MAX_LENGTH: Final = 40
-
-_DELETE_IN_FLIGHT = sa.text(
-    "DELETE FROM payments_idempotency_keys WHERE principal = :principal AND key = :key "
-    "AND request_sha256 = :request_sha256 AND status_code IS NULL"
-)
 
 IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=CURSOR_PATTERN)]
 TokenPath = Annotated[
@@ -305,42 +298,18 @@ _NOT_FOUND: Final = _error_example(404, "resource_missing", "No such object (or 
 # -- running once ----------------------------------------------------------------------------
 
 #: An effect that commits its own transactions: ``(status, body returned, body stored)``.
-Effect = Callable[[], tuple[int, bytes, bytes]]
+Effect = ClaimedEffect
 
 
 def _run_once(
     runtime: Runtime, principal: Principal, idem: IdempotentRequest, effect: Effect
 ) -> Response:
     """``effect`` at most once per Idempotency-Key, when it cannot run inside the key's
-    transaction (module doc: claim, run, store the answer)."""
-    if idem.key is None:
-        status, body, _ = effect()
-        return _json(status, body)
+    transaction (``idempotency.run_claimed``)."""
     payments = runtime.payments
-    scope = scope_of(principal)
-    with payments.transaction() as tx:
-        replay = claim(tx.conn, scope, idem, tx.now_ns)
-    if replay is not None:
-        return _json(replay.status, replay.body, replayed=True)
-    try:
-        status, body, stored = effect()
-    except PaykeepError as error:
-        status = status_for(error)
-        if status >= 500:
-            # The use case did not happen (typed server-side failures roll back): the retry
-            # deserves a fresh attempt, not this answer.
-            with payments.transaction() as tx:
-                tx.conn.execute(
-                    _DELETE_IN_FLIGHT,
-                    {"principal": scope, "key": idem.key, "request_sha256": idem.request_sha256},
-                )
-            raise
-        body = stored = error_body(error, idem.request_id)
-    # Any other exception leaves the key in flight: whether the effect happened is unknown,
-    # and the in-flight timeout gives recovery the time to settle it (module doc).
-    with payments.transaction() as tx:
-        complete(tx.conn, scope, idem.key, status, stored)
-    return _json(status, body)
+    return result_response(
+        run_claimed(payments.transaction, principal, idem, effect, clock=payments.clock)
+    )
 
 
 def _once_in_tx(
