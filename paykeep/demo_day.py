@@ -316,8 +316,8 @@ def _reconcile(
     states: Counter[str] = Counter()
     volume = fees = refunded = 0
     for shop, merchant in zip(shops, merchants, strict=True):
-        orders = [o for o in _all_orders(shop) if o["id"] in ours]
         everything = _all_orders(shop)
+        orders = [o for o in everything if o["id"] in ours]
         net = sum(o["released_minor"] - o["fee_minor"] for o in everything)
         withdrawn = sum(p["amount_minor"] for p in shop.get("/v1/payouts", limit=100)["data"])
         balance = shop.get("/v1/balance")

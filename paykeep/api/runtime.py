@@ -103,6 +103,7 @@ class Runtime:
         return self.config.settings.data_dir
 
     def close(self) -> None:
+        self.payments.writer.close()
         self.webhooks.close()
         if self.card_client is not None:
             self.card_client.close()

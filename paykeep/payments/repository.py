@@ -8,7 +8,7 @@ writers with ``BEGIN IMMEDIATE``, so the same code is safe on both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -435,8 +435,3 @@ class PaymentsRepository:
         if clauses:
             text += " WHERE " + " AND ".join(clauses)
         return self._all(text + " ORDER BY id DESC LIMIT :_limit", params)
-
-
-def in_clause(values: Iterable[str]) -> str:
-    """Only for values we generated ourselves (ids): quoted literals for an IN list."""
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)

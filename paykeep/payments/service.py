@@ -1825,13 +1825,14 @@ def _release_transfers(order: Order, release: Release) -> list[NewTransfer]:
 
 
 def _check_iban(iban: str) -> str:
-    from schwifty import IBAN
-    from schwifty.exceptions import SchwiftyException
+    """The payout IBAN, checked and compacted as the payout files will need it."""
+    from paykeep.gateway.payouts.errors import PayoutIbanInvalid
+    from paykeep.gateway.payouts.model import normalize_iban
 
     try:
-        return str(IBAN(iban).compact)
-    except (SchwiftyException, ValueError, TypeError):
-        raise PaymentsInputInvalid("payout_iban is not a valid IBAN", param="payout_iban") from None
+        return normalize_iban(iban, "payout_iban")
+    except PayoutIbanInvalid as exc:
+        raise PaymentsInputInvalid(exc.message, param="payout_iban") from None
 
 
 def _check_tracking(carrier: str, tracking: str) -> None:

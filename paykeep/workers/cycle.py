@@ -101,9 +101,9 @@ def bank_cycle_pass(runtime: Runtime) -> None:
             pass
         bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
         listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
-        seen = _imported_statement_ids(runtime)
-        for statement in listed.get("statements", []):
-            statement_id = statement["id"] if isinstance(statement, dict) else str(statement)
+        ids = [s["id"] if isinstance(s, dict) else str(s) for s in listed.get("statements", [])]
+        seen = _imported_statement_ids(runtime, ids)
+        for statement_id in ids:
             if statement_id in seen:
                 continue
             body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
@@ -156,11 +156,17 @@ def settle_cards(runtime: Runtime, bank: httpx.Client) -> None:
             time.sleep(SETTLEMENT_MATCH_WAIT_S)
 
 
-def _imported_statement_ids(runtime: Runtime) -> set[str]:
+def _imported_statement_ids(runtime: Runtime, ids: list[str]) -> set[str]:
+    """Which of the bank's statement ids are imported already (only those are looked up)."""
     import sqlalchemy as sa
 
+    if not ids:
+        return set()
+    query = sa.text(
+        "SELECT statement_id FROM stmt_statements WHERE statement_id IN :ids"
+    ).bindparams(sa.bindparam("ids", expanding=True))
     with runtime.database.read() as conn:
-        rows = conn.execute(sa.text("SELECT statement_id FROM stmt_statements")).all()
+        rows = conn.execute(query, {"ids": ids}).all()
     return {str(r[0]) for r in rows}
 
 
