@@ -8,14 +8,24 @@ concurrent clients on 127.0.0.1 drive the escrow flow — pay (from the wallet),
 confirm — each a durable money-moving transaction (ledger hold / state / release with fee and
 reserve as one linked batch / outbox event). The baseline, measured in the same run with
 the same client, is a trivial authenticated GET (``/v1/whoami``) on the same server.
+
+Webhooks are delivered throughout, as in production, to a sink in a process of its own
+(:mod:`paykeep.bench.sink`) rather than to the demo receiver that ``paykeep serve`` mounts in
+its own API process (which would bill a merchant's work to Paykeep); the setup's deliveries
+are drained before the clock starts, so the figure is the steady state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -117,7 +127,56 @@ async def _drive_escrow(
     }
 
 
-def _setup(server: ServerProcess, clients: int, orders_per_client: int) -> tuple[
+@contextmanager
+def _webhook_sink() -> Iterator[str]:
+    """A :mod:`paykeep.bench.sink` process; yields its URL."""
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "paykeep.bench.sink"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert sink.stdout is not None
+        line = sink.stdout.readline()
+        if not line:
+            raise RuntimeError("the webhook sink did not start")
+        yield f"http://127.0.0.1:{json.loads(line)['port']}"
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+
+
+def _point_webhooks_at(http: httpx.Client, keys: list[str], sink_url: str) -> None:
+    """Each merchant's endpoints are disabled and one endpoint at the sink registered."""
+    for key in keys:
+        auth = {"Authorization": f"Bearer {key}"}
+        for endpoint in http.get("/v1/webhook_endpoints", headers=auth).json()["data"]:
+            if endpoint.get("enabled", True):
+                http.post(
+                    f"/v1/webhook_endpoints/{endpoint['id']}/disable", headers=auth
+                ).raise_for_status()
+        http.post(
+            "/v1/webhook_endpoints", json={"url": f"{sink_url}/webhooks"}, headers=auth
+        ).raise_for_status()
+
+
+def _drain_webhooks(server: ServerProcess, sink_url: str, limit_s: float = 300) -> int:
+    """Wait until the setup's events are delivered: nothing pending and the sink quiet."""
+    operator = {"Authorization": f"Bearer {server.operator_key}"}
+    deadline = time.monotonic() + limit_s
+    last = -1
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        while time.monotonic() < deadline:
+            pending = http.get(
+                "/v1/webhook_deliveries", params={"state": "pending", "limit": 1}, headers=operator
+            ).json()["data"]
+            received = int(httpx.get(f"{sink_url}/count", timeout=10).json()["received"])
+            if not pending and received == last:
+                return received
+            last = received
+            time.sleep(1.0)
+    raise RuntimeError(f"the setup's webhooks were not delivered within {limit_s:.0f} s")
+
+
+def _setup(server: ServerProcess, clients: int, orders_per_client: int, sink_url: str) -> tuple[
     list[str], list[list[tuple[int, str, str]]]
 ]:  # fmt: skip
     """Funded buyers for each client (bank transfer → statement → AML → wallet), the orders
@@ -126,6 +185,7 @@ def _setup(server: ServerProcess, clients: int, orders_per_client: int) -> tuple
     keys = [m["api_key"] for m in merchants]
     banksim = server.info["banksim_url"]
     with httpx.Client(base_url=server.url, timeout=60) as http:
+        _point_webhooks_at(http, keys, sink_url)
         for merchant, key in zip(merchants, keys, strict=True):
             http.post(
                 f"/v1/merchants/{merchant['id']}",
@@ -245,12 +305,17 @@ def run_api_bench(
     per_client = orders_per_client or min(ORDERS_PER_CLIENT_MAX, max(20, int(seconds * 12)))
     with tempfile.TemporaryDirectory(prefix="paykeep-bench-api-") as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=database_url)
-        with ServerProcess(settings, "--workers", str(workers), "--bank-cycle", "1") as server:
-            keys, work = _setup(server, clients, per_client)
+        with (
+            _webhook_sink() as sink_url,
+            ServerProcess(settings, "--workers", str(workers), "--bank-cycle", "1") as server,
+        ):
+            keys, work = _setup(server, clients, per_client, sink_url)
+            delivered_in_setup = _drain_webhooks(server, sink_url)
             baseline = asyncio.run(
                 _drive_baseline(server.url, server.operator_key, clients, min(seconds, 10))
             )
             escrow = asyncio.run(_drive_escrow(server.url, keys, work, seconds))
+            delivered = int(httpx.get(f"{sink_url}/count", timeout=10).json()["received"])
     return {
         "backend": "postgres" if database_url else "sqlite",
         "sqlite_synchronous": None if database_url else "FULL (WAL)",
@@ -268,5 +333,6 @@ def run_api_bench(
         "baseline_requests_per_s": round(baseline["requests_per_s"], 1),
         "baseline_latency_ms_p99": round(baseline["p99_ms"], 2),
         "ratio": round(escrow["requests_per_s"] / baseline["requests_per_s"], 3),
+        "webhooks_delivered_while_timed": delivered - delivered_in_setup,
         "flow": "pay (wallet) + ship + confirm per order; orders created beforehand",
     }

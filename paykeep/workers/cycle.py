@@ -29,7 +29,6 @@ WEBHOOK_INTERVAL_S: Final = 0.25
 HOUSEKEEPING_INTERVAL_S: Final = 60.0
 #: Purge batches per housekeeping pass (each is one short transaction).
 HOUSEKEEPING_BATCHES_MAX: Final = 20
-BANK_HTTP_TIMEOUT_S: Final = 10.0
 #: A settlement report naming a capture Paykeep is still recording is checked again.
 SETTLEMENT_MATCH_ATTEMPTS: Final = 10
 SETTLEMENT_MATCH_WAIT_S: Final = 0.3
@@ -79,7 +78,6 @@ def bank_cycle_pass(runtime: Runtime) -> None:
     bank, close the bank's day on the safeguarding account and import the statements it
     produced (top-ups credit wallets, card settlements empty the clearing account, payouts
     settle), then copy payout states onto the merchants' records."""
-    import httpx
 
     from paykeep.gateway.payouts.errors import PayoutNothingToBatch
     from paykeep.gateway.payouts.model import Debtor
@@ -89,26 +87,26 @@ def bank_cycle_pass(runtime: Runtime) -> None:
         return
     payouts = runtime.payouts
     debtor = Debtor("Paykeep Safeguarding", config.bank_iban, config.bank_name)
-    with httpx.Client(base_url=config.bank_url, timeout=BANK_HTTP_TIMEOUT_S) as bank:
-        # Card money first: the acquirer's credit must be at the bank before a payout file
-        # spends it (a file the bank cannot cover is rejected whole, every payout in it).
-        if runtime.cards is not None:
-            settle_cards(runtime, bank)
-        try:
-            batch = payouts.batch(config.currency, debtor)
-            payouts.submit(batch.batch_id, config.bank_url)
-        except PayoutNothingToBatch:
-            pass
-        bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
-        listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
-        ids = [s["id"] if isinstance(s, dict) else str(s) for s in listed.get("statements", [])]
-        seen = _imported_statement_ids(runtime, ids)
-        for statement_id in ids:
-            if statement_id in seen:
-                continue
-            body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
-            body.raise_for_status()
-            runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
+    bank = runtime.bank_http()
+    # Card money first: the acquirer's credit must be at the bank before a payout file
+    # spends it (a file the bank cannot cover is rejected whole, every payout in it).
+    if runtime.cards is not None:
+        settle_cards(runtime, bank)
+    try:
+        batch = payouts.batch(config.currency, debtor)
+        payouts.submit(batch.batch_id, config.bank_url)
+    except PayoutNothingToBatch:
+        pass
+    bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
+    listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
+    ids = [s["id"] if isinstance(s, dict) else str(s) for s in listed.get("statements", [])]
+    seen = _imported_statement_ids(runtime, ids)
+    for statement_id in ids:
+        if statement_id in seen:
+            continue
+        body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
+        body.raise_for_status()
+        runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
     payouts.settle()  # resume() + mark settled what the statement confirmed
     runtime.payments.sync_payouts()
     runtime.payments.credit_topups()

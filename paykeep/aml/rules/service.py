@@ -385,6 +385,26 @@ class DecisionEngine:
     ) -> int:
         top = max(a.score_bp for a in live)
         subjects = [a.party_id for a in live if a.party_id] or [p.party_id for p in event.parties]
+        repo = CaseRepository(conn)
+        # A party already under review gets one case, not one per alert: this event joins
+        # the case being worked on (while it has room) as one transaction item carrying its
+        # alerts. The graph snapshot and separate alert items are the opening event's: a busy
+        # party's follow-ups would otherwise triple the case file (and the cost of deciding).
+        current = repo.open_case_about(subjects[:16])
+        if current is not None and (
+            repo.count(case_evidence, current.case_id) < cases_limits.EVIDENCE_PER_CASE_MAX
+        ):
+            follow_up = NewEvidence(
+                EvidenceKind.TRANSACTION,
+                event.event_id,
+                {
+                    **_transaction_body(event, Outcome.REVIEW),
+                    "alerts": [a.to_json() for a in live],
+                },
+            )
+            return add_evidence_in(
+                repo, current, [follow_up], actor=SYSTEM_ACTOR, at_ns=at_ns
+            ).case_id
         evidence = [
             NewEvidence(
                 EvidenceKind.TRANSACTION, event.event_id, _transaction_body(event, Outcome.REVIEW)
@@ -400,15 +420,6 @@ class DecisionEngine:
             NewEvidence(EvidenceKind.GRAPH, f"graph:{event.event_id}", _graph(event, history)),
         ]
         rules = ", ".join(sorted({a.rule for a in live}))
-        repo = CaseRepository(conn)
-        # A party already under review gets one case, not one per alert: this event's
-        # evidence joins the case being worked on (while it has room for it).
-        current = repo.open_case_about(subjects[:16])
-        if current is not None and (
-            repo.count(case_evidence, current.case_id) + len(evidence)
-            <= cases_limits.EVIDENCE_PER_CASE_MAX
-        ):
-            return add_evidence_in(repo, current, evidence, actor=SYSTEM_ACTOR, at_ns=at_ns).case_id
         case = open_case_in(
             repo,
             title=f"Review of {event.kind.value} {event.event_id[:64]}: {rules}"[:200],
