@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from typing import Any
 
 import uvicorn
@@ -52,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
