@@ -22,6 +22,8 @@ from paykeep.aml.rules.model import (
     EventKind,
     Finding,
     HistoryEntry,
+    HistoryNeed,
+    MoneyEvent,
     Params,
     ParamSpec,
     Party,
@@ -47,6 +49,10 @@ def _str(params: Params, name: str) -> str:
 def _window(data: RuleInput, party_id: str, params: Params) -> Sequence[HistoryEntry]:
     end = data.event.at_ns
     return in_window(data.entries(party_id), end - _int(params, "window_s") * NS_PER_S + 1, end)
+
+
+def _need(party: Party | None, params: Params, kinds: frozenset[EventKind]) -> list[HistoryNeed]:
+    return [] if party is None else [HistoryNeed(party.party_id, _int(params, "window_s"), kinds)]
 
 
 def _fmt(amount_minor: int, currency: str) -> str:
@@ -108,6 +114,13 @@ VELOCITY_KINDS: Final = frozenset(
 )
 
 
+def velocity_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
+    if event.kind not in VELOCITY_KINDS:
+        return []
+    mover = event.payee if event.kind is EventKind.TOP_UP else event.payer
+    return _need(mover, params, VELOCITY_KINDS)
+
+
 def velocity(data: RuleInput, params: Params) -> list[Finding]:
     """For the party whose money moves (the payer; the payee of a top-up, whose wallet is
     being filled): more than ``count_max`` money events, or more than ``amount_max_minor`` in
@@ -165,6 +178,16 @@ def _in_band(amount_minor: int, threshold: int, band_bp: int) -> bool:
     )
 
 
+def structuring_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
+    if event.kind not in STRUCTURING_KINDS or event.amount.currency != _str(params, "currency"):
+        return []
+    threshold = _int(params, "reporting_threshold_minor")
+    if not _in_band(event.amount.amount_minor, threshold, _int(params, "band_bp")):
+        return []
+    subject = event.payee if event.kind is EventKind.TOP_UP else event.payer
+    return _need(subject, params, STRUCTURING_KINDS)
+
+
 def structuring(data: RuleInput, params: Params) -> list[Finding]:
     """The subject's ``count_min``-th amount within ``band_bp`` just below the reporting
     threshold in the window (the current amount must itself be in the band). The subject is
@@ -218,6 +241,12 @@ def structuring(data: RuleInput, params: Params) -> list[Finding]:
 
 INFLOW_KINDS: Final = frozenset({EventKind.TOP_UP, EventKind.RELEASE, EventKind.REFUND})
 OUTFLOW_KINDS: Final = frozenset({EventKind.PAYMENT, EventKind.PAYOUT})
+
+
+def pass_through_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
+    if event.kind not in OUTFLOW_KINDS or event.amount.currency != _str(params, "currency"):
+        return []
+    return _need(event.payer, params, INFLOW_KINDS | OUTFLOW_KINDS)
 
 
 def pass_through(data: RuleInput, params: Params) -> list[Finding]:
@@ -310,6 +339,12 @@ def _is_new(at_ns: int, opened_at_ns: int | None, new_age_s: int) -> bool:
     return opened_at_ns is not None and max(0, at_ns - opened_at_ns) < new_age_s * NS_PER_S
 
 
+def fan_in_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
+    if event.kind is not EventKind.PAYMENT:
+        return []
+    return _need(event.payee, params, frozenset({EventKind.PAYMENT}))
+
+
 def fan_in(data: RuleInput, params: Params) -> list[Finding]:
     """A merchant paid, within the window, by at least ``distinct_min`` distinct buyers whose
     accounts were younger than ``new_age_s`` when they paid (this payment included)."""
@@ -367,6 +402,11 @@ def _small_decline(
     )
 
 
+def card_testing_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
+    kinds = frozenset({EventKind.CARD_AUTHORISATION})
+    return [n for party in event.parties for n in _need(party, params, kinds)]
+
+
 def card_testing(data: RuleInput, params: Params) -> list[Finding]:
     """Per party (card holder or merchant): at least ``declines_min`` declined card
     authorisations of at most ``small_max_minor`` within the window, this event included."""
@@ -413,6 +453,12 @@ def card_testing(data: RuleInput, params: Params) -> list[Finding]:
 
 
 # --- refund abuse --------------------------------------------------------------------------
+
+
+def refund_abuse_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
+    if event.kind is not EventKind.REFUND or event.amount.currency != _str(params, "currency"):
+        return []
+    return _need(event.payee, params, frozenset({EventKind.REFUND, EventKind.PAYMENT}))
 
 
 def refund_abuse(data: RuleInput, params: Params) -> list[Finding]:
@@ -484,6 +530,7 @@ RULES: Final[Mapping[str, RuleSpec]] = {
                 _score_param(6_000),
             ),
             velocity,
+            needs=velocity_needs,
         ),
         RuleSpec(
             "structuring",
@@ -499,6 +546,7 @@ RULES: Final[Mapping[str, RuleSpec]] = {
                 _score_param(7_000),
             ),
             structuring,
+            needs=structuring_needs,
         ),
         RuleSpec(
             "pass_through",
@@ -517,6 +565,7 @@ RULES: Final[Mapping[str, RuleSpec]] = {
                 _score_param(7_000),
             ),
             pass_through,
+            needs=pass_through_needs,
         ),
         RuleSpec(
             "new_account_high_value",
@@ -547,6 +596,7 @@ RULES: Final[Mapping[str, RuleSpec]] = {
                 _score_param(6_500),
             ),
             fan_in,
+            needs=fan_in_needs,
         ),
         RuleSpec(
             "card_testing",
@@ -559,6 +609,7 @@ RULES: Final[Mapping[str, RuleSpec]] = {
                 _score_param(9_500),
             ),
             card_testing,
+            needs=card_testing_needs,
         ),
         RuleSpec(
             "refund_abuse",
@@ -577,6 +628,7 @@ RULES: Final[Mapping[str, RuleSpec]] = {
                 _score_param(6_000),
             ),
             refund_abuse,
+            needs=refund_abuse_needs,
         ),
     )
 }

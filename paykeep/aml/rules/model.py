@@ -342,6 +342,21 @@ class RuleInput:
 
 RuleFunction = Callable[[RuleInput, Params], list[Finding]]
 
+
+@dataclass(frozen=True, slots=True)
+class HistoryNeed:
+    """What one rule will read of one party's history for one event: the entries of these
+    kinds within ``window_s`` seconds before it. The engine reads each party's history once,
+    for the union of every active rule's needs, instead of everything for every party."""
+
+    party_id: str
+    window_s: int
+    kinds: frozenset[EventKind]
+
+
+#: A rule's needs for one event under one configuration (none: it reads no history).
+NeedsFunction = Callable[[MoneyEvent, Params], Sequence[HistoryNeed]]
+
 ENABLED_PARAM: Final = ParamSpec("enabled", 1, "1 runs the rule, 0 skips it", 0, 1)
 
 
@@ -352,6 +367,9 @@ class RuleSpec:
     params: tuple[ParamSpec, ...]
     evaluate: RuleFunction
     needs_sanctions: bool = False
+    #: The history the rule reads for an event; ``None``: it reads none. A rule that reads
+    #: history it has not declared sees none of it (tests hold every rule to its needs).
+    needs: NeedsFunction | None = None
 
     @property
     def all_params(self) -> tuple[ParamSpec, ...]:
@@ -495,6 +513,24 @@ def _run(spec: RuleSpec, config: RuleConfig, data: RuleInput, shadow: bool) -> l
             )
         )
     return alerts
+
+
+def history_needs(
+    event: MoneyEvent, rules: Sequence[ActiveRule]
+) -> dict[str, tuple[int, frozenset[EventKind]]]:
+    """Per party, the widest window and every kind that the enabled live and shadow rule
+    versions will read for ``event``."""
+    wanted: dict[str, tuple[int, frozenset[EventKind]]] = {}
+    for active in rules:
+        if active.spec.needs is None:
+            continue
+        for config in (active.live, active.shadow):
+            if config is None or config.params.get("enabled", 1) == 0:
+                continue
+            for need in active.spec.needs(event, config.params):
+                window_s, kinds = wanted.get(need.party_id, (0, frozenset()))
+                wanted[need.party_id] = (max(window_s, need.window_s), kinds | need.kinds)
+    return wanted
 
 
 def evaluate(

@@ -242,21 +242,20 @@ class RulesRepository:
     ) -> int:
         decision_id = int(
             self.conn.execute(
-                sa.insert(decisions)
-                .values(
-                    event_id=event.event_id,
-                    fingerprint=fingerprint,
-                    kind=event.kind.value,
-                    at_ns=event.at_ns,
-                    amount_minor=event.amount.amount_minor,
-                    currency=event.amount.currency,
-                    payer_id=event.payer.party_id if event.payer else None,
-                    payee_id=event.payee.party_id if event.payee else None,
-                    outcome=outcome.value,
-                    case_id=case_id,
-                    decided_at_ns=decided_at_ns,
-                )
-                .returning(decisions.c.id)
+                _INSERT_DECISION,
+                {
+                    "event_id": event.event_id,
+                    "fingerprint": fingerprint,
+                    "kind": event.kind.value,
+                    "at_ns": event.at_ns,
+                    "amount_minor": event.amount.amount_minor,
+                    "currency": event.amount.currency,
+                    "payer_id": event.payer.party_id if event.payer else None,
+                    "payee_id": event.payee.party_id if event.payee else None,
+                    "outcome": outcome.value,
+                    "case_id": case_id,
+                    "decided_at_ns": decided_at_ns,
+                },
             ).scalar_one()
         )
         rows = [
@@ -273,27 +272,42 @@ class RulesRepository:
             for a in decision_alerts
         ]
         if rows:
-            self.conn.execute(sa.insert(alerts), rows)
+            self.conn.execute(_INSERT_ALERT, rows)
         return decision_id
 
     # --- history -------------------------------------------------------------------------
 
     def history(
-        self, party_id: str, since_ns: int, until_ns: int, limit: int
+        self,
+        party_id: str,
+        since_ns: int,
+        until_ns: int,
+        limit: int,
+        kinds: Iterable[EventKind] | None = None,
     ) -> Sequence[HistoryEntry]:
-        """The party's most recent ``limit`` entries with ``since_ns < at_ns <= until_ns``,
-        oldest first."""
-        # Hot (every decision, for every party): one precompiled statement, plain tuples, and
+        """The party's most recent ``limit`` entries with ``since_ns < at_ns <= until_ns``
+        (of ``kinds`` only, when given), oldest first."""
+        # Hot (every decision, for every party): precompiled statements, plain tuples, and
         # enum members looked up in a dict instead of constructed per row.
-        rows = self.conn.execute(
-            _HISTORY, {"party": party_id, "since": since_ns, "until": until_ns, "limit": limit}
-        ).all()
-        kinds, directions = _KINDS, _DIRECTIONS
+        params: dict[str, Any] = {
+            "party": party_id,
+            "since": since_ns,
+            "until": until_ns,
+            "limit": limit,
+        }
+        if kinds is None:
+            rows = self.conn.execute(_HISTORY, params).all()
+        else:
+            params["kinds"] = sorted(k.value for k in kinds)
+            if not params["kinds"]:
+                return []
+            rows = self.conn.execute(_HISTORY_OF_KINDS, params).all()
+        kind_of, directions = _KINDS, _DIRECTIONS
         return [
             HistoryEntry(
                 at,
                 event_id,
-                kinds[kind],
+                kind_of[kind],
                 directions[direction],
                 amount,
                 currency,
@@ -331,14 +345,22 @@ class RulesRepository:
             for party_id, e in entries
         ]
         if rows:
-            self.conn.execute(sa.insert(party_events), rows)
+            self.conn.execute(_INSERT_HISTORY, rows)
 
 
-_HISTORY = sa.text(
+_HISTORY_COLUMNS = (
     "SELECT at_ns, event_id, kind, direction, amount_minor, currency, counterparty_id, "
     "counterparty_opened_at_ns, card_approved FROM aml_party_events "
     "WHERE party_id = :party AND at_ns > :since AND at_ns <= :until "
-    "ORDER BY at_ns DESC, id DESC LIMIT :limit"
 )
+_HISTORY = sa.text(_HISTORY_COLUMNS + "ORDER BY at_ns DESC, id DESC LIMIT :limit")
+_HISTORY_OF_KINDS = sa.text(
+    _HISTORY_COLUMNS + "AND kind IN :kinds ORDER BY at_ns DESC, id DESC LIMIT :limit"
+).bindparams(sa.bindparam("kinds", expanding=True))
+# Built once: a statement built per call pays SQLAlchemy's cache-key walk every time (hot:
+# every decision writes one decision row, its alerts and its history entries).
+_INSERT_DECISION = sa.insert(decisions).returning(decisions.c.id)
+_INSERT_ALERT = sa.insert(alerts)
+_INSERT_HISTORY = sa.insert(party_events)
 _KINDS = {k.value: k for k in EventKind}
 _DIRECTIONS = {d.value: d for d in Direction}

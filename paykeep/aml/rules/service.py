@@ -53,6 +53,7 @@ from paykeep.aml.rules.model import (
     evaluate,
     event_fingerprint,
     history_entries,
+    history_needs,
     records_history,
     validate_event,
 )
@@ -62,6 +63,8 @@ from paykeep.db import Database
 
 SYSTEM_ACTOR: Final = "paykeep:rules"
 GRAPH_EDGES_MAX: Final = 500
+#: Rule configurations an engine keeps in memory (versions ever seen; cleared past this).
+CONFIG_CACHE_MAX: Final = 10_000
 
 
 def builtin_config(spec: RuleSpec) -> RuleConfig:
@@ -82,12 +85,29 @@ def _check_actor(actor: str) -> None:
         )
 
 
-def load_active(repo: RulesRepository, rules: Mapping[str, RuleSpec]) -> list[ActiveRule]:
-    """Each registered rule with its live (and shadow) configuration, in registry order."""
-    stored: dict[tuple[str, int], RuleConfig] = {
-        (c.rule, c.version): c for c in repo.active_configs()
-    }
+def load_active(
+    repo: RulesRepository,
+    rules: Mapping[str, RuleSpec],
+    known: dict[tuple[str, int], RuleConfig] | None = None,
+) -> list[ActiveRule]:
+    """Each registered rule with its live (and shadow) configuration, in registry order.
+
+    ``known`` caches configurations by (rule, version) across calls: a stored version is
+    never changed (a change is a new version), so only the small pointer table is read for
+    every decision, and the configurations only when a pointer names a version not seen yet.
+    """
     pointers = repo.pointers()
+    stored = {} if known is None else known
+    wanted = {
+        (name, version)
+        for name, pointer in pointers.items()
+        for version in (pointer.live_version, pointer.shadow_version)
+        if version is not None
+    }
+    if not wanted <= stored.keys():
+        if len(stored) > CONFIG_CACHE_MAX:
+            stored.clear()
+        stored.update({(c.rule, c.version): c for c in repo.active_configs()})
     active = []
     for name, spec in rules.items():
         pointer = pointers.get(name)
@@ -284,6 +304,9 @@ class DecisionEngine:
     clock: Clock = field(default_factory=SystemClock)
     policy: DecisionPolicy = DEFAULT_POLICY
     rules: Mapping[str, RuleSpec] = field(default_factory=lambda: RULES)
+    _configs: dict[tuple[str, int], RuleConfig] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def decide(self, event: MoneyEvent) -> Decision:
         """Decide and record (idempotent on ``event.event_id``)."""
@@ -313,13 +336,19 @@ class DecisionEngine:
                 case_id=stored.case_id,
                 replayed=True,
             )
-        active = load_active(repo, self.rules)
-        since = event.at_ns - limits.HISTORY_WINDOW_MAX_S * NS_PER_S
+        active = load_active(repo, self.rules, self._configs)
+        # Only what the active rules will read: per party, their widest window and the kinds
+        # they look at (a release reads no payment history; a busy merchant's payments are
+        # read for fan-in alone, not for every rule and every event).
         history = {
-            p.party_id: repo.history(
-                p.party_id, since, event.at_ns, limits.HISTORY_ENTRIES_PER_PARTY_MAX
+            party_id: repo.history(
+                party_id,
+                event.at_ns - window_s * NS_PER_S,
+                event.at_ns,
+                limits.HISTORY_ENTRIES_PER_PARTY_MAX,
+                kinds,
             )
-            for p in event.parties
+            for party_id, (window_s, kinds) in history_needs(event, active).items()
         }
         hits = self._screen(event, active)
         evaluation = evaluate(RuleInput(event, history, hits), active, self.policy)
