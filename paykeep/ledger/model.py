@@ -22,7 +22,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntFlag, StrEnum
 from typing import Any, Final
 
@@ -273,6 +273,39 @@ class TransferResult:
         return self.result is CreateTransferResult.OK or self.result is CreateTransferResult.EXISTS
 
 
+#: Slot setters of ``TransferResult``, in field order, for ``transfer_results``.
+_TRANSFER_RESULT_SETTERS: Final[tuple[Any, ...]] = tuple(
+    getattr(TransferResult, f.name).__set__ for f in fields(TransferResult)
+)
+assert [f.name for f in fields(TransferResult)] == ["index", "id", "result", "timestamp_ns"]
+
+
+def transfer_results(
+    ids: Sequence[object], codes: Sequence[CreateTransferResult], stamps: Mapping[int, int]
+) -> list[TransferResult]:
+    """``TransferResult(i, ids[i], codes[i], stamps.get(i, 0))`` for every i.
+
+    A batch builds one result per transfer; a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``, so the objects are built here by setting their slots
+    directly: the same objects (equal, immutable) at half the cost. ``tests/ledger`` checks
+    they equal the ones the constructor builds.
+    """
+    new = object.__new__
+    cls = TransferResult
+    set_index, set_id, set_result, set_ts = _TRANSFER_RESULT_SETTERS
+    stamp = stamps.get
+    out: list[TransferResult] = []
+    append = out.append
+    for i, (tid, code) in enumerate(zip(ids, codes, strict=True)):
+        result = new(cls)
+        set_index(result, i)
+        set_id(result, tid)
+        set_result(result, code)
+        set_ts(result, stamp(i, 0))
+        append(result)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class AccountResult:
     index: int
@@ -319,6 +352,9 @@ def canonical_metadata(metadata: Metadata | None) -> str | None:
 #: cannot be encoded and is reported as not matching its hash.
 _ROW_FIXED: Final = struct.Struct(">QQQQQHIQIQQ")
 _NO_TEXT: Final = b"\x00\x00\x00\x00"
+#: The previous row's 32-byte digest followed by ``_ROW_FIXED``: the same bytes as their
+#: concatenation, packed in one call on the hot path (``seal``).
+_PREV_ROW_FIXED: Final = struct.Struct(">32s" + _ROW_FIXED.format.lstrip(">"))
 
 
 def _text_bytes(value: str | None) -> bytes:
@@ -579,8 +615,88 @@ def plan_transfers(
     # Undo log for the open chain: (planned transfer, debit, credit, released pending)
     undo: list[tuple[PlannedTransfer, Balances, Balances, StoredPending | None]] = []
 
+    # Fast path for the common case: a plain posted transfer (no flags, no pending id,
+    # timeout, reference or metadata) outside any linked chain. It applies the transfer only
+    # when every check of ``_plan_one`` would pass; anything else (a rejection, a replay, an
+    # unusual value) falls through to ``_plan_one``, which then decides the exact result
+    # code. Such an item never opens a chain, so it needs no undo entry. The checks below are
+    # those of ``_plan_one`` for this shape (``tests/ledger`` compares results both ways).
+    id_max = limits.ID_MAX
+    amount_max = limits.AMOUNT_MAX_MINOR
+    code_max = limits.CODE_MAX
+    bmax = limits.BALANCE_MAX_MINOR
+    # Currencies already found valid by ``is_currency`` in this batch (exact ``str`` only).
+    known_currencies: set[str] = set()
+    accounts_get = accounts.get
+    planned_append = plan.planned.append
+    touched_add = plan.touched.add
+
     for index, item in enumerate(batch):
         flags_value = item.flags
+        if chain_start < 0 and type(flags_value) is int and not flags_value:
+            tid = item.id
+            debit_id = item.debit_account_id
+            credit_id = item.credit_account_id
+            amount = item.amount_minor
+            currency = item.currency
+            transfer_code = item.code
+            timeout = item.timeout_s
+            if (
+                type(tid) is int
+                and 0 < tid <= id_max
+                and type(debit_id) is int
+                and 0 < debit_id <= id_max
+                and type(credit_id) is int
+                and 0 < credit_id <= id_max
+                and debit_id != credit_id
+                and type(amount) is int
+                and 0 < amount <= amount_max
+                and type(currency) is str
+                and (currency in known_currencies or is_currency(currency))
+                and type(transfer_code) is int
+                and 0 < transfer_code <= code_max
+                and item.pending_id is None
+                and type(timeout) is int
+                and not timeout
+                and item.reference is None
+                and item.metadata is None
+                and tid not in created
+                and tid not in stored
+            ):
+                known_currencies.add(currency)
+                debit = accounts_get(debit_id)
+                credit = accounts_get(credit_id)
+                if (
+                    debit is not None
+                    and credit is not None
+                    and debit.currency == currency
+                    and credit.currency == currency
+                ):
+                    dp = debit.debits_pending
+                    cp = credit.credits_pending
+                    dpo = debit.debits_posted + amount
+                    cpo = credit.credits_posted + amount
+                    if (
+                        dp <= bmax
+                        and cp <= bmax
+                        and dpo <= bmax
+                        and cpo <= bmax
+                        and dp + dpo <= bmax
+                        and cp + cpo <= bmax
+                        and not (debit.flags & _DMNEC and dp + dpo > debit.credits_posted)
+                        and not (credit.flags & _CMNED and cp + cpo > credit.debits_posted)
+                    ):
+                        debit.debits_posted = dpo
+                        credit.credits_posted = cpo
+                        planned = PlannedTransfer(
+                            index, tid, debit_id, credit_id, amount, currency, transfer_code,
+                            0, 0, 0, None, None, 0,
+                        )  # fmt: skip
+                        created[tid] = planned
+                        planned_append(planned)
+                        touched_add(debit_id)
+                        touched_add(credit_id)
+                        continue  # results[index] is already OK
         linked = isinstance(flags_value, int) and flags_value & _LINKED
         if chain_start < 0:
             chain_start = index
@@ -954,7 +1070,7 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
     """Assign seq, a strictly increasing timestamp and the chained hash to each row.
 
     This is the per-transfer hot path of every batch, so the encoding of ``row_digest`` is
-    inlined here; ``tests/ledger`` checks both produce the same hashes.
+    inlined here; ``tests/test_journal_hash.py`` checks both produce the same hashes.
     """
     rows: list[JournalRow] = []
     opened: list[tuple[int, int]] = []
@@ -965,33 +1081,68 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
     prev_bytes = bytes.fromhex(prev)
     sha256 = hashlib.sha256
     pack = _ROW_FIXED.pack
+    pack_chained = _PREV_ROW_FIXED.pack
+    append = rows.append
     currencies: dict[str, bytes] = {}
+    #: currency -> encoded (currency, no reference, no metadata): the whole text part of a
+    #: row without reference or metadata.
+    plain_tails: dict[str, bytes] = {}
+    # "32s" would pad or cut a previous digest of another length (only a malformed head can
+    # give one); such a first row takes the general branch, which hashes it as it is.
+    digest_sized = len(prev_bytes) == 32
     for p in planned:
         seq += 1
         ts += 1
+        flags = p.flags
         timeout = p.timeout_s
-        expires = ts + timeout * 1_000_000_000 if timeout else 0
         ref = p.reference or ""
         meta = p.metadata_json or ""
-        currency_bytes = currencies.get(p.currency)
+        currency = p.currency
+        if not flags and not timeout and not ref and not meta and digest_sized:
+            # The common row: the same bytes as below, with the constant parts precomputed
+            # and the previous digest packed with the integers (one concatenation, not four).
+            tail = plain_tails.get(currency)
+            if tail is None:
+                tail = plain_tails[currency] = _text_bytes(currency) + _NO_TEXT + _NO_TEXT
+            tid = p.id
+            debit = p.debit_account_id
+            credit = p.credit_account_id
+            amount = p.amount_minor
+            code = p.code
+            pending_id = p.pending_id
+            prev_bytes = sha256(
+                pack_chained(prev_bytes, seq, tid, debit, credit, amount, code, 0, pending_id,
+                             0, 0, ts)
+                + tail
+            ).digest()  # fmt: skip
+            prev = prev_bytes.hex()
+            append(
+                (seq, tid, debit, credit, amount, currency, code, 0, pending_id, 0, 0, "", "",
+                 ts, prev)
+            )  # fmt: skip
+            stamps[p.index] = ts
+            continue
+        expires = ts + timeout * 1_000_000_000 if timeout else 0
+        currency_bytes = currencies.get(currency)
         if currency_bytes is None:
-            currency_bytes = currencies[p.currency] = _text_bytes(p.currency)
+            currency_bytes = currencies[currency] = _text_bytes(currency)
         digest = sha256(
             prev_bytes
             + pack(seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, p.code,
-                   p.flags, p.pending_id, timeout, expires, ts)
+                   flags, p.pending_id, timeout, expires, ts)
             + currency_bytes
             + (_text_bytes(ref) if ref else _NO_TEXT)
             + (_text_bytes(meta) if meta else _NO_TEXT)
         ).digest()  # fmt: skip
         prev_bytes = digest
         prev = digest.hex()
-        rows.append(
-            (seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, p.currency,
-             p.code, p.flags, p.pending_id, timeout, expires, ref, meta, ts, prev)
+        digest_sized = True
+        append(
+            (seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, currency,
+             p.code, flags, p.pending_id, timeout, expires, ref, meta, ts, prev)
         )  # fmt: skip
         stamps[p.index] = ts
-        if p.flags & _PENDING:
+        if flags & _PENDING:
             opened.append((p.id, expires))
     new_head = JournalHead(seq, ts, prev) if rows else head
     return SealedBatch(rows, new_head, opened, stamps)

@@ -264,7 +264,10 @@ class _Writer(_Common):
     def lock_accounts(self, ids: set[int]) -> dict[int, Balances]:
         """Working balances of ``ids`` (call after ``lock_head``); absent ids are unknown."""
         cached = self.cache.balances
-        missing = [i for i in _valid_ids(ids) if i not in cached]
+        # Mostly every id is cached: test membership first, validate only the rest.
+        missing = [i for i in ids if i not in cached]
+        if missing:
+            missing = _valid_ids(missing)
         if missing:
             rows = self._select_in(
                 "SELECT id, currency, flags, debits_pending, debits_posted, credits_pending, "

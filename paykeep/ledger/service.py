@@ -44,6 +44,7 @@ from paykeep.ledger.model import (
     plan_transfers,
     reference_ok,
     seal,
+    transfer_results,
     validate_new_account,
 )
 
@@ -274,18 +275,24 @@ class Ledger:
         segment_ends: Sequence[int],
         sweeping: bool,
     ) -> tuple[list[TransferResult], JournalHead]:
-        pending_ids = [
-            t.pending_id
-            for t in transfers
-            if isinstance(t.flags, int) and t.flags & _RESOLVING and type(t.pending_id) is int
-        ]
-        pendings = tx.load_pendings(pending_ids) if pending_ids else {}
+        # One pass over the batch for what must be read before deciding: the accounts it
+        # names and the pending transfers it resolves.
+        pending_ids: list[int] = []
         account_ids: set[int] = set()
+        add_account = account_ids.add
         for t in transfers:
-            if type(t.debit_account_id) is int:
-                account_ids.add(t.debit_account_id)
-            if type(t.credit_account_id) is int:
-                account_ids.add(t.credit_account_id)
+            debit_id = t.debit_account_id
+            credit_id = t.credit_account_id
+            if type(debit_id) is int:
+                add_account(debit_id)
+            if type(credit_id) is int:
+                add_account(credit_id)
+            flags = t.flags
+            if isinstance(flags, int) and flags & _RESOLVING:
+                pending_id = t.pending_id
+                if type(pending_id) is int:
+                    pending_ids.append(pending_id)
+        pendings = tx.load_pendings(pending_ids) if pending_ids else {}
         for p in pendings.values():
             account_ids.add(p.debit_account_id)
             account_ids.add(p.credit_account_id)
@@ -325,16 +332,13 @@ class Ledger:
         if sealed.rows:
             touched: dict[int, Balances] = {i: accounts[i] for i in plan.touched}
             tx.write_batch(sealed, touched, plan.holds_resolved)
-        stamps = sealed.timestamps
-        results = [
-            TransferResult(i, t.id, code, stamps.get(i, 0))
-            for i, (t, code) in enumerate(zip(transfers, plan.results, strict=True))
-        ]
-        for i, code in enumerate(plan.results):
-            if code is CreateTransferResult.EXISTS:
-                existing = stored.get(transfers[i].id)
-                if existing is not None:
-                    results[i] = TransferResult(i, existing.id, code, existing.timestamp_ns)
+        results = transfer_results([t.id for t in transfers], plan.results, sealed.timestamps)
+        if stored:  # only a stored transfer gives a replay its original timestamp
+            for i, code in enumerate(plan.results):
+                if code is CreateTransferResult.EXISTS:
+                    existing = stored.get(transfers[i].id)
+                    if existing is not None:
+                        results[i] = TransferResult(i, existing.id, code, existing.timestamp_ns)
         return results, sealed.head
 
     # ------------------------------------------------------------------ holds
