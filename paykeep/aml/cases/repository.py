@@ -76,6 +76,38 @@ case_evidence = sa.Table(
 )
 
 
+# Built once (hot: every review that joins an open case writes evidence, the case summary and
+# its trail event; a statement built per call pays SQLAlchemy's cache-key walk each time).
+_UPDATE_CASE = (
+    sa.update(cases)
+    .where(cases.c.id == sa.bindparam("case_id"), cases.c.last_seq == sa.bindparam("previous_seq"))
+    .values(
+        {
+            column: sa.bindparam(column)
+            for column in (
+                "title",
+                "state",
+                "risk",
+                "assignee",
+                "close_requested_by",
+                "subject_party_ids",
+                "source_event_id",
+                "opened_at_ns",
+                "updated_at_ns",
+                "last_seq",
+            )
+        }
+    )
+)
+_INSERT_CASE_EVENT = sa.insert(case_events)
+_HAS_EVIDENCE = sa.select(case_evidence.c.id).where(
+    case_evidence.c.case_id == sa.bindparam("case_id"),
+    case_evidence.c.kind == sa.bindparam("kind"),
+    case_evidence.c.ref == sa.bindparam("ref"),
+)
+_INSERT_EVIDENCE = sa.insert(case_evidence).returning(case_evidence.c.id)
+
+
 @dataclass(frozen=True, slots=True)
 class Note:
     note_id: int
@@ -160,33 +192,35 @@ class CaseRepository:
         """Write the case's new summary and its trail event (the caller's one transaction)."""
         assert event.case_id == case.case_id and event.seq == case.last_seq
         updated = self.conn.execute(
-            sa.update(cases)
-            .where(cases.c.id == case.case_id, cases.c.last_seq == event.seq - 1)
-            .values(
-                title=case.title,
-                state=case.state.value,
-                risk=case.risk.value,
-                assignee=case.assignee,
-                close_requested_by=case.close_requested_by,
-                subject_party_ids=_dumps(list(case.subject_party_ids)),
-                source_event_id=case.source_event_id,
-                opened_at_ns=case.opened_at_ns,
-                updated_at_ns=case.updated_at_ns,
-                last_seq=case.last_seq,
-            )
+            _UPDATE_CASE,
+            {
+                "case_id": case.case_id,
+                "previous_seq": event.seq - 1,
+                "title": case.title,
+                "state": case.state.value,
+                "risk": case.risk.value,
+                "assignee": case.assignee,
+                "close_requested_by": case.close_requested_by,
+                "subject_party_ids": _dumps(list(case.subject_party_ids)),
+                "source_event_id": case.source_event_id,
+                "opened_at_ns": case.opened_at_ns,
+                "updated_at_ns": case.updated_at_ns,
+                "last_seq": case.last_seq,
+            },
         )
         assert updated.rowcount == 1, "case changed under a lock holder"
         self.conn.execute(
-            sa.insert(case_events).values(
-                case_id=event.case_id,
-                seq=event.seq,
-                at_ns=event.at_ns,
-                actor=event.actor,
-                kind=event.kind.value,
-                from_state=event.from_state.value if event.from_state else None,
-                to_state=event.to_state.value if event.to_state else None,
-                detail=_dumps(dict(event.detail)),
-            )
+            _INSERT_CASE_EVENT,
+            {
+                "case_id": event.case_id,
+                "seq": event.seq,
+                "at_ns": event.at_ns,
+                "actor": event.actor,
+                "kind": event.kind.value,
+                "from_state": event.from_state.value if event.from_state else None,
+                "to_state": event.to_state.value if event.to_state else None,
+                "detail": _dumps(dict(event.detail)),
+            },
         )
 
     def open_case_about(self, party_ids: Sequence[str]) -> Case | None:
@@ -269,11 +303,7 @@ class CaseRepository:
 
     def has_evidence(self, case_id: int, kind: EvidenceKind, ref: str) -> bool:
         row = self.conn.execute(
-            sa.select(case_evidence.c.id).where(
-                case_evidence.c.case_id == case_id,
-                case_evidence.c.kind == kind.value,
-                case_evidence.c.ref == ref,
-            )
+            _HAS_EVIDENCE, {"case_id": case_id, "kind": kind.value, "ref": ref}
         ).first()
         return row is not None
 
@@ -281,11 +311,15 @@ class CaseRepository:
         self, case_id: int, at_ns: int, kind: EvidenceKind, ref: str, added_by: str, body: str
     ) -> int:
         result = self.conn.execute(
-            sa.insert(case_evidence)
-            .values(
-                case_id=case_id, at_ns=at_ns, kind=kind.value, ref=ref, added_by=added_by, body=body
-            )
-            .returning(case_evidence.c.id)
+            _INSERT_EVIDENCE,
+            {
+                "case_id": case_id,
+                "at_ns": at_ns,
+                "kind": kind.value,
+                "ref": ref,
+                "added_by": added_by,
+                "body": body,
+            },
         )
         return int(result.scalar_one())
 

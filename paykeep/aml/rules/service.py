@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from paykeep.aml.cases import limits as cases_limits
+from paykeep.aml.cases.errors import CaseLimitReached
 from paykeep.aml.cases.model import EvidenceKind, risk_from_score
-from paykeep.aml.cases.repository import CaseRepository, case_evidence
+from paykeep.aml.cases.repository import CaseRepository
 from paykeep.aml.cases.service import NewEvidence, add_evidence_in, open_case_in
 from paykeep.aml.rules import limits
 from paykeep.aml.rules.catalogue import RULES
@@ -420,9 +420,7 @@ class DecisionEngine:
         # alerts. The graph snapshot and separate alert items are the opening event's: a busy
         # party's follow-ups would otherwise triple the case file (and the cost of deciding).
         current = repo.open_case_about(subjects[:16])
-        if current is not None and (
-            repo.count(case_evidence, current.case_id) < cases_limits.EVIDENCE_PER_CASE_MAX
-        ):
+        if current is not None:
             follow_up = NewEvidence(
                 EvidenceKind.TRANSACTION,
                 event.event_id,
@@ -431,9 +429,12 @@ class DecisionEngine:
                     "alerts": [a.to_json() for a in live],
                 },
             )
-            return add_evidence_in(
-                repo, current, [follow_up], actor=SYSTEM_ACTOR, at_ns=at_ns
-            ).case_id
+            try:
+                return add_evidence_in(
+                    repo, current, [follow_up], actor=SYSTEM_ACTOR, at_ns=at_ns
+                ).case_id
+            except CaseLimitReached:
+                pass  # that case file is full (nothing was written): this event opens a new one
         evidence = [
             NewEvidence(
                 EvidenceKind.TRANSACTION, event.event_id, _transaction_body(event, Outcome.REVIEW)
