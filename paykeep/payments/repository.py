@@ -8,13 +8,13 @@ writers with ``BEGIN IMMEDIATE``, so the same code is safe on both.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from paykeep.db import driver
 from paykeep.payments.model import FeePlan, LineItem, OrderState, RefundState, TimerSettings
 from paykeep.payments.records import (
     Buyer,
@@ -31,22 +31,6 @@ from paykeep.payments.records import (
 from paykeep.security.fields import mask_email
 
 _statements: dict[str, sa.TextClause] = {}
-
-
-_PLACEHOLDER = re.compile(r"(?<![:\w]):(\w+)")
-_driver_statements: dict[str, str] = {}
-
-
-def driver_sql(sql: str, *, postgres: bool) -> str:
-    """The statement in the driver's own parameter style: sqlite3 takes ``:name`` as written;
-    psycopg wants ``%(name)s`` (and a literal ``%`` doubled). Converted once per text."""
-    if not postgres:
-        return sql
-    found = _driver_statements.get(sql)
-    if found is None:
-        found = _PLACEHOLDER.sub(r"%(\1)s", sql.replace("%", "%%"))
-        _driver_statements[sql] = found
-    return found
 
 
 def q(sql: str) -> sa.TextClause:
@@ -124,13 +108,9 @@ class PaymentsRepository:
         self._lock = " FOR UPDATE" if postgres else ""
 
     def _execute(self, sql: str, params: dict[str, Any]) -> Any:
-        """Run on the driver's connection under the caller's transaction. These statements
-        are plain text with positional results, so SQLAlchemy's per-execution machinery
-        (≈ 40 µs a statement, measured) buys nothing here: a money-moving request runs a
-        dozen of them inside the single writer that every request waits for."""
-        raw = self.conn.connection.driver_connection
-        assert raw is not None
-        return raw.execute(driver_sql(sql, postgres=self.postgres), params)
+        # A money-moving request runs a dozen of these on the single writer every request
+        # waits for: on the driver's connection (see paykeep.db.driver).
+        return driver.execute(self.conn, sql, params, postgres=self.postgres)
 
     def _one(self, sql: str, params: dict[str, Any]) -> Sequence[Any] | None:
         row: Sequence[Any] | None = self._execute(sql, params).fetchone()

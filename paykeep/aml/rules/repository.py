@@ -22,6 +22,7 @@ from paykeep.aml.rules.model import (
     Outcome,
     RuleConfig,
 )
+from paykeep.db import driver
 
 _meta = sa.MetaData()
 rule_configs = sa.Table(
@@ -295,13 +296,15 @@ class RulesRepository:
             "until": until_ns,
             "limit": limit,
         }
-        if kinds is None:
-            rows = self.conn.execute(_HISTORY, params).all()
-        else:
-            params["kinds"] = sorted(k.value for k in kinds)
-            if not params["kinds"]:
+        sql = _HISTORY
+        if kinds is not None:
+            values = sorted(k.value for k in kinds)
+            if not values:
                 return []
-            rows = self.conn.execute(_HISTORY_OF_KINDS, params).all()
+            params.update({f"k{i}": v for i, v in enumerate(values)})
+            sql = _HISTORY_OF_KINDS[len(values)]
+        postgres = self.conn.dialect.name == "postgresql"
+        rows = driver.fetch_all(self.conn, sql, params, postgres=postgres)
         kind_of, directions = _KINDS, _DIRECTIONS
         return [
             HistoryEntry(
@@ -353,10 +356,15 @@ _HISTORY_COLUMNS = (
     "counterparty_opened_at_ns, card_approved FROM aml_party_events "
     "WHERE party_id = :party AND at_ns > :since AND at_ns <= :until "
 )
-_HISTORY = sa.text(_HISTORY_COLUMNS + "ORDER BY at_ns DESC, id DESC LIMIT :limit")
-_HISTORY_OF_KINDS = sa.text(
-    _HISTORY_COLUMNS + "AND kind IN :kinds ORDER BY at_ns DESC, id DESC LIMIT :limit"
-).bindparams(sa.bindparam("kinds", expanding=True))
+# Run on the driver's connection (paykeep.db.driver): read for every decision, for every
+# party whose history an active rule reads.
+_HISTORY = _HISTORY_COLUMNS + "ORDER BY at_ns DESC, id DESC LIMIT :limit"
+_HISTORY_OF_KINDS = {
+    n: _HISTORY_COLUMNS
+    + f"AND kind IN ({', '.join(f':k{i}' for i in range(n))}) "
+    + "ORDER BY at_ns DESC, id DESC LIMIT :limit"
+    for n in range(1, len(EventKind) + 1)
+}
 # Built once: a statement built per call pays SQLAlchemy's cache-key walk every time (hot:
 # every decision writes one decision row, its alerts and its history entries).
 _INSERT_DECISION = sa.insert(decisions).returning(decisions.c.id)
