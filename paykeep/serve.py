@@ -24,9 +24,22 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from paykeep.api.runtime import Runtime, RuntimeConfig, open_runtime
+from paykeep.api.runtime import (
+    ENV_WEBHOOK_ALLOWED_NETWORKS,
+    Runtime,
+    RuntimeConfig,
+    open_runtime,
+)
 from paykeep.config import Settings
+from paykeep.workers.webhook_egress import HostUnresolved, resolve
+from paykeep.workers.webhook_model import (
+    IPNetwork,
+    host_network,
+    parse_allowed_networks,
+    refusal_reason,
+)
 
 log = logging.getLogger("paykeep.serve")
 
@@ -96,6 +109,29 @@ def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def demo_receiver_networks(public_url: str) -> tuple[IPNetwork, ...]:
+    """What the SSRF guard must let through for the demo endpoints, which POST to this
+    server's own demo receiver at ``public_url`` (usually ``http://127.0.0.1:PORT``): each
+    address the host resolves to that is not public, as a single-address network. Exactly
+    that address, not its network: a merchant of this server can reach whatever else listens
+    on it, so nothing more is opened than the demo needs."""
+    parts = urlsplit(public_url)
+    if not parts.hostname:
+        return ()
+    try:
+        addresses = resolve(parts.hostname, parts.port or 80)
+    except HostUnresolved:
+        return ()  # seeding the demo endpoints then says so (webhook_host_unresolvable)
+    return tuple(host_network(a) for a in addresses if refusal_reason(a) is not None)
+
+
+def webhook_allowed_networks(public_url: str) -> tuple[IPNetwork, ...]:
+    """The operator's allow-list (``PAYKEEP_WEBHOOK_ALLOWED_NETWORKS``) plus the demo
+    receiver's address, without repeats."""
+    configured = parse_allowed_networks(os.environ.get(ENV_WEBHOOK_ALLOWED_NETWORKS))
+    return tuple(dict.fromkeys(configured + demo_receiver_networks(public_url)))
 
 
 def seed_demo(runtime: Runtime, public_url: str) -> dict[str, Any]:
@@ -200,6 +236,7 @@ def serve(
             bank_url=banksim.url,
             bank_iban=SAFEGUARDING_IBAN,
             public_url=public_url,
+            webhook_allowed_networks=webhook_allowed_networks(public_url),
         )
         runtime = open_runtime(config)
         previous = read_serve_file(settings.data_dir)

@@ -16,6 +16,11 @@ from typing import TYPE_CHECKING, Final
 import httpx
 
 from paykeep.config import Settings
+from paykeep.workers.webhook_model import (
+    IPNetwork,
+    format_allowed_networks,
+    parse_allowed_networks,
+)
 
 if TYPE_CHECKING:
     from paykeep.aml.rules.escrow import EscrowRisk
@@ -37,6 +42,9 @@ ENV_BANK_IBAN = "PAYKEEP_BANK_IBAN"  # the safeguarding account's IBAN
 ENV_BANK_NAME = "PAYKEEP_BANK_NAME"  # names the ledger account bank:safeguarding:<name>
 ENV_PUBLIC_URL = "PAYKEEP_PUBLIC_URL"  # how buyers reach this server (checkout links)
 ENV_CURRENCY = "PAYKEEP_CURRENCY"  # the acquirer's and the safeguarding account's currency
+#: Comma-separated CIDRs webhook endpoints may be on besides public addresses (SSRF guard):
+#: e.g. "127.0.0.0/8,::1/128" for receivers on this machine. Empty: public addresses only.
+ENV_WEBHOOK_ALLOWED_NETWORKS = "PAYKEEP_WEBHOOK_ALLOWED_NETWORKS"
 
 DEFAULT_BANK_NAME = "banksim"
 DEFAULT_CURRENCY = "EUR"
@@ -51,6 +59,7 @@ class RuntimeConfig:
     bank_name: str = DEFAULT_BANK_NAME
     public_url: str = "http://127.0.0.1:8000"
     currency: str = DEFAULT_CURRENCY
+    webhook_allowed_networks: tuple[IPNetwork, ...] = ()
 
     def to_env(self) -> dict[str, str]:
         env = {"PAYKEEP_DATA_DIR": str(self.settings.data_dir)}
@@ -65,6 +74,7 @@ class RuntimeConfig:
         env[ENV_BANK_NAME] = self.bank_name
         env[ENV_PUBLIC_URL] = self.public_url
         env[ENV_CURRENCY] = self.currency
+        env[ENV_WEBHOOK_ALLOWED_NETWORKS] = format_allowed_networks(self.webhook_allowed_networks)
         return env
 
     @classmethod
@@ -82,6 +92,9 @@ class RuntimeConfig:
             bank_name=os.environ.get(ENV_BANK_NAME) or DEFAULT_BANK_NAME,
             public_url=os.environ.get(ENV_PUBLIC_URL) or "http://127.0.0.1:8000",
             currency=os.environ.get(ENV_CURRENCY) or DEFAULT_CURRENCY,
+            webhook_allowed_networks=parse_allowed_networks(
+                os.environ.get(ENV_WEBHOOK_ALLOWED_NETWORKS)
+            ),
         )
 
 
@@ -205,7 +218,7 @@ def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
         statements=statements,
         payouts=payouts,
         payments=payments,
-        webhooks=WebhookService(database, cipher),
+        webhooks=WebhookService(database, cipher, allowed_networks=config.webhook_allowed_networks),
         card_client=card_client,
         cards=cards,
     )

@@ -16,13 +16,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
 from paykeep.clock import NS_PER_S
@@ -110,6 +112,28 @@ class WebhookUrlInvalid(InvalidInput):
     credentials, whitespace or fragment."""
 
     code = "webhook_url_invalid"
+
+
+class WebhookDestinationNotAllowed(InvalidInput):
+    """The URL's host is, or resolves to, an address that is not globally routable (loopback,
+    private, link-local such as the cloud metadata address, multicast, reserved...) and not in
+    the operator's allowed networks. Raised at registration; at delivery the same refusal is a
+    failed attempt."""
+
+    code = "webhook_destination_not_allowed"
+
+
+class WebhookHostUnresolvable(InvalidInput):
+    """The URL's host name does not resolve (DNS) when the endpoint is registered."""
+
+    code = "webhook_host_unresolvable"
+
+
+class WebhookAllowedNetworksInvalid(InvalidInput):
+    """The operator's allow-list (``PAYKEEP_WEBHOOK_ALLOWED_NETWORKS``) holds something that
+    is not a CIDR network."""
+
+    code = "webhook_allowed_networks_invalid"
 
 
 class WebhookEventTypesInvalid(InvalidInput):
@@ -314,6 +338,153 @@ def check_url(url: str) -> str:
     if parts.fragment or url.endswith("#"):
         raise WebhookUrlInvalid("url must not have a fragment", param="url")
     return url
+
+
+# --- Destinations (SSRF) ------------------------------------------------------------------
+#
+# A merchant chooses where Paykeep POSTs, so without a check an endpoint could name
+# ``http://169.254.169.254/`` (cloud credentials), ``http://127.0.0.1:5432/`` or any host of
+# our private network, and the delivery worker would send requests there from inside: a
+# server-side request forgery. Every address a host resolves to is classified here; the I/O
+# (resolving, connecting to the checked address) is in ``paykeep.workers.webhook_egress``.
+
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+IPNetwork: TypeAlias = IPv4Network | IPv6Network
+
+#: RFC 6598 shared address space (carrier-grade NAT): not routable on the internet, yet not in
+#: ``is_private`` in every Python version, so checked explicitly.
+SHARED_ADDRESS_SPACE: Final = IPv4Network("100.64.0.0/10")
+#: RFC 6890 IETF protocol assignments: not globally reachable, but Python 3.11 lists only parts
+#: of it (192.0.0.8, the RFC 7600 dummy address, passed ``is_global``; a property test found it).
+IETF_PROTOCOL_ASSIGNMENTS: Final = IPv4Network("192.0.0.0/24")
+#: RFC 6052 well-known NAT64 prefix: the last 32 bits are an IPv4 address that a NAT64 gateway
+#: reaches on our side, so that embedded address is what gets classified.
+NAT64_WELL_KNOWN: Final = IPv6Network("64:ff9b::/96")
+#: RFC 8215 local-use NAT64 prefix: by definition a translator inside some private network.
+NAT64_LOCAL_USE: Final = IPv6Network("64:ff9b:1::/48")
+#: 6to4 (RFC 3056): bits 16-48 are an IPv4 address a relay sends the packet to.
+SIX_TO_FOUR: Final = IPv6Network("2002::/16")
+
+
+def unmapped(address: IPAddress) -> IPAddress:
+    """``::ffff:a.b.c.d`` as the IPv4 address it is (a socket connects to that address)."""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _embedded_ipv4(address: IPv6Address) -> tuple[str, IPv4Address] | None:
+    """The IPv4 address a translation prefix carries, with the prefix's name."""
+    if address in NAT64_WELL_KNOWN:
+        return "NAT64", IPv4Address(int(address) & 0xFFFF_FFFF)
+    if address in SIX_TO_FOUR and address.sixtofour is not None:
+        return "6to4", address.sixtofour
+    return None
+
+
+def refusal_reason(address: IPAddress) -> str | None:
+    """Why ``address`` is no place for a webhook (a short phrase), None if it is globally
+    routable. The explicit checks come before ``is_global`` so the reason is specific, and
+    because ``is_global`` alone has varied between Python versions (mapped and translated
+    addresses, shared space); anything they miss that is not global is still refused."""
+    address = unmapped(address)
+    if address.is_unspecified:
+        return "unspecified address"
+    if address.is_loopback:
+        return "loopback address"
+    if address.is_link_local:
+        return "link-local address"  # 169.254.169.254, the cloud metadata service, is one
+    if address.is_multicast:
+        return "multicast address"
+    if isinstance(address, IPv4Address):
+        if address in SHARED_ADDRESS_SPACE:
+            return "shared address space (100.64.0.0/10)"
+        if address in IETF_PROTOCOL_ASSIGNMENTS:
+            return "IETF protocol assignment (192.0.0.0/24)"
+    if isinstance(address, IPv6Address):
+        if address in NAT64_LOCAL_USE:
+            return "local-use NAT64 address"
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            # Decided by the IPv4 address the translator would reach, before ``is_reserved``
+            # (which covers the whole NAT64 prefix): DNS64 networks must reach public hosts.
+            kind, inner = embedded
+            inner_reason = refusal_reason(inner)
+            return None if inner_reason is None else f"{inner_reason} behind {kind}"
+        if address.is_site_local:
+            return "site-local address"
+    if address.is_reserved:
+        return "reserved address"
+    if address.is_private:
+        return "private address"
+    if not address.is_global:
+        return "address not globally routable"
+    return None
+
+
+def destination_refusal(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
+    """:func:`refusal_reason`, unless the operator allowed the address's network."""
+    plain = unmapped(address)
+    if any(plain.version == net.version and plain in net for net in allowed):
+        return None
+    return refusal_reason(plain)
+
+
+def refused_destination_message(host: str, reason: str) -> str:
+    """The merchant-visible text of a refusal. A literal address is named; a host name's
+    resolved address is not (only its class): with split-horizon DNS, echoing it would let a
+    merchant map our internal zone through the error messages. The server log has both."""
+    if _is_literal(host):
+        return f"destination not allowed: {host} ({reason})"
+    return f"destination not allowed: {host} resolves to a {reason}"
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def first_refusal(
+    host: str, addresses: Iterable[IPAddress], allowed: Sequence[IPNetwork]
+) -> tuple[IPAddress, str] | None:
+    """The first of ``addresses`` that is refused, with the reason; None if all are allowed.
+    One bad address refuses the host: the client may connect to any of them."""
+    for address in addresses:
+        reason = destination_refusal(address, allowed)
+        if reason is not None:
+            return address, reason
+    return None
+
+
+def parse_allowed_networks(text: str | None) -> tuple[IPNetwork, ...]:
+    """``"127.0.0.0/8, ::1/128"`` -> networks (empty text: none). Strict: host bits set
+    (``127.0.0.1/8``) is refused, since it usually means a typo about what is opened."""
+    if text is None:
+        return ()
+    networks: list[IPNetwork] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise WebhookAllowedNetworksInvalid(
+                f"allowed networks: {item!r} is not a CIDR network ({exc})"
+            ) from None
+    return tuple(networks)
+
+
+def format_allowed_networks(networks: Iterable[IPNetwork]) -> str:
+    """The inverse of :func:`parse_allowed_networks`."""
+    return ",".join(str(network) for network in networks)
+
+
+def host_network(address: IPAddress) -> IPNetwork:
+    """Exactly one address as a network (/32 or /128)."""
+    return ipaddress.ip_network(unmapped(address))
 
 
 def check_event_types(event_types: Sequence[str] | None) -> tuple[str, ...] | None:

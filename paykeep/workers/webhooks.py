@@ -39,11 +39,14 @@ from paykeep.ids import IdGenerator
 from paykeep.security.errors import FieldDecryptionFailed
 from paykeep.security.fields import FieldCipher
 from paykeep.workers import webhook_model as model
+from paykeep.workers.webhook_egress import GuardedTransport, check_destination
 from paykeep.workers.webhook_model import (
     AttemptResult,
     DeliveryState,
     EventNotFound,
+    IPNetwork,
     SigningSecrets,
+    WebhookDestinationNotAllowed,
     WebhookEndpointDisabled,
     WebhookEndpointLimitReached,
     WebhookEndpointNotFound,
@@ -196,6 +199,10 @@ class WebhookService:
     ``merchant_id`` arguments scope every read and action to one merchant: another merchant's
     endpoint or event is "not found", never "forbidden". ``None`` is the operator's scope
     (every merchant) where the signature allows it.
+
+    ``allowed_networks`` opens private networks to endpoints (local development, tests, a
+    merchant inside our network): by default only globally routable addresses are, at
+    registration and at every connection a delivery opens (see ``webhook_egress``).
     """
 
     def __init__(
@@ -204,6 +211,8 @@ class WebhookService:
         cipher: FieldCipher,
         clock: Clock | None = None,
         http_timeout_s: float = model.HTTP_TIMEOUT_S_DEFAULT,
+        *,
+        allowed_networks: Sequence[IPNetwork] = (),
     ) -> None:
         if not 0 < http_timeout_s <= model.HTTP_TIMEOUT_S_MAX:
             raise WebhookParameterInvalid(
@@ -214,6 +223,12 @@ class WebhookService:
         self.cipher = cipher
         self.clock = clock or SystemClock()
         self.http_timeout_s = http_timeout_s
+        self.allowed_networks = tuple(allowed_networks)
+        if self.allowed_networks:
+            log.info(
+                "webhook endpoints may be on these networks too: %s",
+                model.format_allowed_networks(self.allowed_networks),
+            )
         self._ids = IdGenerator(self.clock)
         # An attempt's wall-time budget (monotonic) for reading an error body; the lease is
         # longer, so a worker always finishes (or gives up) before another may take over.
@@ -223,9 +238,13 @@ class WebhookService:
             follow_redirects=False,
             # Deliveries go straight to the merchant: no proxy or .netrc from the environment.
             trust_env=False,
-            limits=httpx.Limits(
-                max_connections=model.DELIVER_BATCH_MAX,
-                max_keepalive_connections=model.DELIVER_BATCH_MAX,
+            # Every connection goes to an address checked against the SSRF rules.
+            transport=GuardedTransport(
+                self.allowed_networks,
+                httpx.Limits(
+                    max_connections=model.DELIVER_BATCH_MAX,
+                    max_keepalive_connections=model.DELIVER_BATCH_MAX,
+                ),
             ),
         )
 
@@ -252,6 +271,9 @@ class WebhookService:
         (stored sealed, never returned again)."""
         url = model.check_url(url)
         types = model.check_event_types(event_types)
+        # Last of the input checks (it resolves DNS) and outside any transaction. Delivery
+        # checks again at every connection: DNS may change after this.
+        check_destination(url, self.allowed_networks)
         now_ns = self.clock.now_ns()
         endpoint_id = self._new_id(ENDPOINT_ID_PREFIX)
         secret = model.new_secret()
@@ -589,6 +611,10 @@ class WebhookService:
                     "utf-8", "replace"
                 )
                 return AttemptResult(status, model.bounded_error(f"HTTP {status}: {text}"))
+        except WebhookDestinationNotAllowed as exc:
+            # Refused before connecting (nothing was sent): a failed attempt like any other,
+            # retried on schedule (DNS or the endpoint may be fixed) and dead-lettered after.
+            return AttemptResult(None, model.bounded_error(exc.message))
         except httpx.TimeoutException as exc:
             return AttemptResult(None, model.bounded_error(f"timeout ({type(exc).__name__})"))
         except httpx.HTTPError as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from paykeep.api.runtime import ENV_WEBHOOK_ALLOWED_NETWORKS
 from paykeep.bench.serveproc import ServerProcess
 from paykeep.config import Settings
 
@@ -30,7 +31,9 @@ def server(
         settings = Settings(data_dir=data_dir, database_url=_pg_url(name))
     else:
         settings = Settings(data_dir=data_dir)
-    with ServerProcess(settings, "--bank-cycle", "1") as proc:
+    # The tests' webhook receivers listen on loopback: opened explicitly for the SSRF guard.
+    env = {ENV_WEBHOOK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128"}
+    with ServerProcess(settings, "--bank-cycle", "1", env=env) as proc:
         yield proc
     if name is not None:
         with _pg_admin() as admin:

@@ -18,11 +18,14 @@ from paykeep.db import Database
 from paykeep.gateway.vault.keys import VaultKeys
 from paykeep.payments.events import record_event
 from paykeep.security.fields import FieldCipher
+from paykeep.workers.webhook_model import parse_allowed_networks
 from paykeep.workers.webhooks import WebhookService
 
 #: How long a "hang" answer holds the connection (longer than the tests' HTTP timeout).
 HANG_S = 3.0
 HTTP_TIMEOUT_S = 0.5
+#: The receivers below listen on loopback, which the SSRF guard refuses unless allowed.
+LOOPBACK = parse_allowed_networks("127.0.0.0/8,::1/128")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,9 @@ def cipher(tmp_path: Path) -> FieldCipher:
 
 @pytest.fixture
 def service(database: Database, cipher: FieldCipher, clock: FakeClock) -> Iterator[WebhookService]:
-    with WebhookService(database, cipher, clock=clock, http_timeout_s=HTTP_TIMEOUT_S) as svc:
+    with WebhookService(
+        database, cipher, clock=clock, http_timeout_s=HTTP_TIMEOUT_S, allowed_networks=LOOPBACK
+    ) as svc:
         yield svc
 
 

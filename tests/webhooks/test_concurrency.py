@@ -20,7 +20,13 @@ from paykeep.payments.events import record_event
 from paykeep.security.fields import FieldCipher
 from paykeep.workers import webhook_model as model
 from paykeep.workers.webhooks import WebhookService
-from tests.webhooks.conftest import HTTP_TIMEOUT_S, Receiver, add_event, add_merchant
+from tests.webhooks.conftest import (
+    HTTP_TIMEOUT_S,
+    LOOPBACK,
+    Receiver,
+    add_event,
+    add_merchant,
+)
 
 WORKERS = 3
 EVENTS = 60
@@ -33,7 +39,10 @@ def workers(
     """Services on separate engines (separate connection pools), as separate processes have."""
     databases = [open_database(settings, migrate=False) for _ in range(WORKERS)]
     services = [
-        WebhookService(db, cipher, clock=clock, http_timeout_s=HTTP_TIMEOUT_S) for db in databases
+        WebhookService(
+            db, cipher, clock=clock, http_timeout_s=HTTP_TIMEOUT_S, allowed_networks=LOOPBACK
+        )
+        for db in databases
     ]
     yield services
     for service, db in zip(services, databases, strict=True):

@@ -28,6 +28,7 @@ from paykeep.workers.webhook_model import (
 from paykeep.workers.webhooks import DeliveryView, WebhookService, run_webhook_worker
 from tests.webhooks.conftest import (
     HTTP_TIMEOUT_S,
+    LOOPBACK,
     Receiver,
     add_event,
     add_merchant,
@@ -424,7 +425,9 @@ def test_the_worker_loop_delivers_until_stopped(
     database: Database, cipher: FieldCipher, receiver: Receiver
 ) -> None:
     add_merchant(database, "mer_a")
-    with WebhookService(database, cipher, http_timeout_s=HTTP_TIMEOUT_S) as service:
+    with WebhookService(
+        database, cipher, http_timeout_s=HTTP_TIMEOUT_S, allowed_networks=LOOPBACK
+    ) as service:
         service.create_endpoint("mer_a", receiver.url("/a"), None)
         stop = threading.Event()
         worker = threading.Thread(target=run_webhook_worker, args=(service, stop, 0.05))
