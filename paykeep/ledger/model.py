@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntFlag, StrEnum
+from itertools import count
 from typing import Any, Final
 
 from paykeep import limits
@@ -281,9 +282,9 @@ assert [f.name for f in fields(TransferResult)] == ["index", "id", "result", "ti
 
 
 def transfer_results(
-    ids: Sequence[object], codes: Sequence[CreateTransferResult], stamps: Mapping[int, int]
+    ids: Iterable[object], codes: Sequence[CreateTransferResult], stamps: Iterable[int]
 ) -> list[TransferResult]:
-    """``TransferResult(i, ids[i], codes[i], stamps.get(i, 0))`` for every i.
+    """``TransferResult(i, ids[i], codes[i], stamps[i])`` for every i.
 
     A batch builds one result per transfer; a frozen dataclass's ``__init__`` sets each field
     through ``object.__setattr__``, so the objects are built here by setting their slots
@@ -293,16 +294,17 @@ def transfer_results(
     new = object.__new__
     cls = TransferResult
     set_index, set_id, set_result, set_ts = _TRANSFER_RESULT_SETTERS
-    stamp = stamps.get
     out: list[TransferResult] = []
     append = out.append
-    for i, (tid, code) in enumerate(zip(ids, codes, strict=True)):
+    for i, tid, code, stamp in zip(count(), ids, codes, stamps):
         result = new(cls)
         set_index(result, i)
         set_id(result, tid)
         set_result(result, code)
-        set_ts(result, stamp(i, 0))
+        set_ts(result, stamp)
         append(result)
+    if len(out) != len(codes):
+        raise ValueError("transfer_results: ids, codes and stamps must have the same length")
     return out
 
 
@@ -1062,8 +1064,25 @@ class SealedBatch:
     head: JournalHead
     #: (pending transfer id, expires_at_ns or 0) for every hold the batch opens.
     holds_opened: list[tuple[int, int]]
-    #: batch index -> timestamp assigned
-    timestamps: dict[int, int]
+
+
+def batch_timestamps(
+    size: int, planned: Sequence[PlannedTransfer], sealed: SealedBatch
+) -> Sequence[int]:
+    """The timestamp assigned to each item of a batch of ``size`` items (0: not written).
+
+    ``sealed.rows`` are ``planned`` in order, so row k is item ``planned[k].index``. When
+    every item was written, item k is row k and the timestamps are consecutive.
+    """
+    rows = sealed.rows
+    if len(rows) == size and size:
+        first, last = rows[0][13], rows[-1][13]
+        if last - first == size - 1:
+            return range(first, last + 1)
+    stamps = [0] * size
+    for p, row in zip(planned, rows, strict=True):
+        stamps[p.index] = row[13]
+    return stamps
 
 
 def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> SealedBatch:
@@ -1074,7 +1093,6 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
     """
     rows: list[JournalRow] = []
     opened: list[tuple[int, int]] = []
-    stamps: dict[int, int] = {}
     seq = head.last_seq
     ts = max(now_ns, head.last_timestamp_ns)
     prev = head.last_hash
@@ -1120,7 +1138,6 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
                 (seq, tid, debit, credit, amount, currency, code, 0, pending_id, 0, 0, "", "",
                  ts, prev)
             )  # fmt: skip
-            stamps[p.index] = ts
             continue
         expires = ts + timeout * 1_000_000_000 if timeout else 0
         currency_bytes = currencies.get(currency)
@@ -1141,11 +1158,10 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
             (seq, p.id, p.debit_account_id, p.credit_account_id, p.amount_minor, currency,
              p.code, flags, p.pending_id, timeout, expires, ref, meta, ts, prev)
         )  # fmt: skip
-        stamps[p.index] = ts
         if flags & _PENDING:
             opened.append((p.id, expires))
     new_head = JournalHead(seq, ts, prev) if rows else head
-    return SealedBatch(rows, new_head, opened, stamps)
+    return SealedBatch(rows, new_head, opened)
 
 
 def net_by_currency(balances: Iterable[Balances]) -> dict[str, list[int]]:

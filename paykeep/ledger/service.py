@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from paykeep import limits
@@ -39,6 +40,7 @@ from paykeep.ledger.model import (
     TransferFlags,
     TransferResult,
     assert_zero_sum,
+    batch_timestamps,
     name_ok,
     net_by_currency,
     plan_transfers,
@@ -63,6 +65,7 @@ _RESOLVING = int(TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
 _PENDING = int(TransferFlags.PENDING)
 _POST = int(TransferFlags.POST_PENDING)
 _VOID = int(TransferFlags.VOID_PENDING)
+_transfer_id = attrgetter("id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +335,11 @@ class Ledger:
         if sealed.rows:
             touched: dict[int, Balances] = {i: accounts[i] for i in plan.touched}
             tx.write_batch(sealed, touched, plan.holds_resolved)
-        results = transfer_results([t.id for t in transfers], plan.results, sealed.timestamps)
+        results = transfer_results(
+            map(_transfer_id, transfers),
+            plan.results,
+            batch_timestamps(len(transfers), plan.planned, sealed),
+        )
         if stored:  # only a stored transfer gives a replay its original timestamp
             for i, code in enumerate(plan.results):
                 if code is CreateTransferResult.EXISTS:

@@ -31,6 +31,7 @@ from paykeep.ledger.model import (
     TransferFlags,
     TransferResult,
     _plan_one,
+    batch_timestamps,
     plan_transfers,
     row_digest,
     seal,
@@ -232,15 +233,13 @@ def test_sealed_plain_rows_equal_the_reference_digest(
         ),
         max_size=20,
     ),
-    st.dictionaries(st.integers(0, 25), st.integers(0, 2**63)),
+    st.lists(st.integers(0, 2**63), min_size=20, max_size=20),
 )
 def test_transfer_results_equal_the_constructor(
-    items: list[tuple[object, CreateTransferResult]], stamps: dict[int, int]
+    items: list[tuple[object, CreateTransferResult]], stamps: list[int]
 ) -> None:
     built = transfer_results([i for i, _ in items], [c for _, c in items], stamps)
-    expected = [
-        TransferResult(i, tid, code, stamps.get(i, 0)) for i, (tid, code) in enumerate(items)
-    ]
+    expected = [TransferResult(i, tid, code, stamps[i]) for i, (tid, code) in enumerate(items)]
     assert built == expected
     assert [repr(r) for r in built] == [repr(r) for r in expected]
     for r in built:
@@ -250,3 +249,17 @@ def test_transfer_results_equal_the_constructor(
             pass
         else:
             raise AssertionError("a built result must stay immutable")
+
+
+@given(st.lists(st.booleans(), min_size=0, max_size=8), st.integers(0, 2**40))
+def test_batch_timestamps_name_each_items_row(written: list[bool], now_ns: int) -> None:
+    """Item i gets the timestamp of the row written for it, 0 when none was."""
+    planned = [
+        PlannedTransfer(i, 100 + i, 1, 2, 5, "EUR", 1, 0, 0, 0, None, None)
+        for i, w in enumerate(written)
+        if w
+    ]
+    sealed = seal(planned, JournalHead(0, 0, GENESIS_HASH), now_ns)
+    by_index = {p.index: row[13] for p, row in zip(planned, sealed.rows, strict=True)}
+    stamps = batch_timestamps(len(written), planned, sealed)
+    assert list(stamps) == [by_index.get(i, 0) for i in range(len(written))]
