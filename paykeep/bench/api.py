@@ -307,7 +307,15 @@ def run_api_bench(
         settings = Settings(data_dir=Path(tmp), database_url=database_url)
         with (
             _webhook_sink() as sink_url,
-            ServerProcess(settings, "--workers", str(workers), "--bank-cycle", "1") as server,
+            ServerProcess(
+                settings,
+                "--workers",
+                str(workers),
+                "--bank-cycle",
+                "1",
+                # The sink listens on loopback, which webhook deliveries refuse unless allowed.
+                env={"PAYKEEP_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"},
+            ) as server,
         ):
             keys, work = _setup(server, clients, per_client, sink_url)
             delivered_in_setup = _drain_webhooks(server, sink_url)

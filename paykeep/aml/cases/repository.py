@@ -100,6 +100,17 @@ _UPDATE_CASE = (
     )
 )
 _INSERT_CASE_EVENT = sa.insert(case_events)
+_OPEN_CASE_ABOUT = (
+    sa.select(cases)
+    .where(
+        cases.c.state.in_(("open", "investigating", "escalated")),
+        cases.c.last_seq > 0,
+        cases.c.subject_party_ids.like(sa.bindparam("pattern"), escape="\\"),
+    )
+    .order_by(cases.c.id.desc())
+    .limit(1)
+    .with_for_update()
+)
 _HAS_EVIDENCE = sa.select(case_evidence.c.id).where(
     case_evidence.c.case_id == sa.bindparam("case_id"),
     case_evidence.c.kind == sa.bindparam("kind"),
@@ -229,17 +240,7 @@ class CaseRepository:
         for party_id in party_ids:
             escaped = party_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             pattern = '%"' + escaped.replace('"', '\\"') + '"%'
-            row = self.conn.execute(
-                sa.select(cases)
-                .where(
-                    cases.c.state.in_(("open", "investigating", "escalated")),
-                    cases.c.last_seq > 0,
-                    cases.c.subject_party_ids.like(pattern, escape="\\"),
-                )
-                .order_by(cases.c.id.desc())
-                .limit(1)
-                .with_for_update()
-            ).first()
+            row = self.conn.execute(_OPEN_CASE_ABOUT, {"pattern": pattern}).first()
             if row is not None:
                 return _case(row)
         return None

@@ -164,7 +164,7 @@ class RulesRepository:
         )
 
     def pointers(self, *, for_update_rule: str | None = None) -> dict[str, ActivePointer]:
-        query = sa.select(rule_active)
+        query = _POINTERS
         if for_update_rule is not None:
             query = query.where(rule_active.c.rule == for_update_rule).with_for_update()
         return {
@@ -203,14 +203,10 @@ class RulesRepository:
     # --- decisions -----------------------------------------------------------------------
 
     def decision(self, event_id: str) -> StoredDecision | None:
-        row = self.conn.execute(
-            sa.select(decisions).where(decisions.c.event_id == event_id)
-        ).first()
+        row = self.conn.execute(_DECISION_BY_EVENT, {"event_id": event_id}).first()
         if row is None:
             return None
-        alert_rows = self.conn.execute(
-            sa.select(alerts).where(alerts.c.decision_id == row.id).order_by(alerts.c.id)
-        ).all()
+        alert_rows = self.conn.execute(_ALERTS_OF_DECISION, {"decision_id": row.id}).all()
         return StoredDecision(
             decision_id=row.id,
             event_id=row.event_id,
@@ -368,6 +364,13 @@ _HISTORY_OF_KINDS = {
 # Built once: a statement built per call pays SQLAlchemy's cache-key walk every time (hot:
 # every decision writes one decision row, its alerts and its history entries).
 _INSERT_DECISION = sa.insert(decisions).returning(decisions.c.id)
+_DECISION_BY_EVENT = sa.select(decisions).where(decisions.c.event_id == sa.bindparam("event_id"))
+_ALERTS_OF_DECISION = (
+    sa.select(alerts)
+    .where(alerts.c.decision_id == sa.bindparam("decision_id"))
+    .order_by(alerts.c.id)
+)
+_POINTERS = sa.select(rule_active)
 _INSERT_ALERT = sa.insert(alerts)
 _INSERT_HISTORY = sa.insert(party_events)
 _KINDS = {k.value: k for k in EventKind}
