@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntFlag, StrEnum
 from itertools import count
@@ -354,9 +354,16 @@ def canonical_metadata(metadata: Metadata | None) -> str | None:
 #: cannot be encoded and is reported as not matching its hash.
 _ROW_FIXED: Final = struct.Struct(">QQQQQHIQIQQ")
 _NO_TEXT: Final = b"\x00\x00\x00\x00"
-#: The previous row's 32-byte digest followed by ``_ROW_FIXED``: the same bytes as their
-#: concatenation, packed in one call on the hot path (``seal``).
-_PREV_ROW_FIXED: Final = struct.Struct(">32s" + _ROW_FIXED.format.lstrip(">"))
+
+
+def _plain_row_packer(currency: str) -> tuple[Callable[..., bytes], bytes]:
+    """``(pack, tail)``: ``pack(prev_digest, *fixed, tail)`` gives the bytes ``row_digest``
+    hashes for a row with this currency and neither reference nor metadata — the previous
+    32-byte digest, the ``_ROW_FIXED`` integers, then the constant text part ``tail``. One
+    call on the hot path (``seal``) instead of a pack and three concatenations."""
+    tail = _text_bytes(currency) + _NO_TEXT + _NO_TEXT
+    layout = struct.Struct(f">32s{_ROW_FIXED.format.lstrip('>')}{len(tail)}s")
+    return layout.pack, tail
 
 
 def _text_bytes(value: str | None) -> bytes:
@@ -1099,12 +1106,12 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
     prev_bytes = bytes.fromhex(prev)
     sha256 = hashlib.sha256
     pack = _ROW_FIXED.pack
-    pack_chained = _PREV_ROW_FIXED.pack
     append = rows.append
     currencies: dict[str, bytes] = {}
-    #: currency -> encoded (currency, no reference, no metadata): the whole text part of a
-    #: row without reference or metadata.
-    plain_tails: dict[str, bytes] = {}
+    #: currency -> ``pack`` of a struct laying out the previous digest, ``_ROW_FIXED`` and
+    #: the whole text part of a row without reference or metadata (the currency's bytes
+    #: length-prefixed, then two empty texts) as one constant field.
+    plain_packs: dict[str, tuple[Callable[..., bytes], bytes]] = {}
     # "32s" would pad or cut a previous digest of another length (only a malformed head can
     # give one); such a first row takes the general branch, which hashes it as it is.
     digest_sized = len(prev_bytes) == 32
@@ -1119,9 +1126,10 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
         if not flags and not timeout and not ref and not meta and digest_sized:
             # The common row: the same bytes as below, with the constant parts precomputed
             # and the previous digest packed with the integers (one concatenation, not four).
-            tail = plain_tails.get(currency)
-            if tail is None:
-                tail = plain_tails[currency] = _text_bytes(currency) + _NO_TEXT + _NO_TEXT
+            packer = plain_packs.get(currency)
+            if packer is None:
+                packer = plain_packs[currency] = _plain_row_packer(currency)
+            pack_plain, tail = packer
             tid = p.id
             debit = p.debit_account_id
             credit = p.credit_account_id
@@ -1129,9 +1137,8 @@ def seal(planned: Sequence[PlannedTransfer], head: JournalHead, now_ns: int) -> 
             code = p.code
             pending_id = p.pending_id
             prev_bytes = sha256(
-                pack_chained(prev_bytes, seq, tid, debit, credit, amount, code, 0, pending_id,
-                             0, 0, ts)
-                + tail
+                pack_plain(prev_bytes, seq, tid, debit, credit, amount, code, 0, pending_id, 0,
+                           0, ts, tail)
             ).digest()  # fmt: skip
             prev = prev_bytes.hex()
             append(
