@@ -26,6 +26,8 @@ log = logging.getLogger("paykeep.workers")
 TIMERS_INTERVAL_S: Final = 0.5
 BANK_CYCLE_INTERVAL_S: Final = 5.0
 WEBHOOK_INTERVAL_S: Final = 0.25
+#: How long one webhook pass keeps delivering while deliveries are due.
+WEBHOOK_PASS_BUDGET_S: Final = 2.0
 HOUSEKEEPING_INTERVAL_S: Final = 60.0
 #: Purge batches per housekeeping pass (each is one short transaction).
 HOUSEKEEPING_BATCHES_MAX: Final = 20
@@ -178,8 +180,18 @@ def housekeeping_pass(runtime: Runtime) -> None:
 
 
 def webhook_pass(runtime: Runtime) -> None:
-    runtime.webhooks.fan_out()
-    runtime.webhooks.deliver_due()
+    """Fan events out and deliver what is due, again and again while there is work (one call
+    delivers at most a few per endpoint: a busy marketplace emits far more events than one
+    call a quarter-second would carry), for at most ``WEBHOOK_PASS_BUDGET_S`` so the loop
+    still notices a stop. Failed deliveries are rescheduled, not retried here at once."""
+    from paykeep.workers.webhook_model import FAN_OUT_BATCH_MAX
+
+    deadline = time.monotonic() + WEBHOOK_PASS_BUDGET_S
+    while True:
+        fanned = runtime.webhooks.fan_out()
+        tried = runtime.webhooks.deliver_due()
+        if (fanned < FAN_OUT_BATCH_MAX and tried == 0) or time.monotonic() > deadline:
+            return
 
 
 def start_workers(
