@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol
 
 from paykeep.db import Database
@@ -280,6 +281,20 @@ class _Writer(_Common):
         return cached
 
 
+# Absent values are bound as 0 / '' and turned into NULL by SQL: binding Python None goes
+# through the sqlite3 module's slow adaptation path (measured 5x slower per row).
+_INSERT_VALUES = (
+    "(?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, 0), ?, NULLIF(?, 0), NULLIF(?, ''), NULLIF(?, ''), ?, ?)"
+)
+_INSERT_ONE_SQL = f"INSERT INTO ledger_transfers ({TRANSFER_COLUMNS}) VALUES {_INSERT_VALUES}"
+#: Journal rows per multi-row INSERT: 64 x 15 = 960 variables, within the 999 that SQLite
+#: builds before 3.32 allow per statement.
+_INSERT_GROUP = 64
+_INSERT_GROUP_SQL = f"INSERT INTO ledger_transfers ({TRANSFER_COLUMNS}) VALUES " + ", ".join(
+    [_INSERT_VALUES] * _INSERT_GROUP
+)
+
+
 class SqliteTx(_Writer):
     """SQLite: ``BEGIN IMMEDIATE`` already made this connection the only writer."""
 
@@ -288,16 +303,21 @@ class SqliteTx(_Writer):
     ) -> None:
         import sqlite3
 
-        # Absent values are bound as 0 / '' and turned into NULL by SQL: binding Python None
-        # goes through the sqlite3 module's slow adaptation path (measured 5x slower per row).
-        params = sealed.rows
+        rows = sealed.rows
+        # Whole groups of rows go in multi-row INSERTs (a third less CPU per row than one
+        # statement execution per row), the rest one by one. Same rows, same order.
+        grouped = len(rows) - len(rows) % _INSERT_GROUP
         try:
-            self.cur.executemany(
-                f"INSERT INTO ledger_transfers ({TRANSFER_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, 0), ?, NULLIF(?, 0), NULLIF(?, ''), "
-                "NULLIF(?, ''), ?, ?)",
-                params,
-            )
+            if grouped:
+                self.cur.executemany(
+                    _INSERT_GROUP_SQL,
+                    [
+                        list(chain.from_iterable(rows[start : start + _INSERT_GROUP]))
+                        for start in range(0, grouped, _INSERT_GROUP)
+                    ],
+                )
+            if grouped < len(rows):
+                self.cur.executemany(_INSERT_ONE_SQL, rows[grouped:])
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 raise UniqueViolation(str(exc)) from exc

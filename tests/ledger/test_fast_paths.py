@@ -5,7 +5,9 @@
   planned rows, balances), over values at and around every bound the checks use;
 - ``seal`` hashes plain rows through a precomputed encoding: equal to ``row_digest``, also
   when the head's hash is malformed;
-- ``transfer_results`` builds results without the dataclass constructor: equal objects.
+- ``transfer_results`` builds results without the dataclass constructor: equal objects;
+- SQLite writes journal rows in multi-row INSERTs: a batch larger than one group reads back
+  exactly and verifies (on both backends).
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paykeep import limits
+from paykeep.clock import FakeClock
+from paykeep.db import Database
+from paykeep.ledger.audit import verify
 from paykeep.ledger.model import (
     GENESIS_HASH,
     Balances,
     BatchPlan,
+    CreateAccountResult,
     CreateTransferResult,
     JournalHead,
+    NewAccount,
     NewTransfer,
     PlannedTransfer,
     StoredPending,
@@ -37,6 +44,7 @@ from paykeep.ledger.model import (
     seal,
     transfer_results,
 )
+from paykeep.ledger.service import Ledger
 
 DMNEC = 2
 CMNED = 4
@@ -263,3 +271,49 @@ def test_batch_timestamps_name_each_items_row(written: list[bool], now_ns: int) 
     by_index = {p.index: row[13] for p, row in zip(planned, sealed.rows, strict=True)}
     stamps = batch_timestamps(len(written), planned, sealed)
     assert list(stamps) == [by_index.get(i, 0) for i in range(len(written))]
+
+
+def test_a_large_mixed_batch_is_stored_as_decided(database: Database) -> None:
+    """More rows than one multi-row INSERT holds (SQLite groups them), with every optional
+    column both present and absent: each row reads back as the engine decided it, and the
+    whole journal verifies."""
+    ledger = Ledger(database, clock=FakeClock())
+    created = ledger.create_accounts([NewAccount(1, "EUR", 1), NewAccount(2, "EUR", 1)])
+    assert {r.result for r in created} == {CreateAccountResult.OK}
+    batch = []
+    for i in range(2 * 64 + 5):
+        kind = i % 4
+        batch.append(
+            NewTransfer(
+                1000 + i,
+                1 + i % 2,
+                2 - i % 2,
+                1 + i,
+                "EUR",
+                1 + i % 3,
+                flags=int(TransferFlags.PENDING) if kind == 1 else 0,
+                timeout_s=30 if kind == 1 else 0,
+                reference=f"ref-{i}" if kind == 2 else None,
+                metadata={"n": i} if kind == 3 else None,
+            )
+        )
+    results = ledger.create_transfers(batch)
+    assert {r.result for r in results} == {CreateTransferResult.OK}
+    stored = ledger.lookup_transfers([t.id for t in batch])
+    for item, result in zip(batch, results, strict=True):
+        row = stored[item.id]
+        assert (row.debit_account_id, row.credit_account_id, row.amount_minor, row.code) == (
+            item.debit_account_id,
+            item.credit_account_id,
+            item.amount_minor,
+            item.code,
+        )
+        assert (row.flags, row.timeout_s, row.pending_id) == (item.flags, item.timeout_s, 0)
+        assert row.reference == item.reference
+        assert row.metadata == item.metadata
+        assert row.timestamp_ns == result.timestamp_ns
+        assert (row.expires_at_ns > 0) == bool(item.timeout_s)
+    seqs = sorted(t.seq for t in stored.values())
+    assert [stored[t.id].seq for t in batch] == seqs  # batch order is journal order
+    report = verify(database)
+    assert report.ok, report.problems
