@@ -346,8 +346,15 @@ def fan_in_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
 
 
 def fan_in(data: RuleInput, params: Params) -> list[Finding]:
-    """A merchant paid, within the window, by at least ``distinct_min`` distinct buyers whose
-    accounts were younger than ``new_age_s`` when they paid (this payment included)."""
+    """A merchant paid, within the window, by ``distinct_min`` distinct buyers whose accounts
+    were younger than ``new_age_s`` when they paid (this payment included) — fired by the
+    payment of the buyer that brings the count to ``distinct_min``, and again each time it
+    doubles (2×, 4×, … ``distinct_min``).
+
+    Edge-triggered, unlike the payer's rules: the pattern is the merchant's, not this buyer's
+    payment, and a popular merchant would otherwise send every later payment of the day to
+    review, burying its one case under identical alerts. Reaching the threshold again after
+    the window slid below it fires again; a growing pattern escalates at each doubling."""
     event = data.event
     if event.kind is not EventKind.PAYMENT:
         return []
@@ -362,11 +369,15 @@ def fan_in(data: RuleInput, params: Params) -> list[Finding]:
         and e.counterparty_id is not None
         and _is_new(e.at_ns, e.counterparty_opened_at_ns, new_age_s)
     }
+    before = len(buyers)
     if _is_new(event.at_ns, payer.opened_at_ns, new_age_s):
         buyers.add(payer.party_id)
     distinct_min = _int(params, "distinct_min")
-    if len(buyers) < distinct_min:
-        return []
+    if len(buyers) < distinct_min or len(buyers) == before:
+        return []  # under the threshold, or this payment adds no new buyer
+    multiple, remainder = divmod(len(buyers), distinct_min)
+    if remainder or multiple & (multiple - 1):
+        return []  # between the threshold's doublings: that level was reported already
     return [
         Finding(
             payee.party_id,

@@ -290,6 +290,36 @@ def _pay(buyer: str, at_s: float, age_s: int | None) -> MoneyEvent:
             False,
             id="unknown age is not new",
         ),
+        pytest.param(
+            [_pay(f"b{i}", -60 + i, 10) for i in range(3)],
+            _pay("b3", 0, 10),
+            False,
+            id="fourth: the threshold was reported at the third",
+        ),
+        pytest.param(
+            [_pay(f"b{i}", -60 + i, 10) for i in range(3)],
+            _pay("b1", 0, 10),
+            False,
+            id="a buyer already counted adds nothing",
+        ),
+        pytest.param(
+            [_pay(f"b{i}", -60 + i, 10) for i in range(5)],
+            _pay("b5", 0, 10),
+            True,
+            id="sixth: the count doubled",
+        ),
+        pytest.param(
+            [_pay(f"b{i}", -60 + i, 10) for i in range(11)],
+            _pay("b11", 0, 10),
+            True,
+            id="twelfth: doubled again",
+        ),
+        pytest.param(
+            [_pay(f"b{i}", -60 + i, 10) for i in range(8)],
+            _pay("b8", 0, 10),
+            False,
+            id="ninth: a multiple, not a doubling",
+        ),
     ],
 )
 def test_fan_in(history: list[MoneyEvent], event: MoneyEvent, fires: bool) -> None:
