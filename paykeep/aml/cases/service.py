@@ -83,7 +83,12 @@ def _attach(repo: CaseRepository, case: Case, item: NewEvidence, actor: str, at_
             f"{case.reference} already holds {item.kind.value} evidence {item.ref!r}",
             param="ref",
         )
-    if repo.count(case_evidence, case.case_id) >= limits.EVIDENCE_PER_CASE_MAX:
+    # Every item is added with a trail event, so a case whose trail is shorter than the limit
+    # cannot be full: the count (which scans the case's evidence) is needed only near it.
+    if (
+        case.last_seq >= limits.EVIDENCE_PER_CASE_MAX
+        and repo.count(case_evidence, case.case_id) >= limits.EVIDENCE_PER_CASE_MAX
+    ):
         raise CaseLimitReached(f"{case.reference} holds {limits.EVIDENCE_PER_CASE_MAX} items")
     case, event = model.add_evidence(case, item.kind, item.ref, actor=actor, at_ns=at_ns)
     repo.add_evidence(case.case_id, at_ns, item.kind, item.ref, actor, body)
