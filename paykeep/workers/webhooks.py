@@ -247,8 +247,12 @@ class WebhookService:
                 ),
             ),
         )
+        # The attempts of one call run concurrently on threads kept for the service's life
+        # (a pool per call started up to DELIVER_BATCH_MAX threads every quarter-second).
+        self._pool = ThreadPoolExecutor(model.DELIVER_BATCH_MAX, thread_name_prefix="webhook")
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self._http.close()
 
     def __enter__(self) -> WebhookService:
@@ -503,8 +507,7 @@ class WebhookService:
         if len(claims) == 1:
             results = [self._attempt(claims[0])]
         else:
-            with ThreadPoolExecutor(len(claims), thread_name_prefix="webhook") as pool:
-                results = list(pool.map(self._attempt, claims))
+            results = list(self._pool.map(self._attempt, claims))
         self._record(claims, results)
         return len(claims)
 
