@@ -7,11 +7,20 @@ passes the configuration through the environment).
 
 from __future__ import annotations
 
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
 from fastapi import FastAPI
 
 from paykeep import __version__
 from paykeep.api.foundation import build_app
 from paykeep.api.runtime import Runtime, RuntimeConfig, open_runtime
+
+log = logging.getLogger("paykeep.api")
 
 DESCRIPTION = (
     "Marketplace payments with escrow: a buyer pays, the money is held, the merchant ships, "
@@ -39,7 +48,34 @@ def create_app(runtime: Runtime) -> FastAPI:
     return app
 
 
+#: How often an API process of ``paykeep serve --workers N`` records its rolled-back risk
+#: decisions (the serving process's workers do it for a single-process server).
+RISK_FLUSH_INTERVAL_S: Final = 1.0
+
+
 def create_app_from_env() -> FastAPI:
     """uvicorn's factory in each API process of ``paykeep serve``. The serving process has
-    migrated the database already."""
-    return create_app(open_runtime(RuntimeConfig.from_env(), migrate=False))
+    migrated the database already.
+
+    A blocked payment or a held release rolls its transaction back, its risk decision with
+    it; the process that decided keeps the decision in memory until it is recorded in a
+    transaction of its own (``EscrowRisk.flush``). The serving process's workers can only
+    flush their own process's, so each API process runs its own flusher, and flushes once more
+    at exit."""
+    runtime = open_runtime(RuntimeConfig.from_env(), migrate=False)
+    flush = getattr(runtime.payments.risk, "flush", None)
+    if flush is not None:
+        threading.Thread(
+            target=_flush_forever, args=(flush,), name="risk-flush", daemon=True
+        ).start()
+        atexit.register(flush)
+    return create_app(runtime)
+
+
+def _flush_forever(flush: Callable[[], object]) -> None:
+    while True:
+        time.sleep(RISK_FLUSH_INTERVAL_S)
+        try:
+            flush()
+        except Exception:  # a database hiccup: the decisions stay queued for the next round
+            log.exception("recording rolled-back risk decisions failed")

@@ -15,6 +15,7 @@ from paykeep.aml.rules.escrow import EscrowRisk
 from paykeep.aml.rules.sanctions import ScreeningSanctions
 from paykeep.aml.rules.service import DecisionEngine, RulesService
 from paykeep.aml.screening.service import ScreeningService
+from paykeep.db import Database
 from paykeep.payments.errors import IllegalTransition, RiskDeclined
 from paykeep.payments.model import OrderState as S
 from tests.payments.conftest import World
@@ -99,3 +100,28 @@ def test_a_release_under_review_is_held_until_an_operator_confirms(
     with w.svc.transaction() as tx:  # the operator's confirmation is the compliance decision
         assert w.svc.confirm(tx, order.id).state is S.COMPLETED
     assert w.available(m) > 0
+
+
+def test_a_failed_flush_keeps_the_decisions_for_the_next(
+    world: World, risk: EscrowRisk, tmp_path: Path
+) -> None:
+    w = world
+    listed = w.merchant("Silverlake Shipping Holding GmbH")
+    b = w.buyer(listed)
+    w.fund(b, 5_000)
+    order, token = w.order(listed, b)
+    with pytest.raises(RiskDeclined), w.svc.transaction() as tx:
+        w.svc.pay_from_wallet(tx, token)
+    # The database is unreachable when the worker flushes (a real engine on a path that
+    # cannot be opened): nothing is recorded and nothing is forgotten.
+    healthy = risk.engine.database
+    risk.engine.database = Database(sa.create_engine(f"sqlite:///{tmp_path}/missing/db.sqlite3"))
+    with pytest.raises(sa.exc.OperationalError):
+        risk.flush()
+    risk.engine.database = healthy
+    assert _count(w, "aml_decisions") == 0
+    assert risk.flush() == 1
+    with w.database.read() as conn:
+        recorded = conn.execute(sa.text("SELECT outcome, event_id FROM aml_decisions")).one()
+    assert tuple(recorded) == ("block", f"payment:{order.id}")
+    assert risk.flush() == 0

@@ -121,6 +121,16 @@ class EscrowRisk:
         """Record the decisions whose movement's transaction rolled back."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        for event in pending.values():
-            self.engine.decide(event)
-        return len(pending)
+        recorded = 0
+        try:
+            for event in pending.values():
+                self.engine.decide(event)
+                recorded += 1
+        finally:
+            # What was not recorded (the database failed) waits for the next flush.
+            left = list(pending.items())[recorded:]
+            if left:
+                with self._lock:
+                    for event_id, event in left:
+                        self._pending.setdefault(event_id, event)
+        return recorded
