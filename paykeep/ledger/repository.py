@@ -304,7 +304,7 @@ class SqliteTx(_Writer):
         import sqlite3
 
         rows = sealed.rows
-        # Whole groups of rows go in multi-row INSERTs (a third less CPU per row than one
+        # Whole groups of rows go in multi-row INSERTs (a quarter less CPU per row than one
         # statement execution per row), the rest one by one. Same rows, same order.
         grouped = len(rows) - len(rows) % _INSERT_GROUP
         try:
