@@ -59,8 +59,10 @@ class Database:
         # two API processes, measured). SQLite's own lock stays the guarantee underneath.
         self._writer_lock_fd: int | None = None
         path = engine.url.database if self.is_sqlite else None
-        if path and path != ":memory:" and not path.startswith("file:"):
-            self._writer_lock_fd = os.open(f"{path}.writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._writer_lock_path = (
+            f"{path}.writer.lock" if path and path != ":memory:" and not path.startswith("file:")
+            else None
+        )  # fmt: skip
 
     @property
     def is_sqlite(self) -> bool:
@@ -107,6 +109,13 @@ class Database:
     def _other_processes_wait(self) -> Iterator[None]:
         """Hold the writer lock file (taken by this process's one writing thread at a time)."""
         fd = self._writer_lock_fd
+        if fd is None and self._writer_lock_path is not None:
+            try:  # opened on the first write (this thread holds the process's writer lock)
+                fd = self._writer_lock_fd = os.open(
+                    self._writer_lock_path, os.O_RDWR | os.O_CREAT, 0o600
+                )
+            except OSError:
+                fd = None  # no such directory: SQLite's own error says so when it connects
         if fd is None:
             yield
             return
@@ -151,7 +160,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._writer_lock_fd is not None:  # writes after this still work, SQLite-locked
+        if self._writer_lock_fd is not None:  # a later write opens it again
             os.close(self._writer_lock_fd)
             self._writer_lock_fd = None
 
