@@ -57,7 +57,7 @@ class Database:
         # advisory lock file: a waiting process retries every few milliseconds at most, where
         # SQLite's busy handler backs off to 100 ms sleeps (p99 latencies over a second with
         # two API processes, measured). SQLite's own lock stays the guarantee underneath.
-        self._writer_lock_fd: int | None = None
+        self._writer_lock_fds: tuple[int, int] | None = None
         path = engine.url.database if self.is_sqlite else None
         self._writer_lock_path = (
             f"{path}.writer.lock" if path and path != ":memory:" and not path.startswith("file:")
@@ -107,36 +107,35 @@ class Database:
 
     @contextmanager
     def _other_processes_wait(self) -> Iterator[None]:
-        """Hold the writer lock file (taken by this process's one writing thread at a time)."""
-        fd = self._writer_lock_fd
-        if fd is None and self._writer_lock_path is not None:
+        """Hold the writer lock file (taken by this process's one writing thread at a time).
+
+        A turnstile in front of it makes the hand-over fair: a waiting process holds the
+        turnstile while it waits for the lock, so the process that just wrote cannot take the
+        lock straight back (with the lock alone, a busy process re-took it between another's
+        polls: p99 0.6–0.7 s at two API processes, measured)."""
+        fds = self._writer_lock_fds
+        if fds is None and self._writer_lock_path is not None:
             try:  # opened on the first write (this thread holds the process's writer lock)
-                fd = self._writer_lock_fd = os.open(
-                    self._writer_lock_path, os.O_RDWR | os.O_CREAT, 0o600
+                fds = self._writer_lock_fds = (
+                    os.open(f"{self._writer_lock_path}.queue", os.O_RDWR | os.O_CREAT, 0o600),
+                    os.open(self._writer_lock_path, os.O_RDWR | os.O_CREAT, 0o600),
                 )
             except OSError:
-                fd = None  # no such directory: SQLite's own error says so when it connects
-        if fd is None:
+                fds = None  # no such directory: SQLite's own error says so when it connects
+        if fds is None:
             yield
             return
+        turnstile, lock = fds
         deadline = time.monotonic() + DB_LOCK_TIMEOUT_S
-        pause_s = WRITER_LOCK_POLL_MIN_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DatabaseUnavailable(
-                        f"another process held the database for {DB_LOCK_TIMEOUT_S:.0f} s; retry"
-                    ) from None
-                time.sleep(pause_s)
-                pause_s = min(pause_s * 2, WRITER_LOCK_POLL_MAX_S)
+        _flock_by(turnstile, deadline)
+        try:
+            _flock_by(lock, deadline)
+        finally:
+            _unlock(turnstile)
         try:
             yield
         finally:
-            with contextlib.suppress(OSError):  # closed by dispose() meanwhile: nothing held
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            _unlock(lock)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -160,9 +159,31 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._writer_lock_fd is not None:  # a later write opens it again
-            os.close(self._writer_lock_fd)
-            self._writer_lock_fd = None
+        if self._writer_lock_fds is not None:  # a later write opens them again
+            for fd in self._writer_lock_fds:
+                os.close(fd)
+            self._writer_lock_fds = None
+
+
+def _flock_by(fd: int, deadline: float) -> None:
+    """Take an exclusive advisory lock on ``fd``, retrying every 0.2–2 ms until ``deadline``."""
+    pause_s = WRITER_LOCK_POLL_MIN_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise DatabaseUnavailable(
+                    f"another process held the database for {DB_LOCK_TIMEOUT_S:.0f} s; retry"
+                ) from None
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, WRITER_LOCK_POLL_MAX_S)
+
+
+def _unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):  # closed by dispose() meanwhile: nothing held
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

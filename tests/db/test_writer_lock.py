@@ -4,8 +4,11 @@ typed ``database_unavailable`` (retryable), never a half-written transaction."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,4 +72,43 @@ def test_a_writer_held_past_the_timeout_is_a_typed_retryable_error(
         assert holder.wait(timeout=30) == 0
     with db.read() as conn:
         assert [r[0] for r in conn.execute(sa.text("SELECT who FROM t"))] == ["holder"]
+    db.dispose()
+
+
+WAITER = """
+import sys
+from paykeep.db.engine import Database, create_engine_for
+db = Database(create_engine_for(sys.argv[1]))
+with db.write() as conn:
+    conn.exec_driver_sql("INSERT INTO t (who) VALUES ('waiter')")
+db.dispose()
+"""
+
+
+def test_a_waiting_process_gets_the_lock_before_the_writer_that_released_it(
+    tmp_path: Path,
+) -> None:
+    url, db = _database(tmp_path)
+    queue = os.open(f"{tmp_path / 'w.sqlite3'}.writer.lock.queue", os.O_RDWR | os.O_CREAT)
+    with db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO t (who) VALUES ('first')")
+        waiter = subprocess.Popen([sys.executable, "-c", WAITER, url])
+        # Until the waiter holds the turnstile (it waits there for the lock this test holds).
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(queue, fcntl.LOCK_UN)
+            except BlockingIOError:
+                break
+            assert time.monotonic() < deadline, "the waiter never queued"
+            time.sleep(0.01)
+    # Straight back for another write: the waiter, queued first, must go first.
+    with db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO t (who) VALUES ('again')")
+    assert waiter.wait(timeout=30) == 0
+    os.close(queue)
+    with db.read() as conn:
+        order = [r[0] for r in conn.execute(sa.text("SELECT who FROM t ORDER BY id"))]
+    assert order == ["first", "waiter", "again"]
     db.dispose()
