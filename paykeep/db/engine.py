@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from paykeep.config import Settings
 from paykeep.db.errors import DatabaseUnavailable, DatabaseUrlInvalid
+from paykeep.db.fairlock import FairRLock
 from paykeep.limits import DB_LOCK_TIMEOUT_S
 
 #: A process waiting for another's write retries after this long, doubling up to the max.
@@ -49,10 +49,10 @@ class Database:
         self.dialect = engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
             raise DatabaseUrlInvalid(f"unsupported database {self.dialect!r}")
-        # SQLite has one writer. Threads of this process queue here instead of in SQLite's
-        # busy handler, which sleeps in steps of up to 100 ms and turned a few ms of queueing
-        # into p99 latencies of half a second. Other processes still queue in SQLite.
-        self._sqlite_writer = threading.RLock()
+        # SQLite has one writer. Threads of this process queue here, in arrival order (see
+        # paykeep.db.fairlock), instead of in SQLite's busy handler, which sleeps in steps of
+        # up to 100 ms and turned a few ms of queueing into p99 latencies of half a second.
+        self._sqlite_writer = FairRLock()
         # ...and processes (``paykeep serve --workers N``, a CLI beside a server) queue on an
         # advisory lock file: a waiting process retries every few milliseconds at most, where
         # SQLite's busy handler backs off to 100 ms sleeps (p99 latencies over a second with
