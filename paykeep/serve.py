@@ -2,12 +2,13 @@
 
 Starts (1) ``banksim`` as a child process — the card network and the bank, on free ports,
 its state in ``<data dir>/banksim`` —, (2) the worker loops (escrow timers, webhooks, the
-bank's day cycle) in this process, and (3) the API under uvicorn, in this process or in
-``--workers N`` processes. On its first start against a database it seeds a demo
-marketplace (an operator key, three merchants with verified payout IBANs and webhook
-endpoints on this server's demo receiver, a carrier) and writes what a client needs —
-URL and keys — to ``<data dir>/serve.json`` (mode 0600, beside the vault keys it already
-trusts); ``paykeep demo`` reads it from there.
+bank's day cycle) — in a child process (``python -m paykeep.workers``) beside a single API
+process, in this one when it only supervises ``--workers N`` —, and (3) the API under
+uvicorn, in this process or in ``--workers N`` processes. On its first start against a
+database it seeds a demo marketplace (an operator key, three merchants with verified payout
+IBANs and webhook endpoints on this server's demo receiver, a carrier) and writes what a
+client needs — URL and keys — to ``<data dir>/serve.json`` (mode 0600, beside the vault
+keys it already trusts); ``paykeep demo`` reads it from there.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ log = logging.getLogger("paykeep.serve")
 
 SERVE_FILE: Final = "serve.json"
 BANKSIM_START_TIMEOUT_S: Final = 30.0
+#: How long a stopping server waits for its worker process's passes under way (they are
+#: idempotent: one cut short is redone by the next start).
+CHILD_STOP_GRACE_S: Final = 15.0
 #: The safeguarding account at the (simulated) bank, and the demo merchants' payout IBANs
 #: (valid example IBANs from their banks' documentation).
 SAFEGUARDING_IBAN: Final = "DE89370400440532013000"
@@ -94,6 +98,25 @@ def start_banksim(data_dir: Path) -> Banksim:
         raise RuntimeError("banksim did not start (see its messages above)")
     ports = json.loads(line)
     return Banksim(process, int(ports["http_port"]), int(ports["card_port"]))
+
+
+def start_worker_process(bank_cycle_s: float) -> subprocess.Popen[bytes]:
+    """``python -m paykeep.workers`` with this process's environment (its configuration)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "paykeep.workers", "--bank-cycle", str(bank_cycle_s)],
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def stop_child(process: subprocess.Popen[bytes], grace_s: float = CHILD_STOP_GRACE_S) -> None:
+    """SIGTERM, then SIGKILL if it has not finished within ``grace_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def die_with_parent() -> None:
@@ -229,6 +252,7 @@ def serve(
     public_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
     banksim = start_banksim(settings.data_dir / "banksim")
     stop = threading.Event()
+    worker_process: subprocess.Popen[bytes] | None = None
     try:
         config = RuntimeConfig(
             settings=settings,
@@ -255,12 +279,18 @@ def serve(
         }
         serve_file = write_serve_file(settings.data_dir, document)
         os.environ.update(config.to_env())
-        _threads, _stats = start_workers(runtime, stop, bank_cycle_s=bank_cycle_s)
+        if workers == 1:
+            # The workers run in a process of their own: in this one they took the interpreter
+            # lock from the requests, and fell behind (webhook deliveries) under load.
+            worker_process = start_worker_process(bank_cycle_s)
+        else:  # this process only supervises the API processes: the workers run here
+            start_workers(runtime, stop, bank_cycle_s=bank_cycle_s)
         if announce:
             _announce(document, serve_file, first_start, as_json, workers)
         if workers == 1:
-            from paykeep.api.app import create_app
+            from paykeep.api.app import create_app, start_risk_flusher
 
+            start_risk_flusher(runtime)
             uvicorn.run(
                 create_app(runtime), host=host, port=port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=5, log_config=None,
@@ -273,6 +303,8 @@ def serve(
             )  # fmt: skip
     finally:
         stop.set()
+        if worker_process is not None:
+            stop_child(worker_process)
         banksim.stop()
 
 

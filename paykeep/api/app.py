@@ -63,13 +63,19 @@ def create_app_from_env() -> FastAPI:
     flush their own process's, so each API process runs its own flusher, and flushes once more
     at exit."""
     runtime = open_runtime(RuntimeConfig.from_env(), migrate=False)
+    start_risk_flusher(runtime)
+    return create_app(runtime)
+
+
+def start_risk_flusher(runtime: Runtime) -> None:
+    """Record this process's rolled-back risk decisions every second, and once more at exit
+    (for a process that serves requests while the workers run elsewhere)."""
     flush = getattr(runtime.payments.risk, "flush", None)
     if flush is not None:
         threading.Thread(
             target=_flush_forever, args=(flush,), name="risk-flush", daemon=True
         ).start()
         atexit.register(flush)
-    return create_app(runtime)
 
 
 def _flush_forever(flush: Callable[[], object]) -> None:

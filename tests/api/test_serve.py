@@ -50,14 +50,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_killed_server_takes_its_simulated_bank_with_it(tmp_path: Path) -> None:
+def test_a_killed_server_takes_its_simulated_bank_and_its_workers_with_it(
+    tmp_path: Path,
+) -> None:
     with ServerProcess(Settings(data_dir=tmp_path / "data")) as proc:
-        banks = [pid for pid, cmd in _children(proc.process.pid) if "paykeep.banksim" in cmd]
-        assert len(banks) == 1
-        assert _alive(banks[0])
+        children = _children(proc.process.pid)
+        banks = [pid for pid, cmd in children if "paykeep.banksim" in cmd]
+        workers = [pid for pid, cmd in children if "paykeep.workers" in cmd]
+        assert len(banks) == 1 and len(workers) == 1
+        assert _alive(banks[0]) and _alive(workers[0])
         proc.process.send_signal(signal.SIGKILL)
         proc.process.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _alive(banks[0]):
-            assert time.monotonic() < deadline, "banksim outlived its killed server"
-            time.sleep(0.1)
+        for pid, what in ((banks[0], "banksim"), (workers[0], "the worker process")):
+            while _alive(pid):
+                assert time.monotonic() < deadline, f"{what} outlived its killed server"
+                time.sleep(0.1)
