@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from contextlib import contextmanager
 
 import pytest
 
@@ -12,17 +13,17 @@ from paykeep.bench.serveproc import ServerProcess
 from paykeep.config import Settings
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def serving(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, *extra: str
 ) -> Iterator[ServerProcess]:
-    import uuid
-
+    """``paykeep serve --bank-cycle 1 *extra`` on the backend ``request.param`` names (a
+    PostgreSQL database of its own, dropped afterwards)."""
     from tests.conftest import BACKENDS, _pg_admin, _pg_url
 
     if request.param not in BACKENDS:
         pytest.skip(f"backend {request.param} not selected (PAYKEEP_TEST_BACKENDS)")
-    data_dir: Path = tmp_path_factory.mktemp("serve")
+    data_dir = tmp_path_factory.mktemp("serve")
     name = None
     if request.param == "postgres":
         name = f"paykeep_srv_{uuid.uuid4().hex[:12]}"
@@ -33,8 +34,18 @@ def server(
         settings = Settings(data_dir=data_dir)
     # The tests' webhook receivers listen on loopback: opened explicitly for the SSRF guard.
     env = {ENV_WEBHOOK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128"}
-    with ServerProcess(settings, "--bank-cycle", "1", env=env) as proc:
+    try:
+        with ServerProcess(settings, "--bank-cycle", "1", *extra, env=env) as proc:
+            yield proc
+    finally:
+        if name is not None:
+            with _pg_admin() as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    with serving(request, tmp_path_factory) as proc:
         yield proc
-    if name is not None:
-        with _pg_admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

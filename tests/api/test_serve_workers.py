@@ -6,16 +6,13 @@ another process's memory)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from paykeep.api.runtime import ENV_WEBHOOK_ALLOWED_NETWORKS
 from paykeep.bench.serveproc import ServerProcess
-from paykeep.config import Settings
+from tests.api.conftest import serving
 from tests.api.test_money_routes import Shop, wait_for
 
 BIG = 250_000  # new_account_high_value's default floor is 200,000: a new buyer's release is held
@@ -25,25 +22,8 @@ BIG = 250_000  # new_account_high_value's default floor is 200,000: a new buyer'
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    from tests.conftest import BACKENDS, _pg_admin, _pg_url
-
-    if request.param not in BACKENDS:
-        pytest.skip(f"backend {request.param} not selected (PAYKEEP_TEST_BACKENDS)")
-    data_dir: Path = tmp_path_factory.mktemp("serve-workers")
-    name = None
-    if request.param == "postgres":
-        name = f"paykeep_wrk_{uuid.uuid4().hex[:12]}"
-        with _pg_admin() as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        settings = Settings(data_dir=data_dir, database_url=_pg_url(name))
-    else:
-        settings = Settings(data_dir=data_dir)
-    env = {ENV_WEBHOOK_ALLOWED_NETWORKS: "127.0.0.0/8"}
-    with ServerProcess(settings, "--workers", "2", "--bank-cycle", "1", env=env) as proc:
+    with serving(request, tmp_path_factory, "--workers", "2") as proc:
         yield proc
-    if name is not None:
-        with _pg_admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _decisions(server: ServerProcess, event_id: str) -> list[str]:
