@@ -164,17 +164,24 @@ def test_plan_fast_path_equals_deciding_one_by_one(data: st.DataObject) -> None:
     assert fast_accounts == slow_accounts
 
 
-def test_fast_path_takes_plain_transfers() -> None:
-    """The bench's shape is the one the fast path serves (and is decided ``ok``)."""
-    accounts = {1: Balances("EUR", 0, 0, 0, 0, 0), 2: Balances("EUR", DMNEC, 0, 0, 0, 0)}
-    plan = plan_transfers(
-        [NewTransfer(10, 1, 2, 5, "EUR", 1), NewTransfer(11, 2, 1, 6, "EUR", 1)],
+def _plan_fresh(batch: list[NewTransfer], accounts: dict[int, Balances]) -> Any:
+    """``plan_transfers`` for a batch with nothing stored, pending or referenced before it."""
+    return plan_transfers(
+        batch,
         accounts=accounts,
         stored={},
         pendings={},
         resolutions={},
         references={},
         now_ns=1,
+    )
+
+
+def test_fast_path_takes_plain_transfers() -> None:
+    """The bench's shape is the one the fast path serves (and is decided ``ok``)."""
+    accounts = {1: Balances("EUR", 0, 0, 0, 0, 0), 2: Balances("EUR", DMNEC, 0, 0, 0, 0)}
+    plan = _plan_fresh(
+        [NewTransfer(10, 1, 2, 5, "EUR", 1), NewTransfer(11, 2, 1, 6, "EUR", 1)], accounts
     )
     assert plan.results == [CreateTransferResult.OK, CreateTransferResult.EXCEEDS_CREDITS]
     assert accounts[1].debits_posted == 5 and accounts[2].credits_posted == 5
@@ -184,15 +191,7 @@ def test_fast_path_takes_plain_transfers() -> None:
 def test_fast_path_does_not_take_a_str_subclass_for_a_known_currency() -> None:
     accounts = {1: Balances("EUR", 0, 0, 0, 0, 0), 2: Balances("EUR", 0, 0, 0, 0, 0)}
     batch = [NewTransfer(10, 1, 2, 5, "EUR", 1), NewTransfer(11, 1, 2, 5, Text("EUR"), 1)]
-    plan = plan_transfers(
-        batch,
-        accounts=accounts,
-        stored={},
-        pendings={},
-        resolutions={},
-        references={},
-        now_ns=1,
-    )
+    plan = _plan_fresh(batch, accounts)
     assert plan.results == [CreateTransferResult.OK, CreateTransferResult.CURRENCY_INVALID]
 
 

@@ -211,6 +211,19 @@ class HistoryEntry:
     card_approved: bool | None = None
 
 
+def event_fields(event: MoneyEvent) -> dict[str, Any]:
+    """The event as flat fields: its decision row and its case evidence both start here."""
+    return {
+        "event_id": event.event_id,
+        "kind": event.kind.value,
+        "at_ns": event.at_ns,
+        "amount_minor": event.amount.amount_minor,
+        "currency": event.amount.currency,
+        "payer_id": event.payer.party_id if event.payer else None,
+        "payee_id": event.payee.party_id if event.payee else None,
+    }
+
+
 def history_entries(event: MoneyEvent) -> list[tuple[str, HistoryEntry]]:
     """The entries an event adds to its parties' histories: the payer's ``out``, the payee's
     ``in``, each naming the other side."""

@@ -21,6 +21,7 @@ from paykeep.aml.rules.model import (
     MoneyEvent,
     Outcome,
     RuleConfig,
+    event_fields,
 )
 from paykeep.db import driver
 
@@ -241,14 +242,8 @@ class RulesRepository:
             self.conn.execute(
                 _INSERT_DECISION,
                 {
-                    "event_id": event.event_id,
+                    **event_fields(event),
                     "fingerprint": fingerprint,
-                    "kind": event.kind.value,
-                    "at_ns": event.at_ns,
-                    "amount_minor": event.amount.amount_minor,
-                    "currency": event.amount.currency,
-                    "payer_id": event.payer.party_id if event.payer else None,
-                    "payee_id": event.payee.party_id if event.payee else None,
                     "outcome": outcome.value,
                     "case_id": case_id,
                     "decided_at_ns": decided_at_ns,

@@ -51,6 +51,7 @@ from paykeep.aml.rules.model import (
     SanctionsHit,
     SanctionsScreen,
     evaluate,
+    event_fields,
     event_fingerprint,
     history_entries,
     history_needs,
@@ -281,13 +282,7 @@ def _graph(event: MoneyEvent, history: Mapping[str, Sequence[HistoryEntry]]) -> 
 
 def _transaction_body(event: MoneyEvent, outcome: Outcome) -> dict[str, Any]:
     return {
-        "event_id": event.event_id,
-        "kind": event.kind.value,
-        "at_ns": event.at_ns,
-        "amount_minor": event.amount.amount_minor,
-        "currency": event.amount.currency,
-        "payer_id": event.payer.party_id if event.payer else None,
-        "payee_id": event.payee.party_id if event.payee else None,
+        **event_fields(event),
         "payer_country": event.payer.country if event.payer else None,
         "payee_country": event.payee.country if event.payee else None,
         "outcome": outcome.value,
