@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import httpx
 
     from paykeep.api.runtime import Runtime
+    from paykeep.workers.webhooks import DeliveryPump
 
 log = logging.getLogger("paykeep.workers")
 
@@ -179,28 +180,39 @@ def housekeeping_pass(runtime: Runtime) -> None:
             return
 
 
-def webhook_pass(runtime: Runtime) -> None:
-    """Fan events out and deliver what is due, again and again while there is work (one call
-    delivers at most a few per endpoint: a busy marketplace emits far more events than one
-    call a quarter-second would carry), for at most ``WEBHOOK_PASS_BUDGET_S`` so the loop
-    still notices a stop. Failed deliveries are rescheduled, not retried here at once."""
+def webhook_pass(runtime: Runtime, pump: DeliveryPump) -> None:
+    """Fan events out and keep deliveries in flight through ``pump`` (record the attempts that
+    ended, start what is due in the free slots: a slow endpoint holds only its own slots),
+    coming round whenever an attempt ends, for at most ``WEBHOOK_PASS_BUDGET_S`` so the loop
+    still notices a stop; returns early when there is nothing to do. Attempts still in flight
+    at the end are recorded by a later pass. Failed deliveries are rescheduled, not retried
+    here at once."""
     from paykeep.workers.webhook_model import FAN_OUT_BATCH_MAX
 
     deadline = time.monotonic() + WEBHOOK_PASS_BUDGET_S
-    while True:
+    while time.monotonic() < deadline:
         fanned = runtime.webhooks.fan_out()
-        tried = runtime.webhooks.deliver_due()
-        if (fanned < FAN_OUT_BATCH_MAX and tried == 0) or time.monotonic() > deadline:
+        worked = fanned + pump.pump()
+        if fanned == FAN_OUT_BATCH_MAX:
+            continue  # more events are waiting
+        if not pump.in_flight and not worked:
             return
+        # Until an attempt ends; a quarter-second at most, to claim what fell due meanwhile.
+        pump.wait(WEBHOOK_INTERVAL_S)
 
 
 def start_workers(
     runtime: Runtime, stop: threading.Event, *, bank_cycle_s: float = BANK_CYCLE_INTERVAL_S
 ) -> tuple[list[threading.Thread], WorkerStats]:
+    from paykeep.workers.webhooks import DeliveryPump
+
     stats = WorkerStats()
+    # Lives across passes (attempts outlast a pass). Never closed: on stop, what is in flight
+    # is abandoned and delivered again after its lease (at least once, as always).
+    pump = DeliveryPump(runtime.webhooks)
     plan: list[tuple[str, float, Callable[[], object]]] = [
         ("escrow", TIMERS_INTERVAL_S, lambda: escrow_pass(runtime)),
-        ("webhooks", WEBHOOK_INTERVAL_S, lambda: webhook_pass(runtime)),
+        ("webhooks", WEBHOOK_INTERVAL_S, lambda: webhook_pass(runtime, pump)),
         ("bank", bank_cycle_s, lambda: bank_cycle_pass(runtime)),
         ("housekeeping", HOUSEKEEPING_INTERVAL_S, lambda: housekeeping_pass(runtime)),
     ]

@@ -70,8 +70,7 @@ SIGNATURES_PER_HEADER_MAX: Final = 8
 LAST_ERROR_LENGTH_MAX: Final = 500
 #: Bytes of a response body read from the network at most (the rest is never read).
 RESPONSE_BODY_READ_BYTES_MAX: Final = 4 * 1024
-#: Events read per ``fan_out`` call, deliveries per ``deliver_due`` call (each delivery of a
-#: call gets its own thread, so this is also the number of requests in flight).
+#: Events read per ``fan_out`` call, deliveries claimed per ``deliver_due`` call.
 FAN_OUT_BATCH_MAX: Final = 1_000
 DELIVER_BATCH_MAX: Final = 32
 #: Deliveries of one endpoint claimed per ``deliver_due`` call: a slow or hanging endpoint
@@ -79,6 +78,25 @@ DELIVER_BATCH_MAX: Final = 32
 #: merchant's concurrency: 4 let a busy marketplace's deliveries fall behind (bench api, three
 #: merchants: ~1,000 delivered in the timed 10 s at 4, ~1,750 at 8, with ~8,000 events made).
 DELIVERIES_PER_ENDPOINT_PER_CALL_MAX: Final = 8
+#: Attempts a service runs at once: its thread pool and HTTP connection pool are this big, so
+#: an attempt starts as soon as it is claimed (its lease runs from the claim). A worker's
+#: ``DeliveryPump`` keeps at most this many in flight.
+DELIVERIES_IN_FLIGHT_MAX: Final = DELIVER_BATCH_MAX
+#: A worker's attempts in flight to one endpoint at most: the per-call bound, now that the
+#: worker claims whenever slots are free instead of in calls. A hanging endpoint holds at most
+#: this many slots; an endpoint with its share in flight is left out of the claim, so its
+#: backlog cannot crowd out other endpoints. Per worker: N workers reach an endpoint N times.
+DELIVERIES_PER_ENDPOINT_IN_FLIGHT_MAX: Final = DELIVERIES_PER_ENDPOINT_PER_CALL_MAX
+#: While attempts are in flight a worker comes round (records results, claims for the free
+#: slots) when one ends, but at most once per this: a round costs the same few transactions
+#: whether it carries one result or twenty, so results are recorded in groups.
+DELIVERY_ROUND_MIN_S: Final = 0.05
+#: How long a stopping worker waits for its attempts in flight to end and be recorded; the
+#: rest are abandoned (delivered again after their lease: at least once, as always).
+WORKER_STOP_GRACE_S: Final = 1.0
+#: A worker waiting for an attempt to end looks at its stop signal this often (a future and
+#: an event cannot be waited on together).
+WORKER_STOP_POLL_S: Final = 0.1
 #: Due deliveries looked at to pick a call's batch fairly across endpoints.
 CLAIM_SCAN_MAX: Final = 1_000
 #: HTTP timeout per network operation (connect, write, each read), default and bounds.

@@ -8,12 +8,23 @@ inside one):
    type) and advances the cursor, all in one transaction. PostgreSQL: the cursor row is locked
    ``FOR UPDATE SKIP LOCKED`` (a second worker finds it locked and returns 0); SQLite
    serialises writers anyway.
-2. ``deliver_due`` claims due deliveries (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) and leases
-   them by pushing ``next_attempt_at_ns`` past the attempt's longest duration, then commits.
-3. The POSTs run concurrently outside any transaction, one thread per claimed delivery.
-4. The results are written in one transaction, each guarded by the claim (state, attempts and
-   lease unchanged): a worker whose lease ran out (another took the delivery over) writes
-   nothing, so each attempt number is recorded once.
+2. A claim picks due deliveries (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), at most a few
+   per endpoint, and leases them by pushing ``next_attempt_at_ns`` past the attempt's longest
+   duration, then commits.
+3. Each POST runs on its own thread of the service's pool, outside any transaction. The pool
+   threads only sign and send: they never touch the database.
+4. Each result is written soon after its attempt ends, by the thread that claimed it, with the
+   other results that ended meanwhile, in one transaction; each row is guarded by its claim
+   (state, attempts and lease unchanged): a worker whose lease ran out (another took the
+   delivery over) writes nothing, so each attempt number is recorded once.
+
+The worker loop (``run_webhook_worker``, and ``webhook_pass`` in ``cycle``) drives a
+``DeliveryPump``: every round it records the attempts that have ended, then claims due
+deliveries for its free slots (``DELIVERIES_IN_FLIGHT_MAX`` in all, at most
+``DELIVERIES_PER_ENDPOINT_IN_FLIGHT_MAX`` per endpoint; an endpoint with its share in flight
+is left out of the claim) and starts them, without waiting for the attempts still in flight.
+So a slow or hanging endpoint delays only its own deliveries. ``deliver_due`` is the
+synchronous form (claim once, return when every attempt is recorded), for tests and scripts.
 
 Receivers must be idempotent on ``webhook-id`` (the event id): delivery is at least once, a
 lease that runs out or a replay sends the same event again.
@@ -23,8 +34,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections import Counter
+from collections.abc import Mapping, MutableMapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -242,16 +255,22 @@ class WebhookService:
             transport=GuardedTransport(
                 self.allowed_networks,
                 httpx.Limits(
-                    max_connections=model.DELIVER_BATCH_MAX,
-                    max_keepalive_connections=model.DELIVER_BATCH_MAX,
+                    max_connections=model.DELIVERIES_IN_FLIGHT_MAX,
+                    max_keepalive_connections=model.DELIVERIES_IN_FLIGHT_MAX,
                 ),
             ),
         )
-        # The attempts of one call run concurrently on threads kept for the service's life
-        # (a pool per call started up to DELIVER_BATCH_MAX threads every quarter-second).
-        self._pool = ThreadPoolExecutor(model.DELIVER_BATCH_MAX, thread_name_prefix="webhook")
+        # Attempts run on threads kept for the service's life (a pool per call started up to
+        # DELIVER_BATCH_MAX threads every quarter-second). One thread per attempt in flight: a
+        # claimed attempt never queues while its lease runs. (A pump and ``deliver_due`` used
+        # at once on one service can queue a little; the lease's margin covers that.)
+        self._pool = ThreadPoolExecutor(
+            model.DELIVERIES_IN_FLIGHT_MAX, thread_name_prefix="webhook"
+        )
 
     def close(self) -> None:
+        """Waits for the attempts still running; their results are not recorded (see
+        ``DeliveryPump.close``)."""
         self._pool.shutdown(wait=True)
         self._http.close()
 
@@ -499,36 +518,66 @@ class WebhookService:
 
     def deliver_due(self, limit: int = model.DELIVER_BATCH_MAX) -> int:
         """Attempt up to ``limit`` due deliveries (concurrently, at most
-        ``DELIVERIES_PER_ENDPOINT_PER_CALL_MAX`` per endpoint); returns how many were tried."""
+        ``DELIVERIES_PER_ENDPOINT_PER_CALL_MAX`` per endpoint); returns how many were tried.
+        Returns when every attempt has ended and is recorded; each result is recorded as soon
+        as it is in, so a slow endpoint holds back no other delivery's record. The worker loop
+        uses a :class:`DeliveryPump` instead, which never waits for an attempt."""
         model.check_limit(limit, model.DELIVER_BATCH_MAX)
-        claims = self._claim(limit)
-        if not claims:
-            return 0
-        if len(claims) == 1:
-            results = [self._attempt(claims[0])]
-        else:
-            results = list(self._pool.map(self._attempt, claims))
-        self._record(claims, results)
+        claims = self._claim(limit, model.DELIVERIES_PER_ENDPOINT_PER_CALL_MAX)
+        if len(claims) == 1:  # no thread hop for a lone delivery
+            self._record(claims, [self._attempt(claims[0])])
+            return 1
+        in_flight = {self._start(claim): claim for claim in claims}
+        while in_flight:
+            wait(in_flight, return_when=FIRST_COMPLETED)
+            self._record_ended(in_flight)
         return len(claims)
 
-    def _claim(self, limit: int) -> list[_Claim]:
+    def _start(self, claim: _Claim) -> Future[AttemptResult]:
+        return self._pool.submit(self._attempt, claim)
+
+    def _record_ended(self, in_flight: MutableMapping[Future[AttemptResult], _Claim]) -> int:
+        """Record the attempts of ``in_flight`` that have ended (one transaction) and remove
+        them from it; returns how many. On the thread that owns ``in_flight``: the results
+        were made on pool threads, the database write happens here."""
+        ended = [future for future in in_flight if future.done()]
+        if not ended:
+            return 0
+        self._record([in_flight[future] for future in ended], [f.result() for f in ended])
+        for future in ended:
+            del in_flight[future]
+        return len(ended)
+
+    def _claim(
+        self, limit: int, per_endpoint_max: int, busy: Mapping[str, int] | None = None
+    ) -> list[_Claim]:
+        """Lease up to ``limit`` due deliveries, the longest due first, at most
+        ``per_endpoint_max`` per endpoint counting ``busy`` (the caller's attempts in flight,
+        by endpoint). An endpoint with its share busy is left out of the scan itself: a slow
+        endpoint's backlog is the longest due, so it would fill the scan and starve the
+        rest."""
+        busy = busy or {}
+        full = sorted(e for e, n in busy.items() if n >= per_endpoint_max)
         now_ns = self.clock.now_ns()
         lease_until_ns = now_ns + model.lease_s(self.http_timeout_s) * NS_PER_S
         postgres = self.database.is_postgres
+        scan = sa.text(
+            "SELECT id, endpoint_id FROM payments_webhook_deliveries "
+            "WHERE state = 'pending' AND next_attempt_at_ns <= :now"
+            + (" AND endpoint_id NOT IN :full" if full else "")
+            + " ORDER BY next_attempt_at_ns, id LIMIT :scan"
+        )
+        params: dict[str, Any] = {"now": now_ns, "scan": model.CLAIM_SCAN_MAX}
+        if full:
+            scan = scan.bindparams(sa.bindparam("full", expanding=True))
+            params["full"] = full
         with self.database.write() as conn:
-            due = conn.execute(
-                sa.text(
-                    "SELECT id, endpoint_id FROM payments_webhook_deliveries "
-                    "WHERE state = 'pending' AND next_attempt_at_ns <= :now "
-                    "ORDER BY next_attempt_at_ns, id LIMIT :scan"
-                ),
-                {"now": now_ns, "scan": model.CLAIM_SCAN_MAX},
-            ).all()
+            due = conn.execute(scan, params).all()
             picked: list[str] = []
-            per_endpoint: dict[str, int] = {}
+            per_endpoint: dict[str, int] = dict(busy)
             for row in due:
                 taken = per_endpoint.get(row.endpoint_id, 0)
-                if taken < model.DELIVERIES_PER_ENDPOINT_PER_CALL_MAX:
+                if taken < per_endpoint_max:
                     per_endpoint[row.endpoint_id] = taken + 1
                     picked.append(row.id)
                     if len(picked) == limit:
@@ -828,22 +877,157 @@ def verify(
 # --- The worker loop ------------------------------------------------------------------------
 
 
+class DeliveryPump:
+    """A worker's deliveries in flight, without a barrier: :meth:`pump` records the attempts
+    that have ended, then claims due deliveries for the free slots and starts them on the
+    service's pool, and returns at once. A slow or hanging endpoint holds only its own slots
+    (at most ``per_endpoint_max``) until its attempts end; the other endpoints' deliveries go
+    on through the rest.
+
+    Threads: a pump belongs to one thread (the worker loop's), which does all its database
+    work, claims and results alike. The pool's threads only sign and POST; a result reaches
+    the owner through its future. The bounds are this pump's own: each worker process has its
+    own pump, as it had its own call's worth of claims before.
+    """
+
+    def __init__(
+        self,
+        service: WebhookService,
+        *,
+        in_flight_max: int = model.DELIVERIES_IN_FLIGHT_MAX,
+        per_endpoint_max: int = model.DELIVERIES_PER_ENDPOINT_IN_FLIGHT_MAX,
+    ) -> None:
+        model.check_limit(in_flight_max, model.DELIVERIES_IN_FLIGHT_MAX, "in_flight_max")
+        model.check_limit(
+            per_endpoint_max, model.DELIVERIES_PER_ENDPOINT_IN_FLIGHT_MAX, "per_endpoint_max"
+        )
+        self._service = service
+        self._in_flight_max = in_flight_max
+        self._per_endpoint_max = per_endpoint_max
+        self._in_flight: dict[Future[AttemptResult], _Claim] = {}
+        self._owner: int | None = None
+        self._closed = False
+        self._pumped_at_s = monotonic_s()
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts started and not yet recorded (some may have ended)."""
+        return len(self._in_flight)
+
+    def pump(self) -> int:
+        """Record the attempts that have ended, then start due deliveries in the free slots.
+        Never waits for an attempt. Returns how many results were taken in (written, or
+        dropped for a lost lease) plus how many attempts started; 0: nothing to do now. A
+        database error propagates; the results not written stay here for a later call."""
+        self._check_owner()
+        assert not self._closed, "pump after close"
+        self._pumped_at_s = monotonic_s()
+        recorded = self._service._record_ended(self._in_flight)
+        free = self._in_flight_max - len(self._in_flight)
+        if free <= 0:
+            return recorded
+        busy = Counter(claim.endpoint_id for claim in self._in_flight.values())
+        claims = self._service._claim(free, self._per_endpoint_max, busy)
+        for claim in claims:
+            self._in_flight[self._service._start(claim)] = claim
+        assert len(self._in_flight) <= self._in_flight_max
+        return recorded + len(claims)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until an attempt in flight has ended, or for ``timeout_s``; True if one has
+        ended (the next :meth:`pump` records it). Once one has, it waits on until
+        ``DELIVERY_ROUND_MIN_S`` after the last :meth:`pump` (within ``timeout_s``), so the
+        next round records a group. False at once when nothing is in flight."""
+        self._check_owner()
+        if not self._in_flight:
+            return False
+        deadline_s = monotonic_s() + timeout_s
+        ended, _ = wait(self._in_flight, timeout=timeout_s, return_when=FIRST_COMPLETED)
+        if not ended:
+            return False
+        gather_s = min(self._pumped_at_s + model.DELIVERY_ROUND_MIN_S, deadline_s) - monotonic_s()
+        if gather_s > 0:
+            time.sleep(gather_s)
+        return True
+
+    def close(self, grace_s: float = model.WORKER_STOP_GRACE_S) -> int:
+        """Stop: wait up to ``grace_s`` for the attempts in flight, record those that have
+        ended and abandon the rest; returns how many were abandoned. An abandoned delivery
+        keeps its lease; whichever worker claims it once the lease has run out delivers it
+        again. Delivery is at least once anyway (receivers deduplicate on ``webhook-id``), so
+        a stop never waits out a hanging endpoint."""
+        self._check_owner()
+        if self._closed:
+            return 0
+        self._closed = True
+        if self._in_flight:
+            wait(self._in_flight, timeout=grace_s)
+        try:
+            self._service._record_ended(self._in_flight)
+        except (DatabaseUnavailable, sa.exc.OperationalError) as exc:
+            log.warning("webhook worker: results not recorded on stop (%s)", exc)
+        abandoned = len(self._in_flight)
+        for future in self._in_flight:
+            # Only an attempt still queued is cancelled; a running one ends by its own
+            # timeouts on the pool, and nobody reads its result.
+            future.cancel()
+        self._in_flight.clear()
+        if abandoned:
+            log.info(
+                "webhook worker: %d attempts abandoned on stop (leased; sent again)", abandoned
+            )
+        return abandoned
+
+    def _check_owner(self) -> None:
+        # The in-flight map is unguarded: one thread drives the pump.
+        me = threading.get_ident()
+        if self._owner is None:
+            self._owner = me
+        assert self._owner == me, "a DeliveryPump is driven by one thread"
+
+
 def run_webhook_worker(
     service: WebhookService,
     stop: threading.Event,
     interval_s: float = 1.0,
     *,
     fan_out_batch: int = model.FAN_OUT_BATCH_MAX,
-    deliver_batch: int = model.DELIVER_BATCH_MAX,
+    deliver_batch: int = model.DELIVERIES_IN_FLIGHT_MAX,
+    stop_grace_s: float = model.WORKER_STOP_GRACE_S,
 ) -> None:
-    """Fan out and deliver until ``stop`` is set; sleeps ``interval_s`` when idle. A database
-    outage is logged and waited out, never fatal; any other error is a bug and propagates."""
+    """Fan out and deliver until ``stop`` is set, through a :class:`DeliveryPump` with up to
+    ``deliver_batch`` attempts in flight: new deliveries are claimed while earlier attempts
+    are still in flight, and each result is recorded when the loop comes round after it ends
+    (the loop wakes for that). Polls every ``interval_s`` when idle. A database outage is
+    logged and waited out, never fatal; any other error is a bug and propagates. On stop the
+    attempts in flight get ``stop_grace_s`` to end and be recorded; the rest are abandoned
+    (delivered again after their lease: delivery is at least once)."""
+    pump = DeliveryPump(service, in_flight_max=deliver_batch)
+    try:
+        while not stop.is_set():
+            try:
+                fanned = service.fan_out(fan_out_batch)
+                worked = fanned + pump.pump()
+            except (DatabaseUnavailable, sa.exc.OperationalError) as exc:
+                log.warning("webhook worker: database unavailable (%s); retrying", exc)
+                stop.wait(interval_s)
+                continue
+            if fanned == fan_out_batch:
+                continue  # more events are waiting; fanning out needs no free slot
+            if pump.in_flight:
+                _until_an_attempt_ends(pump, stop, interval_s)
+            elif not worked:
+                stop.wait(interval_s)
+    finally:
+        pump.close(stop_grace_s)
+
+
+def _until_an_attempt_ends(pump: DeliveryPump, stop: threading.Event, timeout_s: float) -> None:
+    """Wait for an attempt to end, ``stop`` or ``timeout_s``, whichever comes first. The
+    timeout still comes round to claim what fell due meanwhile while the slots in flight are
+    a slow endpoint's."""
+    deadline_s = monotonic_s() + timeout_s
     while not stop.is_set():
-        try:
-            worked = service.fan_out(fan_out_batch)
-            worked += service.deliver_due(deliver_batch)
-        except (DatabaseUnavailable, sa.exc.OperationalError) as exc:
-            log.warning("webhook worker: database unavailable (%s); retrying", exc)
-            worked = 0
-        if not worked:
-            stop.wait(interval_s)
+        left_s = deadline_s - monotonic_s()
+        if left_s <= 0 or pump.wait(min(left_s, model.WORKER_STOP_POLL_S)):
+            return

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from paykeep.clock import FakeClock
+from paykeep.clock import FakeClock, monotonic_s
 from paykeep.db import Database
 from paykeep.gateway.vault.keys import VaultKeys
 from paykeep.payments.events import record_event
@@ -33,6 +33,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    arrived_s: float = 0.0  # monotonic
 
 
 @dataclass
@@ -43,6 +44,11 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     answers: dict[str, tuple[int, bytes, dict[str, str]] | str] = field(default_factory=dict)
     delay_s: float = 0.0
+    #: Per path, how long the answer waits (instead of ``delay_s``); ``released`` ends it.
+    delays: dict[str, float] = field(default_factory=dict)
+    #: Per path, requests being answered now and the most there ever were at once.
+    active: dict[str, int] = field(default_factory=dict)
+    active_max: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     released: threading.Event = field(default_factory=threading.Event)
 
@@ -59,6 +65,15 @@ class Receiver:
         with self.lock:
             self.answers[path] = "hang"
 
+    def delay(self, path: str, seconds: float) -> None:
+        with self.lock:
+            self.delays[path] = seconds
+
+    def most_at_once(self, path: str | None = None) -> int:
+        """The most requests (to ``path``, or to any path) answered at one time so far."""
+        with self.lock:
+            return self.active_max.get("" if path is None else path, 0)
+
     def received(self, path: str | None = None) -> list[Received]:
         with self.lock:
             return [r for r in self.requests if path is None or r.path == path]
@@ -71,20 +86,32 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
+            headers = {k.lower(): v for k, v in self.headers.items()}
             with receiver.lock:
-                receiver.requests.append(
-                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
+                receiver.requests.append(Received(self.path, headers, body, monotonic_s()))
                 answer = receiver.answers.get(self.path, (200, b"ok", {}))
-            if receiver.delay_s:
-                receiver.released.wait(receiver.delay_s)
-            if answer == "hang":
-                receiver.released.wait(HANG_S)
-                return
+                delay_s = receiver.delays.get(self.path, receiver.delay_s)
+                # "" counts every path together.
+                for key in (self.path, ""):
+                    now = receiver.active.get(key, 0) + 1
+                    receiver.active[key] = now
+                    receiver.active_max[key] = max(receiver.active_max.get(key, 0), now)
+            # Counted until the answer is about to be sent, never after: the client may
+            # start its next request as soon as it has the answer.
+            try:
+                if delay_s:
+                    receiver.released.wait(delay_s)
+                if answer == "hang":
+                    receiver.released.wait(HANG_S)
+                    return
+            finally:
+                with receiver.lock:
+                    for key in (self.path, ""):
+                        receiver.active[key] -= 1
             assert not isinstance(answer, str)
-            status, payload, headers = answer
+            status, payload, answer_headers = answer
             self.send_response(status)
-            for name, value in headers.items():
+            for name, value in answer_headers.items():
                 self.send_header(name, value)
             self.send_header("content-length", str(len(payload)))
             self.end_headers()

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from paykeep.clock import FakeClock
+from paykeep.clock import FakeClock, monotonic_s
 from paykeep.config import Settings
 from paykeep.db import Database, open_database
 from paykeep.payments.events import record_event
 from paykeep.security.fields import FieldCipher
 from paykeep.workers import webhook_model as model
-from paykeep.workers.webhooks import WebhookService
+from paykeep.workers.webhooks import DeliveryPump, WebhookService
 from tests.webhooks.conftest import (
     HTTP_TIMEOUT_S,
     LOOPBACK,
@@ -126,6 +126,62 @@ def test_concurrent_workers_never_send_one_attempt_twice(
     receiver.delay_s = 0.01  # requests overlap the other workers' claims
     attempted = _race(workers, lambda s: s.deliver_due(8))
     assert sum(attempted) == total
+    sent = Counter((r.path, r.headers["webhook-id"]) for r in receiver.received())
+    assert len(sent) == total
+    assert set(sent.values()) == {1}
+    rows = _delivery_rows(database)
+    assert {(r.state, r.attempts) for r in rows} == {("delivered", 1)}
+
+
+def test_concurrent_pumps_never_send_one_attempt_twice(
+    database: Database,
+    workers: list[WebhookService],
+    receiver: Receiver,
+    clock: FakeClock,
+) -> None:
+    """The worker loop's form: each worker keeps its own attempts in flight and claims while
+    they run, so claims and results of different workers interleave."""
+    merchants = [add_merchant(database, f"mer_{m}") for m in range(4)]
+    for i in range(model.DELIVER_BATCH_MAX):
+        workers[0].create_endpoint(merchants[i % len(merchants)], receiver.url(f"/{i}"), None)
+    for _ in range(EVENTS // 10):
+        for merchant in merchants:
+            add_event(database, clock, merchant)
+    workers[0].fan_out()
+    total = (EVENTS // 10) * model.DELIVER_BATCH_MAX
+    receiver.delay_s = 0.01  # requests overlap the other workers' claims
+    all_recorded = threading.Event()
+    errors: list[BaseException] = []
+
+    def run(service: WebhookService) -> None:
+        pump = DeliveryPump(service, in_flight_max=8)
+        try:
+            while not all_recorded.is_set():
+                worked = pump.pump()
+                if pump.in_flight:
+                    pump.wait(0.05)
+                elif not worked:
+                    all_recorded.wait(0.02)
+        except BaseException as exc:  # surfaced in the main thread below
+            errors.append(exc)
+        finally:
+            pump.close()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline_s = monotonic_s() + 60
+        while monotonic_s() < deadline_s and not errors:
+            states = Counter(r.state for r in _delivery_rows(database))
+            if states["delivered"] == total:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        all_recorded.set()
+        for thread in threads:
+            thread.join(30)
+    assert not errors, errors
     sent = Counter((r.path, r.headers["webhook-id"]) for r in receiver.received())
     assert len(sent) == total
     assert set(sent.values()) == {1}
