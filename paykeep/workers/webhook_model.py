@@ -106,10 +106,10 @@ HTTP_TIMEOUT_S_MAX: Final = 30.0
 #: margin; past the lease another worker may try it again (at-least-once delivery).
 LEASE_TIMEOUTS: Final = 4
 LEASE_MARGIN_S: Final = 30
-#: PostgreSQL hands out ``seq`` values before commit, so a later event can become visible
-#: before an earlier one. ``fan_out`` stops at a gap in ``seq`` until the event after it is
-#: this old; a gap that old is a rolled-back insert, never a transaction still running.
-OUTBOX_GAP_GRACE_S: Final = 120
+#: ``fan_out`` waits at a gap in the outbox's ``seq`` while a transaction that may hold the
+#: missing number is open (``outbox_gaps``); past this wait it logs a warning (again at most
+#: this often), because webhooks of every later event wait with it.
+OUTBOX_GAP_WARN_S: Final = 60
 #: Deliveries one event may have in all (fan-out plus replays): replays are not a mailing tool.
 DELIVERIES_PER_EVENT_MAX: Final = 100
 #: Page size of ``deliveries``.

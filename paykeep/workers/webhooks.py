@@ -51,6 +51,7 @@ from paykeep.db.errors import DatabaseUnavailable
 from paykeep.ids import IdGenerator
 from paykeep.security.errors import FieldDecryptionFailed
 from paykeep.security.fields import FieldCipher
+from paykeep.workers import outbox_gaps
 from paykeep.workers import webhook_model as model
 from paykeep.workers.webhook_egress import GuardedTransport, check_destination
 from paykeep.workers.webhook_model import (
@@ -243,6 +244,9 @@ class WebhookService:
                 model.format_allowed_networks(self.allowed_networks),
             )
         self._ids = IdGenerator(self.clock)
+        # The gap in the outbox the cursor waits at, if any (PostgreSQL; see outbox_gaps).
+        self._gap_watch: outbox_gaps.GapWatch | None = None
+        self._gap_warned_ns = 0
         # An attempt's wall-time budget (monotonic) for reading an error body; the lease is
         # longer, so a worker always finishes (or gives up) before another may take over.
         self._attempt_budget_s = model.LEASE_TIMEOUTS * http_timeout_s
@@ -431,6 +435,9 @@ class WebhookService:
             cursor_seq = self._lock_cursor(conn)
             if cursor_seq is None:
                 return 0
+            # Before the events are read: a transaction that ended by this snapshot has its
+            # event visible to the read below (see outbox_gaps).
+            snapshot = self._snapshot(conn) if self.database.is_postgres else None
             events = conn.execute(
                 sa.text(
                     "SELECT seq, id, merchant_id, type, created_at_ns FROM payments_events "
@@ -438,7 +445,7 @@ class WebhookService:
                 ),
                 {"cursor": cursor_seq, "limit": limit},
             ).all()
-            events = self._without_gaps(events, cursor_seq, now_ns)
+            events = self._without_gaps(events, cursor_seq, snapshot, now_ns)
             if not events:
                 return 0
             merchant_ids = sorted({e.merchant_id for e in events if e.merchant_id is not None})
@@ -493,26 +500,54 @@ class WebhookService:
         seq = conn.execute(select, {"name": CURSOR_NAME}).scalar_one_or_none()
         return None if seq is None else int(seq)
 
+    @staticmethod
+    def _snapshot(conn: Connection) -> outbox_gaps.Snapshot:
+        row = conn.execute(
+            sa.text(
+                "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
+                "FROM pg_current_snapshot() AS s"
+            )
+        ).one()
+        return outbox_gaps.Snapshot(int(row[0]), int(row[1]))
+
     def _without_gaps(
-        self, events: Sequence[sa.Row[Any]], cursor_seq: int, now_ns: int
+        self,
+        events: Sequence[sa.Row[Any]],
+        cursor_seq: int,
+        snapshot: outbox_gaps.Snapshot | None,
+        now_ns: int,
     ) -> Sequence[sa.Row[Any]]:
         """The prefix of ``events`` it is safe to move the cursor over.
 
-        PostgreSQL draws ``seq`` before commit: a missing number may be a transaction still
-        running, which would commit *behind* the cursor and never be delivered. So the cursor
-        stops at a gap until the event after it is ``OUTBOX_GAP_GRACE_S`` old (by then the
-        missing number was rolled back). SQLite has one writer and reuses rolled-back rowids:
-        what is visible has no gap that can still fill.
+        PostgreSQL draws ``seq`` before commit: a missing number may belong to a transaction
+        still running, which would commit *behind* the cursor and never be delivered. The
+        cursor waits at a gap until every transaction that could hold the number has ended
+        (``outbox_gaps``: by transaction ids, never by time alone, so a slow transaction's
+        event is not lost and a rolled-back insert costs about two seconds, not minutes).
+        SQLite has one writer and reuses rolled-back rowids: what is visible has no gap that
+        can still fill.
         """
-        if not self.database.is_postgres:
+        if snapshot is None:
             return events
-        expected = cursor_seq + 1
-        grace_ns = model.OUTBOX_GAP_GRACE_S * NS_PER_S
-        for index, event in enumerate(events):
-            if event.seq != expected and now_ns - int(event.created_at_ns) < grace_ns:
-                return events[:index]
-            expected = event.seq + 1
-        return events
+        decision = outbox_gaps.decide(
+            [int(e.seq) for e in events], cursor_seq, snapshot, self._gap_watch, now_ns
+        )
+        self._gap_watch = watch = decision.watch
+        if watch is not None:
+            waited_ns = now_ns - watch.first_seen_ns
+            if waited_ns >= model.OUTBOX_GAP_WARN_S * NS_PER_S and (
+                now_ns - self._gap_warned_ns >= model.OUTBOX_GAP_WARN_S * NS_PER_S
+            ):
+                self._gap_warned_ns = now_ns
+                log.warning(
+                    "webhooks: events after seq %d wait %d s for a transaction still open "
+                    "that drew seq %d (a session idle in transaction? PostgreSQL's "
+                    "idle_in_transaction_session_timeout ends such sessions)",
+                    watch.seq - 1,
+                    waited_ns // NS_PER_S,
+                    watch.seq,
+                )
+        return events[: decision.passable]
 
     # --- Delivery -------------------------------------------------------------------------
 
