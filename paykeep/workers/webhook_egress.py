@@ -24,12 +24,16 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Final
 
 import httpcore
 import httpx
 
 from paykeep.workers.webhook_model import (
+    DNS_RESOLVE_TIMEOUT_S,
+    DNS_RESOLVERS_MAX,
     IPAddress,
     IPNetwork,
     WebhookDestinationNotAllowed,
@@ -48,13 +52,27 @@ class HostUnresolved(Exception):
     """``getaddrinfo`` found no address (the system's text is the message)."""
 
 
-def resolve(host: str, port: int) -> tuple[IPAddress, ...]:
+#: ``getaddrinfo`` cannot be interrupted, so a lookup runs on one of these threads and the
+#: caller stops waiting after ``DNS_RESOLVE_TIMEOUT_S``; a hung lookup keeps its thread until
+#: the resolver gives up, and at most ``DNS_RESOLVERS_MAX`` run at once.
+_resolvers = ThreadPoolExecutor(DNS_RESOLVERS_MAX, thread_name_prefix="webhook-dns")
+
+
+def resolve(host: str, port: int, timeout_s: float | None = None) -> tuple[IPAddress, ...]:
     """Every address ``host`` resolves to for a TCP connection, in the resolver's order,
     without duplicates. A literal address resolves to itself without DNS; odd literal forms
     (``2130706433``, ``127.1``) come back as the address they mean, which is what is checked.
+    A resolution that takes longer than ``timeout_s`` (default ``DNS_RESOLVE_TIMEOUT_S``) is
+    :class:`HostUnresolved`.
     """
+    if timeout_s is None:
+        timeout_s = DNS_RESOLVE_TIMEOUT_S
+    lookup = _resolvers.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout=timeout_s)
+    except FutureTimeout:
+        lookup.cancel()  # still queued: never runs; running: its answer is dropped
+        raise HostUnresolved(f"{host} did not resolve within {timeout_s:g} s") from None
     except (socket.gaierror, UnicodeError) as exc:
         raise HostUnresolved(f"{host} does not resolve ({exc})") from None
     addresses: list[IPAddress] = []

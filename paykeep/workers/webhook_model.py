@@ -102,6 +102,13 @@ CLAIM_SCAN_MAX: Final = 1_000
 #: HTTP timeout per network operation (connect, write, each read), default and bounds.
 HTTP_TIMEOUT_S_DEFAULT: Final = 10.0
 HTTP_TIMEOUT_S_MAX: Final = 30.0
+#: A webhook host's DNS resolution (registration and every new connection) gives up after
+#: this long: ``getaddrinfo`` has no timeout of its own and the system resolver's retries can
+#: hold an API request thread for tens of seconds.
+DNS_RESOLVE_TIMEOUT_S: Final = 5.0
+#: Resolutions running at once; more wait their turn (within the same timeout), so hanging
+#: lookups cannot pile up threads without bound.
+DNS_RESOLVERS_MAX: Final = 8
 #: A claimed delivery is leased for this many HTTP timeouts (connect + write + reads) plus a
 #: margin; past the lease another worker may try it again (at-least-once delivery).
 LEASE_TIMEOUTS: Final = 4

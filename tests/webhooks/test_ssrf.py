@@ -6,6 +6,7 @@ reserved ``.invalid`` top-level domain)."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paykeep.api.runtime import ENV_WEBHOOK_ALLOWED_NETWORKS, RuntimeConfig
-from paykeep.clock import NS_PER_S, FakeClock
+from paykeep.clock import NS_PER_S, FakeClock, monotonic_s
 from paykeep.config import Settings
 from paykeep.db import Database
 from paykeep.security.fields import FieldCipher
@@ -157,6 +158,50 @@ def test_a_host_name_that_does_not_resolve_is_refused(
     assert refused.value.code == "webhook_host_unresolvable"
     assert refused.value.type == "invalid_request"
     assert _endpoint_count(database) == 0
+
+
+@pytest.fixture
+def hanging_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The system resolver (a boundary we do not own) never answering, and a short DNS
+    timeout so the test does not wait the real one."""
+    import socket
+
+    from paykeep.workers import webhook_egress
+
+    released = threading.Event()
+
+    def never_answers(*_args: object, **_kwargs: object) -> Any:
+        released.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "released")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    monkeypatch.setattr(webhook_egress, "DNS_RESOLVE_TIMEOUT_S", 0.3)
+    yield
+    released.set()
+
+
+@pytest.mark.usefixtures("hanging_resolver")
+def test_a_hanging_dns_lookup_is_refused_after_the_timeout_not_waited_out(
+    strict: WebhookService, database: Database
+) -> None:
+    add_merchant(database, "mer_a")
+    started = monotonic_s()
+    with pytest.raises(WebhookHostUnresolvable, match=r"did not resolve within 0\.3 s"):
+        strict.create_endpoint("mer_a", "https://hooks.slow-dns.example/paykeep", None)
+    assert monotonic_s() - started < 3
+    assert _endpoint_count(database) == 0
+
+
+@pytest.mark.usefixtures("hanging_resolver")
+def test_a_delivery_whose_dns_hangs_fails_its_attempt_after_the_timeout() -> None:
+    transport = GuardedTransport((), httpx.Limits(max_connections=1))
+    started = monotonic_s()
+    with (
+        httpx.Client(transport=transport, timeout=10) as client,
+        pytest.raises(httpx.ConnectError, match="did not resolve within"),
+    ):
+        client.post("https://hooks.slow-dns.example/paykeep", content=b"{}")
+    assert monotonic_s() - started < 3
 
 
 def test_credentials_in_the_url_are_refused_even_on_an_allowed_network(
