@@ -24,6 +24,7 @@ import os
 import smtplib
 import ssl
 import tempfile
+import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -111,13 +112,20 @@ class DirectoryMailer:
         self.sender = sender
         self.clock = clock or SystemClock()
         self.description = f"files in {directory}"
+        # Within one process, messages sent in the same nanosecond (a fake clock) still sort
+        # in sending order.
+        self._lock = threading.Lock()
+        self._sent = 0
 
     def send(self, mail: OutgoingMail) -> None:
         now_ns = self.clock.now_ns()
         data = render(mail, self.sender, now_ns).as_bytes()
         # A nanosecond timestamp first: the names sort by sending time (the demo and the
         # tests read the newest message for an address); the random part keeps them unique.
-        name = f"{now_ns:020d}-{os.urandom(6).hex()}.eml"
+        with self._lock:
+            self._sent += 1
+            sequence = self._sent
+        name = f"{now_ns:020d}-{sequence:010d}-{os.urandom(4).hex()}.eml"
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".eml")
