@@ -131,7 +131,7 @@ def test_card_money_reaches_the_bank_and_can_be_paid_out(shop: Shop) -> None:
     buyer = shop.buyer()
     order, token = shop.paid_order(buyer["id"], 20_000)
     shop.ship(order["id"])
-    assert shop.buyer_http.post(f"/v1/checkout/{token}/confirm").status_code == 200
+    assert shop.confirm(token).status_code == 200
     available, _reserve = merchant_gets(20_000)
 
     def clearing_settled() -> bool:
