@@ -11,7 +11,9 @@ import re
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final
+
+import httpx
 
 #: The sentence of the code mail that carries the code (``PaymentsService.start_buyer_sign_in``).
 CODE_IN_MAIL: Final = re.compile(r"Your Paykeep code is ([0-9]{6})\b")
@@ -42,27 +44,16 @@ def latest_code(mail_dir: Path, address: str) -> str | None:
     return None
 
 
-class _Response(Protocol):
-    status_code: int
-    text: str
-
-    def json(self) -> Any: ...
-
-
-class _Client(Protocol):
-    def post(self, url: str, **kwargs: Any) -> Any: ...
-
-
-def sign_in(client: _Client, mail_dir: Path, token: str, address: str) -> str:
+def sign_in(client: httpx.Client, mail_dir: Path, token: str, address: str) -> str:
     """Ask for a code on checkout ``token``, read it from ``mail_dir`` and verify it: the
     buyer session (``bs_...``). ``client`` is an ``httpx.Client`` on the server."""
-    sent: _Response = client.post(f"/v1/checkout/{token}/sign_in")
+    sent = client.post(f"/v1/checkout/{token}/sign_in")
     if sent.status_code != 202:
         raise SignInFailed(f"sign_in -> {sent.status_code}: {sent.text[:200]}")
     code = latest_code(mail_dir, address)
     if code is None:
         raise SignInFailed(f"no code mail in {mail_dir}")
-    verified: _Response = client.post(f"/v1/checkout/{token}/sign_in/verify", json={"code": code})
+    verified = client.post(f"/v1/checkout/{token}/sign_in/verify", json={"code": code})
     if verified.status_code != 200:
         raise SignInFailed(f"sign_in/verify -> {verified.status_code}: {verified.text[:200]}")
     return str(verified.json()["buyer_session"])
