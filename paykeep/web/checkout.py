@@ -16,11 +16,18 @@ credential, so the page is never cached, never framed and never sends a referrer
 - ``POST /checkout/{token}/refund``   ask for a refund, with a reason (and optionally an amount)
 - ``POST /checkout/{token}/refunds/{refund_id}/{escalate|cancel|return}``  the buyer's side of
                                       a refund request (the return takes carrier + tracking)
+- ``POST /checkout/{token}/sign-in`` and ``/sign-in/verify``  a code mailed to the buyer, then
+                                      the buyer-session cookie
 
-Forgery defence. There are no cookies: the token in the URL is the credential, so the classic
-CSRF attack (a foreign page riding the buyer's ambient session) has nothing to ride. What a
-foreign page could still do is make the buyer's browser submit one of these forms for a URL it
-learned. Two checks stop that, both cheap:
+Buyer sign-in. The merchant holds the URL too, so the wallet payment, the confirmation and
+withdrawing a refund request need the buyer signed in: the page offers a code by email in
+their place, and the code sets the ``paykeep_buyer_session`` cookie (httpOnly,
+SameSite=Strict, Path=/checkout, Secure over https). The service checks it on those posts.
+
+Forgery defence. The only cookie is that SameSite=Strict session, which a post from a foreign
+page does not carry; the token in the URL names the checkout. What a foreign page could still do
+is make the buyer's browser submit a token-only form for a URL it learned. Two checks stop
+that, both cheap:
 
 1. ``Sec-Fetch-Site`` (sent by every current browser, not affected by ``Referrer-Policy``) must
    be ``same-origin`` (or ``none``: typed by the user); when a browser does not send it, an

@@ -1,9 +1,20 @@
 """/v1 routes where money moves or is shown: the buyer's checkout API, refunds, disputes,
 payouts, balances, the ledger (read-only), events and webhook endpoints.
 
-**The buyer has no API key.** The checkout token of the session URL (``cs_...``) is the
-credential of ``/v1/checkout/{token}/...``: an unknown token is ``404 resource_missing``, and
-the token reaches only its own order. Idempotency records of these routes are scoped by the
+**The buyer has no API key.** The checkout token of the session URL (``cs_...``) names the
+checkout in ``/v1/checkout/{token}/...``: an unknown token is ``404 resource_missing``, and
+the token reaches only its own order. The merchant that created the session holds the token
+too, so it is not proof that the *buyer* acts: paying from the buyer's wallet, ``confirm`` and
+``refunds/{id}/cancel`` also need ``Paykeep-Buyer-Session: bs_...``, a live session of the
+order's buyer, obtained with ``sign_in`` (a 6-digit code mailed to the buyer) and
+``sign_in/verify``. Without one (or with an expired one, or another buyer's) they answer
+``401 buyer_authentication_required`` and change nothing. The route checks it before the
+``Idempotency-Key`` is claimed — a 401 is never stored, so the buyer's retry with the header
+and the same key runs — and the use case checks it again inside its transaction
+(:meth:`PaymentsService.pay_from_wallet` and friends), so no other entry point bypasses it.
+``sign_in`` and ``sign_in/verify`` go through :func:`_run_once` (the mail is sent, and a wrong
+code's attempt committed, outside the key's transaction); a replayed ``verify`` answers
+``buyer_session: null`` (a credential is never in a replayable body). Idempotency records of these routes are scoped by the
 checkout session (:func:`_buyer_principal`) and store a path naming the session id, never the
 token; their fingerprint is keyed (HMAC under the field-encryption key, :func:`_buyer_request`),
 because the card route's body holds a card number and a plain hash of it could be reversed.
