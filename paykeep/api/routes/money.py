@@ -14,10 +14,12 @@ and the same key runs — and the use case checks it again inside its transactio
 (:meth:`PaymentsService.pay_from_wallet` and friends), so no other entry point bypasses it.
 ``sign_in`` and ``sign_in/verify`` go through :func:`_run_once` (the mail is sent, and a wrong
 code's attempt committed, outside the key's transaction); a replayed ``verify`` answers
-``buyer_session: null`` (a credential is never in a replayable body). Idempotency records of these routes are scoped by the
-checkout session (:func:`_buyer_principal`) and store a path naming the session id, never the
-token; their fingerprint is keyed (HMAC under the field-encryption key, :func:`_buyer_request`),
-because the card route's body holds a card number and a plain hash of it could be reversed.
+``buyer_session: null`` (a credential is never in a replayable body).
+
+Idempotency records of these routes are scoped by the checkout session
+(:func:`_buyer_principal`) and store a path naming the session id, never the token; their
+fingerprint is keyed (HMAC under the field-encryption key, :func:`_buyer_request`), because the
+card route's body holds a card number and a plain hash of it could be reversed.
 
 **Two kinds of POST.** A use case that takes the caller's transaction (refunds, disputes,
 confirm, wallet payment...) runs in ``idempotent_response``: its effect and the
