@@ -162,7 +162,8 @@ _PAN_SEPARATORS = re.compile(r"[ -]")
 #: 12 or more digits, possibly grouped by single spaces or dashes: what a card number looks
 #: like, also when glued to other digits (a longer run is masked whole: logs lose nothing).
 _PAN_LIKE = re.compile(r"\d(?:[ -]?\d){11,}")
-_TOKEN_LIKE = re.compile(r"cs_[A-Za-z0-9_-]{8,}")
+#: Checkout tokens and buyer sessions (``bs_``: the hosted page's cookie, the API's header).
+_TOKEN_LIKE = re.compile(r"(cs|bs)_[A-Za-z0-9_-]{8,}")
 
 
 def format_money(amount_minor: int, currency: str) -> str:
@@ -199,8 +200,9 @@ def check_cvc(text: str) -> str:
 
 
 def scrub(text: str) -> str:
-    """Mask anything that looks like a card number or a checkout token (for log lines)."""
-    return _TOKEN_LIKE.sub("cs_[redacted]", _PAN_LIKE.sub("[card number redacted]", text))
+    """Mask anything that looks like a card number, a checkout token or a buyer session (for
+    log lines)."""
+    return _TOKEN_LIKE.sub(r"\1_[redacted]", _PAN_LIKE.sub("[card number redacted]", text))
 
 
 class SecretsFilter(logging.Filter):
