@@ -1082,8 +1082,11 @@ class PaymentsService:
         """The buyer pays from their wallet balance (earlier top-ups, refunds). The checkout
         token alone is not enough (the merchant has it too): ``buyer_session`` must be a
         live session of the order's buyer."""
+        # Who acts (identity) before what state the checkout is in: an expired checkout
+        # answers the merchant 401 like any other, the route's early check agrees.
+        buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
+        self._require_buyer(tx, buyer_id, buyer_session)
         session, order = self._open_session(tx, token)
-        self._require_buyer(tx, order.buyer_id, buyer_session)
         transition(order.state, OrderAction.PAY)
         payment = self._payment_row(tx, order, "wallet", "succeeded")
         order = self._hold(tx, order, "wallet")

@@ -174,6 +174,7 @@ def test_happy_path_pay_ship_deliver_confirm(world: World) -> None:
     assert w.event_types_since(seq) == []
 
     # the buyer confirms: price - fee - reserve available, reserve held, fee to the platform
+    bs = w.bs(token)  # a day later: signed in again (outside the tx: signing in writes)
     seq = w.last_seq()
     with w.svc.transaction() as tx:
         order = w.svc.confirm(tx, order.id, token=token, buyer_session=bs)
