@@ -71,7 +71,9 @@ def demo(
 
     Buyers pay by card and bank transfer, merchants ship, carriers deliver, buyers confirm,
     timers close and refund and confirm, refunds, a dispute, payouts — then every balance is
-    checked against the orders (exit 1 if one does not reconcile).
+    checked against the orders (exit 1 if one does not reconcile). Buyers sign in with the
+    code the server wrote to <data-dir>/mail/ before confirming; with --url there is no mail
+    folder to read, so the auto-confirm timer confirms for them.
     """  # fmt: skip
     from paykeep.demo_day import DemoFailed, run_demo_day
 
@@ -121,8 +123,9 @@ def _demo_target(data_dir: Path | None, url: str | None, api_key: str | None) ->
     if url is not None:
         if api_key is None:
             fail("--url needs --api-key (an operator key)")
+        # No data directory: no mail folder to read the buyers' codes from (the day notes it).
         return {"url": url, "operator_key": api_key, "merchants": _demo_merchants(url, api_key),
-                "carrier": None, "banksim_url": None}  # fmt: skip
+                "carrier": None, "banksim_url": None, "mail_dir": None}  # fmt: skip
     settings = Settings.resolve(data_dir, None)
     served = read_serve_file(settings.data_dir)
     if served is None:
@@ -130,7 +133,8 @@ def _demo_target(data_dir: Path | None, url: str | None, api_key: str | None) ->
     assert served is not None
     return {"url": served["url"], "operator_key": served["operator_key"],
             "merchants": served["merchants"], "carrier": served.get("carrier"),
-            "banksim_url": served.get("banksim_url")}  # fmt: skip
+            "banksim_url": served.get("banksim_url"),
+            "mail_dir": Path(served["mail_dir"]) if served.get("mail_dir") else None}  # fmt: skip
 
 
 def _demo_merchants(url: str, api_key: str) -> list[dict[str, Any]]:

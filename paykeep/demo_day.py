@@ -8,6 +8,13 @@ webhooks, buyers confirm or the timers confirm for them, unpaid orders close, un
 are refunded, refunds are agreed or partly issued, a dispute is decided by the operator, and
 merchants withdraw. Then every balance the API reports is checked against what the orders
 say it must be — money in equals money out, to the minor unit.
+
+Buyers who confirm receipt sign in first, as a real buyer must (the checkout token alone is not
+enough: the merchant holds it too): the demo asks for a code and reads it from the server's mail
+folder (``<data-dir>/mail/``, named in ``serve.json``), then sends ``Paykeep-Buyer-Session``.
+Without a mail folder (``--url`` against another server, or one sending by SMTP) the demo cannot
+read the codes: those buyers leave confirmation to the auto-confirm timer instead, and the
+result says so.
 """
 
 from __future__ import annotations
@@ -17,16 +24,20 @@ import hmac
 import json
 import random
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
+from paykeep.buyer_mailbox import SignInFailed, sign_in
 from paykeep.clock import SystemClock
+from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
 
 GOOD_CARD: Final = {"number": "4111111111111111", "exp_month": 12, "exp_year": 2029, "cvc": "123"}
 DECLINED_CARD: Final = {"number": "4000000000000002", "exp_month": 12, "exp_year": 2029,
@@ -97,8 +108,9 @@ class Api:
         self._run = secrets.token_hex(8)  # keys unique to this run, never reused across runs
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             *, ok: tuple[int, ...] = (200, 201), idem: bool = True) -> Any:  # fmt: skip
-        headers = {}
+             *, ok: tuple[int, ...] = (200, 201), idem: bool = True,
+             headers: dict[str, str] | None = None) -> Any:  # fmt: skip
+        headers = dict(headers or {})
         if method == "POST" and idem:
             self._n += 1
             headers["Idempotency-Key"] = f"demo-{self._run}-{self._n}"
@@ -145,9 +157,12 @@ def run_demo_day(
     orders: int = 24,
     seed: int = 7,
     banksim_url: str | None = None,
+    mail_dir: Path | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> DemoResult:
-    """Drive the day; raises :class:`DemoFailed` when a check fails."""
+    """Drive the day; raises :class:`DemoFailed` when a check fails. ``mail_dir``: the
+    server's mail folder, where buyers read their sign-in codes (None: buyers do not sign in,
+    and the timers confirm for them)."""
     start = time.monotonic()
     rng = random.Random(seed)
     step = progress or (lambda _what, _n: None)
@@ -163,8 +178,14 @@ def run_demo_day(
                                      "email": f"buyer{i}{j}.{seed}@example.com"})
             for j in range(3)
         ])  # fmt: skip
+    emails = {b["id"]: f"buyer{i}{j}.{seed}@example.com"
+              for i, group in enumerate(buyers) for j, b in enumerate(group)}  # fmt: skip
+    sessions: dict[str, str] = {}
     runs: list[OrderRun] = []
     plans = _plans(orders, rng)
+    if mail_dir is None:  # no codes to read: no buyer can sign in to confirm
+        plans = [Plan(p.funding, "auto_confirm_delivered") if p.after == "confirm" else p
+                 for p in plans]  # fmt: skip
     if banksim_url is None:  # no bank to send transfers through: those buyers pay by card
         plans = [Plan("card", p.after) if p.funding == "bank_transfer" else p for p in plans]
     for n, plan in enumerate(plans):
@@ -202,6 +223,19 @@ def run_demo_day(
     _wait(lambda: all(_state(shops[r.merchant], r) != "created" for r in runs
                       if r.plan.funding != "unpaid"), "bank transfers to be credited")  # fmt: skip
 
+    def signed_in(run: OrderRun) -> str:
+        """The buyer's session: once per buyer, the code read from the mail folder."""
+        assert mail_dir is not None
+        with sign_in_lock:
+            if run.buyer_id not in sessions:
+                try:
+                    sessions[run.buyer_id] = sign_in(
+                        buyer_api.http, mail_dir, run.token, emails[run.buyer_id]
+                    )
+                except SignInFailed as exc:
+                    raise DemoFailed(f"buyer sign-in failed: {exc}") from None
+            return sessions[run.buyer_id]
+
     def ship(run: OrderRun) -> None:
         shop = shops[run.merchant]
         if run.plan.funding == "unpaid" or run.plan.after == "never_shipped":
@@ -227,12 +261,15 @@ def run_demo_day(
         else:
             shop.post(f"/v1/shipments/{shipment['id']}/events", {"kind": "delivered"})
         if run.plan.after == "confirm":
-            buyer_api.post(f"/v1/checkout/{run.token}/confirm", {})
+            buyer_api.post(f"/v1/checkout/{run.token}/confirm", {},
+                           headers={BUYER_SESSION_HEADER: signed_in(run)})  # fmt: skip
         elif run.plan.after == "partial_refund":
             shop.post(f"/v1/orders/{run.order_id}/refunds",
                       {"amount_minor": run.amount // 4, "reason": "one item damaged"})  # fmt: skip
         step("shipping", 1)
 
+    # One sign-in per buyer at a time: the code mail read is the newest to that address.
+    sign_in_lock = threading.Lock()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(ship, runs))
     for dispute in operator.get("/v1/disputes", limit=100)["data"]:
@@ -249,7 +286,18 @@ def run_demo_day(
         if available >= 200:
             shop.post("/v1/payouts", {"amount_minor": available // 2})
             payouts += available // 2
-    return _reconcile(operator, shops, merchants, runs, payouts, time.monotonic() - start)
+    result = _reconcile(operator, shops, merchants, runs, payouts, time.monotonic() - start)
+    if mail_dir is None:
+        result.checks.append(
+            "no mail folder to read sign-in codes from: buyers did not sign in, so the "
+            "auto-confirm timer confirmed their orders"
+        )
+    else:
+        result.checks.append(
+            f"{len(sessions)} buyers signed in with a code read from {mail_dir} before "
+            "confirming receipt"
+        )
+    return result
 
 
 def _state(shop: Api, run: OrderRun) -> str:

@@ -275,6 +275,10 @@ def serve(
             "database": _database_tag(settings),
             "pid": os.getpid(),
             "banksim_url": banksim.url,
+            # Where buyers' sign-in codes go: SMTP (PAYKEEP_SMTP_URL), or .eml files in
+            # <data-dir>/mail/ (read by `paykeep demo` and the tests).
+            "mail": _mail_description(runtime),
+            "mail_dir": _mail_dir(runtime),
             **seeded,
         }
         serve_file = write_serve_file(settings.data_dir, document)
@@ -308,6 +312,24 @@ def serve(
         banksim.stop()
 
 
+def _mail_dir(runtime: Runtime) -> str | None:
+    from paykeep.mail import DirectoryMailer
+
+    mailer = runtime.payments.mailer
+    return str(mailer.directory) if isinstance(mailer, DirectoryMailer) else None
+
+
+def _mail_description(runtime: Runtime) -> str:
+    from paykeep.mail import DirectoryMailer
+
+    mailer = runtime.payments.mailer
+    if mailer is None:
+        return "not sent (no mail backend)"
+    if isinstance(mailer, DirectoryMailer):
+        return f"written as .eml files to {mailer.directory} (no PAYKEEP_SMTP_URL set)"
+    return f"sent by {mailer.description}"
+
+
 def _database_tag(settings: Settings) -> str:
     """Which database the seeded keys belong to (no password in it)."""
     if settings.database_url is None:
@@ -331,6 +353,7 @@ def _announce(
     ]
     if first_start:
         lines.append(f"  operator API key (shown once here): {document['operator_key']}")
+    lines.append(f"  buyers' sign-in codes: {document['mail']}")
     lines.append(f"  keys and demo merchants: {serve_file} (mode 0600)")
     lines.append("  run `paykeep demo` in another terminal to drive a marketplace day")
     print("\n".join(lines), flush=True)

@@ -45,6 +45,11 @@ ENV_CURRENCY = "PAYKEEP_CURRENCY"  # the acquirer's and the safeguarding account
 #: Comma-separated CIDRs webhook endpoints may be on besides public addresses (SSRF guard):
 #: e.g. "127.0.0.0/8,::1/128" for receivers on this machine. Empty: public addresses only.
 ENV_WEBHOOK_ALLOWED_NETWORKS = "PAYKEEP_WEBHOOK_ALLOWED_NETWORKS"
+#: How long a buyer's sign-in code is good, in seconds (default 600): shorter only for tests
+#: of expiry against a real server. Outgoing mail: ``paykeep.mail`` (``PAYKEEP_SMTP_URL``,
+#: ``PAYKEEP_MAIL_FROM``; without an SMTP URL, files in ``<data-dir>/mail/``).
+ENV_BUYER_CODE_TTL_S = "PAYKEEP_BUYER_CODE_TTL_S"
+BUYER_CODE_TTL_RANGE_S: Final = (1, 3600)
 
 DEFAULT_BANK_NAME = "banksim"
 DEFAULT_CURRENCY = "EUR"
@@ -167,6 +172,20 @@ def _risk_controls(config: RuntimeConfig, database: Database) -> EscrowRisk:
     return EscrowRisk(DecisionEngine(database, sanctions))
 
 
+def buyer_code_ttl_s() -> int:
+    """``PAYKEEP_BUYER_CODE_TTL_S`` (bounded), or the payments default."""
+    from paykeep.payments.buyer_auth import BUYER_CODE_TTL_S
+
+    raw = os.environ.get(ENV_BUYER_CODE_TTL_S)
+    if not raw:
+        return BUYER_CODE_TTL_S
+    low, high = BUYER_CODE_TTL_RANGE_S
+    value = int(raw)
+    if not low <= value <= high:
+        raise ValueError(f"{ENV_BUYER_CODE_TTL_S} is {low} to {high} seconds")
+    return value
+
+
 def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
     from paykeep.db import open_database
     from paykeep.gateway.cards.client import CardNetworkClient
@@ -196,10 +215,14 @@ def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
         cards = CardGateway(
             database, ledger, vault, card_client, acquirer="banksim", currency=config.currency
         )
+    from paykeep.mail import mailer_from_env
+
     payments = PaymentsService(
         database,
         ledger,
         cipher,
+        mailer=mailer_from_env(config.settings.data_dir),
+        buyer_code_ttl_s=buyer_code_ttl_s(),
         risk=_risk_controls(config, database),
         cards=cards,
         vault=vault,

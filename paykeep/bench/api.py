@@ -9,6 +9,11 @@ confirm — each a durable money-moving transaction (ledger hold / state / relea
 reserve as one linked batch / outbox event). The baseline, measured in the same run with
 the same client, is a trivial authenticated GET (``/v1/whoami``) on the same server.
 
+Paying from the wallet and confirming receipt need the buyer signed in: each bench buyer signs
+in once during the setup (a code read from the server's mail folder), and the timed flow sends
+its ``Paykeep-Buyer-Session`` header — the session check is in the measured requests, the
+sign-in is not.
+
 Webhooks are delivered throughout, as in production, to a sink in a process of its own
 (:mod:`paykeep.bench.sink`) rather than to the demo receiver that ``paykeep serve`` mounts in
 its own API process (which would bill a merchant's work to Paykeep); the setup's deliveries
@@ -33,7 +38,9 @@ import aiohttp
 import httpx
 
 from paykeep.bench.serveproc import ServerProcess
+from paykeep.buyer_mailbox import sign_in
 from paykeep.config import Settings
+from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
 
 BUYERS_PER_CLIENT: Final = 8
 ORDER_AMOUNT_MINOR: Final = 1_000
@@ -86,25 +93,30 @@ async def _drive_baseline(url: str, key: str, clients: int, seconds: float) -> d
     }
 
 
+#: One order of the timed flow: (merchant index, order id, checkout token, buyer session).
+Work = tuple[int, str, str, str]
+
+
 async def _drive_escrow(
-    url: str, merchant_keys: list[str], work: list[list[tuple[int, str, str]]], seconds: float
+    url: str, merchant_keys: list[str], work: list[list[Work]], seconds: float
 ) -> dict[str, Any]:
     latencies: dict[str, list[float]] = {"pay": [], "ship": [], "confirm": []}
     failures: dict[str, int] = {}
     deadline = time.perf_counter() + seconds
     finished = 0
 
-    async def client(http: aiohttp.ClientSession, orders: list[tuple[int, str, str]]) -> None:
+    async def client(http: aiohttp.ClientSession, orders: list[Work]) -> None:
         nonlocal finished
-        for merchant, order_id, token in orders:
+        for merchant, order_id, token, buyer_session in orders:
             if time.perf_counter() >= deadline:
                 return
             key = {"Authorization": f"Bearer {merchant_keys[merchant]}"}
+            buyer = {BUYER_SESSION_HEADER: buyer_session}
             steps: tuple[tuple[str, str, dict[str, Any], dict[str, str]], ...] = (
-                ("pay", f"/v1/checkout/{token}/pay", {"method": "wallet"}, {}),
+                ("pay", f"/v1/checkout/{token}/pay", {"method": "wallet"}, buyer),
                 ("ship", f"/v1/orders/{order_id}/ship",
                  {"carrier": "bench-post", "tracking_number": f"BP{order_id[-12:]}"}, key),
-                ("confirm", f"/v1/checkout/{token}/confirm", {}, {}),
+                ("confirm", f"/v1/checkout/{token}/confirm", {}, buyer),
             )  # fmt: skip
             for name, path, body, headers in steps:
                 start = time.perf_counter()
@@ -190,10 +202,10 @@ def _drain_webhooks(server: ServerProcess, sink_url: str, limit_s: float = 300) 
 
 
 def _setup(server: ServerProcess, clients: int, orders_per_client: int, sink_url: str) -> tuple[
-    list[str], list[list[tuple[int, str, str]]]
+    list[str], list[list[Work]]
 ]:  # fmt: skip
     """Funded buyers for each client (bank transfer → statement → AML → wallet), the orders
-    and their checkout sessions."""
+    and their checkout sessions, and each buyer signed in once."""
     merchants = server.info["merchants"]
     keys = [m["api_key"] for m in merchants]
     banksim = server.info["banksim_url"]
@@ -217,13 +229,12 @@ def _setup(server: ServerProcess, clients: int, orders_per_client: int, sink_url
             auth = {"Authorization": f"Bearer {keys[c % len(keys)]}"}
             group = []
             for b in range(BUYERS_PER_CLIENT):
+                email = f"bench{c}.{b}@example.com"
                 made = http.post(
-                    "/v1/buyers",
-                    json={"name": f"Bench {c}-{b}", "email": f"bench{c}.{b}@example.com"},
-                    headers=auth,
+                    "/v1/buyers", json={"name": f"Bench {c}-{b}", "email": email}, headers=auth
                 )
                 made.raise_for_status()
-                group.append(made.json())
+                group.append({**made.json(), "email": email})
             buyers.append((c % len(keys), group))
         first = _order(http, keys[0], buyers[0][1][0]["id"])
         iban = http.get(f"/v1/checkout/{first[1]}").json()["bank_transfer"]["iban"]
@@ -258,19 +269,29 @@ def _setup(server: ServerProcess, clients: int, orders_per_client: int, sink_url
                     if time.monotonic() > deadline:
                         raise RuntimeError("the bench wallets were not credited within 180 s")
                     time.sleep(0.2)
-    work = asyncio.run(_create_orders(server.url, keys, buyers, orders_per_client))
+    orders = asyncio.run(_create_orders(server.url, keys, buyers, orders_per_client))
+    # Each buyer signs in once, through any of its checkouts (a session is the buyer's).
+    emails = {b["id"]: b["email"] for _m, group in buyers for b in group}
+    sessions: dict[str, str] = {}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for client_orders in orders:
+            for _merchant, _order_id, token, buyer_id in client_orders:
+                if buyer_id not in sessions:
+                    sessions[buyer_id] = sign_in(http, server.mail_dir, token, emails[buyer_id])
+    work = [[(m, order_id, token, sessions[buyer_id]) for m, order_id, token, buyer_id in o]
+            for o in orders]  # fmt: skip
     return keys, work
 
 
 async def _create_orders(
     url: str, keys: list[str], buyers: list[tuple[int, list[dict[str, Any]]]], per_client: int
-) -> list[list[tuple[int, str, str]]]:
+) -> list[list[tuple[int, str, str, str]]]:
     """Each client's orders (its buyers in turn) and checkout sessions, created concurrently
-    (setup, not timed)."""
+    (setup, not timed): (merchant index, order id, checkout token, buyer id)."""
 
     async def one_client(
         merchant_index: int, group: list[dict[str, Any]]
-    ) -> list[tuple[int, str, str]]:
+    ) -> list[tuple[int, str, str, str]]:
         auth = {"Authorization": f"Bearer {keys[merchant_index]}"}
         made = []
         async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60) as http:
@@ -287,7 +308,7 @@ async def _create_orders(
                 )
                 session.raise_for_status()
                 token = str(session.json()["url"]).rsplit("/", 1)[-1]
-                made.append((merchant_index, str(order.json()["id"]), token))
+                made.append((merchant_index, str(order.json()["id"]), token, buyer_id))
         return made
 
     return list(await asyncio.gather(*(one_client(mi, group) for mi, group in buyers)))
@@ -355,5 +376,6 @@ def run_api_bench(
         "baseline_latency_ms_p99": round(baseline["p99_ms"], 2),
         "ratio": round(escrow["requests_per_s"] / baseline["requests_per_s"], 3),
         "webhooks_delivered_while_timed": delivered - delivered_in_setup,
-        "flow": "pay (wallet) + ship + confirm per order; orders created beforehand",
+        "flow": "pay (wallet) + ship + confirm per order, the buyer's session header on pay and "
+        "confirm; orders created and buyers signed in beforehand",
     }

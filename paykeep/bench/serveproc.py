@@ -30,7 +30,8 @@ class ServerProcess:
                 "--data-dir", str(settings.data_dir), *extra]  # fmt: skip
         if settings.database_url:
             argv += ["--database-url", settings.database_url]
-        self.log_path = Path(settings.data_dir) / "serve.log"
+        self.data_dir = Path(settings.data_dir)
+        self.log_path = self.data_dir / "serve.log"
         Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
@@ -62,6 +63,14 @@ class ServerProcess:
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the server writes buyers' sign-in codes (``paykeep.mail.DirectoryMailer``)."""
+        found = self.info.get("mail_dir")
+        if not found:
+            raise RuntimeError("this server sends its mail by SMTP, not to a folder")
+        return Path(found)
 
     @property
     def operator_key(self) -> str:

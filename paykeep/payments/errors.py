@@ -73,3 +73,38 @@ class PaymentInProgress(Conflict):
     """A card payment of this order is being processed: a second one could charge twice."""
 
     code = "payment_in_progress"
+
+
+# -- buyer sign-in (``buyer_auth``) ------------------------------------------------------------
+
+
+class BuyerAuthenticationRequired(PaykeepError):
+    """The move needs a live buyer session of this checkout's buyer (header
+    ``Paykeep-Buyer-Session`` or the hosted page's cookie). Missing, unknown, expired and
+    another buyer's session get this same answer: nothing tells them apart."""
+
+    code = "buyer_authentication_required"
+    type = "authentication_error"
+
+
+class BuyerCodeInvalid(InvalidInput):
+    """Not the code that was sent (or no code is outstanding: it was used)."""
+
+    code = "buyer_code_invalid"
+
+
+class BuyerCodeExpired(InvalidInput):
+    code = "buyer_code_expired"
+
+
+class BuyerCodeAttemptsExceeded(InvalidInput):
+    """Too many wrong codes: this code is dead; ask for a new one."""
+
+    code = "buyer_code_attempts_exceeded"
+
+
+class BuyerCodeRateLimited(PaykeepError):
+    """Too many codes were sent to this buyer within the hour."""
+
+    code = "buyer_code_rate_limited"
+    type = "rate_limit"

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from paykeep.db import driver
+from paykeep.payments.buyer_auth import BuyerSession, CodeRecord, CodeState
 from paykeep.payments.model import FeePlan, LineItem, OrderState, RefundState, TimerSettings
 from paykeep.payments.records import (
     Buyer,
@@ -99,6 +100,11 @@ def _order(r: Sequence[Any], items: tuple[LineItem, ...] = ()) -> Order:
 
 def _refund(r: Sequence[Any]) -> Refund:
     return Refund(r[0], r[1], r[2], int(r[3]), r[4], bool(r[5]), RefundState(r[6]), r[7], r[8])
+
+
+BUYER_CODE_COLUMNS = (
+    "id, buyer_id, checkout_session_id, code_hmac, state, attempts, expires_at_ns, created_at_ns"
+)
 
 
 class PaymentsRepository:
@@ -367,6 +373,54 @@ class PaymentsRepository:
             {"h": token_hash},
         )
         return None if row is None else CheckoutSession(*row)
+
+    # ------------------------------------------------------------------ buyer sign-in
+
+    def buyer_code_times(self, buyer_id: str, since_ns: int) -> list[int]:
+        """When codes were sent to ``buyer_id`` after ``since_ns`` (the hourly limit)."""
+        rows = self._all(
+            "SELECT created_at_ns FROM payments_buyer_codes "
+            "WHERE buyer_id = :b AND created_at_ns > :t",
+            {"b": buyer_id, "t": since_ns},
+        )
+        return [int(r[0]) for r in rows]
+
+    def latest_buyer_code(self, checkout_session_id: str, buyer_id: str) -> CodeRecord | None:
+        """The newest code of a checkout's buyer (locked on PostgreSQL: two verifications of
+        one code take turns, so its attempts are counted exactly)."""
+        row = self._one(
+            f"SELECT {BUYER_CODE_COLUMNS} FROM payments_buyer_codes "
+            "WHERE checkout_session_id = :s AND buyer_id = :b ORDER BY id DESC LIMIT 1"
+            + self._lock,
+            {"s": checkout_session_id, "b": buyer_id},
+        )
+        if row is None:
+            return None
+        return CodeRecord(
+            str(row[0]), str(row[1]), str(row[2]), str(row[3]), CodeState(row[4]),
+            int(row[5]), int(row[6]), int(row[7]),
+        )  # fmt: skip
+
+    def save_buyer_code(self, before: CodeRecord, after: CodeRecord) -> bool:
+        """Store ``after`` if the row is still ``before`` (state and attempts): False when a
+        concurrent verification got there first."""
+        result = self._execute(
+            "UPDATE payments_buyer_codes SET state = :state, attempts = :attempts "
+            "WHERE id = :id AND state = :old_state AND attempts = :old_attempts",
+            {"state": after.state.value, "attempts": after.attempts, "id": before.id,
+             "old_state": before.state.value, "old_attempts": before.attempts},
+        )  # fmt: skip
+        return bool(result.rowcount == 1)
+
+    def buyer_session_by_hash(self, token_hash: str) -> BuyerSession | None:
+        row = self._one(
+            "SELECT id, buyer_id, code_id, expires_at_ns, created_at_ns "
+            "FROM payments_buyer_sessions WHERE token_hash = :h",
+            {"h": token_hash},
+        )
+        if row is None:
+            return None
+        return BuyerSession(str(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]))
 
     def session(self, session_id: str) -> CheckoutSession | None:
         row = self._one(

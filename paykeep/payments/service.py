@@ -38,9 +38,35 @@ from paykeep.ledger.model import (
     TransferResult,
 )
 from paykeep.ledger.service import Ledger
+from paykeep.mail import Mailer, MailUnavailable, OutgoingMail
 from paykeep.money import is_currency
+from paykeep.payments.buyer_auth import (
+    BUYER_CODE_DIGITS,
+    BUYER_CODE_TTL_S,
+    BUYER_CODE_WINDOW_S,
+    BUYER_SESSION_PREFIX,
+    BUYER_SESSION_RANDOM_BYTES,
+    BUYER_SESSION_TTL_S,
+    CODE_PURPOSE,
+    BuyerSession,
+    CodeState,
+    Verdict,
+    code_message,
+    format_code,
+    is_code_shaped,
+    is_session_shaped,
+    may_issue,
+    same_digest,
+    verify_step,
+)
 from paykeep.payments.errors import (
+    BuyerAuthenticationRequired,
+    BuyerCodeAttemptsExceeded,
+    BuyerCodeExpired,
+    BuyerCodeInvalid,
+    BuyerCodeRateLimited,
     CheckoutSessionExpired,
+    ConcurrentUpdate,
     IllegalTransition,
     InsufficientFunds,
     PaymentDeclined,
@@ -88,7 +114,7 @@ from paykeep.payments.records import (
     Topup,
 )
 from paykeep.payments.repository import PaymentsRepository
-from paykeep.security.fields import FieldCipher
+from paykeep.security.fields import FieldCipher, mask_email
 
 if TYPE_CHECKING:
     from paykeep.gateway.cards.service import CardGateway
@@ -117,6 +143,8 @@ CLAIM_TIMEOUT_ACTIONS: Final = {
     RefundState.MERCHANT_AGREED: RefundAction.CANCEL,  # the buyer never sent the goods back
 }
 TIMER_SWEEP_BATCH: Final = 200
+#: Buyer moves on a refund that need a signed-in buyer, not only the checkout token.
+BUYER_SIGNED_IN_REFUND_ACTIONS: Final = frozenset({RefundAction.CANCEL})
 NAME_MAX: Final = 140
 EMAIL_MAX: Final = 254
 TRACKING_MAX: Final = 64
@@ -191,6 +219,16 @@ class CheckoutView:
     bank_iban: str | None
     latest_payment: Payment | None
     wallet_available_minor: int
+    #: Where a sign-in code would go (``a***@example.com``).
+    buyer_email_masked: str = "***"
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerCodeSent:
+    """A sign-in code went to the checkout's buyer (the address only masked)."""
+
+    email_masked: str
+    expires_at_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +296,13 @@ class PaymentsService:
         bank_iban: str | None = None,
         bank_name: str = "banksim",
         risk: RiskCheck | None = None,
+        mailer: Mailer | None = None,
+        buyer_code_ttl_s: int = BUYER_CODE_TTL_S,
     ) -> None:
         self.database = database
+        #: Sends buyers their sign-in codes; None: sign-in answers ``mail_unavailable``.
+        self.mailer = mailer
+        self.buyer_code_ttl_s = buyer_code_ttl_s
         self.ledger = ledger
         self.cipher = cipher
         self.clock = clock or SystemClock()
@@ -843,9 +886,10 @@ class PaymentsService:
             [account_id(wallet_name(order.buyer_id, order.currency))]
         )
         available = next(iter(wallet.values())).available if wallet else 0
+        email = self.cipher.open(bytes(buyer_row[2]), purpose="buyer.email", row_id=order.buyer_id)
         return CheckoutView(
             session, order, merchant.legal_name, str(buyer_row[3]), self.bank_iban,
-            payments[0] if payments else None, available,
+            payments[0] if payments else None, available, mask_email(email),
         )  # fmt: skip
 
     def _open_session(self, tx: Tx, token: str) -> tuple[CheckoutSession, Order]:
@@ -854,6 +898,140 @@ class PaymentsService:
             raise CheckoutSessionExpired("this checkout session has expired", param="session")
         order = self.order(tx, None, session.order_id, lock=True)
         return session, order
+
+    # ------------------------------------------------------------------ buyer sign-in
+
+    def start_buyer_sign_in(self, token: str) -> BuyerCodeSent:
+        """Send a one-time code to the checkout's buyer. The code is stored only as a keyed
+        hash bound to the buyer and this checkout, in a transaction that commits before the
+        mail goes out (a failed send still counts towards the hourly limit: a mail loop must
+        not become a guessing loop). Raises ``buyer_code_rate_limited`` past
+        ``BUYER_CODES_PER_WINDOW_MAX`` codes an hour, ``mail_unavailable`` when the mail
+        could not be handed over."""
+        if self.mailer is None:
+            raise MailUnavailable("no mail backend is configured")
+        code = format_code(secrets.randbelow(10**BUYER_CODE_DIGITS))
+        with self.transaction() as tx:
+            session = self.session_for_token(tx, token)
+            order = self.order(tx, None, session.order_id)
+            buyer_id = order.buyer_id
+            row = tx.repo.buyer_row(buyer_id)
+            assert row is not None, "an order's buyer exists"
+            since_ns = tx.now_ns - BUYER_CODE_WINDOW_S * NS_PER_S
+            if not may_issue(tx.repo.buyer_code_times(buyer_id, since_ns), tx.now_ns):
+                raise BuyerCodeRateLimited(
+                    "too many codes were sent to this buyer; try again later", param="buyer"
+                )
+            expires_at_ns = tx.now_ns + self.buyer_code_ttl_s * NS_PER_S
+            tx.repo.insert(
+                "payments_buyer_codes",
+                {
+                    "id": self.new_id("bcode"),
+                    "buyer_id": buyer_id,
+                    "checkout_session_id": session.id,
+                    "code_hmac": self.cipher.lookup(
+                        code_message(buyer_id, session.id, code), purpose=CODE_PURPOSE
+                    ),
+                    "state": CodeState.ISSUED.value,
+                    "attempts": 0,
+                    "expires_at_ns": expires_at_ns,
+                    "created_at_ns": tx.now_ns,
+                },
+            )
+            merchant = self._merchant_of(tx, order)
+            email = self.cipher.open(bytes(row[2]), purpose="buyer.email", row_id=buyer_id)
+        minutes = max(1, self.buyer_code_ttl_s // 60)
+        self.mailer.send(
+            OutgoingMail(
+                to=email,
+                subject="Your Paykeep sign-in code",
+                text=(
+                    f"Your Paykeep code is {code}\n\n"
+                    f"Enter it on the checkout page of your order from {merchant.legal_name} "
+                    f"within {minutes} minutes. It lets you pay from your Paykeep balance, "
+                    "confirm that you received your order, and withdraw a refund request.\n\n"
+                    "If you did not ask for this code, ignore this message: nobody can do "
+                    "these things for you without it. Paykeep will never ask you for it by "
+                    "phone.\n"
+                ),
+            )
+        )
+        return BuyerCodeSent(mask_email(email), expires_at_ns)
+
+    def verify_buyer_code(self, token: str, code: str) -> tuple[BuyerSession, str]:
+        """The buyer's code against the newest code of this checkout: a new buyer session and
+        its secret token (``bs_...``; stored only as its SHA-256). A wrong code uses one of
+        ``BUYER_CODE_ATTEMPTS_MAX`` attempts; the attempt is committed even though the call
+        raises. Errors: ``buyer_code_invalid`` (wrong, used, or none sent),
+        ``buyer_code_expired``, ``buyer_code_attempts_exceeded``."""
+        if not is_code_shaped(code):
+            raise BuyerCodeInvalid(f"the code is {BUYER_CODE_DIGITS} digits", param="code")
+        signed_in: tuple[BuyerSession, str] | None = None
+        with self.transaction() as tx:
+            session = self.session_for_token(tx, token)
+            order = self.order(tx, None, session.order_id)
+            record = tx.repo.latest_buyer_code(session.id, order.buyer_id)
+            verdict = Verdict.DEAD
+            if record is not None:
+                expected = self.cipher.lookup(
+                    code_message(order.buyer_id, session.id, code), purpose=CODE_PURPOSE
+                )
+                after, verdict = verify_step(
+                    record, same_digest(expected, record.code_hmac), tx.now_ns
+                )
+                if after != record and not tx.repo.save_buyer_code(record, after):
+                    raise ConcurrentUpdate("the code was checked concurrently; try again")
+                if verdict is Verdict.SIGNED_IN:
+                    secret = BUYER_SESSION_PREFIX + secrets.token_urlsafe(
+                        BUYER_SESSION_RANDOM_BYTES
+                    )
+                    buyer_session = BuyerSession(
+                        self.new_id("bsess"), order.buyer_id, record.id,
+                        tx.now_ns + BUYER_SESSION_TTL_S * NS_PER_S, tx.now_ns,
+                    )  # fmt: skip
+                    tx.repo.insert(
+                        "payments_buyer_sessions",
+                        {
+                            "id": buyer_session.id,
+                            "token_hash": _token_hash(secret),
+                            "buyer_id": buyer_session.buyer_id,
+                            "code_id": buyer_session.code_id,
+                            "expires_at_ns": buyer_session.expires_at_ns,
+                            "created_at_ns": buyer_session.created_at_ns,
+                        },
+                    )
+                    signed_in = (buyer_session, secret)
+        # Raised after the commit: the attempt (or the code's death) must be stored.
+        if signed_in is not None:
+            return signed_in
+        if verdict is Verdict.EXPIRED:
+            raise BuyerCodeExpired("this code has expired; ask for a new one", param="code")
+        if verdict is Verdict.EXHAUSTED:
+            raise BuyerCodeAttemptsExceeded("too many wrong codes; ask for a new one", param="code")
+        raise BuyerCodeInvalid("this is not the code we sent", param="code")
+
+    def _require_buyer(self, tx: Tx, buyer_id: str, buyer_session: str | None) -> BuyerSession:
+        """The buyer session that proves ``buyer_id`` acts now, or ``401
+        buyer_authentication_required`` — the same answer for none, unknown, expired and
+        another buyer's session."""
+        found = None
+        if is_session_shaped(buyer_session):
+            assert buyer_session is not None
+            found = tx.repo.buyer_session_by_hash(_token_hash(buyer_session))
+        if found is None or not found.proves(buyer_id, tx.now_ns):
+            raise BuyerAuthenticationRequired(
+                "this action needs the buyer to sign in with the code sent to their email",
+                param="buyer_session",
+            )
+        return found
+
+    def check_buyer_session(self, token: str, buyer_session: str | None) -> BuyerSession:
+        """``_require_buyer`` for the checkout of ``token`` in a read transaction: the edges
+        ask before they start an idempotent request (the use cases check again)."""
+        with self.reading() as tx:
+            session = self.session_for_token(tx, token)
+            order = self.order(tx, None, session.order_id)
+            return self._require_buyer(tx, order.buyer_id, buyer_session)
 
     # ------------------------------------------------------------------ paying
 
@@ -900,8 +1078,14 @@ class PaymentsService:
             "currency": order.currency,
         }
 
-    def pay_from_wallet(self, tx: Tx, token: str) -> Order:
-        """The buyer pays from their wallet balance (earlier top-ups, refunds)."""
+    def pay_from_wallet(self, tx: Tx, token: str, buyer_session: str | None) -> Order:
+        """The buyer pays from their wallet balance (earlier top-ups, refunds). The checkout
+        token alone is not enough (the merchant has it too): ``buyer_session`` must be a
+        live session of the order's buyer."""
+        # Who acts (identity) before what state the checkout is in: an expired checkout
+        # answers the merchant 401 like any other, the route's early check agrees.
+        buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
+        self._require_buyer(tx, buyer_id, buyer_session)
         session, order = self._open_session(tx, token)
         transition(order.state, OrderAction.PAY)
         payment = self._payment_row(tx, order, "wallet", "succeeded")
@@ -1291,13 +1475,18 @@ class PaymentsService:
             },
         )  # fmt: skip
 
-    def confirm(self, tx: Tx, order_id: str, *, token: str | None = None) -> Order:
-        """The buyer confirms receipt (through their checkout session) — or the operator."""
+    def confirm(
+        self, tx: Tx, order_id: str, *, token: str | None = None, buyer_session: str | None = None
+    ) -> Order:
+        """The buyer confirms receipt (through their checkout session, signed in: a live
+        ``buyer_session`` of the order's buyer) — or the operator (no token)."""
         if token is not None:
             session = self.session_for_token(tx, token)
             if session.order_id != order_id:
                 raise ResourceMissing(f"no order {order_id!r}", param="order")
         order = self.order(tx, None, order_id, lock=True)
+        if token is not None:
+            self._require_buyer(tx, order.buyer_id, buyer_session)
         if tx.repo.open_refunds(order.id):
             raise IllegalTransition("a refund request on this order is open", param="order")
         # The operator confirming (no buyer token) is the compliance decision on a release
@@ -1408,11 +1597,14 @@ class PaymentsService:
         *,
         scope: str | None = None,
         token: str | None = None,
+        buyer_session: str | None = None,
         carrier: str | None = None,
         tracking_number: str | None = None,
     ) -> Refund:
         """Merchant actions (agree, agree_with_return, refuse, receive_return) are scoped by
-        merchant; buyer actions (ship_return, escalate, cancel) by the checkout token."""
+        merchant; buyer actions (ship_return, escalate, cancel) by the checkout token — and
+        cancel (withdrawing the claim gives the merchant its money back in time) also by a
+        live ``buyer_session`` of the order's buyer."""
         refund = tx.repo.refund(refund_id, lock=True)
         if refund is None or (scope is not None and refund.merchant_id != scope):
             raise ResourceMissing(f"no refund {refund_id!r}", param="refund")
@@ -1422,6 +1614,9 @@ class PaymentsService:
                 raise IllegalTransition(f"only the buyer can {action.value}", param="action")
             if self.session_for_token(tx, token).order_id != refund.order_id:
                 raise ResourceMissing(f"no refund {refund_id!r}", param="refund")
+            if action in BUYER_SIGNED_IN_REFUND_ACTIONS:
+                buyer_id = self.order(tx, None, refund.order_id).buyer_id
+                self._require_buyer(tx, buyer_id, buyer_session)
         elif token is not None or action in (
             RefundAction.DECIDE_FOR_BUYER,
             RefundAction.DECIDE_FOR_MERCHANT,

@@ -16,11 +16,18 @@ credential, so the page is never cached, never framed and never sends a referrer
 - ``POST /checkout/{token}/refund``   ask for a refund, with a reason (and optionally an amount)
 - ``POST /checkout/{token}/refunds/{refund_id}/{escalate|cancel|return}``  the buyer's side of
                                       a refund request (the return takes carrier + tracking)
+- ``POST /checkout/{token}/sign-in`` and ``/sign-in/verify``  a code mailed to the buyer, then
+                                      the buyer-session cookie
 
-Forgery defence. There are no cookies: the token in the URL is the credential, so the classic
-CSRF attack (a foreign page riding the buyer's ambient session) has nothing to ride. What a
-foreign page could still do is make the buyer's browser submit one of these forms for a URL it
-learned. Two checks stop that, both cheap:
+Buyer sign-in. The merchant holds the URL too, so the wallet payment, the confirmation and
+withdrawing a refund request need the buyer signed in: the page offers a code by email in
+their place, and the code sets the ``paykeep_buyer_session`` cookie (httpOnly,
+SameSite=Strict, Path=/checkout, Secure over https). The service checks it on those posts.
+
+Forgery defence. The only cookie is that SameSite=Strict session, which a post from a foreign
+page does not carry; the token in the URL names the checkout. What a foreign page could still do
+is make the buyer's browser submit a token-only form for a URL it learned. Two checks stop
+that, both cheap:
 
 1. ``Sec-Fetch-Site`` (sent by every current browser, not affected by ``Referrer-Policy``) must
    be ``same-origin`` (or ``none``: typed by the user); when a browser does not send it, an
@@ -58,7 +65,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
 from paykeep.gateway.vault.model import check_expiry, check_pan
 from paykeep.money import Money
+from paykeep.payments.buyer_auth import (
+    BUYER_CODE_TTL_S,
+    BUYER_SESSION_COOKIE,
+    BUYER_SESSION_TTL_S,
+)
 from paykeep.payments.errors import (
+    BuyerAuthenticationRequired,
     CheckoutSessionExpired,
     IllegalTransition,
     PaymentDeclined,
@@ -149,7 +162,8 @@ _PAN_SEPARATORS = re.compile(r"[ -]")
 #: 12 or more digits, possibly grouped by single spaces or dashes: what a card number looks
 #: like, also when glued to other digits (a longer run is masked whole: logs lose nothing).
 _PAN_LIKE = re.compile(r"\d(?:[ -]?\d){11,}")
-_TOKEN_LIKE = re.compile(r"cs_[A-Za-z0-9_-]{8,}")
+#: Checkout tokens and buyer sessions (``bs_``: the hosted page's cookie, the API's header).
+_TOKEN_LIKE = re.compile(r"(cs|bs)_[A-Za-z0-9_-]{8,}")
 
 
 def format_money(amount_minor: int, currency: str) -> str:
@@ -186,8 +200,9 @@ def check_cvc(text: str) -> str:
 
 
 def scrub(text: str) -> str:
-    """Mask anything that looks like a card number or a checkout token (for log lines)."""
-    return _TOKEN_LIKE.sub("cs_[redacted]", _PAN_LIKE.sub("[card number redacted]", text))
+    """Mask anything that looks like a card number, a checkout token or a buyer session (for
+    log lines)."""
+    return _TOKEN_LIKE.sub(r"\1_[redacted]", _PAN_LIKE.sub("[card number redacted]", text))
 
 
 class SecretsFilter(logging.Filter):
@@ -351,6 +366,10 @@ REFUND_ACTIONS: Final[Mapping[BuyerAction, RefundAction]] = {
     BuyerAction.SHIP_RETURN: RefundAction.SHIP_RETURN,
 }
 
+#: The page's moves that need a signed-in buyer (the service enforces it; the page only
+#: puts the sign-in form in front of them). Paying from the wallet is the third.
+BUYER_SIGNED_IN_ACTIONS: Final = frozenset({BuyerAction.CONFIRM, BuyerAction.CANCEL_REFUND})
+
 _HELD: Final = frozenset({OrderState.AWAITING_SHIPMENT, OrderState.AWAITING_RECEIPT})
 
 
@@ -382,6 +401,7 @@ DONE_WORDS: Final[Mapping[str, str]] = {
     "escalate": "Paykeep will review your request and decide. We will let you know.",
     "cancel": "You withdrew your refund request.",
     "return": "Thank you, the return shipment was recorded.",
+    "signed_in": "Thank you, you are signed in. You can continue now.",
 }
 
 
@@ -431,6 +451,26 @@ PROBLEMS_BY_CODE: Final[Mapping[str, Problem]] = {
     ),
     "payment_in_progress": Problem(
         409, "A payment for this order is already being processed. Please wait and reload."
+    ),
+    "buyer_authentication_required": Problem(
+        401, "For your safety, please sign in with the code we email you first."
+    ),
+    "buyer_code_invalid": Problem(
+        422, "That code is not right. Please check the email we sent you and try again."
+    ),
+    "buyer_code_expired": Problem(
+        422, "This code has expired. Please ask for a new code and use it within 10 minutes."
+    ),
+    "buyer_code_attempts_exceeded": Problem(
+        429, "That code was entered wrongly too many times. Please ask for a new code."
+    ),
+    "buyer_code_rate_limited": Problem(
+        429,
+        "We have already sent you several codes. Please use the newest one, or try again in "
+        "an hour.",
+    ),
+    "mail_unavailable": Problem(
+        503, "We could not send the email just now. Please try again in a few minutes."
     ),
     "invalid_amount": Problem(422, "Please enter the amount like 12.50."),
     "amount_precision_exceeded": Problem(422, "Please enter the amount like 12.50."),
@@ -504,6 +544,8 @@ class PageData:
     failed_card_payments: int
     processing_payments: int
     now_ns: int
+    #: The browser holds a live buyer session of this checkout's buyer (the cookie).
+    signed_in: bool = False
 
     @property
     def order(self) -> Order:
@@ -526,8 +568,15 @@ class PageData:
         )
 
 
-def load_page(service: PaymentsService, token: str) -> PageData:
+def load_page(service: PaymentsService, token: str, buyer_session: str | None = None) -> PageData:
     view = service.checkout_view(token)
+    signed_in = False
+    if buyer_session:
+        try:
+            service.check_buyer_session(token, buyer_session)
+            signed_in = True
+        except BuyerAuthenticationRequired:
+            pass
     with service.reading() as tx:
         where = {"order_id": view.order.id}
         refunds = tx.repo.refunds(where, LISTED_MAX, None)
@@ -536,7 +585,7 @@ def load_page(service: PaymentsService, token: str) -> PageData:
         now_ns = tx.now_ns
     failed = sum(1 for p in payments if p.method == "card" and p.state == "failed")
     processing = sum(1 for p in payments if p.state == "processing")
-    return PageData(view, refunds, shipments, failed, processing, now_ns)
+    return PageData(view, refunds, shipments, failed, processing, now_ns, signed_in)
 
 
 @dataclass
@@ -600,17 +649,24 @@ class CheckoutPages:
             "csrf": form_token(service.cipher.lookup, token),
             "error": None,
             "notice": None,
+            "signed_in": page.signed_in,
+            "buyer_email": page.view.buyer_email_masked,
+            "code_minutes": BUYER_CODE_TTL_S // 60,
+            "sign_in_sent": False,
         }
 
     def pay_page(
         self, service: PaymentsService, token: str, page: PageData, *, status: int = 200,
-        error: str | None = None,
+        error: str | None = None, done: str | None = None, sign_in_sent: bool = False,
     ) -> Rendered:  # fmt: skip
         view = page.view
         context = self.common(service, token, page)
         context.update(
             title=f"Pay {view.merchant_name}",
             error=error,
+            notice=DONE_WORDS.get(done or ""),
+            sign_in_sent=sign_in_sent,
+            back="pay",
             card_enabled=service.cards is not None
             and service.vault is not None
             and (service.cards.currency == page.order.currency),
@@ -627,12 +683,13 @@ class CheckoutPages:
 
     def status_page(
         self, service: PaymentsService, token: str, page: PageData, *, status: int = 200,
-        error: str | None = None, done: str | None = None,
+        error: str | None = None, done: str | None = None, sign_in_sent: bool = False,
     ) -> Rendered:  # fmt: skip
         view, order = page.view, page.order
         outcome = outcome_of(order, view.session, page.now_ns)
         headline, explanation = OUTCOME_WORDS[outcome]
         open_refund = page.open_refund
+        actions = order_actions(order.state, None if open_refund is None else open_refund.state)
         context = self.common(service, token, page)
         context.update(
             title=headline,
@@ -641,11 +698,11 @@ class CheckoutPages:
             outcome=outcome.value,
             error=error,
             notice=DONE_WORDS.get(done or ""),
+            sign_in_sent=sign_in_sent,
+            back="result",
             order_state=ORDER_STATE_WORDS[order.state],
             payment=_payment_words(view.latest_payment),
-            actions=sorted(
-                order_actions(order.state, None if open_refund is None else open_refund.state)
-            ),
+            actions=sorted(actions),
             refunds=[
                 {
                     "id": r.id,
@@ -656,6 +713,9 @@ class CheckoutPages:
                 }
                 for r in page.refunds
             ],
+            # A move that needs the buyer signed in is on offer: the sign-in form goes first.
+            needs_sign_in=bool(actions & BUYER_SIGNED_IN_ACTIONS)
+            or any(BUYER_SIGNED_IN_ACTIONS & refund_actions(r.state) for r in page.refunds),
             shipments=[
                 {
                     "direction": "Return" if s.direction == "return" else "Delivery",
@@ -708,53 +768,98 @@ class CheckoutPages:
         if problem.status == 403:
             return self.error_page(request, token, problem, "Please reload the page")
         try:
-            page = load_page(service, token)
+            page = load_page(service, token, request.cookies.get(BUYER_SESSION_COOKIE))
         except NotFound:
             return self.error_page(request, "", Problem(404, NOT_FOUND_WORDS), "Not found")
-        if action == "pay" and page.payable:
+        # A wrong or late code: the code form again (a new code can be asked for there).
+        sent = action == "sign_in_verify"
+        if action in ("pay", "sign_in", "sign_in_verify") and page.payable:
             return self.html(
                 request, token,
-                self.pay_page(service, token, page, status=problem.status, error=problem.words),
+                self.pay_page(service, token, page, status=problem.status, error=problem.words,
+                              sign_in_sent=sent),
             )  # fmt: skip
         return self.html(
             request, token,
-            self.status_page(service, token, page, status=problem.status, error=problem.words),
+            self.status_page(service, token, page, status=problem.status, error=problem.words,
+                             sign_in_sent=sent),
         )  # fmt: skip
 
     def show(self, request: Request, token: str, *, result: bool) -> Response:
         def handle(service: PaymentsService) -> Response:
-            page = load_page(service, token)
+            page = load_page(service, token, request.cookies.get(BUYER_SESSION_COOKIE))
             outcome = outcome_of(page.order, page.view.session, page.now_ns)
             if outcome is Outcome.EXPIRED:
                 return self.error_page(request, token, Problem(410, EXPIRED_WORDS), "Link expired")
             done = request.query_params.get("done")
+            sent = request.query_params.get("signin") == "sent" and not page.signed_in
             if not result and page.payable:
-                return self.html(request, token, self.pay_page(service, token, page))
-            return self.html(request, token, self.status_page(service, token, page, done=done))
+                return self.html(
+                    request, token,
+                    self.pay_page(service, token, page, done=done, sign_in_sent=sent),
+                )  # fmt: skip
+            return self.html(
+                request, token,
+                self.status_page(service, token, page, done=done, sign_in_sent=sent),
+            )  # fmt: skip
 
         return self.guarded(request, token, "show", handle)
 
     def post(
         self, request: Request, token: str, form: dict[str, str] | PaykeepError, action: str,
-        act: Callable[[PaymentsService, dict[str, str]], str],
+        act: Callable[[PaymentsService, dict[str, str], str | None], str],
     ) -> Response:  # fmt: skip
-        """A form post: forgery checks, then ``act`` (returns the ``done`` word) and 303."""
+        """A form post: forgery checks, then ``act`` (returns the ``done`` word) and 303.
+        ``act`` gets the buyer session of the cookie (None: not signed in)."""
 
         def handle(service: PaymentsService) -> Response:
             check_origin(request.headers, _own_origin(request))
             if isinstance(form, PaykeepError):
                 raise form
             check_form_token(form.get(CSRF_FIELD), form_token(service.cipher.lookup, token))
-            done = act(service, form)
+            done = act(service, form, request.cookies.get(BUYER_SESSION_COOKIE))
             target = request.url_for("checkout_result", token=token).path
             return _secure(RedirectResponse(f"{target}?done={done}", status_code=303), None)
 
         return self.guarded(request, token, action, handle)
 
+    def sign_in(
+        self, request: Request, token: str, form: dict[str, str] | PaykeepError, *, verify: bool
+    ) -> Response:
+        """Step 1 (``verify`` False): email a code, 303 back with the code form open. Step 2:
+        check the code, set the session cookie (httpOnly, SameSite=Strict, Secure over https;
+        path ``/checkout``: the session is the buyer's, for any of their checkouts), 303 back.
+        ``back`` (``pay`` or ``result``) picks the page to return to; nothing else of the
+        form is echoed."""
+
+        def handle(service: PaymentsService) -> Response:
+            check_origin(request.headers, _own_origin(request))
+            if isinstance(form, PaykeepError):
+                raise form
+            check_form_token(form.get(CSRF_FIELD), form_token(service.cipher.lookup, token))
+            back = "checkout_page" if form.get("back") == "pay" else "checkout_result"
+            target = request.url_for(back, token=token).path
+            if not verify:
+                service.start_buyer_sign_in(token)
+                redirect = RedirectResponse(f"{target}?signin=sent#sign-in", status_code=303)
+                return _secure(redirect, None)
+            code = "".join(form.get("code", "").split())  # "123 456" as typed from the mail
+            _session, secret = service.verify_buyer_code(token, code)
+            redirect = RedirectResponse(f"{target}?done=signed_in", status_code=303)
+            redirect.set_cookie(
+                BUYER_SESSION_COOKIE, secret, max_age=BUYER_SESSION_TTL_S, path="/checkout",
+                httponly=True, samesite="strict", secure=request.url.scheme == "https",
+            )  # fmt: skip
+            return _secure(redirect, None)
+
+        return self.guarded(request, token, "sign_in_verify" if verify else "sign_in", handle)
+
     # ---- the actions (service calls)
 
     @staticmethod
-    def pay_card(service: PaymentsService, token: str, form: dict[str, str]) -> str:
+    def pay_card(
+        service: PaymentsService, token: str, form: dict[str, str], _buyer_session: str | None
+    ) -> str:
         # Checked here, before the service records a payment: a typo must not leave a
         # payment row behind, and the card number must not travel further than needed.
         pan = normalise_pan(form.get("card_number", ""))
@@ -769,13 +874,17 @@ class CheckoutPages:
         return "paid"
 
     @staticmethod
-    def pay_wallet(service: PaymentsService, token: str, _form: dict[str, str]) -> str:
+    def pay_wallet(
+        service: PaymentsService, token: str, _form: dict[str, str], buyer_session: str | None
+    ) -> str:
         with service.transaction() as tx:
-            service.pay_from_wallet(tx, token)
+            service.pay_from_wallet(tx, token, buyer_session)
         return "paid"
 
     @staticmethod
-    def bank_transfer(service: PaymentsService, token: str, _form: dict[str, str]) -> str:
+    def bank_transfer(
+        service: PaymentsService, token: str, _form: dict[str, str], _buyer_session: str | None
+    ) -> str:
         if service.bank_iban is None:
             raise PaymentMethodUnavailable("bank transfers are not configured", param="method")
         with service.transaction() as tx:
@@ -783,14 +892,18 @@ class CheckoutPages:
         return "bank_transfer"
 
     @staticmethod
-    def confirm(service: PaymentsService, token: str, _form: dict[str, str]) -> str:
+    def confirm(
+        service: PaymentsService, token: str, _form: dict[str, str], buyer_session: str | None
+    ) -> str:
         with service.transaction() as tx:
             session = service.session_for_token(tx, token)
-            service.confirm(tx, session.order_id, token=token)
+            service.confirm(tx, session.order_id, token=token, buyer_session=buyer_session)
         return "confirmed"
 
     @staticmethod
-    def request_refund(service: PaymentsService, token: str, form: dict[str, str]) -> str:
+    def request_refund(
+        service: PaymentsService, token: str, form: dict[str, str], _buyer_session: str | None
+    ) -> str:
         reason = form.get("reason", "").strip()
         if not reason:
             raise PaymentsInputInvalid("a reason is required", param="reason")
@@ -805,7 +918,7 @@ class CheckoutPages:
     @staticmethod
     def refund_action(
         service: PaymentsService, token: str, refund_id: str, page_action: BuyerAction,
-        form: dict[str, str],
+        form: dict[str, str], buyer_session: str | None,
     ) -> str:  # fmt: skip
         carrier = tracking = None
         if page_action is BuyerAction.SHIP_RETURN:
@@ -813,8 +926,8 @@ class CheckoutPages:
             tracking = form.get("tracking_number", "").strip()
         with service.transaction() as tx:
             service.refund_action(
-                tx, refund_id, REFUND_ACTIONS[page_action], token=token, carrier=carrier,
-                tracking_number=tracking,
+                tx, refund_id, REFUND_ACTIONS[page_action], token=token,
+                buyer_session=buyer_session, carrier=carrier, tracking_number=tracking,
             )  # fmt: skip
         return page_action.value
 
@@ -834,6 +947,8 @@ def _urls(request: Request, token: str) -> dict[str, str]:
         "bank_transfer": "checkout_bank_transfer",
         "confirm": "checkout_confirm",
         "refund": "checkout_refund",
+        "sign_in": "checkout_sign_in",
+        "sign_in_verify": "checkout_sign_in_verify",
     }
     urls = {key: request.url_for(name, token=token).path for key, name in names.items()}
     # Refund actions: the template appends "<refund id>/<action>".
@@ -885,7 +1000,7 @@ def checkout_router(payments_provider: Callable[[], PaymentsService]) -> APIRout
             form = await _read_form(request)
             return await run_in_threadpool(
                 pages.post, request, token, form, action,
-                lambda service, fields: act(service, token, fields),
+                lambda service, fields, buyer: act(service, token, fields, buyer),
             )  # fmt: skip
 
         router.add_api_route(path, endpoint, methods=["POST"], name=name, include_in_schema=False)
@@ -897,6 +1012,18 @@ def checkout_router(payments_provider: Callable[[], PaymentsService]) -> APIRout
     )
     form_route("/checkout/{token}/confirm", "checkout_confirm", "confirm", pages.confirm)
     form_route("/checkout/{token}/refund", "checkout_refund", "refund", pages.request_refund)
+
+    def sign_in_route(path: str, name: str, *, verify: bool) -> None:
+        async def endpoint(request: Request, token: str) -> Response:
+            form = await _read_form(request)
+            return await run_in_threadpool(
+                lambda: pages.sign_in(request, token, form, verify=verify)
+            )
+
+        router.add_api_route(path, endpoint, methods=["POST"], name=name, include_in_schema=False)
+
+    sign_in_route("/checkout/{token}/sign-in", "checkout_sign_in", verify=False)
+    sign_in_route("/checkout/{token}/sign-in/verify", "checkout_sign_in_verify", verify=True)
 
     @router.post(
         "/checkout/{token}/refunds/{refund_id}/{kind}",
@@ -914,8 +1041,8 @@ def checkout_router(payments_provider: Callable[[], PaymentsService]) -> APIRout
         assert page_action is not None
         return await run_in_threadpool(
             pages.post, request, token, form, "refund_action",
-            lambda service, fields: pages.refund_action(
-                service, token, refund_id, page_action, fields
+            lambda service, fields, buyer: pages.refund_action(
+                service, token, refund_id, page_action, fields, buyer
             ),
         )  # fmt: skip
 

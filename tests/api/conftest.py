@@ -15,7 +15,10 @@ from paykeep.config import Settings
 
 @contextmanager
 def serving(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, *extra: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """``paykeep serve --bank-cycle 1 *extra`` on the backend ``request.param`` names (a
     PostgreSQL database of its own, dropped afterwards)."""
@@ -33,9 +36,9 @@ def serving(
     else:
         settings = Settings(data_dir=data_dir)
     # The tests' webhook receivers listen on loopback: opened explicitly for the SSRF guard.
-    env = {ENV_WEBHOOK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128"}
+    environment = {ENV_WEBHOOK_ALLOWED_NETWORKS: "127.0.0.0/8,::1/128", **(env or {})}
     try:
-        with ServerProcess(settings, "--bank-cycle", "1", *extra, env=env) as proc:
+        with ServerProcess(settings, "--bank-cycle", "1", *extra, env=environment) as proc:
             yield proc
     finally:
         if name is not None:

@@ -131,7 +131,7 @@ def test_card_money_reaches_the_bank_and_can_be_paid_out(shop: Shop) -> None:
     buyer = shop.buyer()
     order, token = shop.paid_order(buyer["id"], 20_000)
     shop.ship(order["id"])
-    assert shop.buyer_http.post(f"/v1/checkout/{token}/confirm").status_code == 200
+    assert shop.confirm(token).status_code == 200
     available, _reserve = merchant_gets(20_000)
 
     def clearing_settled() -> bool:
@@ -170,7 +170,10 @@ def test_demo_day_reconciles(server: ServerProcess) -> None:
     assert set(result["states"]) <= {"completed", "closed", "refunded", "partially_refunded"}
     assert {"completed", "closed"} <= set(result["states"])
     assert result["fees_minor"] > 0 and result["webhooks_delivered"] > 0
-    assert len(result["checks"]) == 4
+    assert len(result["checks"]) == 5
+    # buyers confirmed receipt signed in, with codes read from the server's mail folder
+    [signed] = [c for c in result["checks"] if "signed in with a code read from" in c]
+    assert int(signed.split()[0]) > 0 and str(server.mail_dir) in signed
 
 
 def _aml_rules(server: ServerProcess, *changes: str) -> None:

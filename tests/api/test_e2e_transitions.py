@@ -41,7 +41,7 @@ def _order_in(shop: Shop, buyer_id: str, state: str) -> tuple[dict[str, Any], st
     if state in ("awaiting_receipt", "completed", "partially_refunded"):
         shop.ship(order["id"])
     if state == "completed":
-        shop.buyer_http.post(f"/v1/checkout/{token}/confirm").raise_for_status()
+        shop.confirm(token).raise_for_status()
     if state == "refunded":
         shop.http.post(f"/v1/orders/{order['id']}/refunds", json={}).raise_for_status()
     if state == "partially_refunded":
@@ -58,7 +58,7 @@ def _act(shop: Shop, action: str, order_id: str, token: str) -> httpx.Response:
             f"/v1/orders/{order_id}/ship",
             json={"carrier": "demo-post", "tracking_number": f"TX{time.time_ns() % 10**12}"},
         ),
-        "confirm": lambda: shop.buyer_http.post(f"/v1/checkout/{token}/confirm"),
+        "confirm": lambda: shop.confirm(token),
         "refund": lambda: shop.http.post(
             f"/v1/orders/{order_id}/refunds", json={"amount_minor": 500}
         ),

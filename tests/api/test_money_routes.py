@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from paykeep.buyer_mailbox import sign_in
+from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
 from tests.serverproc import ServerProcess
 
 APPROVED_CARD = "4111111111111111"
@@ -70,6 +72,10 @@ class Shop:
     operator: httpx.Client
     buyer_http: httpx.Client
     tracking: Iterator[int] = field(default_factory=lambda: iter(range(10**6)))
+    #: buyer id -> email; checkout token -> buyer id; buyer id -> buyer session (bs_...).
+    emails: dict[str, str] = field(default_factory=dict)
+    token_buyers: dict[str, str] = field(default_factory=dict)
+    sessions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def open(cls, server: ServerProcess, iban: str = "GB82WEST12345698765432") -> Shop:
@@ -102,7 +108,26 @@ class Shop:
         response = self.http.post("/v1/buyers", json={"name": f"Buyer {n}",
                                                        "email": f"b{n}@example.com"})  # fmt: skip
         assert response.status_code == 201, response.text
+        self.emails[response.json()["id"]] = f"b{n}@example.com"
         return dict(response.json())
+
+    def as_buyer(self, token: str) -> dict[str, str]:
+        """The header of a signed-in buyer of ``token``: signed in once per buyer, for real
+        (the code read from the server's mail folder: ``paykeep.buyer_mailbox``)."""
+        buyer_id = self.token_buyers[token]
+        if buyer_id not in self.sessions:
+            self.sessions[buyer_id] = sign_in(
+                self.buyer_http, self.server.mail_dir, token, self.emails[buyer_id]
+            )
+        return {BUYER_SESSION_HEADER: self.sessions[buyer_id]}
+
+    def confirm(self, token: str, **kw: Any) -> httpx.Response:
+        """The signed-in buyer confirms receipt."""
+        return self.buyer_http.post(
+            f"/v1/checkout/{token}/confirm",
+            headers={**self.as_buyer(token), **kw.pop("headers", {})},
+            **kw,
+        )
 
     def order(self, buyer_id: str, *amounts: int) -> tuple[dict[str, Any], str]:
         """An order (one line per amount) and the checkout token of its session."""
@@ -112,7 +137,9 @@ class Shop:
         assert order.status_code == 201, order.text
         session = self.http.post("/v1/checkout_sessions", json={"order": order.json()["id"]})
         assert session.status_code == 201, session.text
-        return order.json(), str(session.json()["url"]).rsplit("/", 1)[-1]
+        token = str(session.json()["url"]).rsplit("/", 1)[-1]
+        self.token_buyers[token] = buyer_id
+        return order.json(), token
 
     def pay(self, token: str, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
         return self.buyer_http.post(f"/v1/checkout/{token}/pay", json=body or card(), **kw)
@@ -215,10 +242,10 @@ def test_escrow_flow_by_card_to_the_merchants_balance_and_ledger(
     assert delivered["state"] == "awaiting_receipt" and delivered["delivered_at"] is not None
     assert delivered["timer"]["kind"] == "confirm_after_delivery"
 
-    confirmed = shop.buyer_http.post(f"/v1/checkout/{token}/confirm", json={})
+    confirmed = shop.confirm(token, json={})
     assert confirmed.status_code == 200, confirmed.text
     assert confirmed.json()["state"] == "completed"
-    again = shop.buyer_http.post(f"/v1/checkout/{token}/confirm")
+    again = shop.confirm(token)
     assert_error(again, 409, "illegal_transition")
 
     available, reserve = merchant_gets(amount)
@@ -476,7 +503,7 @@ def test_every_refund_path_and_disputes(shop: Shop) -> None:
     shop.ship(order["id"])
     asked = shop.buyer_http.post(f"/v1/checkout/{token}/refunds", json={"amount_minor": 700})
     rid = asked.json()["id"]
-    assert_error(shop.buyer_http.post(f"/v1/checkout/{token}/confirm"), 409, "illegal_transition")
+    assert_error(shop.confirm(token), 409, "illegal_transition")
     agreed = shop.http.post(f"/v1/refunds/{rid}/agree", json={"return_required": True})
     assert agreed.json()["state"] == "merchant_agreed", agreed.text
     assert agreed.json()["return_required"] is True
@@ -497,7 +524,9 @@ def test_every_refund_path_and_disputes(shop: Shop) -> None:
     rid = shop.buyer_http.post(f"/v1/checkout/{token}/refunds", json={}).json()["id"]
     refused = shop.http.post(f"/v1/refunds/{rid}/refuse")
     assert refused.json()["state"] == "merchant_refused", refused.text
-    cancelled = shop.buyer_http.post(f"/v1/checkout/{token}/refunds/{rid}/cancel")
+    cancelled = shop.buyer_http.post(
+        f"/v1/checkout/{token}/refunds/{rid}/cancel", headers=shop.as_buyer(token)
+    )
     assert cancelled.json()["state"] == "cancelled", cancelled.text
     resumed = shop.get_order(order["id"])
     assert resumed["state"] == "awaiting_shipment" and resumed["disputed"] is False
@@ -611,7 +640,7 @@ def test_payout_follows_the_bank_cycle(shop: Shop) -> None:
     buyer = shop.buyer()
     order, token = pay_by_bank_transfer(shop, buyer, 10_000)
     shop.ship(order["id"])
-    shop.buyer_http.post(f"/v1/checkout/{token}/confirm").raise_for_status()
+    shop.confirm(token).raise_for_status()
     available, _ = merchant_gets(10_000)
     assert shop.balance()["available_minor"] == available
 

@@ -100,7 +100,7 @@ def test_every_state_change_arrives_signed_once_per_endpoint_and_replays(
     buyer = shop.buyer()
     order, token = shop.paid_order(buyer["id"], 3100)
     shop.deliver(shop.ship(order["id"]))
-    shop.buyer_http.post(f"/v1/checkout/{token}/confirm").raise_for_status()
+    shop.confirm(token).raise_for_status()
     with server.client(server.merchant(1)["api_key"]) as other:
         other.post("/v1/buyers", json={"name": "Else", "email": "else@example.com"})
         foreign = {e["id"] for e in other.get("/v1/events", params={"limit": 100}).json()["data"]}

@@ -50,7 +50,7 @@ def test_a_held_release_is_recorded_by_the_api_process_that_decided(server: Serv
         buyer = shop.buyer()
         order, token = shop.paid_order(buyer["id"], BIG)
         shop.ship(order["id"])
-        held = shop.buyer_http.post(f"/v1/checkout/{token}/confirm")
+        held = shop.confirm(token)
         assert held.status_code == 409, held.text
         assert "compliance review" in held.json()["error"]["message"]
         assert shop.get_order(order["id"])["state"] == "awaiting_receipt"
@@ -64,7 +64,7 @@ def test_a_held_release_is_recorded_by_the_api_process_that_decided(server: Serv
         # The payment's own decision committed with it (review: it went ahead, case open).
         assert _decisions(server, f"payment:{order['id']}") == ["review"]
         # A retry gets the recorded answer; the operator's confirmation releases the money.
-        again = shop.buyer_http.post(f"/v1/checkout/{token}/confirm")
+        again = shop.confirm(token)
         assert again.status_code == 409, again.text
         confirmed = shop.operator.post(f"/v1/orders/{order['id']}/confirm")
         assert confirmed.status_code == 200, confirmed.text

@@ -5,13 +5,14 @@ debits = credits per currency)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from paykeep.buyer_mailbox import latest_code
 from paykeep.clock import FakeClock
 from paykeep.config import Settings
 from paykeep.db import Database
@@ -20,6 +21,8 @@ from paykeep.ids import derived_id
 from paykeep.ledger.audit import verify
 from paykeep.ledger.model import Account, AccountFlags, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
+from paykeep.mail import DirectoryMailer
+from paykeep.payments.errors import BuyerAuthenticationRequired
 from paykeep.payments.model import FeePlan, LineItem, TimerSettings
 from paykeep.payments.records import Buyer, Merchant, Order
 from paykeep.payments.service import (
@@ -74,6 +77,41 @@ class World:
     data_dir: Path
     funded: int = 0  # EUR minor units topped up so far
     _topups: int = 0
+    #: Buyer id -> the buyer session the tests act with (signed in for real: code by mail).
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    def sign_in(self, token: str) -> str:
+        """The buyer of ``token`` asks for a code, reads it from the mail folder and enters
+        it: a new buyer session (call outside any transaction)."""
+        with self.svc.reading() as tx:
+            order = self.svc.order(tx, None, self.svc.session_for_token(tx, token).order_id)
+            row = tx.repo.buyer_row(order.buyer_id)
+            assert row is not None
+            email = self.svc.cipher.open(bytes(row[2]), purpose="buyer.email", row_id=row[0])
+        self.svc.start_buyer_sign_in(token)
+        code = latest_code(self.mail_dir, email)
+        assert code is not None, "the code mail was written"
+        buyer_session, secret = self.svc.verify_buyer_code(token, code)
+        self.sessions[buyer_session.buyer_id] = secret
+        return secret
+
+    def bs(self, token: str) -> str:
+        """A live buyer session of ``token``'s buyer: the one already held, or a new one
+        (call outside any transaction: signing in writes)."""
+        with self.svc.reading() as tx:
+            order = self.svc.order(tx, None, self.svc.session_for_token(tx, token).order_id)
+        held = self.sessions.get(order.buyer_id)
+        if held is not None:
+            try:
+                self.svc.check_buyer_session(token, held)
+                return held
+            except BuyerAuthenticationRequired:
+                pass
+        return self.sign_in(token)
 
     # -- set-up helpers ----------------------------------------------------------------------
 
@@ -105,6 +143,8 @@ class World:
                 tx, merchant.id, buyer.id, [LineItem("Tea", 1, amount_minor)]
             )
             _session, token = self.svc.create_checkout_session(tx, merchant.id, order.id)
+        # Signed in now (once per buyer), so that moves inside a transaction only read it.
+        self.bs(token)
         return order, token
 
     def fund(self, buyer: Buyer, amount_minor: int) -> None:
@@ -142,8 +182,9 @@ class World:
     ) -> tuple[Order, str]:
         self.fund(buyer, amount_minor)
         order, token = self.order(merchant, buyer, amount_minor)
+        buyer_session = self.bs(token)
         with self.svc.transaction() as tx:
-            order = self.svc.pay_from_wallet(tx, token)
+            order = self.svc.pay_from_wallet(tx, token, buyer_session)
         return order, token
 
     # -- reading -----------------------------------------------------------------------------
@@ -227,7 +268,8 @@ def make_world(database: Database, data_dir: Path) -> World:
     clock = FakeClock()
     ledger = Ledger(database, clock)
     keys = VaultKeys.from_directory(data_dir / "keys", create=True)
-    svc = PaymentsService(database, ledger, FieldCipher(keys), clock=clock)
+    mailer = DirectoryMailer(data_dir / "mail", clock=clock)
+    svc = PaymentsService(database, ledger, FieldCipher(keys), clock=clock, mailer=mailer)
     return World(database, clock, ledger, svc, data_dir)
 
 

@@ -46,7 +46,7 @@ def test_a_sanctioned_merchant_is_blocked_and_nothing_moves(world: World, risk: 
     order, token = w.order(listed, b)
     head = w.ledger.head()
     with pytest.raises(RiskDeclined), w.svc.transaction() as tx:
-        w.svc.pay_from_wallet(tx, token)
+        w.svc.pay_from_wallet(tx, token, w.bs(token))
     assert w.get_order(order.id).state is S.CREATED and w.wallet(b) == (5_000, 0)
     assert w.ledger.head() == head
     assert _count(w, "aml_decisions") == 0  # rolled back with the payment...
@@ -81,7 +81,7 @@ def test_a_release_under_review_is_held_until_an_operator_confirms(
     for _attempt in range(2):
         w.clock.advance(60)  # a later attempt is a later event: the recorded answer stands
         with pytest.raises(IllegalTransition), w.svc.transaction() as tx:
-            w.svc.confirm(tx, order.id, token=token)
+            w.svc.confirm(tx, order.id, token=token, buyer_session=w.bs(token))
         risk.flush()
     assert w.get_order(order.id).state is S.AWAITING_RECEIPT and w.available(m) == 0
     # The release's alerts join the case already open about this party: one case to work on.
@@ -111,7 +111,7 @@ def test_a_failed_flush_keeps_the_decisions_for_the_next(
     w.fund(b, 5_000)
     order, token = w.order(listed, b)
     with pytest.raises(RiskDeclined), w.svc.transaction() as tx:
-        w.svc.pay_from_wallet(tx, token)
+        w.svc.pay_from_wallet(tx, token, w.bs(token))
     # The database is unreachable when the worker flushes (a real engine on a path that
     # cannot be opened): nothing is recorded and nothing is forgotten.
     healthy = risk.engine.database

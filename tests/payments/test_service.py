@@ -119,9 +119,10 @@ def test_happy_path_pay_ship_deliver_confirm(world: World) -> None:
 
     # pay from the wallet: the money is held (pending), not yet the merchant's
     w.clock.advance(60)
+    bs = w.bs(token)  # signed in again after the clock moved (a write: outside the tx)
     seq = w.last_seq()
     with w.svc.transaction() as tx:
-        order = w.svc.pay_from_wallet(tx, token)
+        order = w.svc.pay_from_wallet(tx, token, bs)
     assert order.state is S.AWAITING_SHIPMENT and order.funding == "wallet"
     assert order.timer == Timer.REFUND_UNSHIPPED
     assert order.timer_due_ns == w.clock.now_ns() + DEFAULT_TIMERS.ship_by_s * NS_PER_S
@@ -173,9 +174,10 @@ def test_happy_path_pay_ship_deliver_confirm(world: World) -> None:
     assert w.event_types_since(seq) == []
 
     # the buyer confirms: price - fee - reserve available, reserve held, fee to the platform
+    bs = w.bs(token)  # a day later: signed in again (outside the tx: signing in writes)
     seq = w.last_seq()
     with w.svc.transaction() as tx:
-        order = w.svc.confirm(tx, order.id, token=token)
+        order = w.svc.confirm(tx, order.id, token=token, buyer_session=bs)
     fee = 73 + 30  # 2.9 % of 2,500 = 72.5 -> 73 (half-up) + 0.30
     reserve = (2_500 - fee) // 10  # 239
     assert order.state is S.COMPLETED
@@ -403,6 +405,7 @@ def test_decision_for_the_merchant_before_shipping_resumes_the_order(world: Worl
     order, token = w.paid_order(m, b)
     _refund_id, dispute_id = open_dispute(w, order, token)
     w.clock.advance(DAY_S)
+    bs = w.bs(token)  # signed in again after the clock moved (a write: outside the tx)
     with w.svc.transaction() as tx:
         w.svc.decide_dispute(tx, dispute_id, 0, "operator:1", None)
     order = w.get_order(order.id)
@@ -413,7 +416,7 @@ def test_decision_for_the_merchant_before_shipping_resumes_the_order(world: Worl
     # and it can still be shipped and confirmed
     order, _ = ship(w, order)
     with w.svc.transaction() as tx:
-        assert w.svc.confirm(tx, order.id, token=token).state is S.COMPLETED
+        assert w.svc.confirm(tx, order.id, token=token, buyer_session=bs).state is S.COMPLETED
 
 
 def test_cancelling_a_request_resumes_the_timer(world: World) -> None:
@@ -430,9 +433,12 @@ def test_cancelling_a_request_resumes_the_timer(world: World) -> None:
     w.clock.set(first_due + NS_PER_S)
     assert w.svc.run_timers() == {}
     assert w.get_order(order.id).state is S.AWAITING_SHIPMENT
+    bs = w.bs(token)  # signed in again after the clock moved (a write: outside the tx)
     seq = w.last_seq()
     with w.svc.transaction() as tx:
-        refund = w.svc.refund_action(tx, refund.id, RefundAction.CANCEL, token=token)
+        refund = w.svc.refund_action(
+            tx, refund.id, RefundAction.CANCEL, token=token, buyer_session=bs
+        )
     assert refund.state is RefundState.CANCELLED
     assert w.event_types_since(seq) == ["refund.cancelled", "order.updated"]
     order = w.get_order(order.id)
@@ -468,7 +474,12 @@ def test_timer_closes_an_unpaid_order(world: World) -> None:
     assert w.event_types_since(seq) == [] and w.ledger.head() == head
     # a closed order cannot be paid, even with money in the wallet
     w.fund(b, 5_000)
-    refused(w, IllegalTransition, "illegal_transition", lambda tx: w.svc.pay_from_wallet(tx, token))
+    refused(
+        w,
+        IllegalTransition,
+        "illegal_transition",
+        lambda tx: w.svc.pay_from_wallet(tx, token, w.bs(token)),
+    )
     assert w.wallet(b) == (5_000, 0)
 
 
@@ -570,6 +581,7 @@ def test_concurrent_timer_workers_and_buyers_release_each_order_once(world: Worl
     paid = [w.paid_order(m, b, 1_000 + k) for k in range(8)]
     orders = [(ship(w, order, f"C{k:06d}")[0], token) for k, (order, token) in enumerate(paid)]
     w.clock.advance(DEFAULT_TIMERS.confirm_after_shipping_s)
+    bs = w.bs(paid[0][1])  # signed in again after the clock moved (a write: outside the tx)
     barrier = threading.Barrier(3)
     fired: list[dict[str, int]] = []
     confirmed: list[str] = []
@@ -588,7 +600,7 @@ def test_concurrent_timer_workers_and_buyers_release_each_order_once(world: Worl
             for order, token in reversed(orders):
                 try:
                     with w.svc.transaction() as tx:
-                        w.svc.confirm(tx, order.id, token=token)
+                        w.svc.confirm(tx, order.id, token=token, buyer_session=bs)
                     confirmed.append(order.id)
                 except IllegalTransition:
                     continue
@@ -645,7 +657,9 @@ def test_risk_blocks_a_payment_and_nothing_moves(world: World) -> None:
     w.fund(b, 5_000)
     order, token = w.order(m, b)
     w.svc.risk = FixedRisk({"payment": "block"})
-    error = refused(w, RiskDeclined, "risk_blocked", lambda tx: w.svc.pay_from_wallet(tx, token))
+    error = refused(
+        w, RiskDeclined, "risk_blocked", lambda tx: w.svc.pay_from_wallet(tx, token, w.bs(token))
+    )
     assert error.type == "permission_error"
     assert w.get_order(order.id).state is S.CREATED and w.wallet(b) == (5_000, 0)
     assert w.count("payments_payments") == 0
@@ -660,7 +674,7 @@ def test_a_release_under_review_stays_held(world: World) -> None:
     w.svc.risk = FixedRisk({"release": "review"})
     refused(
         w, IllegalTransition, "illegal_transition",
-        lambda tx: w.svc.confirm(tx, order.id, token=token),
+        lambda tx: w.svc.confirm(tx, order.id, token=token, buyer_session=w.bs(token)),
     )  # fmt: skip
     w.clock.advance(DEFAULT_TIMERS.confirm_after_shipping_s)
     assert w.svc.run_timers() == {"skipped:illegal_transition": 1}
@@ -673,7 +687,10 @@ def test_a_release_under_review_stays_held(world: World) -> None:
     second, token2 = w.paid_order(m, b)
     ship(w, second, "JD0009999")
     with w.svc.transaction() as tx:
-        assert w.svc.confirm(tx, second.id, token=token2).state is S.COMPLETED
+        assert (
+            w.svc.confirm(tx, second.id, token=token2, buyer_session=w.bs(token2)).state
+            is S.COMPLETED
+        )
 
 
 def test_risk_blocks_a_release(world: World) -> None:
@@ -685,7 +702,7 @@ def test_risk_blocks_a_release(world: World) -> None:
     w.svc.risk = FixedRisk({"release": "block"})
     seq, head = w.last_seq(), w.ledger.head()
     with pytest.raises((RiskDeclined, IllegalTransition)), w.svc.transaction() as tx:
-        w.svc.confirm(tx, order.id, token=token)
+        w.svc.confirm(tx, order.id, token=token, buyer_session=w.bs(token))
     assert w.event_types_since(seq) == [] and w.ledger.head() == head
     assert w.get_order(order.id).state is S.AWAITING_RECEIPT and w.available(m) == 0
 
@@ -717,8 +734,13 @@ def test_illegal_transitions_change_nothing(world: World) -> None:
 
     paid, token = w.order(m, b)
     with svc.transaction() as tx:
-        paid = svc.pay_from_wallet(tx, token)
-    refused(w, IllegalTransition, "illegal_transition", lambda tx: svc.pay_from_wallet(tx, token))
+        paid = svc.pay_from_wallet(tx, token, w.bs(token))
+    refused(
+        w,
+        IllegalTransition,
+        "illegal_transition",
+        lambda tx: svc.pay_from_wallet(tx, token, w.bs(token)),
+    )
     refused(
         w, IllegalTransition, "illegal_transition",
         lambda tx: svc.create_checkout_session(tx, m.id, paid.id),
@@ -754,14 +776,16 @@ def test_illegal_transitions_change_nothing(world: World) -> None:
         lambda tx: svc.refund_action(tx, refund.id, RefundAction.RECEIVE_RETURN, scope=m.id),
     )  # fmt: skip
     with svc.transaction() as tx:
-        svc.refund_action(tx, refund.id, RefundAction.CANCEL, token=token)
+        svc.refund_action(
+            tx, refund.id, RefundAction.CANCEL, token=token, buyer_session=w.bs(token)
+        )
     refused(
         w, IllegalTransition, "illegal_transition",
         lambda tx: svc.refund_action(tx, refund.id, RefundAction.AGREE, scope=m.id),
     )  # fmt: skip
 
     with svc.transaction() as tx:
-        done = svc.confirm(tx, paid.id, token=token)
+        done = svc.confirm(tx, paid.id, token=token, buyer_session=w.bs(token))
     assert done.state is S.COMPLETED
     refused(w, IllegalTransition, "illegal_transition", lambda tx: svc.confirm(tx, paid.id))
     refused(
@@ -800,7 +824,8 @@ def test_deciding_twice_is_refused(world: World) -> None:
         refused(w, IllegalTransition, "illegal_transition", decide_again)
     refused(
         w, IllegalTransition, "illegal_transition",
-        lambda tx: w.svc.refund_action(tx, refund_id, RefundAction.CANCEL, token=token),
+        lambda tx: w.svc.refund_action(tx, refund_id, RefundAction.CANCEL, token=token,
+                                       buyer_session=w.bs(token)),
     )  # fmt: skip
     assert w.wallet(b) == (1_250, 0)
 
@@ -812,9 +837,10 @@ def test_expired_checkout_session_cannot_pay(world: World) -> None:
     w.fund(b, 5_000)
     order, token = w.order(m, b)
     w.clock.advance(DAY_S)
+    bs = w.bs(token)  # signed in again after the clock moved (a write: outside the tx)
     refused(
         w, CheckoutSessionExpired, "checkout_session_expired",
-        lambda tx: w.svc.pay_from_wallet(tx, token),
+        lambda tx: w.svc.pay_from_wallet(tx, token, bs),
     )  # fmt: skip
     assert w.get_order(order.id).state is S.CREATED
 
@@ -918,12 +944,14 @@ def test_a_buyer_token_only_works_for_its_own_order(world: World) -> None:
         refund2 = w.svc.request_refund(tx, token2, order2.id, None, None)
     svc = w.svc
     for attempt in (
-        lambda tx: svc.confirm(tx, order1.id, token=token2),
+        lambda tx: svc.confirm(tx, order1.id, token=token2, buyer_session=w.bs(token2)),
         lambda tx: svc.request_refund(tx, token2, order1.id, None, None),
-        lambda tx: svc.refund_action(tx, refund2.id, RefundAction.CANCEL, token=token1),
+        lambda tx: svc.refund_action(
+            tx, refund2.id, RefundAction.CANCEL, token=token1, buyer_session=w.bs(token1)
+        ),
         lambda tx: svc.refund_action(tx, refund2.id, RefundAction.ESCALATE, token=token1),
-        lambda tx: svc.pay_from_wallet(tx, "cs_not-a-real-token"),
-        lambda tx: svc.pay_from_wallet(tx, "not even the shape"),
+        lambda tx: svc.pay_from_wallet(tx, "cs_not-a-real-token", None),
+        lambda tx: svc.pay_from_wallet(tx, "not even the shape", None),
     ):
         refused(w, ResourceMissing, "resource_missing", attempt)
     assert w.get_order(order1.id).state is S.AWAITING_RECEIPT
@@ -1079,7 +1107,12 @@ def test_insufficient_wallet_funds_change_nothing(world: World) -> None:
     order, token = w.order(m, b, 2_500)
     w.fund(b, 2_499)
     payments_before = w.count("payments_payments")
-    refused(w, InsufficientFunds, "insufficient_funds", lambda tx: w.svc.pay_from_wallet(tx, token))
+    refused(
+        w,
+        InsufficientFunds,
+        "insufficient_funds",
+        lambda tx: w.svc.pay_from_wallet(tx, token, w.bs(token)),
+    )
     after = w.get_order(order.id)
     assert after.state is S.CREATED and after.version == order.version
     assert after.hold_transfer_id is None and after.funding is None
@@ -1090,7 +1123,7 @@ def test_insufficient_wallet_funds_change_nothing(world: World) -> None:
     # one more cent and the same session pays
     w.fund(b, 1)
     with w.svc.transaction() as tx:
-        assert w.svc.pay_from_wallet(tx, token).state is S.AWAITING_SHIPMENT
+        assert w.svc.pay_from_wallet(tx, token, w.bs(token)).state is S.AWAITING_SHIPMENT
     assert w.wallet(b) == (0, 2_500)
 
 
@@ -1103,8 +1136,13 @@ def test_the_same_wallet_cannot_pay_twice(world: World) -> None:
     _first, t1 = w.order(m, b, 2_000)
     second, t2 = w.order(m, b, 2_000)
     with w.svc.transaction() as tx:
-        w.svc.pay_from_wallet(tx, t1)
-    refused(w, InsufficientFunds, "insufficient_funds", lambda tx: w.svc.pay_from_wallet(tx, t2))
+        w.svc.pay_from_wallet(tx, t1, w.bs(t1))
+    refused(
+        w,
+        InsufficientFunds,
+        "insufficient_funds",
+        lambda tx: w.svc.pay_from_wallet(tx, t2, w.bs(t2)),
+    )
     assert w.get_order(second.id).state is S.CREATED
     assert w.wallet(b) == (1_000, 2_000)
 

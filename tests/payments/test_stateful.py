@@ -364,6 +364,7 @@ def make_machine(w: World) -> type[RuleBasedStateMachine]:
             with svc.transaction() as tx:
                 order = svc.create_order(tx, merchant.id, buyer.id, [LineItem("x", 1, amount)])
                 _session, token = svc.create_checkout_session(tx, merchant.id, order.id)
+            w.bs(token)  # signed in now: the moves below read the session inside their tx
             mo = MOrder(order.id, who // 3, buyer, token, amount, clock.now_ns())
             self._set_timer(mo, clock.now_ns())
             self.orders.append(mo)
@@ -381,7 +382,9 @@ def make_machine(w: World) -> type[RuleBasedStateMachine]:
                 error = IllegalTransition
             elif self.m.wallet[order.buyer.id] < order.amount:
                 error = InsufficientFunds
-            self._expect("pay", error, lambda tx: svc.pay_from_wallet(tx, order.token))
+            self._expect(
+                "pay", error, lambda tx: svc.pay_from_wallet(tx, order.token, w.bs(order.token))
+            )
             if error is None:
                 order.state, order.session_complete = S.AWAITING_SHIPMENT, True
                 self.m.wallet[order.buyer.id] -= order.amount
@@ -419,7 +422,9 @@ def make_machine(w: World) -> type[RuleBasedStateMachine]:
             self._expect(
                 "confirm",
                 None if ok else IllegalTransition,
-                lambda tx: svc.confirm(tx, order.id, token=order.token),
+                lambda tx: svc.confirm(
+                    tx, order.id, token=order.token, buyer_session=w.bs(order.token)
+                ),
             )
             if ok:
                 self._end(order, 0)
@@ -465,7 +470,7 @@ def make_machine(w: World) -> type[RuleBasedStateMachine]:
             error = IllegalTransition if new_state is None or decide else None
             kwargs: dict[str, Any] = {"scope": merchant.id}
             if action in BUYER_ACTIONS:
-                kwargs = {"token": order.token}
+                kwargs = {"token": order.token, "buyer_session": w.bs(order.token)}
             if action is RA.SHIP_RETURN:
                 kwargs.update(carrier="ups", tracking_number=f"R{next(tracking_numbers)}")
             self._expect(

@@ -26,7 +26,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from stdnum import luhn
 
 from paykeep.bench.gateway import BanksimProcess
+from paykeep.buyer_mailbox import latest_code
 from paykeep.config import SQLITE_FILE_NAME, Settings
+from paykeep.mail import MAIL_DIR_NAME
 from paykeep.payments.model import LineItem
 from paykeep.payments.service import NewMerchant, PaymentsService
 from tests.conftest import BACKENDS, _pg_admin, _pg_url
@@ -68,6 +70,7 @@ class Server:
         env.pop("PAYKEEP_DATABASE_URL", None)
         if settings.database_url:
             env["PAYKEEP_DATABASE_URL"] = settings.database_url
+        self.data_dir = settings.data_dir
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -110,6 +113,19 @@ class Shop:
     backend: str
     pans: list[str] = field(default_factory=list)
     issuer_tokens: dict[str, str] = field(default_factory=dict)
+    #: buyer id -> email address (where the sign-in codes go)
+    emails: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mail_dir(self) -> Path:
+        """The server's mail folder (its ``DirectoryMailer``)."""
+        return self.server.data_dir / MAIL_DIR_NAME
+
+    def code_for(self, buyer_id: str) -> str:
+        """The newest sign-in code mailed to the buyer (``paykeep.buyer_mailbox``)."""
+        code = latest_code(self.mail_dir, self.emails[buyer_id])
+        assert code is not None, "no code mail"
+        return code
 
     @property
     def base_url(self) -> str:
@@ -142,10 +158,11 @@ class Shop:
             return self.service.create_merchant(tx, NewMerchant(name, "DE")).id
 
     def new_buyer(self, merchant_id: str) -> str:
+        email = f"grace+{uuid.uuid4().hex[:8]}@example.com"
         with self.service.transaction() as tx:
-            return self.service.create_buyer(
-                tx, merchant_id, "Grace Hopper", f"grace+{uuid.uuid4().hex[:8]}@example.com"
-            ).id
+            buyer_id = self.service.create_buyer(tx, merchant_id, "Grace Hopper", email).id
+        self.emails[buyer_id] = email
+        return buyer_id
 
     def new_order(
         self,

@@ -23,6 +23,7 @@ from paykeep.gateway.cards.service import CardGateway
 from paykeep.gateway.vault.keys import VaultKeys
 from paykeep.gateway.vault.service import CardVault
 from paykeep.ledger.service import Ledger
+from paykeep.mail import MAIL_DIR_NAME, DirectoryMailer
 from paykeep.payments.service import PaymentsService
 from paykeep.security.fields import FieldCipher
 from paykeep.web import SecretsFilter, checkout_router
@@ -39,7 +40,11 @@ def build_service(settings: Settings, card_port: int, bank_iban: str | None) -> 
     client = CardNetworkClient("127.0.0.1", card_port, pool_size=2, timeout_s=CARD_CALL_TIMEOUT_S)
     cards = CardGateway(database, ledger, vault, client, timeout_s=CARD_CALL_TIMEOUT_S)
     cipher = FieldCipher(VaultKeys.load(settings.data_dir))
-    return PaymentsService(database, ledger, cipher, cards=cards, vault=vault, bank_iban=bank_iban)
+    # Buyers' sign-in codes go to <data dir>/mail/ as .eml files (the tests read them there).
+    mailer = DirectoryMailer(settings.data_dir / MAIL_DIR_NAME)
+    return PaymentsService(
+        database, ledger, cipher, cards=cards, vault=vault, bank_iban=bank_iban, mailer=mailer
+    )
 
 
 def _logging() -> None:

@@ -44,6 +44,22 @@ def pay_directly(shop: Shop, token: str) -> str:
     return order.id
 
 
+def sign_in_on_page(page: Page, shop: Shop, buyer_id: str) -> None:
+    """The buyer asks for a code on the page, reads it in their mail (the server's mail
+    folder) and types it: the page sets the session cookie and comes back."""
+    email = shop.emails[buyer_id]
+    expect(page.locator("#sign-in-offer")).to_contain_text(f"{email[0]}***@example.com")
+    page.get_by_role("button", name="Email me a code").click()
+    page.wait_for_url("**signin=sent**")
+    expect(page.locator("#sign-in-sent")).to_contain_text(f"{email[0]}***@example.com")
+    page.get_by_label("Code from the email").fill(shop.code_for(buyer_id))
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**done=signed_in")
+    expect(page.locator(".notice")).to_have_text(
+        "Thank you, you are signed in. You can continue now."
+    )
+
+
 def buyer_reference(shop: Shop, buyer_id: str) -> str:
     with shop.service.reading() as tx:
         return shop.service.buyer(tx, None, buyer_id).payment_reference
@@ -179,6 +195,9 @@ def test_the_wallet_pays_when_its_balance_covers_the_order(shop: Shop, visit: Vi
 
     page.goto(shop.url(token))
     expect(page.locator("#wallet-balance")).to_have_text(TOTAL)
+    # The balance is the buyer's: the button appears only once the buyer proved it is them.
+    expect(page.get_by_role("button", name=f"Pay {TOTAL} from my balance")).to_have_count(0)
+    sign_in_on_page(page, shop, buyer)
     page.get_by_role("button", name=f"Pay {TOTAL} from my balance").click()
     page.wait_for_url("**/result?done=paid")
     expect(page.locator("#payment")).to_have_text("Paid from your Paykeep balance")
@@ -311,7 +330,8 @@ def test_buyer_requests_then_withdraws_a_refund_and_confirms_receipt(
     shop: Shop, visit: Visit
 ) -> None:
     merchant = shop.new_merchant()
-    order_id, token = shop.new_order(merchant, shop.new_buyer(merchant))
+    buyer = shop.new_buyer(merchant)
+    order_id, token = shop.new_order(merchant, buyer)
     pay_directly(shop, token)
     page = visit.page
 
@@ -327,6 +347,8 @@ def test_buyer_requests_then_withdraws_a_refund_and_confirms_receipt(
     assert (refund["state"], refund["amount_minor"]) == ("requested", 3000)
     assert refund["reason"] == "The <b>cover</b> is torn"
 
+    expect(page.get_by_role("button", name="Withdraw my refund request")).to_have_count(0)
+    sign_in_on_page(page, shop, buyer)
     page.get_by_role("button", name="Withdraw my refund request").click()
     page.wait_for_url("**/result?done=cancel")
     expect(page.locator(".refund-state")).to_have_text("Withdrawn by you")
@@ -461,3 +483,67 @@ def test_card_testing_is_stopped_after_the_attempt_limit(shop: Shop) -> None:
     assert statuses == [402] * CARD_ATTEMPTS_MAX + [429]
     assert len(shop.payments(order_id)) == CARD_ATTEMPTS_MAX  # the last one never left
     assert_card_numbers_absent(shop, None, *pans)
+
+
+# -- buyer sign-in -----------------------------------------------------------------------------
+
+
+def test_sign_in_form_words_and_cookie(shop: Shop, visit: Visit) -> None:
+    """A wrong code is explained and the form stays; the right one sets an httpOnly,
+    SameSite=Strict cookie that the page's actions then carry."""
+    merchant = shop.new_merchant()
+    buyer = shop.new_buyer(merchant)
+    order_id, token = shop.new_order(merchant, buyer)
+    pay_directly(shop, token)
+    with shop.service.transaction() as tx:
+        shop.service.ship(tx, merchant, order_id, "dhl", "JD0009876543")
+    page = visit.page
+    page.goto(shop.url(token))
+    expect(page.get_by_role("button", name="I received my order")).to_have_count(0)
+    page.get_by_role("button", name="Email me a code").click()
+    page.wait_for_url("**signin=sent**")
+    code = shop.code_for(buyer)
+    page.get_by_label("Code from the email").fill(f"{(int(code) + 1) % 10**6:06d}")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#errors")).to_have_text(
+        "That code is not right. Please check the email we sent you and try again."
+    )
+    assert visit.statuses[-1] == 422
+    page.get_by_label("Code from the email").fill(f"{code[:3]} {code[3:]}")  # as typed
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**done=signed_in")
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "paykeep_buyer_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/checkout"
+    assert not cookie["secure"]  # served over http here; Secure over https
+    assert str(cookie["value"]).startswith("bs_")
+    page.get_by_role("button", name="I received my order").click()
+    page.wait_for_url("**/result?done=confirmed")
+    assert shop.order_state(order_id) == "completed"
+    for html in visit.html:
+        assert code not in html and str(cookie["value"]) not in html
+    assert code not in shop.server.log() and shop.emails[buyer] not in shop.server.log()
+
+
+def test_the_merchant_with_the_link_cannot_confirm_on_the_page(shop: Shop) -> None:
+    """A post with the page's own form token (anyone with the link can render the page) but
+    no buyer cookie — or another buyer's — is refused in words, and nothing changes."""
+    merchant = shop.new_merchant()
+    buyer, other = shop.new_buyer(merchant), shop.new_buyer(merchant)
+    order_id, token = shop.new_order(merchant, buyer)
+    pay_directly(shop, token)
+    _o, other_token = shop.new_order(merchant, other)
+    shop.service.start_buyer_sign_in(other_token)
+    _s, foreign = shop.service.verify_buyer_code(other_token, shop.code_for(other))
+    with shop.service.transaction() as tx:
+        shop.service.ship(tx, merchant, order_id, "dhl", "JD0001112223")
+        refund = shop.service.request_refund(tx, token, order_id, None, "damaged")
+    csrf = shop.service.cipher.lookup(token, purpose=CSRF_PURPOSE)
+    posts = [shop.url(token, "/confirm"), shop.url(token, f"/refunds/{refund.id}/cancel")]
+    for cookies in ({}, {"paykeep_buyer_session": foreign}, {"paykeep_buyer_session": "bs_x"}):
+        with httpx.Client(timeout=20, cookies=cookies) as http:
+            for url in posts:
+                answer = http.post(url, data={"csrf": csrf})
+                assert answer.status_code == 401, (url, answer.text[:300])
+                assert "please sign in with the code we email you first" in answer.text
+    assert shop.order_state(order_id) == "awaiting_receipt"
+    assert shop.refunds(order_id)[0]["state"] == "requested"

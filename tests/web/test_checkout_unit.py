@@ -20,8 +20,14 @@ from stdnum import luhn
 from paykeep.errors import PaykeepError
 from paykeep.gateway.cards.errors import CardNetworkUnavailable, CardSecurityCodeInvalid
 from paykeep.gateway.vault.errors import VaultCardNumberInvalid, VaultExpiryInvalid
+from paykeep.mail import MailUnavailable
 from paykeep.money import InvalidAmount
 from paykeep.payments.errors import (
+    BuyerAuthenticationRequired,
+    BuyerCodeAttemptsExceeded,
+    BuyerCodeExpired,
+    BuyerCodeInvalid,
+    BuyerCodeRateLimited,
     CheckoutSessionExpired,
     IllegalTransition,
     InsufficientFunds,
@@ -314,6 +320,17 @@ def test_a_session_marked_expired_is_expired_before_its_time() -> None:
             503,
             "Something went wrong on our side",
         ),
+        (BuyerAuthenticationRequired("internal wording"), "confirm", 401, "sign in with the code"),
+        (BuyerCodeInvalid("internal wording"), "sign_in_verify", 422, "code is not right"),
+        (BuyerCodeExpired("internal wording"), "sign_in_verify", 422, "code has expired"),
+        (
+            BuyerCodeAttemptsExceeded("internal wording"),
+            "sign_in_verify",
+            429,
+            "ask for a new code",
+        ),
+        (BuyerCodeRateLimited("internal wording"), "sign_in", 429, "several codes"),
+        (MailUnavailable("internal wording"), "sign_in", 503, "could not send the email"),
     ],
 )
 def test_typed_errors_become_words(
@@ -351,6 +368,11 @@ def test_scrub_removes_card_numbers(before: str, pan: str, after: str, grouped: 
     cleaned = scrub(before + shown + after)
     assert pan not in cleaned and shown not in cleaned
     assert not _PAN_RUN.search(cleaned)
+
+
+def test_scrub_removes_buyer_sessions() -> None:
+    line = "cookie paykeep_buyer_session=bs_iIarYDnGxMuSswZcN2lP10HbNSIConENYF4g38pbF2s; x"
+    assert scrub(line) == "cookie paykeep_buyer_session=bs_[redacted]; x"
 
 
 def test_scrub_removes_checkout_tokens_and_keeps_the_rest() -> None:

@@ -1,12 +1,25 @@
 """/v1 routes where money moves or is shown: the buyer's checkout API, refunds, disputes,
 payouts, balances, the ledger (read-only), events and webhook endpoints.
 
-**The buyer has no API key.** The checkout token of the session URL (``cs_...``) is the
-credential of ``/v1/checkout/{token}/...``: an unknown token is ``404 resource_missing``, and
-the token reaches only its own order. Idempotency records of these routes are scoped by the
-checkout session (:func:`_buyer_principal`) and store a path naming the session id, never the
-token; their fingerprint is keyed (HMAC under the field-encryption key, :func:`_buyer_request`),
-because the card route's body holds a card number and a plain hash of it could be reversed.
+**The buyer has no API key.** The checkout token of the session URL (``cs_...``) names the
+checkout in ``/v1/checkout/{token}/...``: an unknown token is ``404 resource_missing``, and
+the token reaches only its own order. The merchant that created the session holds the token
+too, so it is not proof that the *buyer* acts: paying from the buyer's wallet, ``confirm`` and
+``refunds/{id}/cancel`` also need ``Paykeep-Buyer-Session: bs_...``, a live session of the
+order's buyer, obtained with ``sign_in`` (a 6-digit code mailed to the buyer) and
+``sign_in/verify``. Without one (or with an expired one, or another buyer's) they answer
+``401 buyer_authentication_required`` and change nothing. The route checks it before the
+``Idempotency-Key`` is claimed — a 401 is never stored, so the buyer's retry with the header
+and the same key runs — and the use case checks it again inside its transaction
+(:meth:`PaymentsService.pay_from_wallet` and friends), so no other entry point bypasses it.
+``sign_in`` and ``sign_in/verify`` go through :func:`_run_once` (the mail is sent, and a wrong
+code's attempt committed, outside the key's transaction); a replayed ``verify`` answers
+``buyer_session: null`` (a credential is never in a replayable body).
+
+Idempotency records of these routes are scoped by the checkout session
+(:func:`_buyer_principal`) and store a path naming the session id, never the token; their
+fingerprint is keyed (HMAC under the field-encryption key, :func:`_buyer_request`), because the
+card route's body holds a card number and a plain hash of it could be reversed.
 
 **Two kinds of POST.** A use case that takes the caller's transaction (refunds, disputes,
 confirm, wallet payment...) runs in ``idempotent_response``: its effect and the
@@ -51,7 +64,7 @@ from dataclasses import replace
 from typing import Annotated, Any, Final, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt
 from starlette.responses import Response
 
@@ -74,16 +87,27 @@ from paykeep.api.idempotency import (
 )
 from paykeep.api.pagination import CURSOR_PATTERN, Page, PageParams, page_response
 from paykeep.api.runtime import Runtime
+from paykeep.clock import NS_PER_S
 from paykeep.errors import PaykeepError
 from paykeep.gateway.cards.errors import CardSecurityCodeInvalid
 from paykeep.gateway.vault.model import check_expiry, check_pan
 from paykeep.ledger.errors import AccountNotFound, InvalidCursor, TransferNotFound
 from paykeep.ledger.model import Transfer, TransferFlags
 from paykeep.limits import ID_MAX
+from paykeep.payments.buyer_auth import (
+    BUYER_CODE_DIGITS,
+    BUYER_SESSION_CHARS_MAX,
+    BUYER_SESSION_HEADER,
+)
 from paykeep.payments.errors import PaymentDeclined
 from paykeep.payments.model import BASIS_POINTS, RefundAction
 from paykeep.payments.records import CheckoutSession, Order, Payment
-from paykeep.payments.service import REASON_MAX, CheckoutView, Tx
+from paykeep.payments.service import (
+    BUYER_SIGNED_IN_REFUND_ACTIONS,
+    REASON_MAX,
+    CheckoutView,
+    Tx,
+)
 from paykeep.security.api_keys import Principal
 from paykeep.workers.webhook_model import ENDPOINTS_PER_MERCHANT_MAX, PAGE_SIZE_MAX
 
@@ -116,6 +140,25 @@ TokenPath = Annotated[
         "Any unknown or malformed token is `404 resource_missing`.",
     ),
 ]
+
+#: The buyer's proof of presence on the three moves a merchant holding the token must not make.
+BuyerSessionHeader = Annotated[
+    str | None,
+    Header(
+        alias=BUYER_SESSION_HEADER,
+        max_length=BUYER_SESSION_CHARS_MAX,
+        description="A live buyer session of this checkout's buyer (`bs_...`, from "
+        "`POST /v1/checkout/{token}/sign_in/verify`). Missing, unknown, expired or another "
+        "buyer's: `401 buyer_authentication_required`.",
+    ),
+]
+_SIGNED_IN_NOTE: Final = (
+    " **Needs the buyer signed in**: header `Paykeep-Buyer-Session: bs_...` naming a live "
+    "session of this checkout's buyer (`POST /v1/checkout/{token}/sign_in`, then "
+    "`.../sign_in/verify` with the code emailed to the buyer). The checkout token alone is "
+    "not enough — the merchant holds it too. Without a session (or with an expired one, or "
+    "another buyer's): `401 buyer_authentication_required` and nothing changes."
+)
 
 
 # -- errors of this module (``merchant_key_required`` is commerce's) --------------------------
@@ -181,6 +224,17 @@ class PayByBankTransfer(BaseModel):
 
 
 PayIn = Annotated[PayByCard | PayFromWallet | PayByBankTransfer, Field(discriminator="method")]
+
+
+class VerifyCodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(
+        min_length=BUYER_CODE_DIGITS,
+        max_length=BUYER_CODE_DIGITS,
+        pattern=rf"^[0-9]{{{BUYER_CODE_DIGITS}}}$",
+        description="The 6-digit code emailed to the buyer.",
+    )
 
 
 class RefundIn(BaseModel):
@@ -293,6 +347,11 @@ def _error_example(status: int, code: str, message: str, **extra: str) -> dict[i
 
 
 _NOT_FOUND: Final = _error_example(404, "resource_missing", "No such object (or not yours).")
+_BUYER_AUTH_REQUIRED: Final = _error_example(
+    401,
+    "buyer_authentication_required",
+    "This action needs the buyer to sign in with the code sent to their email.",
+)
 
 
 # -- running once ----------------------------------------------------------------------------
@@ -359,6 +418,13 @@ def _session(runtime: Runtime, token: str) -> CheckoutSession:
         return payments.session_for_token(tx, token)
 
 
+def _require_buyer_session(runtime: Runtime, token: str, buyer_session: str | None) -> None:
+    """Checked before the idempotency machinery: a 401 is never stored as a key's answer (the
+    buyer retrying with the header and the same key must not be told 401 again). The use case
+    checks again inside its transaction."""
+    runtime.payments.check_buyer_session(token, buyer_session)
+
+
 def _bank_transfer(view_order: Order, reference: str, iban: str | None) -> dict[str, Any]:
     return {
         "iban": iban,
@@ -403,6 +469,78 @@ def get_checkout(token: TokenPath, runtime: RuntimeDep) -> Response:
     return _ok(checkout_document(view, [r.to_api() for r in refunds]))
 
 
+@router.post(
+    "/v1/checkout/{token}/sign_in",
+    tags=["checkout"],
+    status_code=202,
+    summary="Send the buyer a one-time code by email (buyer sign-in, step 1).",
+    description="No API key: the checkout token names the checkout. A 6-digit code goes to "
+    "the email address of the checkout's buyer (the answer shows it masked); it is good for "
+    "10 minutes and for one sign-in, and each new code replaces the previous one. At most 5 "
+    "codes per buyer an hour (`429 buyer_code_rate_limited`). `503 mail_unavailable` when "
+    "the mail could not be sent. With an `Idempotency-Key`, a retry replays the answer "
+    "without sending another code.",
+    responses={
+        **_error_example(429, "buyer_code_rate_limited", "Too many codes; try again later."),
+        **_error_example(503, "mail_unavailable", "The mail could not be sent."),
+        **_NOT_FOUND,
+    },
+)
+def sign_in(token: TokenPath, runtime: RuntimeDep, idem: IdempotencyMeta) -> Response:
+    session = _session(runtime, token)
+
+    def effect() -> tuple[int, bytes, bytes]:
+        sent = runtime.payments.start_buyer_sign_in(token)
+        body = json_bytes(
+            {
+                "object": "buyer_sign_in",
+                "email": sent.email_masked,
+                "expires_at": sent.expires_at_ns // NS_PER_S,
+            }
+        )
+        return 202, body, body
+
+    request = _buyer_request(runtime, idem, session, "sign_in")
+    return _run_once(runtime, _buyer_principal(session), request, effect)
+
+
+@router.post(
+    "/v1/checkout/{token}/sign_in/verify",
+    tags=["checkout"],
+    summary="Exchange the emailed code for a buyer session (buyer sign-in, step 2).",
+    description="No API key. `code`: the 6 digits of the newest code sent for this "
+    "checkout. The answer's `buyer_session` (`bs_...`, shown once: a replay of the same "
+    "`Idempotency-Key` answers `null`) goes in the `Paykeep-Buyer-Session` header of the "
+    "moves that need the buyer: paying from the wallet, confirming receipt, withdrawing a "
+    "refund request. It lasts 12 hours and works on every checkout of the same buyer. A wrong "
+    "code is `400 buyer_code_invalid` (also for a code already used); the fifth wrong one "
+    "kills the code (`400 buyer_code_attempts_exceeded`); a late one is "
+    "`400 buyer_code_expired`.",
+    responses={
+        **_error_example(400, "buyer_code_invalid", "This is not the code we sent."),
+        **_NOT_FOUND,
+    },
+)
+def verify_sign_in(
+    token: TokenPath, body: VerifyCodeIn, runtime: RuntimeDep, idem: IdempotencyMeta
+) -> Response:
+    session = _session(runtime, token)
+
+    def effect() -> tuple[int, bytes, bytes]:
+        buyer_session, secret = runtime.payments.verify_buyer_code(token, body.code)
+        document = {
+            "object": "buyer_session",
+            "buyer": buyer_session.buyer_id,
+            "expires_at": buyer_session.expires_at_ns // NS_PER_S,
+        }
+        shown = json_bytes({**document, "buyer_session": secret})
+        # The session token is a credential: never in a replayable body.
+        return 200, shown, json_bytes({**document, "buyer_session": None})
+
+    request = _buyer_request(runtime, idem, session, "sign_in/verify")
+    return _run_once(runtime, _buyer_principal(session), request, effect)
+
+
 def _pay_result(
     method: str, order: Order, payment: Payment | None, bank: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -425,8 +563,10 @@ def _pay_result(
     "order waits for a transfer carrying the buyer's reference (`bank_transfer` in the "
     "answer). A paid order refuses a second payment (409 `illegal_transition`). A decline is "
     "402 with `error.type` = `card_error`, `error.decline_code` and a message for the buyer. "
-    "`Idempotency-Key` is honoured (see the module documentation for the guarantees).",
+    "`Idempotency-Key` is honoured (see the module documentation for the guarantees). "
+    "`wallet` only:" + _SIGNED_IN_NOTE,
     responses={
+        **_BUYER_AUTH_REQUIRED,
         **_error_example(
             402,
             "card_declined",
@@ -442,6 +582,7 @@ def pay(
     body: Annotated[PayIn, Body()],
     runtime: RuntimeDep,
     idem: IdempotencyMeta,
+    buyer_session: BuyerSessionHeader = None,
 ) -> Response:
     payments = runtime.payments
     session = _session(runtime, token)
@@ -450,9 +591,10 @@ def pay(
     if isinstance(body, PayByCard):
         return _pay_by_card(runtime, principal, request, token, body.card)
     if isinstance(body, PayFromWallet):
+        _require_buyer_session(runtime, token, buyer_session)
 
         def wallet(tx: Tx) -> tuple[int, dict[str, Any]]:
-            order = payments.pay_from_wallet(tx, token)
+            order = payments.pay_from_wallet(tx, token, buyer_session)
             latest = tx.repo.payments({"order_id": order.id}, 1, None)
             return 200, _pay_result("wallet", order, latest[0] if latest else None)
 
@@ -505,16 +647,23 @@ def _cvc_invalid() -> PaykeepError:
     "/v1/checkout/{token}/confirm",
     tags=["checkout"],
     summary="The buyer confirms receipt: the held money is released to the merchant.",
-    description="No API key: the checkout token is the credential. The order must be "
-    "`awaiting_receipt` with no open refund request; it becomes `completed`.",
-    responses=_NOT_FOUND,
+    description="No API key: the checkout token names the checkout. The order must be "
+    "`awaiting_receipt` with no open refund request; it becomes `completed`." + _SIGNED_IN_NOTE,
+    responses={**_BUYER_AUTH_REQUIRED, **_NOT_FOUND},
 )
-def confirm(token: TokenPath, runtime: RuntimeDep, idem: IdempotencyMeta) -> Response:
+def confirm(
+    token: TokenPath,
+    runtime: RuntimeDep,
+    idem: IdempotencyMeta,
+    buyer_session: BuyerSessionHeader = None,
+) -> Response:
     payments = runtime.payments
     session = _session(runtime, token)
+    _require_buyer_session(runtime, token, buyer_session)
 
     def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
-        return 200, payments.confirm(tx, session.order_id, token=token).to_api()
+        order = payments.confirm(tx, session.order_id, token=token, buyer_session=buyer_session)
+        return 200, order.to_api()
 
     return _once_in_tx(
         runtime, _buyer_principal(session), _buyer_request(runtime, idem, session, "confirm"),
@@ -557,13 +706,16 @@ def _buyer_refund_action(
     refund_id: str,
     action: RefundAction,
     shipment: ShipReturnIn | None = None,
+    buyer_session: str | None = None,
 ) -> Response:
     payments = runtime.payments
     session = _session(runtime, token)
+    if action in BUYER_SIGNED_IN_REFUND_ACTIONS:
+        _require_buyer_session(runtime, token, buyer_session)
 
     def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
         refund = payments.refund_action(
-            tx, refund_id, action, token=token,
+            tx, refund_id, action, token=token, buyer_session=buyer_session,
             carrier=None if shipment is None else shipment.carrier,
             tracking_number=None if shipment is None else shipment.tracking_number,
         )  # fmt: skip
@@ -591,13 +743,19 @@ def escalate_refund(
     "/v1/checkout/{token}/refunds/{refund_id}/cancel",
     tags=["checkout"],
     summary="The buyer withdraws their refund request; the order's timer restarts.",
-    description="No API key: the checkout token is the credential.",
-    responses=_NOT_FOUND,
+    description="No API key: the checkout token names the checkout." + _SIGNED_IN_NOTE,
+    responses={**_BUYER_AUTH_REQUIRED, **_NOT_FOUND},
 )
 def cancel_refund(
-    token: TokenPath, refund_id: IdPath, runtime: RuntimeDep, idem: IdempotencyMeta
+    token: TokenPath,
+    refund_id: IdPath,
+    runtime: RuntimeDep,
+    idem: IdempotencyMeta,
+    buyer_session: BuyerSessionHeader = None,
 ) -> Response:
-    return _buyer_refund_action(runtime, idem, token, refund_id, RefundAction.CANCEL)
+    return _buyer_refund_action(
+        runtime, idem, token, refund_id, RefundAction.CANCEL, buyer_session=buyer_session
+    )
 
 
 @router.post(
