@@ -141,7 +141,10 @@ def create_app(
         settlement report: reference (also the line's end-to-end id), amount and count."""
         due = network.settle_captures(body.currency)
         amount = network.settled_amount(due)
-        if not due or amount == 0:
+        if not due or amount <= 0:
+            # Refunds can outweigh captures: a credit cannot be negative, so everything stays
+            # owed until the captures outweigh them again.
+            network.unsettle(due)
             return JSONResponse({"reference": None, "amount_minor": 0, "count": 0})
         reference = f"CS{network.clock.now_ns() // 1_000_000:013d}"
         try:
