@@ -9,8 +9,9 @@ dialect of :mod:`paykeep.banksim.card_spec`. Requests and the issuer's answers:
   (field 3) ``200000`` a refund (credit) of the capture or sale named in field 90 — never more
   in total than was captured;
 - 0400 -> 0410 reversal of the original named in field 90: gives back whatever the original
-  still takes (a refund's reversal takes its credit back off the card); an unknown original leaves a tombstone (a late original is then refused) and a
-  repeated reversal changes nothing — both still answer 00;
+  still takes (a refund's reversal takes its credit back off the card); an unknown original
+  leaves a tombstone (a late original is then refused) and a repeated reversal changes
+  nothing — both still answer 00;
 - 0800 -> 0810 network management echo.
 
 A retransmitted original (same terminal, STAN and transmission time) gets the stored answer
