@@ -762,6 +762,12 @@ class CardGateway:
             refund = self._load_refund(refund.refund_id)  # a concurrent post finished it
         return self._refund_result(refund)
 
+    def recover_refunds(
+        self, min_age_s: float = limits.CARD_RECOVERY_MIN_AGE_S
+    ) -> tuple[int, int, int]:
+        """The refunds' part of :meth:`recover`: (reversed, reversal still owed, posted)."""
+        return self._recover_refunds(self.clock.now_ns() - int(min_age_s * NS_PER_S))
+
     def _recover_refunds(self, before_ns: int) -> tuple[int, int, int]:
         """Refunds left in flight are reversed, owed reversals retried, approved ones posted."""
         with self.database.read() as conn:
