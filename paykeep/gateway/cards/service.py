@@ -130,8 +130,9 @@ def expect_card_settlement(
     bank_account_name: str,
     rrns: Sequence[str] | None = None,
 ) -> int:
-    """The acquirer's settlement report: ``amount_minor`` for ``count`` captures will be
-    credited to ``iban`` under ``reference``. It must agree exactly with the captures Paykeep
+    """The acquirer's settlement report: ``amount_minor`` for ``count`` captures (and refunds,
+    netted out) will be credited to ``iban`` under ``reference`` — or, when negative, debited
+    from it. It must agree exactly with the captures Paykeep
     has not yet seen settled (else :class:`CardSettlementMismatch`, and nothing changes); then
     the credit is expected on the statement — when its line is imported, ``bank_account_name``
     ← ``clearing:card:<acquirer>`` empties the clearing account — and those captures are
@@ -142,7 +143,8 @@ def expect_card_settlement(
     check_acquirer(acquirer)
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 35:
         raise CardInputInvalid("reference must be 1..35 characters", param="reference")
-    check_amount(amount_minor)
+    # Net of refunds: negative when refunds outweigh captures (the acquirer then debits).
+    check_amount(abs(amount_minor) if type(amount_minor) is int else amount_minor)
     if type(count) is not int or count <= 0:
         raise CardInputInvalid("count must be a positive number of captures", param="count")
     with database.read() as conn:
@@ -163,19 +165,20 @@ def expect_card_settlement(
             f"settlement {reference} reports {count} captures and refunds for {amount_minor}; "
             f"Paykeep has {len(owed) + len(netted)} unsettled for {net}"
         )
+    clearing = clearing_account_name(acquirer)
+    credit = amount_minor > 0
     expectation_id = statements.expect(
         ExpectedMovement(
             reference=reference,
             iban=iban,
-            direction="credit",
-            amount_minor=amount_minor,
+            direction="credit" if credit else "debit",
+            amount_minor=abs(amount_minor),
             currency=currency,
             legs=(
-                Leg(
-                    bank_account_name,
-                    clearing_account_name(acquirer),
-                    CARD_SETTLEMENT_TRANSFER_CODE,
-                ),
+                # A credit empties what the acquirer owed; a debit what Paykeep owed it.
+                Leg(bank_account_name, clearing, CARD_SETTLEMENT_TRANSFER_CODE)
+                if credit
+                else Leg(clearing, bank_account_name, CARD_SETTLEMENT_TRANSFER_CODE),
             ),
         )
     )

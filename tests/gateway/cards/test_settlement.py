@@ -167,3 +167,38 @@ def test_settlement_nets_refunds_out_and_still_empties_card_clearing(
     assert (outcome.matched, outcome.breaks) == (1, [])
     assert _net(rig, clearing) == 0
     assert _net(rig, BANK) == 2_500
+
+
+def test_refunds_after_their_sale_settled_are_collected_by_a_debit(
+    own_rig: Rig, database: Database
+) -> None:
+    rig = own_rig
+    rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
+    statements = StatementService(database, rig.ledger)
+    with rig.banksim.http() as http:
+        iban = open_account(http, balance=0)
+    statements.add_account(iban, "EUR", BANK)
+    clearing = rig.gateway.clearing_account_name
+
+    def settle(amount: int, count: int) -> None:
+        with rig.banksim.http() as http:
+            report = http.post("/settlements/cards", json={"iban": iban, "currency": "EUR"})
+        assert (report.json()["amount_minor"], report.json()["count"]) == (amount, count)
+        rig.gateway.expect_settlement(
+            statements, reference=report.json()["reference"], amount_minor=amount,
+            count=count, iban=iban, bank_account_name=BANK,
+        )  # fmt: skip
+        with rig.banksim.http() as http:
+            closed = close_day(http, iban)
+            data = statement(http, closed["statement_id"], "camt053")
+        (outcome,) = statements.import_file(data).statements
+        assert (outcome.matched, outcome.breaks) == (1, [])
+
+    _, token = rig.new_card(10_000)
+    rig.gateway.sale(token, 1_000, "EUR", payment_id="d-a", credit_account_id=rig.wallet.id)
+    settle(1_000, 1)
+    assert rig.gateway.refund("d-r", "d-a", 400, "EUR", rig.wallet.id).approved
+    assert _net(rig, clearing) == -400  # Paykeep owes the acquirer what it credited the card
+    settle(-400, 1)  # the acquirer collects it: a debit on the safeguarding account
+    assert _net(rig, clearing) == 0
+    assert _net(rig, BANK) == 600
