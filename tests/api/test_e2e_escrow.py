@@ -130,11 +130,17 @@ def test_a_failing_endpoint_gets_the_event_again_signed_the_same(shop: Shop) -> 
         for headers, body in ((headers_1, body_1), (headers_2, body_2)):
             verify(secret, headers, body)
         assert json.loads(body_2)["data"]["object"]["id"] == buyer["id"]
-        deliveries = shop.http.get(
-            "/v1/webhook_deliveries", params={"event": headers_1["webhook-id"]}
-        ).json()["data"]
-        mine = [d for d in deliveries if d["endpoint_id"] == created.json()["id"]]
-        assert [(d["state"], d["attempts"]) for d in mine] == [("delivered", 2)], mine
+
+        def recorded() -> list[tuple[str, int]] | None:
+            deliveries = shop.http.get(
+                "/v1/webhook_deliveries", params={"event": headers_1["webhook-id"]}
+            ).json()["data"]
+            mine = [d for d in deliveries if d["endpoint_id"] == created.json()["id"]]
+            found = [(d["state"], d["attempts"]) for d in mine]
+            return found if found != [("pending", 1)] else None
+
+        # The receiver has the retry before the worker records its answer: wait for that.
+        assert wait_for("the retry to be recorded", recorded) == [("delivered", 2)]
     finally:
         receiver.server.shutdown()
 
