@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from paykeep import limits
 from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
 from paykeep.db.group import GroupWriter
-from paykeep.errors import PaykeepError
+from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
 from paykeep.ids import IdGenerator, derived_id
 from paykeep.ledger.model import (
     AccountFlags,
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     from paykeep.gateway.vault.service import CardVault
 
 T = TypeVar("T")
+log = logging.getLogger("paykeep.payments")
 
 # Chart of accounts codes (``../../shared/DESIGN.md``) and the transfer codes of this context.
 ASSET, LIABILITY, REVENUE = 1, 2, 4
@@ -1219,11 +1221,18 @@ class PaymentsService:
             except (CardRefundInProgress, CardLedgerPostingFailed):
                 counts["in_progress"] = counts.get("in_progress", 0) + 1
                 continue  # another worker's call, or the gateway's sweep, finishes it
-            except PaykeepError as exc:
-                # Refused by the gateway (over the captured amount, payment not refundable):
-                # a typed, final answer — the money stays in the wallet.
+            except (InvalidInput, NotFound, Conflict) as exc:
+                # Refused before anything was sent (over the captured amount, payment not
+                # refundable, ...): a typed, final answer — the money stays in the wallet.
                 self._finish_card_refund(intent, "failed", None, exc.code)
                 counts["failed"] = counts.get("failed", 0) + 1
+                continue
+            except PaykeepError as exc:
+                # The exchange broke off (e.g. a malformed answer): the refund may be on the
+                # wire, so it stays pending; the gateway's sweep reverses it and the next
+                # pass finds that final answer.
+                log.warning("card refund %s: %s; left for the next pass", intent.id, exc.code)
+                counts["error"] = counts.get("error", 0) + 1
                 continue
             if result.approved:
                 self._finish_card_refund(intent, "succeeded", result.response_code, None)
