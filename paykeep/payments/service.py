@@ -1455,7 +1455,7 @@ class PaymentsService:
         """End the hold: post ``held - refund_minor`` to the merchant (the rest returns to the
         buyer), the fee to ``platform:fees`` and the reserve to the merchant's reserve — one
         linked batch. A full refund voids the hold. What returns to the buyer of a card-paid
-        order is then reserved for a refund to the card (:meth:`_card_refund_intent`)."""
+        order is then reserved for a refund to the card (:meth:`_reserve_card_refund`)."""
         merchant = self._merchant_of(tx, order)
         release = plan_release(order.amount_minor, refund_minor, merchant.fees)
         transition(order.state, action)  # an illegal action is refused before anything else
