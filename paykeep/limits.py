@@ -64,6 +64,11 @@ CARD_ACQUIRER_LENGTH_MAX: Final = 32
 #: to the call that owns it.
 CARD_RECOVERY_BATCH: Final = 100
 CARD_RECOVERY_MIN_AGE_S: Final = 2 * CARD_CALL_TIMEOUT_S
+#: Refunds to the card (payments' worker pass): intents sent per pass, and gateway attempts
+#: per intent when the network was unavailable or the refund timed out and was reversed —
+#: after the last, the money stays in the buyer's wallet and an event says so.
+CARD_REFUND_BATCH: Final = 100
+CARD_REFUND_ATTEMPTS_MAX: Final = 3
 #: Vault: PAN lengths (ISO/IEC 7812), keys (AES-256-GCM, HMAC-SHA256), tokens re-encrypted per
 #: rotation batch.
 PAN_LENGTH_MIN: Final = 12

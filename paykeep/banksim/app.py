@@ -142,13 +142,24 @@ def create_app(
         due = network.settle_captures(body.currency)
         amount = network.settled_amount(due)
         if not due or amount == 0:
+            # Nothing to pay either way (refunds exactly cancel captures): they stay owed and
+            # net into the next settlement that moves money.
+            network.unsettle(due)
             return JSONResponse({"reference": None, "amount_minor": 0, "count": 0})
         reference = f"CS{network.clock.now_ns() // 1_000_000:013d}"
         try:
-            await run_in_threadpool(
-                store.incoming, body.iban, amount, reference, "banksim acquiring",
-                ACQUIRER_IBAN, reference, False,
-            )  # fmt: skip
+            if amount > 0:
+                await run_in_threadpool(
+                    store.incoming, body.iban, amount, reference, "banksim acquiring",
+                    ACQUIRER_IBAN, reference, False,
+                )  # fmt: skip
+            else:
+                # Refunds outweigh captures: the acquirer collects the difference (the report's
+                # amount is negative).
+                await run_in_threadpool(
+                    store.acquirer_debit, body.iban, -amount, reference, "banksim acquiring",
+                    ACQUIRER_IBAN,
+                )  # fmt: skip
         except BankError as exc:
             network.unsettle(due)  # nothing was paid: they stay owed
             return exc.response()

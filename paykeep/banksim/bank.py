@@ -347,6 +347,30 @@ class BankStore:
                 counterparty_iban=debtor,
             )
 
+    def acquirer_debit(
+        self, iban: str, amount_minor: int, reference: str, creditor_name: str, creditor_iban: str
+    ) -> dict[str, Any]:
+        """The card acquirer collects what refunds left it owed (a settlement whose refunds
+        outweigh its captures): one debit on ``iban``, refused without the funds."""
+        iban = _iban(iban, "account")
+        creditor = _iban(creditor_iban, "creditor")
+        with self._tx() as cur:
+            account = self._require(cur, iban)
+            if account["balance_minor"] < amount_minor:
+                raise BankError(409, "insufficient_funds", f"{iban} cannot cover the debit")
+            return self._book(
+                cur,
+                account,
+                -amount_minor,
+                # An outgoing entry like a payout's: the kinds are a closed set that data
+                # directories kept across restarts already constrain.
+                "payout",
+                end_to_end_id=reference,
+                remittance=reference,
+                counterparty_name=creditor_name,
+                counterparty_iban=creditor,
+            )
+
     # ------------------------------------------------------------------ payment files
 
     def payment_file_status(self, message_id: str) -> dict[str, Any]:

@@ -5,10 +5,13 @@ dialect of :mod:`paykeep.banksim.card_spec`. Requests and the issuer's answers:
 
 - 0100 -> 0110 authorisation: checks the card, places a hold that really consumes its balance;
 - 0200 -> 0210 financial: with field 90 the capture of a prior authorisation (the hold becomes
-  a charge, any remainder is released), without it a one-step sale;
+  a charge, any remainder is released), without it a one-step sale; with processing code
+  (field 3) ``200000`` a refund (credit) of the capture or sale named in field 90 — never more
+  in total than was captured;
 - 0400 -> 0410 reversal of the original named in field 90: gives back whatever the original
-  still takes; an unknown original leaves a tombstone (a late original is then refused) and a
-  repeated reversal changes nothing — both still answer 00;
+  still takes (a refund's reversal takes its credit back off the card); an unknown original
+  leaves a tombstone (a late original is then refused) and a repeated reversal changes
+  nothing — both still answer 00;
 - 0800 -> 0810 network management echo.
 
 A retransmitted original (same terminal, STAN and transmission time) gets the stored answer
@@ -99,8 +102,10 @@ BUILTIN_CARDS: Final = (
 INVALID_TEST_PANS: Final = ("4242424242424241", "4012888888881881")
 
 
-TxnKind = Literal["auth", "capture", "sale"]
-TxnState = Literal["held", "captured", "sold", "reversed", "declined"]
+TxnKind = Literal["auth", "capture", "sale", "refund"]
+TxnState = Literal["held", "captured", "sold", "refunded", "reversed", "declined"]
+#: Field 3 of a refund (ISO 8583 processing code 20 = returns/refund, from/to default account).
+PROCESSING_REFUND: Final = "200000"
 
 
 @dataclass
@@ -119,6 +124,18 @@ class Txn:
     captured_minor: int = 0
     auth: Txn | None = None  # for a capture: the authorisation it captured
     settled: bool = False  # paid out to the acquirer in a settlement credit
+    #: For a capture or sale: what approved refunds (not reversed) have credited back.
+    refunded_minor: int = 0
+    original: Txn | None = None  # for a refund: the capture or sale it refunds
+
+    @property
+    def charged_minor(self) -> int:
+        """What a capture or sale took from the card (what refunds may give back in total)."""
+        if self.kind == "capture" and self.state == "captured":
+            return self.captured_minor
+        if self.kind == "sale" and self.state == "sold":
+            return self.amount_minor
+        return 0
 
 
 @dataclass
@@ -284,6 +301,7 @@ class CardNetwork:
             and (
                 (t.kind == "auth" and t.state == "captured")
                 or (t.kind == "sale" and t.state == "sold")
+                or (t.kind == "refund" and t.state == "refunded")
             )
         ]
         for t in due:
@@ -293,7 +311,16 @@ class CardNetwork:
 
     @staticmethod
     def settled_amount(txns: list[Txn]) -> int:
-        return sum(t.captured_minor if t.kind == "auth" else t.amount_minor for t in txns)
+        """Captures and sales, less refunds: the acquirer pays the net (refunds it credited
+        to cards come out of what it owes)."""
+        return sum(
+            -t.amount_minor
+            if t.kind == "refund"
+            else t.captured_minor
+            if t.kind == "auth"
+            else t.amount_minor
+            for t in txns
+        )
 
     def unsettle(self, txns: list[Txn]) -> None:
         for t in txns:
@@ -318,7 +345,9 @@ class CardNetwork:
                  "card": t.card.token if t.card else None, "amount_minor": t.amount_minor,
                  "rrn": t.rrn, "auth_code": t.auth_code, "response": t.response,
                  "held_minor": t.held_minor, "captured_minor": t.captured_minor,
-                 "auth": list(t.auth.key) if t.auth else None, "settled": t.settled}
+                 "auth": list(t.auth.key) if t.auth else None, "settled": t.settled,
+                 "refunded_minor": t.refunded_minor,
+                 "original": list(t.original.key) if t.original else None}
                 for t in self.txns.values()
             ],
             "tombstones": [list(k) for k in sorted(self.tombstones)],
@@ -343,11 +372,16 @@ class CardNetwork:
                 int(t["amount_minor"]), t["rrn"], t["auth_code"], dict(t["response"]),
                 int(t["held_minor"]), int(t["captured_minor"]), None, bool(t["settled"]),
             )  # fmt: skip
-        for t in data["txns"]:  # captures point at the authorisation they captured
-            if t["auth"] is not None:
-                key = (str(t["key"][0]), str(t["key"][1]), str(t["key"][2]))
+        for t in data["txns"]:
+            key = (str(t["key"][0]), str(t["key"][1]), str(t["key"][2]))
+            # Snapshots written before refunds existed have neither key.
+            self.txns[key].refunded_minor = int(t.get("refunded_minor", 0))
+            if t["auth"] is not None:  # captures point at the authorisation they captured
                 auth = tuple(str(part) for part in t["auth"])
                 self.txns[key].auth = self.txns.get(auth)  # type: ignore[arg-type]
+            if t.get("original") is not None:  # refunds point at what they refund
+                original = tuple(str(part) for part in t["original"])
+                self.txns[key].original = self.txns.get(original)  # type: ignore[arg-type]
         self.tombstones = {(str(k[0]), str(k[1]), str(k[2])) for k in data["tombstones"]}
 
     def card_view(self, card: Card) -> dict[str, Any]:
@@ -371,6 +405,11 @@ class CardNetwork:
                 t.amount_minor
                 for t in self.txns.values()
                 if t.card is card and t.kind == "sale" and t.state == "sold"
+            ),
+            "refunded_minor": sum(
+                t.amount_minor
+                for t in self.txns.values()
+                if t.card is card and t.kind == "refund" and t.state == "refunded"
             ),
             "holds": holds,
         }
@@ -485,6 +524,8 @@ class CardNetwork:
                 self._record(request, response, effect="none", card=self.card_for(request),
                              faults=faults)  # fmt: skip
                 return response
+            if mti == "0200" and request.get("3") == PROCESSING_REFUND:
+                return self._refund(request, key, faults)
             if mti == "0200" and "90" in request:
                 return self._capture(request, key, faults)
             return self._authorise(request, key, faults)
@@ -587,6 +628,44 @@ class CardNetwork:
                      card=card, faults=faults)  # fmt: skip
         return response
 
+    def _refund(
+        self, request: dict[str, str], key: tuple[str, str, str], faults: list[str]
+    ) -> dict[str, str]:
+        """0200 with processing code 200000: credit the card with part or all of a capture or
+        sale named in field 90. Refunds of one original never exceed what it charged."""
+        for required in ("2", "4", "49", "90"):
+            if required not in request:
+                raise FormatError(f"field {required} is required in a refund")
+        amount = self._amount(request)
+        currency = self._currency(request)
+        if not _digits(request["2"]):
+            raise FormatError("field 2 must be digits")
+        _mti, terminal, stan, sent = self._original_key(request)
+        original = self.txns.get((terminal, stan, sent))
+        card = original.card if original is not None else None
+        code = "00"
+        if key in self.tombstones:
+            code = "05"  # reversed before it arrived: never apply it
+        elif original is None or original.charged_minor == 0:
+            code = "25"  # unknown, declined, reversed, or not a capture or sale
+        elif card is None or request["2"] != card.pan or currency != card.currency:
+            code = "05"
+        elif amount == 0 or original.refunded_minor + amount > original.charged_minor:
+            code = "13"  # over-refund: the total would exceed what was charged
+        extra = {"38": original.auth_code} if original is not None and code == "00" else {}
+        response = self._answer(request, code, **extra)
+        txn = Txn(key, "refund", "declined", card, amount, request.get("37", ""),
+                  extra.get("38", ""), response, original=original)  # fmt: skip
+        if code == "00":
+            assert original is not None and card is not None
+            card.balance_minor += amount
+            original.refunded_minor += amount
+            txn.state = "refunded"
+        self.txns[key] = txn
+        self._record(request, response, effect="credit" if code == "00" else "none",
+                     card=card, faults=faults)  # fmt: skip
+        return response
+
     def _reverse(self, request: dict[str, str], faults: list[str]) -> dict[str, str]:
         _mti, terminal, stan, sent = self._original_key(request)
         original = self.txns.get((terminal, stan, sent))
@@ -599,6 +678,20 @@ class CardNetwork:
         if original is None:
             self.tombstones.add((terminal, stan, sent))
             effect = "tombstone"
+        elif original.kind == "refund":
+            card = original.card
+            if original.state == "refunded" and card is not None:
+                # Take the credit back: the card owes it again (its balance may go below zero,
+                # as an issuer's would), and the original may be refunded by that much again.
+                refunded = original.original
+                if refunded is None or refunded.charged_minor > 0:
+                    card.balance_minor -= original.amount_minor
+                # else the original was reversed meanwhile, giving back only what this refund
+                # had not: the card keeps this credit, so it is whole either way.
+                if refunded is not None:
+                    refunded.refunded_minor -= original.amount_minor
+                original.state = "reversed"
+                effect = "refund_reversal"
         else:
             target = original.auth if original.kind == "capture" else original
             card = original.card
@@ -609,11 +702,12 @@ class CardNetwork:
                     target.state = "reversed"
                     effect = "release"
                 elif target.state == "captured":
-                    card.balance_minor += target.captured_minor
+                    # What refunds already credited back is not given twice.
+                    card.balance_minor += target.captured_minor - original.refunded_minor
                     target.state = "reversed"
                     effect = "refund"
                 elif target.state == "sold":
-                    card.balance_minor += target.amount_minor
+                    card.balance_minor += target.amount_minor - target.refunded_minor
                     target.state = "reversed"
                     effect = "refund"
             if original.kind == "capture" and original.state == "captured":

@@ -213,6 +213,20 @@ class Refund:
     state: RefundState
     created_at_ns: int
     updated_at_ns: int
+    #: How the order was paid, and the refund's card refund (state, last four), if any.
+    funding: str | None = None
+    card_refund_state: str | None = None
+    card_last4: str | None = None
+
+    @property
+    def destination(self) -> str:
+        """Where the money goes: back to the card for a card-paid order (unless the card
+        refund failed or was never made); to the buyer's wallet otherwise."""
+        if self.funding != "card":
+            return "wallet"
+        if self.card_refund_state is not None:
+            return "wallet" if self.card_refund_state == "failed" else "card"
+        return "wallet" if self.state is RefundState.COMPLETED else "card"
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -224,6 +238,54 @@ class Refund:
             "reason": self.reason,
             "return_required": self.return_required,
             "state": self.state.value,
+            "destination": self.destination,
+            "card_refund": (
+                None
+                if self.card_refund_state is None
+                else {"status": self.card_refund_state, "last4": self.card_last4}
+            ),
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CardRefund:
+    """Money of a card-paid order returned by a refund, on its way back to the card: written
+    with the refund (outbox-like), sent by a worker pass through the card gateway."""
+
+    id: str
+    order_id: str
+    refund_id: str | None  # None: the unshipped-order timer's refund (it has no record)
+    merchant_id: str
+    buyer_id: str
+    card_payment_id: str
+    amount_minor: int
+    currency: str
+    state: str  # pending | succeeded | failed
+    attempts: int
+    reservation_transfer_id: int
+    card_brand: str | None
+    card_last4: str | None
+    response_code: str | None
+    failure_reason: str | None
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "card_refund",
+            "order": self.order_id,
+            "refund": self.refund_id,
+            "merchant": self.merchant_id,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "status": self.state,
+            "card_brand": self.card_brand,
+            "last4": self.card_last4,
+            "response_code": self.response_code,
+            "failure_reason": self.failure_reason,
             "created": _s(self.created_at_ns),
             "updated": _s(self.updated_at_ns),
         }

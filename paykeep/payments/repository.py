@@ -19,6 +19,7 @@ from paykeep.payments.buyer_auth import BuyerSession, CodeRecord, CodeState
 from paykeep.payments.model import FeePlan, LineItem, OrderState, RefundState, TimerSettings
 from paykeep.payments.records import (
     Buyer,
+    CardRefund,
     CheckoutSession,
     Dispute,
     Merchant,
@@ -64,7 +65,17 @@ SHIPMENT_COLUMNS = (
 )
 REFUND_COLUMNS = (
     "id, order_id, merchant_id, amount_minor, reason, return_required, state, created_at_ns, "
-    "updated_at_ns"
+    "updated_at_ns, "
+    "(SELECT o.funding FROM payments_orders o WHERE o.id = payments_refunds.order_id), "
+    "(SELECT c.state FROM payments_card_refunds c WHERE c.refund_id = payments_refunds.id "
+    "ORDER BY c.id LIMIT 1), "
+    "(SELECT c.card_last4 FROM payments_card_refunds c WHERE c.refund_id = payments_refunds.id "
+    "ORDER BY c.id LIMIT 1)"
+)
+CARD_REFUND_COLUMNS = (
+    "id, order_id, refund_id, merchant_id, buyer_id, card_payment_id, amount_minor, currency, "
+    "state, attempts, reservation_transfer_id, card_brand, card_last4, response_code, "
+    "failure_reason, created_at_ns, updated_at_ns"
 )
 DISPUTE_COLUMNS = (
     "id, order_id, refund_id, merchant_id, state, reason, buyer_share_minor, "
@@ -99,7 +110,17 @@ def _order(r: Sequence[Any], items: tuple[LineItem, ...] = ()) -> Order:
 
 
 def _refund(r: Sequence[Any]) -> Refund:
-    return Refund(r[0], r[1], r[2], int(r[3]), r[4], bool(r[5]), RefundState(r[6]), r[7], r[8])
+    return Refund(
+        r[0], r[1], r[2], int(r[3]), r[4], bool(r[5]), RefundState(r[6]), r[7], r[8],
+        r[9], r[10], r[11],
+    )  # fmt: skip
+
+
+def _card_refund(r: Sequence[Any]) -> CardRefund:
+    return CardRefund(
+        r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], int(r[9]), int(r[10]),
+        r[11], r[12], r[13], r[14], int(r[15]), int(r[16]),
+    )  # fmt: skip
 
 
 BUYER_CODE_COLUMNS = (
@@ -302,6 +323,31 @@ class PaymentsRepository:
             {"o": order_id},
         )
         return [_refund(r) for r in rows]
+
+    def card_refund(self, card_refund_id: str, *, lock: bool = False) -> CardRefund | None:
+        row = self._one(
+            f"SELECT {CARD_REFUND_COLUMNS} FROM payments_card_refunds WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": card_refund_id},
+        )
+        return None if row is None else _card_refund(row)
+
+    def card_refunds(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[CardRefund]:
+        rows = self._page(
+            "payments_card_refunds", CARD_REFUND_COLUMNS, where, limit, starting_after
+        )
+        return [_card_refund(r) for r in rows]
+
+    def pending_card_refunds(self, limit: int) -> list[str]:
+        """Ids of card refunds still to send (or to finish), oldest first."""
+        rows = self._all(
+            "SELECT id FROM payments_card_refunds WHERE state = 'pending' "
+            "ORDER BY created_at_ns, id LIMIT :n",
+            {"n": limit},
+        )
+        return [str(r[0]) for r in rows]
 
     def idle_refunds(self, now_ns: int, idle_s: int, limit: int) -> list[tuple[str, str]]:
         rows = self._all(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +26,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from paykeep import limits
 from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
 from paykeep.db.group import GroupWriter
+from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
 from paykeep.ids import IdGenerator, derived_id
 from paykeep.ledger.model import (
     AccountFlags,
@@ -103,6 +106,7 @@ from paykeep.payments.model import (
 )
 from paykeep.payments.records import (
     Buyer,
+    CardRefund,
     CheckoutSession,
     Dispute,
     Merchant,
@@ -123,6 +127,7 @@ if TYPE_CHECKING:
     from paykeep.gateway.vault.service import CardVault
 
 T = TypeVar("T")
+log = logging.getLogger("paykeep.payments")
 
 # Chart of accounts codes (``../../shared/DESIGN.md``) and the transfer codes of this context.
 ASSET, LIABILITY, REVENUE = 1, 2, 4
@@ -132,6 +137,9 @@ FEE_CODE: Final = 52
 RESERVE_CODE: Final = 53
 RESERVE_RELEASE_CODE: Final = 54
 TOPUP_CODE: Final = 55
+#: The reservation of a card refund: a pending wallet -> clearing:card:<acquirer> transfer
+#: placed with the refund, posted by the gateway on the issuer's approval, voided otherwise.
+CARD_REFUND_HOLD_CODE: Final = 56
 
 CHECKOUT_SESSION_TTL_S: Final = 24 * 3600
 #: A refund claim with no move for this long is escalated or lapses (``expire_claims``).
@@ -1270,6 +1278,201 @@ class PaymentsService:
                 done += 1
         return done
 
+    # ------------------------------------------------------------------ refunds to the card
+
+    def _reserve_card_refund(
+        self, tx: Tx, order: Order, amount: int, refund_id: str | None
+    ) -> None:
+        """Money a refund just returned to the buyer's wallet goes back to the card that paid
+        the order: in the refund's transaction, record the intent (if the refund has not
+        already) and reserve the money — a pending transfer wallet ->
+        ``clearing:card:<acquirer>``, so it cannot be spent meanwhile; :meth:`send_card_refunds`
+        sends it outside any transaction. Orders paid from the wallet or by bank transfer
+        keep the money in the wallet (their source is the wallet)."""
+        intent = self._card_refund_row(tx, order, amount, refund_id)
+        if intent is None:
+            return
+        assert self.cards is not None and intent.amount_minor == amount
+        self._transfers(
+            tx,
+            [
+                NewTransfer(
+                    id=intent.reservation_transfer_id,
+                    debit_account_id=account_id(wallet_name(order.buyer_id, order.currency)),
+                    credit_account_id=self.cards.clearing_account_id(),
+                    amount_minor=amount,
+                    currency=order.currency,
+                    code=CARD_REFUND_HOLD_CODE,
+                    flags=int(TransferFlags.PENDING),
+                    reference=f"card-refund:{intent.id}:hold",
+                )
+            ],
+        )
+
+    def _card_refund_row(
+        self, tx: Tx, order: Order, amount: int, refund_id: str | None
+    ) -> CardRefund | None:
+        """The card refund of ``refund_id`` (created if absent; always new for the timer's
+        refund, which has no record), or None when the order was not paid by card."""
+        if order.funding != "card" or self.cards is None:
+            return None
+        if refund_id is not None:
+            existing = tx.repo.card_refunds({"refund_id": refund_id}, 1, None)
+            if existing:
+                return existing[0]
+        paid = [
+            p
+            for p in tx.repo.payments({"order_id": order.id}, 50, None)
+            if p.method == "card" and p.state == "succeeded"
+        ]
+        if not paid:
+            return None
+        # The first approved sale placed the hold; a second one (paid twice) stayed in the
+        # wallet, so the hold's card is the oldest.
+        card_payment = min(paid, key=lambda p: (p.created_at_ns, p.id))
+        intent_id = self.new_id("crf")
+        reservation = derived_id("card-refund-hold", intent_id)
+        intent = CardRefund(
+            intent_id, order.id, refund_id, order.merchant_id, order.buyer_id, card_payment.id,
+            amount, order.currency, "pending", 1, reservation, card_payment.card_brand,
+            card_payment.card_last4, None, None, tx.now_ns, tx.now_ns,
+        )  # fmt: skip
+        tx.repo.insert(
+            "payments_card_refunds",
+            {
+                "id": intent.id,
+                "order_id": intent.order_id,
+                "refund_id": intent.refund_id,
+                "merchant_id": intent.merchant_id,
+                "buyer_id": intent.buyer_id,
+                "card_payment_id": intent.card_payment_id,
+                "amount_minor": intent.amount_minor,
+                "currency": intent.currency,
+                "state": intent.state,
+                "attempts": intent.attempts,
+                "reservation_transfer_id": intent.reservation_transfer_id,
+                "card_brand": intent.card_brand,
+                "card_last4": intent.card_last4,
+                "created_at_ns": tx.now_ns,
+                "updated_at_ns": tx.now_ns,
+            },
+        )
+        return intent
+
+    def card_refund(self, tx: Tx, scope: str | None, card_refund_id: str) -> CardRefund:
+        found = tx.repo.card_refund(card_refund_id)
+        if found is None or (scope is not None and found.merchant_id != scope):
+            raise ResourceMissing(f"no card refund {card_refund_id!r}", param="card_refund")
+        return found
+
+    def send_card_refunds(self, limit: int = limits.CARD_REFUND_BATCH) -> dict[str, int]:
+        """The worker pass: send each pending card refund through the gateway, outside any
+        transaction, then record what became of it. Approved: the gateway posted the
+        reservation (wallet -> clearing), the card is credited. Declined, or still not through
+        after ``CARD_REFUND_ATTEMPTS_MAX`` attempts: the reservation is voided, the money stays
+        in the buyer's wallet, and ``refund.card_refund_failed`` says so. Safe to run
+        anywhere, any number of times: the gateway is idempotent on the attempt's id, and each
+        outcome is recorded only while the intent is still pending."""
+        if self.cards is None:
+            return {}
+        from paykeep.gateway.cards.errors import (
+            CardLedgerPostingFailed,
+            CardRefundInProgress,
+        )
+        from paykeep.gateway.cards.model import CardOutcome
+
+        gateway: CardGateway = self.cards
+        # Refunds a crashed or timed-out call left in flight are reversed (or posted) first,
+        # so their attempts below find a final answer.
+        gateway.recover_refunds()
+        counts: dict[str, int] = {}
+        with self.reading() as tx:
+            due = tx.repo.pending_card_refunds(limit)
+        for intent_id in due:
+            with self.reading() as tx:
+                intent = tx.repo.card_refund(intent_id)
+            if intent is None or intent.state != "pending":
+                continue
+            try:
+                result = gateway.refund(
+                    f"{intent.id}-{intent.attempts}",
+                    intent.card_payment_id,
+                    intent.amount_minor,
+                    intent.currency,
+                    account_id(wallet_name(intent.buyer_id, intent.currency)),
+                    pending_transfer_id=intent.reservation_transfer_id,
+                )
+            except (CardRefundInProgress, CardLedgerPostingFailed):
+                counts["in_progress"] = counts.get("in_progress", 0) + 1
+                continue  # another worker's call, or the gateway's sweep, finishes it
+            except (InvalidInput, NotFound, Conflict) as exc:
+                # Refused before anything was sent (over the captured amount, payment not
+                # refundable, ...): a typed, final answer — the money stays in the wallet.
+                self._finish_card_refund(intent, "failed", None, exc.code)
+                counts["failed"] = counts.get("failed", 0) + 1
+                continue
+            except PaykeepError as exc:
+                # The exchange broke off (e.g. a malformed answer): the refund may be on the
+                # wire, so it stays pending; the gateway's sweep reverses it and the next
+                # pass finds that final answer.
+                log.warning("card refund %s: %s; left for the next pass", intent.id, exc.code)
+                counts["error"] = counts.get("error", 0) + 1
+                continue
+            if result.approved:
+                self._finish_card_refund(intent, "succeeded", result.response_code, None)
+                counts["succeeded"] = counts.get("succeeded", 0) + 1
+            elif result.outcome is CardOutcome.REVERSAL_PENDING:
+                counts["in_progress"] = counts.get("in_progress", 0) + 1  # the sweep's job
+            elif result.outcome is CardOutcome.DECLINED:
+                self._finish_card_refund(intent, "failed", result.response_code, "declined")
+                counts["failed"] = counts.get("failed", 0) + 1
+            elif intent.attempts < limits.CARD_REFUND_ATTEMPTS_MAX:
+                # Unavailable, or timed out and reversed: nothing applied; another attempt
+                # (a new gateway refund id) on the next pass.
+                with self.transaction() as tx:
+                    tx.conn.execute(
+                        _q_card_refund_retry,
+                        {"id": intent.id, "attempts": intent.attempts, "now": tx.now_ns},
+                    )
+                counts["retry"] = counts.get("retry", 0) + 1
+            else:
+                self._finish_card_refund(intent, "failed", result.response_code,
+                                         result.outcome.value)  # fmt: skip
+                counts["failed"] = counts.get("failed", 0) + 1
+        return counts
+
+    def _finish_card_refund(
+        self, intent: CardRefund, state: str, response_code: str | None, reason: str | None
+    ) -> None:
+        """Record a final outcome once (only while still pending). A failure voids the
+        reservation: the money is the buyer's to spend again, in their wallet."""
+        with self.transaction() as tx:
+            current = tx.repo.card_refund(intent.id, lock=True)
+            if current is None or current.state != "pending":
+                return
+            if state == "failed":
+                self._transfers(
+                    tx,
+                    [
+                        NewTransfer(
+                            id=derived_id("card-refund-void", intent.id),
+                            pending_id=intent.reservation_transfer_id,
+                            flags=int(TransferFlags.VOID_PENDING),
+                            reference=f"card-refund:{intent.id}:void",
+                        )
+                    ],
+                )
+            tx.repo.update(
+                "payments_card_refunds",
+                intent.id,
+                {"state": state, "response_code": response_code, "failure_reason": reason,
+                 "updated_at_ns": tx.now_ns},
+            )  # fmt: skip
+            done = tx.repo.card_refund(intent.id)
+            assert done is not None
+            kind = "succeeded" if state == "succeeded" else "failed"
+            self._event(tx, intent.merchant_id, f"refund.card_refund_{kind}", done.to_api())
+
     def settle_bank_transfers(self, limit: int = TIMER_SWEEP_BATCH) -> int:
         """Orders waiting for a bank transfer are paid from the wallet once the statement
         has credited enough."""
@@ -1431,10 +1634,12 @@ class PaymentsService:
         action: OrderAction,
         *,
         reviewed: bool = False,
+        refund_id: str | None = None,
     ) -> Order:
         """End the hold: post ``held - refund_minor`` to the merchant (the rest returns to the
         buyer), the fee to ``platform:fees`` and the reserve to the merchant's reserve — one
-        linked batch. A full refund voids the hold."""
+        linked batch. A full refund voids the hold. What returns to the buyer of a card-paid
+        order is then reserved for a refund to the card (:meth:`_reserve_card_refund`)."""
         merchant = self._merchant_of(tx, order)
         release = plan_release(order.amount_minor, refund_minor, merchant.fees)
         transition(order.state, action)  # an illegal action is refused before anything else
@@ -1453,6 +1658,8 @@ class PaymentsService:
         transition(order.state, action)
         assert order.hold_transfer_id is not None
         self._transfers(tx, _release_transfers(order, release))
+        if release.to_buyer > 0:
+            self._reserve_card_refund(tx, order, release.to_buyer, refund_id)
         if release.reserve:
             tx.repo.insert(
                 "payments_reserves",
@@ -1511,19 +1718,28 @@ class PaymentsService:
                 "platform's decision",
                 param="order",
             )
-        refund = self._new_refund(tx, order, amount, reason, False, RefundState.COMPLETED)
-        order = self._refund_order(tx, order, amount)
+        refund = self._new_refund(
+            tx, order, amount, reason, False, RefundState.COMPLETED, announce=False
+        )
+        # The card refund is recorded before the refund is announced, so the event says
+        # where the money goes (card or wallet); _refund_order reserves it.
+        self._card_refund_row(tx, order, amount, refund.id)
+        refund = self.refund_record(tx, None, refund.id)
+        self._event(tx, order.merchant_id, f"refund.{refund.state.value}", refund.to_api())
+        order = self._refund_order(tx, order, amount, refund.id)
         return order, refund
 
-    def _refund_order(self, tx: Tx, order: Order, amount: int) -> Order:
+    def _refund_order(
+        self, tx: Tx, order: Order, amount: int, refund_id: str | None = None
+    ) -> Order:
         action = (
             OrderAction.REFUND_FULL if amount == order.amount_minor else OrderAction.REFUND_PARTIAL
         )
-        return self._release(tx, order, amount, action)
+        return self._release(tx, order, amount, action, refund_id=refund_id)
 
     def _new_refund(
         self, tx: Tx, order: Order, amount: int, reason: str | None, return_required: bool,
-        state: RefundState,
+        state: RefundState, *, announce: bool = True,
     ) -> Refund:  # fmt: skip
         refund = Refund(
             self.new_id("ref"), order.id, order.merchant_id, amount, reason, return_required,
@@ -1543,7 +1759,9 @@ class PaymentsService:
                 "updated_at_ns": tx.now_ns,
             },
         )
-        self._event(tx, order.merchant_id, f"refund.{state.value}", refund.to_api())
+        refund = replace(refund, funding=order.funding)
+        if announce:
+            self._event(tx, order.merchant_id, f"refund.{state.value}", refund.to_api())
         return refund
 
     def request_refund(
@@ -1633,9 +1851,12 @@ class PaymentsService:
         if action is RefundAction.AGREE_WITH_RETURN:
             tx.repo.update("payments_refunds", refund.id, {"return_required": True})
             refund = replace(refund, return_required=True)
+        if new_state is RefundState.COMPLETED:
+            # Recorded before the refund's event, so it says where the money goes.
+            self._card_refund_row(tx, order, refund.amount_minor, refund.id)
         refund = self._set_refund(tx, refund, new_state)
         if new_state is RefundState.COMPLETED:
-            self._refund_order(tx, order, refund.amount_minor)
+            self._refund_order(tx, order, refund.amount_minor, refund.id)
         elif new_state is RefundState.CANCELLED:
             self._resume(tx, order)
         return refund
@@ -1644,7 +1865,7 @@ class PaymentsService:
         tx.repo.update(
             "payments_refunds", refund.id, {"state": state.value, "updated_at_ns": tx.now_ns}
         )
-        refund = replace(refund, state=state, updated_at_ns=tx.now_ns)
+        refund = self.refund_record(tx, None, refund.id)  # with its card refund, if any
         self._event(tx, refund.merchant_id, f"refund.{state.value}", refund.to_api())
         return refund
 
@@ -1694,15 +1915,16 @@ class PaymentsService:
             refund = tx.repo.refund(dispute.refund_id, lock=True)
             assert refund is not None
             action = RefundAction.DECIDE_FOR_BUYER if buyer else RefundAction.DECIDE_FOR_MERCHANT
-            refund_transition(refund.state, action)
+            refund_state = refund_transition(refund.state, action)
+            refund = replace(refund, amount_minor=buyer or refund.amount_minor)
             tx.repo.update(
                 "payments_refunds", refund.id,
                 {"amount_minor": buyer or refund.amount_minor, "updated_at_ns": tx.now_ns},
             )  # fmt: skip
-            self._set_refund(
-                tx, replace(refund, amount_minor=buyer or refund.amount_minor),
-                refund_transition(refund.state, action),
-            )  # fmt: skip
+            if buyer:
+                # Recorded before the refund's event, so it says where the share goes.
+                self._card_refund_row(tx, order, buyer, refund.id)
+            self._set_refund(tx, refund, refund_state)
         order = self.order(tx, None, order.id, lock=True)
         if buyer == 0 and order.state is OrderState.AWAITING_RECEIPT:
             self._release(tx, order, 0, OrderAction.CONFIRM)
@@ -1711,7 +1933,7 @@ class PaymentsService:
             # ship) and, the claim being over, its timer restarts.
             self._resume(tx, order)
         else:
-            self._refund_order(tx, order, buyer)
+            self._refund_order(tx, order, buyer, dispute.refund_id)
         tx.repo.update(
             "payments_disputes",
             dispute.id,
@@ -2067,6 +2289,10 @@ _q_card_in_flight = sa.text(
     "JOIN payments_orders o ON o.id = p.order_id "
     "WHERE o.buyer_id = :buyer AND p.currency = :currency AND p.method = 'card' "
     "AND p.state = 'processing'"
+)
+_q_card_refund_retry = sa.text(
+    "UPDATE payments_card_refunds SET attempts = attempts + 1, updated_at_ns = :now "
+    "WHERE id = :id AND state = 'pending' AND attempts = :attempts"
 )
 _q_topup_seen = sa.text("SELECT 1 FROM payments_topups WHERE statement_row_id = :r AND line = :l")
 _q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")

@@ -318,7 +318,9 @@ OUTCOME_WORDS: Final[Mapping[Outcome, tuple[str, str]]] = {
     Outcome.COMPLETED: ("Order completed", "You received your order and the shop was paid."),
     Outcome.REFUNDED: (
         "Refunded",
-        "Your money was returned to your Paykeep balance.",
+        # A card payment's refund goes back to the card; other payments' to the balance.
+        "Your money was returned: to your card if you paid by card, otherwise to your "
+        "Paykeep balance.",
     ),
     Outcome.CLOSED: (
         "This order is closed",

@@ -74,6 +74,8 @@ def escrow_pass(runtime: Runtime) -> None:
     payments.settle_bank_transfers()
     payments.release_reserves()
     payments.recover_card_payments()
+    # Money refunded from card-paid orders goes back to the card: outside any transaction.
+    payments.send_card_refunds()
 
 
 def bank_cycle_pass(runtime: Runtime) -> None:

@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -57,14 +58,25 @@ def test_every_timer_fires_over_real_time(shop: Shop) -> None:
     )
     for order_id in expected:
         assert shop.get_order(order_id)["timer"] is None
-    # Money: the unshipped order went back to the buyer, the two confirmed ones to the shop.
+    # Money: the unshipped order went back to the buyer's card (paid by card: the timer's
+    # refund is sent to the card by the workers), the two confirmed ones to the shop.
     available = sum(merchant_gets(a)[0] for a in (3_000, 4_000))
     reserve = sum(merchant_gets(a)[1] for a in (3_000, 4_000))
     balance = shop.balance()
     assert (balance["available_minor"], balance["reserve_minor"], balance["pending_minor"]) == (
         available, reserve, 0,
     )  # fmt: skip
-    assert shop.wallet(buyer["id"]) == (2_000, 0)
+
+    def card_refund() -> dict[str, Any] | None:
+        events = shop.http.get(
+            "/v1/events", params={"type": "refund.card_refund_succeeded", "limit": 100}
+        ).json()["data"]
+        mine = [e for e in events if e["data"]["object"]["order"] == unshipped["id"]]
+        return mine[0]["data"]["object"] if mine else None
+
+    sent = wait_for("the timer's refund to reach the card", card_refund)
+    assert (sent["amount_minor"], sent["refund"], sent["last4"]) == (2_000, None, "1111")
+    assert shop.wallet(buyer["id"]) == (0, 0)
     types = [e["type"] for e in shop.http.get("/v1/events", params={"limit": 100}).json()["data"]]
     for kind in ("order.closed", "order.refunded", "order.completed"):
         assert kind in types

@@ -13,6 +13,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from paykeep.clock import FakeClock, SystemClock
+from paykeep.limits import CARD_REFUND_ATTEMPTS_MAX
 from paykeep.payments.model import NS_PER_S, RefundAction
 from paykeep.payments.service import CHECKOUT_SESSION_TTL_S, PaymentsService
 from paykeep.web.checkout import CARD_ATTEMPTS_MAX, CSRF_PURPOSE
@@ -185,11 +186,17 @@ def test_bank_transfer_shows_the_iban_and_the_buyers_reference(shop: Shop, visit
 def test_the_wallet_pays_when_its_balance_covers_the_order(shop: Shop, visit: Visit) -> None:
     merchant = shop.new_merchant()
     buyer = shop.new_buyer(merchant)
-    # A refunded card payment leaves 30.00 in the buyer's Paykeep balance.
+    # A refunded card payment whose refund the card network never takes leaves 30.00 in the
+    # buyer's Paykeep balance (a card refund that goes through leaves nothing there).
     first, first_token = shop.new_order(merchant, buyer)
     pay_directly(shop, first_token)
+    pan = shop.pans[-1]
     with shop.service.transaction() as tx:
         shop.service.refund(tx, merchant, first, None, "out of stock")
+    for _ in range(CARD_REFUND_ATTEMPTS_MAX):
+        shop.card_fault(pan, "unavailable")
+        shop.service.send_card_refunds()
+    assert shop.refunds(first)[0]["card_refund"] == {"status": "failed", "last4": pan[-4:]}
     order_id, token = shop.new_order(merchant, buyer)
     page = visit.page
 

@@ -100,7 +100,8 @@ def recover(
     database_url: DatabaseUrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Reverse payments left in flight, retry owed reversals, post approved captures."""
+    """Reverse payments and refunds left in flight, retry owed reversals, post approved
+    captures and refunds."""
     with typed_errors():
         gateway = _gateway(data_dir, database_url, card_network, acquirer)
         with gateway.client:
@@ -110,9 +111,11 @@ def recover(
     else:
         typer.echo(
             f"reversed {report.reversed}, settled {report.settled}, "
-            f"reversals still owed {report.reversal_pending}"
+            f"reversals still owed {report.reversal_pending}; refunds: reversed "
+            f"{report.refunds_reversed}, posted {report.refunds_posted}, reversals still owed "
+            f"{report.refunds_reversal_pending}"
         )
-    if report.reversal_pending:
+    if report.reversal_pending or report.refunds_reversal_pending:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 

@@ -99,3 +99,38 @@ class CardSettlementMismatch(Conflict):
     seen settled: nothing is expected, nothing is marked; the difference is the break."""
 
     code = "card_settlement_mismatch"
+
+
+class CardRefundNotFound(NotFound):
+    code = "card_refund_not_found"
+
+
+class CardRefundIdReused(Conflict):
+    """A refund id replayed with another original payment, amount, currency or account."""
+
+    code = "card_refund_id_reused"
+
+
+class CardRefundInProgress(Conflict):
+    """Another call is exchanging messages for this refund right now; ask again later."""
+
+    code = "card_refund_in_progress"
+
+
+class CardPaymentNotRefundable(Conflict):
+    """Only a captured card payment (a settled capture or sale) can be refunded."""
+
+    code = "card_payment_not_refundable"
+
+
+class CardRefundExceedsCapture(Conflict):
+    """The refunds of one card payment would total more than it captured."""
+
+    code = "card_refund_exceeds_capture"
+
+
+class CardDebitAccountInvalid(InvalidInput):
+    """The account a refund debits does not exist, holds another currency, or does not match
+    the reserving pending transfer."""
+
+    code = "card_debit_account_invalid"

@@ -46,6 +46,8 @@ SPEC: Final[dict[str, dict[str, Any]]] = {
 #: Request MTI -> response MTI.
 RESPONSE_MTI: Final = {"0100": "0110", "0200": "0210", "0400": "0410", "0800": "0810"}
 PROCESSING_PURCHASE: Final = "000000"
+#: Field 3 of a refund (credit to the card): ISO 8583 transaction type 20, "returns".
+PROCESSING_REFUND: Final = "200000"
 NETWORK_ECHO: Final = "301"
 
 Message = dict[str, str]

@@ -17,6 +17,7 @@ from paykeep.gateway.cards.errors import (
     CardAmountInvalid,
     CardIllegalTransition,
     CardInputInvalid,
+    CardRefundExceedsCapture,
     CardSecurityCodeInvalid,
 )
 
@@ -68,6 +69,73 @@ def transition(current: CardPaymentState, target: CardPaymentState) -> CardPayme
     if target not in TRANSITIONS[current]:
         raise CardIllegalTransition(f"a card payment cannot go from {current} to {target}")
     return target
+
+
+class CardRefundState(StrEnum):
+    """A refund: a credit to the card of a captured payment (0200, processing code 200000)."""
+
+    #: 0200/200000 persisted before sending; it may be on the wire.
+    REFUNDING = "refunding"
+    #: The issuer approved: the card is credited; the ledger posting (debit account ->
+    #: clearing:card:<acquirer>) is owed.
+    POSTING = "posting"
+    #: The ledger posted it. Final.
+    REFUNDED = "refunded"
+    #: The issuer said no (over-refund 13, unknown original 25, ...). Final.
+    DECLINED = "declined"
+    #: Nothing applied: the network could not be reached, or the issuer answered 91. Final.
+    UNAVAILABLE = "unavailable"
+    #: A 0400 is owed for a refund that may have been applied (timeout, crash).
+    REVERSING = "reversing"
+    #: The issuer confirmed the reversal: the card's credit is taken back. Final.
+    REVERSED = "reversed"
+
+
+R = CardRefundState
+REFUND_TRANSITIONS: Final[dict[CardRefundState, frozenset[CardRefundState]]] = {
+    R.REFUNDING: frozenset({R.POSTING, R.DECLINED, R.UNAVAILABLE, R.REVERSING}),
+    R.POSTING: frozenset({R.REFUNDED}),
+    R.REVERSING: frozenset({R.REVERSED}),
+    R.REFUNDED: frozenset(),
+    R.DECLINED: frozenset(),
+    R.UNAVAILABLE: frozenset(),
+    R.REVERSED: frozenset(),
+}
+REFUND_FINAL: Final = frozenset(s for s, targets in REFUND_TRANSITIONS.items() if not targets)
+#: Refunds that count against the bound: applied at the issuer, or possibly applied.
+REFUND_COUNTED: Final = frozenset({R.REFUNDING, R.POSTING, R.REFUNDED, R.REVERSING})
+
+
+def refund_transition(current: CardRefundState, target: CardRefundState) -> CardRefundState:
+    if target not in REFUND_TRANSITIONS[current]:
+        raise CardIllegalTransition(f"a card refund cannot go from {current} to {target}")
+    return target
+
+
+def check_refund_within_capture(
+    captured_minor: int, counted: list[tuple[CardRefundState, int]], amount_minor: int
+) -> int:
+    """The refunds of one payment never total more than it captured. ``counted`` is every
+    existing refund of it (state, amount); those that may have been applied count. Returns
+    what is left to refund after this one."""
+    already = sum(amount for state, amount in counted if state in REFUND_COUNTED)
+    left = captured_minor - already
+    if amount_minor > left:
+        raise CardRefundExceedsCapture(
+            f"refund of {amount_minor} exceeds what is left to refund ({left} of "
+            f"{captured_minor} captured)",
+            param="amount_minor",
+        )
+    return left - amount_minor
+
+
+def refund_fingerprint(
+    payment_id: str, amount: int, currency: str, debit_account_id: int,
+    pending_transfer_id: int | None,
+) -> str:  # fmt: skip
+    """What a replay of the same refund id must repeat."""
+    text = f"refund|{payment_id}|{amount}|{currency}|{debit_account_id}|{pending_transfer_id}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class CardOutcome(StrEnum):
@@ -152,6 +220,44 @@ class CardResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CardRefundResult:
+    """One card refund as the caller sees it."""
+
+    refund_id: str
+    payment_id: str
+    state: CardRefundState
+    outcome: CardOutcome
+    response_code: str | None
+    response_meaning: str | None
+    amount_minor: int
+    currency: str
+    brand: str
+    last4: str
+    rrn: str | None
+    ledger_transfer_id: int | None
+
+    @property
+    def approved(self) -> bool:
+        return self.outcome is CardOutcome.APPROVED
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "refund_id": self.refund_id,
+            "payment_id": self.payment_id,
+            "state": self.state.value,
+            "outcome": self.outcome.value,
+            "response_code": self.response_code,
+            "response_meaning": self.response_meaning,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "brand": self.brand,
+            "last4": self.last4,
+            "rrn": self.rrn,
+            "ledger_transfer_id": self.ledger_transfer_id,
+        }
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation (shape first: STYLE rule 7)
 # ---------------------------------------------------------------------------------------------
@@ -161,16 +267,16 @@ _TERMINAL = re.compile(r"[A-Z0-9]{8}")
 _ACCEPTOR = re.compile(r"[A-Z0-9]{15}")
 
 
-def check_payment_id(payment_id: object) -> str:
+def check_payment_id(payment_id: object, param: str = "payment_id") -> str:
     if (
         not isinstance(payment_id, str)
         or not 0 < len(payment_id) <= limits.CARD_PAYMENT_ID_LENGTH_MAX
         or not _ID.fullmatch(payment_id)
     ):
         raise CardInputInvalid(
-            f"payment_id must be 1-{limits.CARD_PAYMENT_ID_LENGTH_MAX} characters of "
+            f"{param} must be 1-{limits.CARD_PAYMENT_ID_LENGTH_MAX} characters of "
             "letters, digits, _ . : -",
-            param="payment_id",
+            param=param,
         )
     return payment_id
 

@@ -20,6 +20,7 @@ from paykeep.gateway.cards.model import (
     CardOutcome,
     CardPaymentKind,
     CardPaymentState,
+    CardRefundState,
     Direction,
 )
 
@@ -70,6 +71,102 @@ messages = sa.Table(
     sa.Column("reverses_seq", sa.Integer),
     sa.Column("at_ns", sa.BigInteger),
 )
+
+refunds = sa.Table(
+    "card_refunds",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("refund_id", sa.String(64)),
+    sa.Column("payment", sa.BigInteger),
+    sa.Column("state", sa.String(16)),
+    sa.Column("outcome", sa.String(32)),
+    sa.Column("reason", sa.String(16)),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("acquirer", sa.String(32)),
+    sa.Column("terminal_id", sa.String(8)),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("debit_account_id", sa.BigInteger),
+    sa.Column("pending_transfer_id", sa.BigInteger),
+    sa.Column("ledger_transfer_id", sa.BigInteger),
+    sa.Column("response_code", sa.String(2)),
+    sa.Column("auth_code", sa.String(6)),
+    sa.Column("rrn", sa.String(12)),
+    sa.Column("last_seq", sa.Integer),
+    sa.Column("created_at_ns", sa.BigInteger),
+    sa.Column("updated_at_ns", sa.BigInteger),
+    sa.Column("settlement_reference", sa.String(35)),
+)
+refund_messages = sa.Table(
+    "card_refund_messages",
+    _meta,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("refund", sa.BigInteger),
+    sa.Column("seq", sa.Integer),
+    sa.Column("direction", sa.String(8)),
+    sa.Column("mti", sa.String(4)),
+    sa.Column("stan", sa.String(6)),
+    sa.Column("transmitted", sa.String(10)),
+    sa.Column("rrn", sa.String(12)),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("response_code", sa.String(2)),
+    sa.Column("auth_code", sa.String(6)),
+    sa.Column("reply_to_seq", sa.Integer),
+    sa.Column("reverses_seq", sa.Integer),
+    sa.Column("at_ns", sa.BigInteger),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRefund:
+    pk: int
+    refund_id: str
+    payment_pk: int
+    state: CardRefundState
+    outcome: CardOutcome | None
+    reason: str | None
+    fingerprint: str
+    acquirer: str
+    terminal_id: str
+    amount_minor: int
+    currency: str
+    debit_account_id: int
+    pending_transfer_id: int | None
+    ledger_transfer_id: int
+    response_code: str | None
+    auth_code: str | None
+    rrn: str | None
+    last_seq: int
+    created_at_ns: int
+    updated_at_ns: int
+
+
+def _refund(row: Any) -> StoredRefund:
+    m = row._mapping
+    return StoredRefund(
+        pk=int(m["id"]),
+        refund_id=m["refund_id"],
+        payment_pk=int(m["payment"]),
+        state=CardRefundState(m["state"]),
+        outcome=None if m["outcome"] is None else CardOutcome(m["outcome"]),
+        reason=m["reason"],
+        fingerprint=m["fingerprint"],
+        acquirer=m["acquirer"],
+        terminal_id=m["terminal_id"],
+        amount_minor=int(m["amount_minor"]),
+        currency=m["currency"],
+        debit_account_id=int(m["debit_account_id"]),
+        pending_transfer_id=(
+            None if m["pending_transfer_id"] is None else int(m["pending_transfer_id"])
+        ),
+        ledger_transfer_id=int(m["ledger_transfer_id"]),
+        response_code=m["response_code"],
+        auth_code=m["auth_code"],
+        rrn=m["rrn"],
+        last_seq=int(m["last_seq"]),
+        created_at_ns=int(m["created_at_ns"]),
+        updated_at_ns=int(m["updated_at_ns"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +223,14 @@ def _payment(row: Any) -> StoredPayment:
         created_at_ns=int(m["created_at_ns"]),
         updated_at_ns=int(m["updated_at_ns"]),
     )
+
+
+def _payment_by_pk(conn: Connection, pk: int, *, lock: bool) -> StoredPayment | None:
+    query = sa.select(payments).where(payments.c.id == pk)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    return None if row is None else _payment(row)
 
 
 def _message(row: Any) -> CardMessage:
@@ -228,6 +333,118 @@ class CardRepository:
             {"pk": payment.pk, "seq": message.seq, "at_ns": message.at_ns},
         )
 
+    # ------------------------------------------------------------------ refunds
+
+    def payment_by_pk(self, pk: int, *, lock: bool = False) -> StoredPayment | None:
+        """``lock`` (PostgreSQL): ``FOR UPDATE``, so two refunds of one payment checking the
+        bound cannot both pass it (SQLite has one writer at a time anyway)."""
+        return _payment_by_pk(self.conn, pk, lock=lock)
+
+    def get_refund(self, refund_id: str) -> StoredRefund | None:
+        row = self.conn.execute(sa.select(refunds).where(refunds.c.refund_id == refund_id)).first()
+        return None if row is None else _refund(row)
+
+    def insert_refund(self, values: dict[str, Any]) -> int:
+        key = self.conn.execute(refunds.insert(), values).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def refunds_of(self, payment_pk: int) -> list[tuple[CardRefundState, int]]:
+        """(state, amount) of every refund of one payment."""
+        rows = self.conn.execute(
+            sa.select(refunds.c.state, refunds.c.amount_minor).where(
+                refunds.c.payment == payment_pk
+            )
+        )
+        return [(CardRefundState(r[0]), int(r[1])) for r in rows]
+
+    def update_refund(self, pk: int, expected: CardRefundState, now_ns: int, **values: Any) -> bool:
+        """Change the refund only if it is still in ``expected``; False if it was not."""
+        result = self.conn.execute(
+            refunds.update()
+            .where(refunds.c.id == pk, refunds.c.state == expected.value)
+            .values(updated_at_ns=now_ns, **values)
+        )
+        return result.rowcount == 1
+
+    def add_refund_message(self, refund: StoredRefund, message: CardMessage) -> None:
+        self.conn.execute(
+            refund_messages.insert(),
+            {
+                "refund": refund.pk,
+                "seq": message.seq,
+                "direction": message.direction.value,
+                "mti": message.mti,
+                "stan": message.stan,
+                "transmitted": message.transmitted,
+                "rrn": message.rrn,
+                "amount_minor": message.amount_minor,
+                "response_code": message.response_code,
+                "auth_code": message.auth_code,
+                "reply_to_seq": message.reply_to_seq,
+                "reverses_seq": message.reverses_seq,
+                "at_ns": message.at_ns,
+            },
+        )
+        greatest = sa.func.max if self.conn.dialect.name == "sqlite" else sa.func.greatest
+        self.conn.execute(
+            refunds.update()
+            .where(refunds.c.id == refund.pk)
+            .values(
+                last_seq=greatest(refunds.c.last_seq, message.seq),
+                updated_at_ns=message.at_ns,
+            )
+        )
+
+    def refund_messages(self, pk: int) -> list[CardMessage]:
+        rows = self.conn.execute(
+            sa.select(refund_messages)
+            .where(refund_messages.c.refund == pk)
+            .order_by(refund_messages.c.seq)
+        )
+        return [_message(r) for r in rows]
+
+    def due_refunds(
+        self, states: Iterable[CardRefundState], updated_before_ns: int, limit: int
+    ) -> list[StoredRefund]:
+        rows = self.conn.execute(
+            sa.select(refunds)
+            .where(
+                refunds.c.state.in_([s.value for s in states]),
+                refunds.c.updated_at_ns < updated_before_ns,
+            )
+            .order_by(refunds.c.updated_at_ns)
+            .limit(limit)
+        )
+        return [_refund(r) for r in rows]
+
+    def unsettled_refunds(
+        self, acquirer: str, currency: str, rrns: Sequence[str] | None = None
+    ) -> list[tuple[int, int]]:
+        """(row id, amount) of every posted refund not yet netted out of a settlement."""
+        query = sa.select(refunds.c.id, refunds.c.amount_minor).where(
+            refunds.c.acquirer == acquirer,
+            refunds.c.currency == currency,
+            refunds.c.state == CardRefundState.REFUNDED.value,
+            refunds.c.settlement_reference.is_(None),
+        )
+        if rrns is not None:
+            query = query.where(refunds.c.rrn.in_(list(rrns)))
+        return [(int(r[0]), int(r[1])) for r in self.conn.execute(query)]
+
+    def mark_refunds_settled(self, pks: list[int], reference: str) -> None:
+        for start in range(0, len(pks), 500):
+            self.conn.execute(
+                refunds.update()
+                .where(
+                    refunds.c.id.in_(pks[start : start + 500]),
+                    refunds.c.settlement_reference.is_(None),
+                )
+                .values(settlement_reference=reference)
+            )
+
+    # ------------------------------------------------------------------ settlement
+
     def unsettled_captures(
         self, acquirer: str, currency: str, rrns: Sequence[str] | None = None
     ) -> list[tuple[int, int]]:
@@ -244,10 +461,14 @@ class CardRepository:
         return [(int(r[0]), int(r[1])) for r in self.conn.execute(query)]
 
     def settled_by(self, reference: str) -> int:
-        rows = self.conn.execute(
-            sa.select(sa.func.count()).where(payments.c.settlement_reference == reference)
-        )
-        return int(rows.scalar_one())
+        """How many captures and refunds one settlement paid (or netted out)."""
+        count = 0
+        for table in (payments, refunds):
+            rows = self.conn.execute(
+                sa.select(sa.func.count()).where(table.c.settlement_reference == reference)
+            )
+            count += int(rows.scalar_one())
+        return count
 
     def mark_settled(self, pks: list[int], reference: str) -> None:
         for start in range(0, len(pks), 500):

@@ -27,12 +27,17 @@ from paykeep.gateway.cards.errors import (
     CardCaptureExceedsAuthorisation,
     CardCreditAccountInvalid,
     CardCurrencyNotSupported,
+    CardDebitAccountInvalid,
     CardInputInvalid,
     CardLedgerPostingFailed,
     CardNetworkUnavailable,
     CardPaymentIdReused,
     CardPaymentInProgress,
     CardPaymentNotFound,
+    CardPaymentNotRefundable,
+    CardRefundIdReused,
+    CardRefundInProgress,
+    CardRefundNotFound,
     CardResponseTimeout,
     CardSettlementMismatch,
 )
@@ -44,25 +49,30 @@ from paykeep.gateway.cards.model import (
     CardOutcome,
     CardPaymentKind,
     CardPaymentState,
+    CardRefundResult,
+    CardRefundState,
     CardResult,
     Direction,
     check_acquirer,
     check_amount,
     check_payment_id,
+    check_refund_within_capture,
     check_security_code,
     check_terminal,
     meaning,
+    refund_fingerprint,
+    refund_transition,
     request_fingerprint,
     retrieval_reference,
     reversal_targets,
     transition,
     transmission_fields,
 )
-from paykeep.gateway.cards.repository import CardRepository, StoredPayment
+from paykeep.gateway.cards.repository import CardRepository, StoredPayment, StoredRefund
 from paykeep.gateway.statements.model import ExpectedMovement, Leg
 from paykeep.gateway.vault.service import CardVault
-from paykeep.ledger.errors import AccountNotFound
-from paykeep.ledger.model import CreateAccountResult, NewAccount, NewTransfer
+from paykeep.ledger.errors import AccountNotFound, TransferNotFound
+from paykeep.ledger.model import CreateAccountResult, NewAccount, NewTransfer, TransferFlags
 from paykeep.ledger.service import Ledger
 
 if TYPE_CHECKING:
@@ -71,11 +81,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("paykeep.gateway.cards")
 
 S = CardPaymentState
+R = CardRefundState
 #: Ledger codes: the clearing account is an asset; a card capture is its own transfer kind.
 CLEARING_ACCOUNT_CODE = 1
 CARD_CAPTURE_TRANSFER_CODE = 30
 #: The acquirer's settlement credit: bank:safeguarding:<bank> <- clearing:card:<acquirer>.
 CARD_SETTLEMENT_TRANSFER_CODE = 31
+#: A refund to the card: the debit account (the buyer's wallet) -> clearing:card:<acquirer>.
+CARD_REFUND_TRANSFER_CODE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +96,19 @@ class RecoveryReport:
     reversed: int
     reversal_pending: int
     settled: int
+    #: Refunds: reversed after a crash or timeout, still owed a 0410, posted to the ledger.
+    refunds_reversed: int = 0
+    refunds_reversal_pending: int = 0
+    refunds_posted: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
             "reversed": self.reversed,
             "reversal_pending": self.reversal_pending,
             "settled": self.settled,
+            "refunds_reversed": self.refunds_reversed,
+            "refunds_reversal_pending": self.refunds_reversal_pending,
+            "refunds_posted": self.refunds_posted,
         }
 
 
@@ -110,8 +130,9 @@ def expect_card_settlement(
     bank_account_name: str,
     rrns: Sequence[str] | None = None,
 ) -> int:
-    """The acquirer's settlement report: ``amount_minor`` for ``count`` captures will be
-    credited to ``iban`` under ``reference``. It must agree exactly with the captures Paykeep
+    """The acquirer's settlement report: ``amount_minor`` for ``count`` captures (and refunds,
+    netted out) will be credited to ``iban`` under ``reference`` — or, when negative, debited
+    from it. It must agree exactly with the captures Paykeep
     has not yet seen settled (else :class:`CardSettlementMismatch`, and nothing changes); then
     the credit is expected on the statement — when its line is imported, ``bank_account_name``
     ← ``clearing:card:<acquirer>`` empties the clearing account — and those captures are
@@ -122,43 +143,49 @@ def expect_card_settlement(
     check_acquirer(acquirer)
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 35:
         raise CardInputInvalid("reference must be 1..35 characters", param="reference")
-    check_amount(amount_minor)
+    # Net of refunds: negative when refunds outweigh captures (the acquirer then debits).
+    check_amount(abs(amount_minor) if type(amount_minor) is int else amount_minor)
     if type(count) is not int or count <= 0:
         raise CardInputInvalid("count must be a positive number of captures", param="count")
     with database.read() as conn:
         repo = CardRepository(conn)
         already = repo.settled_by(reference)
         owed = repo.unsettled_captures(acquirer, currency, rrns)
+        # Refunds credited to cards come out of what the acquirer pays: the report is net.
+        netted = repo.unsettled_refunds(acquirer, currency, rrns)
+    net = sum(a for _, a in owed) - sum(a for _, a in netted)
     if already:
         if already != count:
             raise CardSettlementMismatch(
                 f"settlement {reference} already paid {already} captures, not {count}"
             )
-        owed = []  # a replay: expect() below answers with the same expectation
-    elif (sum(a for _, a in owed), len(owed)) != (amount_minor, count):
+        owed, netted = [], []  # a replay: expect() below answers with the same expectation
+    elif (net, len(owed) + len(netted)) != (amount_minor, count):
         raise CardSettlementMismatch(
-            f"settlement {reference} reports {count} captures for {amount_minor}; "
-            f"Paykeep has {len(owed)} unsettled for {sum(a for _, a in owed)}"
+            f"settlement {reference} reports {count} captures and refunds for {amount_minor}; "
+            f"Paykeep has {len(owed) + len(netted)} unsettled for {net}"
         )
+    clearing = clearing_account_name(acquirer)
+    credit = amount_minor > 0
     expectation_id = statements.expect(
         ExpectedMovement(
             reference=reference,
             iban=iban,
-            direction="credit",
-            amount_minor=amount_minor,
+            direction="credit" if credit else "debit",
+            amount_minor=abs(amount_minor),
             currency=currency,
             legs=(
-                Leg(
-                    bank_account_name,
-                    clearing_account_name(acquirer),
-                    CARD_SETTLEMENT_TRANSFER_CODE,
-                ),
+                # A credit empties what the acquirer owed; a debit what Paykeep owed it.
+                Leg(bank_account_name, clearing, CARD_SETTLEMENT_TRANSFER_CODE)
+                if credit
+                else Leg(clearing, bank_account_name, CARD_SETTLEMENT_TRANSFER_CODE),
             ),
         )
     )
-    if owed:
+    if owed or netted:
         with database.write() as conn:
             CardRepository(conn).mark_settled([pk for pk, _ in owed], reference)
+            CardRepository(conn).mark_refunds_settled([pk for pk, _ in netted], reference)
     return expectation_id
 
 
@@ -336,6 +363,7 @@ class CardGateway:
                 limits.CARD_RECOVERY_BATCH,
             )
         reversed_, pending, settled = 0, 0, 0
+        refunds = self._recover_refunds(before)
         for payment in due:
             if payment.state is S.SETTLING:
                 try:
@@ -360,7 +388,452 @@ class CardGateway:
                 reversed_ += 1
             else:
                 pending += 1
-        return RecoveryReport(reversed_, pending, settled)
+        return RecoveryReport(reversed_, pending, settled, *refunds)
+
+    # ------------------------------------------------------------------ refunds
+
+    def refund(
+        self,
+        refund_id: str,
+        payment_id: str,
+        amount_minor: int,
+        currency: str,
+        debit_account_id: int,
+        *,
+        pending_transfer_id: int | None = None,
+    ) -> CardRefundResult:
+        """Credit ``amount_minor`` back to the card of the captured payment ``payment_id``
+        (0200, processing code 200000, the original's capture or sale in field 90) and, when
+        the issuer approves, move it in the ledger from ``debit_account_id`` to
+        ``clearing:card:<acquirer>`` — the reverse of the sale's transfer. With
+        ``pending_transfer_id`` (a pending transfer debit account -> clearing that the caller
+        placed to reserve the money) the approval posts that hold instead; the caller voids
+        it if the refund fails.
+
+        Idempotent on ``refund_id``: a replay with the same fields returns the stored result
+        without sending; with other fields it is :class:`CardRefundIdReused`. Refunds of one
+        payment never total more than it captured (:class:`CardRefundExceedsCapture`, nothing
+        sent). A timeout after sending reverses the refund (0400)."""
+        # shape
+        check_payment_id(refund_id, "refund_id")
+        check_payment_id(payment_id)
+        check_amount(amount_minor)
+        if currency != self.currency:
+            raise CardCurrencyNotSupported(
+                f"acquirer {self.acquirer} settles {self.currency} only", param="currency"
+            )
+        if type(debit_account_id) is not int:
+            raise CardDebitAccountInvalid("debit_account_id is a ledger account id",
+                                          param="debit_account_id")  # fmt: skip
+        if pending_transfer_id is not None and type(pending_transfer_id) is not int:
+            raise CardInputInvalid("pending_transfer_id is a ledger transfer id",
+                                   param="pending_transfer_id")  # fmt: skip
+        fingerprint = refund_fingerprint(
+            payment_id, amount_minor, currency, debit_account_id, pending_transfer_id
+        )
+        # identity / idempotency
+        existing = self._get_refund(refund_id)
+        if existing is not None:
+            return self._refund_replay(existing, fingerprint)
+        # references
+        original = self._load(payment_id)
+        self._check_debit(debit_account_id, pending_transfer_id, amount_minor, currency)
+        # state
+        if original.state is not S.CAPTURED or original.currency != currency:
+            raise CardPaymentNotRefundable(
+                f"card payment {payment_id!r} is {original.state.value}: only a captured "
+                f"payment in {currency} can be refunded",
+                param="payment_id",
+            )
+        charge = self._charge_message(original)
+        now = self.clock.now_ns()
+        at = ns_to_datetime(now)
+        stan = self.client.next_stan()
+        fields = transmission_fields(at)
+        rrn = retrieval_reference(at, stan)
+        try:
+            with self.database.write() as conn:
+                repo = CardRepository(conn)
+                locked = repo.payment_by_pk(original.pk, lock=True)
+                assert locked is not None
+                # limits: checked under the lock, against every refund already made
+                check_refund_within_capture(
+                    locked.captured_minor, repo.refunds_of(locked.pk), amount_minor
+                )
+                repo.insert_refund(
+                    {
+                        "refund_id": refund_id,
+                        "payment": original.pk,
+                        "state": R.REFUNDING.value,
+                        "outcome": None,
+                        "fingerprint": fingerprint,
+                        "acquirer": self.acquirer,
+                        "terminal_id": self.terminal_id,
+                        "amount_minor": amount_minor,
+                        "currency": currency,
+                        "debit_account_id": debit_account_id,
+                        "pending_transfer_id": pending_transfer_id,
+                        "ledger_transfer_id": self.ledger.ids.next_id(),
+                        "rrn": rrn,
+                        "last_seq": 0,
+                        "created_at_ns": now,
+                        "updated_at_ns": now,
+                    }
+                )
+                refund = repo.get_refund(refund_id)
+                assert refund is not None
+                # Persisted before a byte is sent.
+                repo.add_refund_message(
+                    refund,
+                    CardMessage(1, Direction.OUT, "0200", stan, fields["7"], rrn, amount_minor,
+                                None, None, None, None, now),
+                )  # fmt: skip
+                refund = replace(refund, last_seq=1)
+        except sa.exc.IntegrityError:
+            existing = self._get_refund(refund_id)  # a concurrent call created it first
+            if existing is None:
+                raise
+            return self._refund_replay(existing, fingerprint)
+        message = {
+            "t": "0200",
+            "2": self.vault.pan_for_network(original.card_token),
+            "3": wire.PROCESSING_REFUND,
+            "4": f"{amount_minor:012d}",
+            "11": stan,
+            **fields,
+            "37": rrn,
+            "41": self.terminal_id,
+            "42": self.acceptor_id,
+            "49": wire.currency_numeric(currency),
+            "90": wire.original_data_elements(charge.mti, charge.stan, charge.transmitted),
+        }
+        return self._refund_exchange(refund, message)
+
+    def card_refund(self, refund_id: str) -> CardRefundResult:
+        """One refund as stored (no network)."""
+        check_payment_id(refund_id, "refund_id")
+        return self._refund_result(self._load_refund(refund_id))
+
+    def refund_messages(self, refund_id: str) -> list[CardMessage]:
+        refund = self._load_refund(refund_id)
+        with self.database.read() as conn:
+            return CardRepository(conn).refund_messages(refund.pk)
+
+    def _check_debit(
+        self, account_id: int, pending_id: int | None, amount: int, currency: str
+    ) -> None:
+        try:
+            account = self.ledger.account(account_id)
+        except AccountNotFound:
+            raise CardDebitAccountInvalid(
+                "the account to debit does not exist", param="debit_account_id"
+            ) from None
+        if account.currency != currency:
+            raise CardDebitAccountInvalid(
+                f"the account to debit holds {account.currency}, not {currency}",
+                param="debit_account_id",
+            )
+        if pending_id is None:
+            return
+        try:
+            hold = self.ledger.transfer(pending_id)
+        except TransferNotFound:
+            raise CardDebitAccountInvalid(
+                "the reserving pending transfer does not exist", param="pending_transfer_id"
+            ) from None
+        if (
+            not hold.flags & int(TransferFlags.PENDING)
+            or hold.debit_account_id != account_id
+            or hold.credit_account_id != self.clearing_account_id()
+            or hold.amount_minor != amount
+        ):
+            raise CardDebitAccountInvalid(
+                f"the reserving transfer must be a pending {amount} from the debit account to "
+                f"{self.clearing_account_name}",
+                param="pending_transfer_id",
+            )
+
+    def _charge_message(self, payment: StoredPayment) -> CardMessage:
+        """The approved 0200 (the capture, or the one-step sale) a refund names in field 90."""
+        messages = self._messages(payment)
+        approved = {
+            m.reply_to_seq
+            for m in messages
+            if m.direction is Direction.IN and m.response_code == APPROVED_CODE
+        }
+        for m in reversed(messages):
+            if m.direction is Direction.OUT and m.mti == "0200" and m.seq in approved:
+                return m
+        raise CardPaymentNotRefundable(  # captured without an approved 0200: cannot happen
+            f"card payment {payment.payment_id!r} has no approved capture", param="payment_id"
+        )
+
+    def _refund_replay(self, existing: StoredRefund, fingerprint: str) -> CardRefundResult:
+        if existing.fingerprint != fingerprint:
+            raise CardRefundIdReused(
+                f"refund id {existing.refund_id!r} was used for another card refund",
+                param="refund_id",
+            )
+        if existing.state is R.REFUNDING or existing.outcome is None:
+            raise CardRefundInProgress(
+                f"card refund {existing.refund_id!r} is {existing.state.value}; ask again",
+                param="refund_id",
+            )
+        if existing.state is R.POSTING:
+            return self._post_refund(existing)
+        return self._refund_result(existing)
+
+    def _refund_exchange(self, refund: StoredRefund, message: dict[str, str]) -> CardRefundResult:
+        request_seq = refund.last_seq
+        try:
+            response = self.client.call(message, self.timeout_s)
+        except CardNetworkUnavailable:
+            refund = self._record_refund(
+                refund, request_seq, Direction.UNSENT, message,
+                move=(R.UNAVAILABLE, {"outcome": CardOutcome.UNAVAILABLE}),
+            )  # fmt: skip
+            return self._refund_result(refund)
+        except CardResponseTimeout:
+            refund = self._record_refund(
+                refund, request_seq, Direction.TIMEOUT, message,
+                move=(R.REVERSING, {"outcome": CardOutcome.REVERSAL_PENDING,
+                                    "reason": "timeout"}),
+            )  # fmt: skip
+            return self._reverse_refund(refund)
+        code = response.get("39", "")
+        auth_code = response.get("38") or None
+        if code != APPROVED_CODE:
+            unavailable = code in UNAVAILABLE_CODES
+            refund = self._record_refund(
+                refund, request_seq, Direction.IN, message, code, auth_code,
+                move=(
+                    R.UNAVAILABLE if unavailable else R.DECLINED,
+                    {"outcome": CardOutcome.UNAVAILABLE if unavailable else CardOutcome.DECLINED,
+                     "response_code": code},
+                ),
+            )  # fmt: skip
+            return self._refund_result(refund)
+        refund = self._record_refund(
+            refund, request_seq, Direction.IN, message, code, auth_code,
+            move=(R.POSTING, {"outcome": CardOutcome.APPROVED, "response_code": code,
+                              "auth_code": auth_code}),
+        )  # fmt: skip
+        return self._post_refund(refund)
+
+    def _record_refund(
+        self,
+        refund: StoredRefund,
+        request_seq: int,
+        direction: Direction,
+        message: Mapping[str, str],
+        code: str | None = None,
+        auth_code: str | None = None,
+        *,
+        move: tuple[CardRefundState, dict[str, Any]] | None = None,
+    ) -> StoredRefund:
+        """Append what happened to a request and, with ``move``, the state it leads to."""
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = CardRepository(conn)
+            current = repo.get_refund(refund.refund_id)
+            assert current is not None
+            repo.add_refund_message(
+                current,
+                CardMessage(current.last_seq + 1, direction, message["t"], message["11"],
+                            message["7"], message.get("37"), None, code, auth_code,
+                            request_seq, None, now),
+            )  # fmt: skip
+            if move is not None:
+                self._update_refund(repo, refund, move[0], move[1], now)
+            updated = repo.get_refund(refund.refund_id)
+        assert updated is not None
+        return updated
+
+    @staticmethod
+    def _update_refund(
+        repo: CardRepository,
+        refund: StoredRefund,
+        target: CardRefundState,
+        values: Mapping[str, Any],
+        now: int,
+    ) -> None:
+        refund_transition(refund.state, target)
+        stored = {k: v.value if isinstance(v, CardOutcome) else v for k, v in values.items()}
+        if not repo.update_refund(refund.pk, refund.state, now, state=target.value, **stored):
+            raise CardRefundInProgress(
+                f"card refund {refund.refund_id!r} changed meanwhile; ask again",
+                param="refund_id",
+            )
+
+    def _move_refund(
+        self, refund: StoredRefund, target: CardRefundState, **values: Any
+    ) -> StoredRefund:
+        with self.database.write() as conn:
+            repo = CardRepository(conn)
+            self._update_refund(repo, refund, target, values, self.clock.now_ns())
+            updated = repo.get_refund(refund.refund_id)
+        assert updated is not None
+        return updated
+
+    def _reverse_refund(self, refund: StoredRefund) -> CardRefundResult:
+        """0400 for a refund that may have been applied, until its 0410 or
+        ``reversal_attempts``: confirmed, REVERSED (the card's credit taken back, nothing moved
+        in the ledger); else it stays REVERSING for the recovery sweep."""
+        for target in reversal_targets(self._refund_trail(refund)):
+            for _attempt in range(self.reversal_attempts):
+                now = self.clock.now_ns()
+                at = ns_to_datetime(now)
+                stan = self.client.next_stan()
+                message = {
+                    "t": "0400",
+                    "3": wire.PROCESSING_REFUND,
+                    "4": f"{target.amount_minor or 0:012d}",
+                    "11": stan,
+                    **transmission_fields(at),
+                    "37": target.rrn or retrieval_reference(at, stan),
+                    "41": refund.terminal_id,
+                    "42": self.acceptor_id,
+                    "49": wire.currency_numeric(refund.currency),
+                    "90": wire.original_data_elements(target.mti, target.stan, target.transmitted),
+                }
+                with self.database.write() as conn:
+                    repo = CardRepository(conn)
+                    current = repo.get_refund(refund.refund_id)
+                    assert current is not None
+                    seq = current.last_seq + 1
+                    repo.add_refund_message(
+                        current,
+                        CardMessage(seq, Direction.OUT, "0400", stan, message["7"],
+                                    message["37"], target.amount_minor, None, None, None,
+                                    target.seq, now),
+                    )  # fmt: skip
+                try:
+                    response = self.client.call(message, self.reversal_timeout_s)
+                except CardNetworkUnavailable:
+                    self._record_refund(refund, seq, Direction.UNSENT, message)
+                    break  # the link is down: the recovery sweep retries
+                except CardResponseTimeout:
+                    self._record_refund(refund, seq, Direction.TIMEOUT, message)
+                    continue
+                code = response.get("39", "")
+                self._record_refund(refund, seq, Direction.IN, message, code)
+                if code == APPROVED_CODE:
+                    break
+        refund = self._load_refund(refund.refund_id)
+        if reversal_targets(self._refund_trail(refund)):
+            return self._refund_result(refund)
+        outcome = (
+            CardOutcome.TIMED_OUT_REVERSED
+            if refund.reason in ("timeout", "recovery")
+            else CardOutcome.REVERSED
+        )
+        refund = self._move_refund(refund, R.REVERSED, outcome=outcome)
+        return self._refund_result(refund)
+
+    def _post_refund(self, refund: StoredRefund) -> CardRefundResult:
+        """The approved refund in the ledger: debit account -> clearing:card:<acquirer>, with
+        the id chosen when the refund was created (a repeat is ``exists``)."""
+        assert refund.state is R.POSTING
+        reference = f"card-refund:{refund.acquirer}:{refund.refund_id}"
+        if refund.pending_transfer_id is not None:
+            transfer = NewTransfer(
+                id=refund.ledger_transfer_id,
+                pending_id=refund.pending_transfer_id,
+                amount_minor=refund.amount_minor,
+                flags=int(TransferFlags.POST_PENDING),
+                reference=reference,
+            )
+        else:
+            transfer = NewTransfer(
+                id=refund.ledger_transfer_id,
+                debit_account_id=refund.debit_account_id,
+                credit_account_id=self.clearing_account_id(),
+                amount_minor=refund.amount_minor,
+                currency=refund.currency,
+                code=CARD_REFUND_TRANSFER_CODE,
+                reference=reference,
+            )
+        (result,) = self.ledger.create_transfers([transfer])
+        if not result.applied_or_exists:
+            raise CardLedgerPostingFailed(
+                f"the ledger refused card refund {refund.refund_id!r}: {result.result.value}; "
+                "the recovery sweep retries"
+            )
+        try:
+            refund = self._move_refund(refund, R.REFUNDED)
+        except CardRefundInProgress:
+            refund = self._load_refund(refund.refund_id)  # a concurrent post finished it
+        return self._refund_result(refund)
+
+    def recover_refunds(
+        self, min_age_s: float = limits.CARD_RECOVERY_MIN_AGE_S
+    ) -> tuple[int, int, int]:
+        """The refunds' part of :meth:`recover`: (reversed, reversal still owed, posted)."""
+        return self._recover_refunds(self.clock.now_ns() - int(min_age_s * NS_PER_S))
+
+    def _recover_refunds(self, before_ns: int) -> tuple[int, int, int]:
+        """Refunds left in flight are reversed, owed reversals retried, approved ones posted."""
+        with self.database.read() as conn:
+            due = CardRepository(conn).due_refunds(
+                (R.REFUNDING, R.REVERSING, R.POSTING), before_ns, limits.CARD_RECOVERY_BATCH
+            )
+        reversed_, pending, posted = 0, 0, 0
+        for refund in due:
+            if refund.state is R.POSTING:
+                try:
+                    self._post_refund(refund)
+                    posted += 1
+                except CardLedgerPostingFailed:
+                    log.warning("card refund %s: ledger posting still refused", refund.pk)
+                continue
+            if refund.state is R.REFUNDING:
+                try:
+                    refund = self._move_refund(
+                        refund, R.REVERSING,
+                        outcome=CardOutcome.REVERSAL_PENDING, reason="recovery",
+                    )  # fmt: skip
+                except CardRefundInProgress:
+                    continue  # someone else moved it meanwhile
+            result = self._reverse_refund(refund)
+            if result.state is R.REVERSED:
+                reversed_ += 1
+            else:
+                pending += 1
+        return reversed_, pending, posted
+
+    def _refund_trail(self, refund: StoredRefund) -> list[CardMessage]:
+        with self.database.read() as conn:
+            return CardRepository(conn).refund_messages(refund.pk)
+
+    def _get_refund(self, refund_id: str) -> StoredRefund | None:
+        with self.database.read() as conn:
+            return CardRepository(conn).get_refund(refund_id)
+
+    def _load_refund(self, refund_id: str) -> StoredRefund:
+        found = self._get_refund(refund_id)
+        if found is None:
+            raise CardRefundNotFound(f"no card refund {refund_id!r}", param="refund_id")
+        return found
+
+    def _refund_result(self, r: StoredRefund) -> CardRefundResult:
+        assert r.outcome is not None, "a finished exchange always records its outcome"
+        with self.database.read() as conn:
+            original = CardRepository(conn).payment_by_pk(r.payment_pk)
+        assert original is not None
+        return CardRefundResult(
+            refund_id=r.refund_id,
+            payment_id=original.payment_id,
+            state=r.state,
+            outcome=r.outcome,
+            response_code=r.response_code,
+            response_meaning=meaning(r.response_code),
+            amount_minor=r.amount_minor,
+            currency=r.currency,
+            brand=original.brand,
+            last4=original.last4,
+            rrn=r.rrn,
+            ledger_transfer_id=r.ledger_transfer_id if r.state is R.REFUNDED else None,
+        )
 
     # ------------------------------------------------------------------ settlement
 

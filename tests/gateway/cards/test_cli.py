@@ -32,7 +32,10 @@ def test_the_sweep_command_reverses_what_a_silent_network_left(
     # While the network still refuses reversals, the sweep reports them owed: exit 1.
     done = cards(settings, "recover", "--card-network", network, "--min-age-s", "0")
     assert done.returncode == 1, done.stderr
-    assert json.loads(done.stdout) == {"reversed": 0, "reversal_pending": 1, "settled": 0}
+    assert json.loads(done.stdout) == {
+        "reversed": 0, "reversal_pending": 1, "settled": 0,
+        "refunds_reversed": 0, "refunds_reversal_pending": 0, "refunds_posted": 0,
+    }  # fmt: skip
     rig.faults()
     done = cards(settings, "recover", "--card-network", network, "--min-age-s", "0")
     assert done.returncode == 0, done.stderr

@@ -130,3 +130,75 @@ def test_cli_expect_settlement(own_rig: Rig, database: Database, settings: Setti
     done = cli(1_200)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["reference"] == report["reference"]
+
+
+def test_settlement_nets_refunds_out_and_still_empties_card_clearing(
+    own_rig: Rig, database: Database
+) -> None:
+    rig = own_rig
+    rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
+    statements = StatementService(database, rig.ledger)
+    with rig.banksim.http() as http:
+        iban = open_account(http, balance=0)
+    statements.add_account(iban, "EUR", BANK)
+    _, token = rig.new_card(10_000)
+    rig.gateway.sale(token, 3_000, "EUR", payment_id="n-a", credit_account_id=rig.wallet.id)
+    rig.gateway.sale(token, 1_000, "EUR", payment_id="n-b", credit_account_id=rig.wallet.id)
+    assert rig.gateway.refund("n-r1", "n-a", 1_200, "EUR", rig.wallet.id).approved
+    assert rig.gateway.refund("n-r2", "n-b", 300, "EUR", rig.wallet.id).approved
+    clearing = rig.gateway.clearing_account_name
+    assert _net(rig, clearing) == 4_000 - 1_500  # refunds came out of what the acquirer owes
+    with rig.banksim.http() as http:
+        report = http.post("/settlements/cards", json={"iban": iban, "currency": "EUR"}).json()
+    assert (report["amount_minor"], report["count"]) == (2_500, 4)  # 2 sales, 2 refunds, net
+    with pytest.raises(CardSettlementMismatch):  # gross is not what the acquirer pays
+        rig.gateway.expect_settlement(
+            statements, reference=report["reference"], amount_minor=4_000, count=4,
+            iban=iban, bank_account_name=BANK,
+        )  # fmt: skip
+    rig.gateway.expect_settlement(
+        statements, reference=report["reference"], amount_minor=2_500, count=4,
+        iban=iban, bank_account_name=BANK,
+    )  # fmt: skip
+    with rig.banksim.http() as http:
+        closed = close_day(http, iban)
+        data = statement(http, closed["statement_id"], "camt053")
+    (outcome,) = statements.import_file(data).statements
+    assert (outcome.matched, outcome.breaks) == (1, [])
+    assert _net(rig, clearing) == 0
+    assert _net(rig, BANK) == 2_500
+
+
+def test_refunds_after_their_sale_settled_are_collected_by_a_debit(
+    own_rig: Rig, database: Database
+) -> None:
+    rig = own_rig
+    rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
+    statements = StatementService(database, rig.ledger)
+    with rig.banksim.http() as http:
+        iban = open_account(http, balance=0)
+    statements.add_account(iban, "EUR", BANK)
+    clearing = rig.gateway.clearing_account_name
+
+    def settle(amount: int, count: int) -> None:
+        with rig.banksim.http() as http:
+            report = http.post("/settlements/cards", json={"iban": iban, "currency": "EUR"})
+        assert (report.json()["amount_minor"], report.json()["count"]) == (amount, count)
+        rig.gateway.expect_settlement(
+            statements, reference=report.json()["reference"], amount_minor=amount,
+            count=count, iban=iban, bank_account_name=BANK,
+        )  # fmt: skip
+        with rig.banksim.http() as http:
+            closed = close_day(http, iban)
+            data = statement(http, closed["statement_id"], "camt053")
+        (outcome,) = statements.import_file(data).statements
+        assert (outcome.matched, outcome.breaks) == (1, [])
+
+    _, token = rig.new_card(10_000)
+    rig.gateway.sale(token, 1_000, "EUR", payment_id="d-a", credit_account_id=rig.wallet.id)
+    settle(1_000, 1)
+    assert rig.gateway.refund("d-r", "d-a", 400, "EUR", rig.wallet.id).approved
+    assert _net(rig, clearing) == -400  # Paykeep owes the acquirer what it credited the card
+    settle(-400, 1)  # the acquirer collects it: a debit on the safeguarding account
+    assert _net(rig, clearing) == 0
+    assert _net(rig, BANK) == 600

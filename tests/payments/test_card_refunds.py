@@ -1,0 +1,267 @@
+"""Refunds of card-paid orders go back to the card: the payments service over a real database
+(SQLite and PostgreSQL), the real card gateway and a real banksim card network over TCP.
+
+The refund's transaction records the card refund and reserves the money in the wallet; the
+worker pass (``send_card_refunds``) sends it, outside any transaction, exactly once."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from stdnum import luhn
+
+from paykeep.bench.gateway import BanksimProcess
+from paykeep.config import Settings
+from paykeep.db import Database
+from paykeep.gateway.cards.client import CardNetworkClient
+from paykeep.gateway.cards.service import CardGateway
+from paykeep.gateway.vault.keys import VaultKeys
+from paykeep.gateway.vault.service import CardVault
+from paykeep.ledger.service import Ledger
+from paykeep.limits import CARD_REFUND_ATTEMPTS_MAX
+from paykeep.payments.errors import InsufficientFunds
+from paykeep.payments.model import TimerSettings
+from paykeep.payments.records import Buyer, Merchant, Order
+from paykeep.payments.service import PaymentsService
+from paykeep.security.fields import FieldCipher
+from tests.payments.conftest import World, assert_books_balance
+
+TIMEOUT_S = 0.4
+
+
+@pytest.fixture(scope="module")
+def banksim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BanksimProcess]:
+    process = BanksimProcess(tmp_path_factory.mktemp("banksim"))
+    yield process
+    process.stop()
+
+
+@dataclass
+class CardWorld:
+    world: World
+    gateway: CardGateway
+    banksim: BanksimProcess
+
+    @property
+    def svc(self) -> PaymentsService:
+        return self.world.svc
+
+    def card(self, balance: int = 100_000) -> tuple[str, str]:
+        """(pan, banksim token) of a fresh card at the issuer."""
+        body = "4" + "".join(str(secrets.randbelow(10)) for _ in range(14))
+        pan = body + luhn.calc_check_digit(body)
+        with self.banksim.http() as http:
+            card = {"pan": pan, "expiry": "3012", "cvv": "321", "balance_minor": balance,
+                    "currency": "EUR"}  # fmt: skip
+            added = http.post("/cards", json=card)
+        assert added.status_code == 201, added.text
+        return pan, str(added.json()["token"])
+
+    def issuer(self, token: str) -> dict[str, int]:
+        with self.banksim.http() as http:
+            view: dict[str, int] = http.get(f"/cards/{token}").json()
+            return view
+
+    def faults(self, *rules: dict[str, object]) -> None:
+        with self.banksim.http() as http:
+            http.post("/faults/cards", json={"faults": list(rules)}).raise_for_status()
+
+    def card_order(self, merchant: Merchant, buyer: Buyer, pan: str, amount: int) -> Order:
+        _order, token = self.world.order(merchant, buyer, amount)
+        paid, payment = self.svc.pay_with_card(token, pan, 12, 2030, "321")
+        assert payment.state == "succeeded"
+        return paid
+
+    def card_refund_rows(self, order: Order) -> list[tuple[str, int, int, str | None]]:
+        """(state, amount, attempts, refund id) of the order's card refunds."""
+        with self.svc.reading() as tx:
+            rows = tx.repo.card_refunds({"order_id": order.id}, 10, None)
+        return [(r.state, r.amount_minor, r.attempts, r.refund_id) for r in rows]
+
+    def clearing(self) -> tuple[int, int]:
+        account = self.world.ledger.account(self.gateway.clearing_account_id())
+        return account.debits_posted, account.credits_posted
+
+
+@pytest.fixture
+def cw(banksim: BanksimProcess, database: Database, settings: Settings) -> Iterator[CardWorld]:
+    from paykeep.clock import FakeClock
+
+    clock = FakeClock()
+    ledger = Ledger(database, clock)
+    keys = VaultKeys.from_directory(settings.data_dir / "keys", create=True)
+    vault = CardVault.open(database, settings.data_dir)
+    client = CardNetworkClient("127.0.0.1", banksim.card_port, pool_size=2, timeout_s=TIMEOUT_S)
+    # The gateway keeps the real clock: field 7 (with the STAN) names a message at the network.
+    gateway = CardGateway(database, ledger, vault, client, timeout_s=TIMEOUT_S,
+                          reversal_timeout_s=TIMEOUT_S)  # fmt: skip
+    svc = PaymentsService(database, ledger, FieldCipher(keys), clock=clock, cards=gateway,
+                          vault=vault)  # fmt: skip
+    world = World(database, clock, ledger, svc, settings.data_dir)
+    yield CardWorld(world, gateway, banksim)
+    with banksim.http() as http:
+        http.post("/faults/cards", json={"faults": []})
+    client.close()
+    assert_books_balance(database)
+
+
+def test_a_full_refund_reserves_the_money_then_credits_the_card_once(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, 2_500)
+    assert w.wallet(buyer) == (0, 2_500)
+    seq = w.last_seq()
+    with cw.svc.transaction() as tx:
+        _order, refund = cw.svc.refund(tx, merchant.id, order.id, None)
+    api = refund.to_api()
+    assert (api["destination"], api["card_refund"]) == (
+        "card", {"status": "pending", "last4": pan[-4:]})  # fmt: skip
+    # Reserved in the refund's transaction: the buyer cannot spend it meanwhile.
+    assert w.wallet(buyer) == (0, 2_500)
+    _other, other_token = w.order(merchant, buyer, 100)
+    with pytest.raises(InsufficientFunds), cw.svc.transaction() as tx:
+        cw.svc.pay_from_wallet(tx, other_token)
+    assert cw.svc.send_card_refunds() == {"succeeded": 1}
+    assert cw.svc.send_card_refunds() == {}  # nothing left: never sent twice
+    assert cw.card_refund_rows(order) == [("succeeded", 2_500, 1, refund.id)]
+    view = cw.issuer(token)
+    assert (view["balance_minor"], view["refunded_minor"]) == (100_000, 2_500)
+    assert w.wallet(buyer) == (0, 0)  # where it was before the card sale
+    assert cw.clearing() == (2_500, 2_500)  # the sale in, the refund out
+    types = w.event_types_since(seq)
+    assert types.count("refund.card_refund_succeeded") == 1
+    assert types.index("refund.completed") < types.index("refund.card_refund_succeeded")
+    with cw.svc.reading() as tx:
+        stored = cw.svc.refund_record(tx, merchant.id, refund.id).to_api()
+    assert (stored["destination"], stored["card_refund"]["status"]) == ("card", "succeeded")
+
+
+def test_a_partial_refund_sends_only_the_refunded_part(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, 3_000)
+    with cw.svc.transaction() as tx:
+        cw.svc.ship(tx, merchant.id, order.id, "demo-post", "TRACK0001")
+        cw.svc.refund(tx, merchant.id, order.id, 1_000)
+    assert cw.svc.send_card_refunds() == {"succeeded": 1}
+    assert cw.issuer(token)["balance_minor"] == 100_000 - 2_000
+    assert w.wallet(buyer) == (0, 0)
+    assert w.get_order(order.id).released_minor == 2_000
+
+
+def test_the_unshipped_timer_refund_goes_back_to_the_card(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant(timers=TimerSettings(ship_by_s=60))
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, 1_700)
+    w.clock.advance(61)
+    assert cw.svc.run_timers() == {"refund_unshipped": 1}
+    assert cw.card_refund_rows(order) == [("pending", 1_700, 1, None)]  # no refund record
+    assert cw.svc.send_card_refunds() == {"succeeded": 1}
+    assert cw.issuer(token)["balance_minor"] == 100_000
+    assert w.wallet(buyer) == (0, 0)
+
+
+def test_an_unavailable_network_is_retried_with_a_new_attempt(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, 900)
+    cw.faults({"kind": "unavailable", "next": 1, "card": token, "mtis": ["0200"]})
+    with cw.svc.transaction() as tx:
+        cw.svc.refund(tx, merchant.id, order.id, None)
+    assert cw.svc.send_card_refunds() == {"retry": 1}
+    assert [r[:3] for r in cw.card_refund_rows(order)] == [("pending", 900, 2)]
+    assert cw.svc.send_card_refunds() == {"succeeded": 1}
+    view = cw.issuer(token)
+    assert (view["balance_minor"], view["refunded_minor"]) == (100_000, 900)
+
+
+def test_a_refund_the_network_never_takes_stays_in_the_wallet(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, 800)
+    cw.faults({"kind": "unavailable", "card": token, "mtis": ["0200"]})
+    with cw.svc.transaction() as tx:
+        _order, refund = cw.svc.refund(tx, merchant.id, order.id, None)
+    seq = w.last_seq()
+    for _ in range(CARD_REFUND_ATTEMPTS_MAX - 1):
+        assert cw.svc.send_card_refunds() == {"retry": 1}
+    assert cw.svc.send_card_refunds() == {"failed": 1}
+    assert cw.card_refund_rows(order) == [("failed", 800, CARD_REFUND_ATTEMPTS_MAX, refund.id)]
+    assert w.wallet(buyer) == (800, 0)  # the reservation voided: the buyer's to spend
+    assert cw.issuer(token)["balance_minor"] == 100_000 - 800
+    assert w.event_types_since(seq) == ["refund.card_refund_failed"]
+    with cw.svc.reading() as tx:
+        stored = cw.svc.refund_record(tx, None, refund.id).to_api()
+    assert (stored["destination"], stored["card_refund"]["status"]) == ("wallet", "failed")
+    # The money is the buyer's: it pays the next order from the wallet.
+    _other, other_token = w.order(merchant, buyer, 800)
+    with cw.svc.transaction() as tx:
+        cw.svc.pay_from_wallet(tx, other_token)
+
+
+def test_a_worker_that_dies_after_the_approval_does_not_credit_twice(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, 1_100)
+    with cw.svc.transaction() as tx:
+        cw.svc.refund(tx, merchant.id, order.id, None)
+    with cw.svc.reading() as tx:
+        (intent,) = tx.repo.card_refunds({"order_id": order.id}, 1, None)
+    # What a worker does before it records the outcome — then it dies.
+    wallet_id = w.ledger.account_by_name(f"buyer:{buyer.id}:wallet:EUR").id
+    first = cw.gateway.refund(f"{intent.id}-1", intent.card_payment_id, 1_100, "EUR", wallet_id,
+                              pending_transfer_id=intent.reservation_transfer_id)  # fmt: skip
+    assert first.approved
+    assert cw.svc.send_card_refunds() == {"succeeded": 1}  # the replay's stored answer
+    view = cw.issuer(token)
+    assert (view["balance_minor"], view["refunded_minor"]) == (100_000, 1_100)
+    assert w.wallet(buyer) == (0, 0)
+
+
+def test_a_wallet_paid_order_is_refunded_to_the_wallet(cw: CardWorld) -> None:
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    order, _token = w.paid_order(merchant, buyer, 1_300)
+    with cw.svc.transaction() as tx:
+        _order, refund = cw.svc.refund(tx, merchant.id, order.id, None)
+    assert (refund.to_api()["destination"], refund.to_api()["card_refund"]) == ("wallet", None)
+    assert cw.card_refund_rows(order) == []
+    assert cw.svc.send_card_refunds() == {}
+    assert w.wallet(buyer) == (1_300, 0)
+
+
+def test_money_is_conserved_across_card_sales_and_refunds(cw: CardWorld) -> None:
+    """Liabilities = bank top-ups + card sales − card refunds (clearing's balance), and the
+    ledger audits clean (checked again by the fixture)."""
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, _token = cw.card()
+    for amount, refund in ((2_000, None), (1_500, 500), (700, None)):
+        order = cw.card_order(merchant, buyer, pan, amount)
+        with cw.svc.transaction() as tx:
+            if refund is not None:
+                cw.svc.ship(tx, merchant.id, order.id, "demo-post", f"TRK{amount}")
+            cw.svc.refund(tx, merchant.id, order.id, refund)
+    w.paid_order(merchant, buyer, 400)  # wallet money, from the "bank"
+    assert cw.svc.send_card_refunds() == {"succeeded": 3}
+    debits, credits = cw.clearing()
+    assert (debits, credits) == (4_200, 2_000 + 500 + 700)
+    assert w.wallet(buyer) == (0, 400)
+    assert_books_balance(w.database)
