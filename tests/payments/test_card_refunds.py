@@ -22,6 +22,7 @@ from paykeep.gateway.vault.keys import VaultKeys
 from paykeep.gateway.vault.service import CardVault
 from paykeep.ledger.service import Ledger
 from paykeep.limits import CARD_REFUND_ATTEMPTS_MAX
+from paykeep.mail import DirectoryMailer
 from paykeep.payments.errors import InsufficientFunds
 from paykeep.payments.model import TimerSettings
 from paykeep.payments.records import Buyer, Merchant, Order
@@ -99,7 +100,8 @@ def cw(banksim: BanksimProcess, database: Database, settings: Settings) -> Itera
     gateway = CardGateway(database, ledger, vault, client, timeout_s=TIMEOUT_S,
                           reversal_timeout_s=TIMEOUT_S)  # fmt: skip
     svc = PaymentsService(database, ledger, FieldCipher(keys), clock=clock, cards=gateway,
-                          vault=vault)  # fmt: skip
+                          vault=vault, mailer=DirectoryMailer(settings.data_dir / "mail",
+                                                              clock=clock))  # fmt: skip
     world = World(database, clock, ledger, svc, settings.data_dir)
     yield CardWorld(world, gateway, banksim)
     with banksim.http() as http:
@@ -124,8 +126,9 @@ def test_a_full_refund_reserves_the_money_then_credits_the_card_once(cw: CardWor
     # Reserved in the refund's transaction: the buyer cannot spend it meanwhile.
     assert w.wallet(buyer) == (0, 2_500)
     _other, other_token = w.order(merchant, buyer, 100)
+    bs = w.bs(other_token)  # the buyer, signed in: only the funds can refuse
     with pytest.raises(InsufficientFunds), cw.svc.transaction() as tx:
-        cw.svc.pay_from_wallet(tx, other_token)
+        cw.svc.pay_from_wallet(tx, other_token, bs)
     assert cw.svc.send_card_refunds() == {"succeeded": 1}
     assert cw.svc.send_card_refunds() == {}  # nothing left: never sent twice
     assert cw.card_refund_rows(order) == [("succeeded", 2_500, 1, refund.id)]
@@ -208,8 +211,9 @@ def test_a_refund_the_network_never_takes_stays_in_the_wallet(cw: CardWorld) -> 
     assert (stored["destination"], stored["card_refund"]["status"]) == ("wallet", "failed")
     # The money is the buyer's: it pays the next order from the wallet.
     _other, other_token = w.order(merchant, buyer, 800)
+    bs = w.bs(other_token)  # the buyer, signed in
     with cw.svc.transaction() as tx:
-        cw.svc.pay_from_wallet(tx, other_token)
+        cw.svc.pay_from_wallet(tx, other_token, bs)
 
 
 def test_a_worker_that_dies_after_the_approval_does_not_credit_twice(cw: CardWorld) -> None:
