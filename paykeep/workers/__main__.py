@@ -22,6 +22,8 @@ from paykeep.workers.cycle import BANK_CYCLE_INTERVAL_S, start_workers
 
 #: How long a stopping process waits for the passes under way (``paykeep serve`` allows more).
 STOP_JOIN_S: Final = 10.0
+#: How often the main thread looks for a stop signal.
+SIGNAL_POLL_S: Final = 0.1
 
 
 def main() -> None:
@@ -32,13 +34,19 @@ def main() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(SecretsFilter())  # checkout tokens and card-like digits never logged
     stop = threading.Event()
+    # The handler only appends (no lock): it runs between two bytecodes of the main thread,
+    # and ``stop.set()`` in it deadlocked when a second SIGTERM (``paykeep serve``'s own,
+    # then the parent-death signal) arrived while the first handler held the event's lock —
+    # the process then outlived its server. The main loop turns the note into ``stop``.
+    signalled: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda signum, _frame: signalled.append(signum))
     runtime = open_runtime(RuntimeConfig.from_env(), migrate=False)
     try:
         threads, _stats = start_workers(runtime, stop, bank_cycle_s=args.bank_cycle)
-        while not stop.wait(1.0):  # wakes for the signal handler's set() at the latest then
-            pass
+        while not signalled:
+            time.sleep(SIGNAL_POLL_S)
+        stop.set()
         deadline = time.monotonic() + STOP_JOIN_S
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
