@@ -25,6 +25,31 @@ from paykeep.gateway.cards.model import (
 )
 
 _meta = sa.MetaData()
+
+
+def _message_table(name: str, owner_column: str) -> sa.Table:
+    """A message trail (append-only): one row per request, answer, timeout or unsent request
+    of the owning row (a payment or a refund), in ``seq`` order."""
+    return sa.Table(
+        name,
+        _meta,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column(owner_column, sa.BigInteger),
+        sa.Column("seq", sa.Integer),
+        sa.Column("direction", sa.String(8)),
+        sa.Column("mti", sa.String(4)),
+        sa.Column("stan", sa.String(6)),
+        sa.Column("transmitted", sa.String(10)),
+        sa.Column("rrn", sa.String(12)),
+        sa.Column("amount_minor", sa.BigInteger),
+        sa.Column("response_code", sa.String(2)),
+        sa.Column("auth_code", sa.String(6)),
+        sa.Column("reply_to_seq", sa.Integer),
+        sa.Column("reverses_seq", sa.Integer),
+        sa.Column("at_ns", sa.BigInteger),
+    )
+
+
 payments = sa.Table(
     "card_payments",
     _meta,
@@ -53,24 +78,7 @@ payments = sa.Table(
     sa.Column("updated_at_ns", sa.BigInteger),
     sa.Column("settlement_reference", sa.String(35)),
 )
-messages = sa.Table(
-    "card_messages",
-    _meta,
-    sa.Column("id", sa.BigInteger, primary_key=True),
-    sa.Column("payment", sa.BigInteger),
-    sa.Column("seq", sa.Integer),
-    sa.Column("direction", sa.String(8)),
-    sa.Column("mti", sa.String(4)),
-    sa.Column("stan", sa.String(6)),
-    sa.Column("transmitted", sa.String(10)),
-    sa.Column("rrn", sa.String(12)),
-    sa.Column("amount_minor", sa.BigInteger),
-    sa.Column("response_code", sa.String(2)),
-    sa.Column("auth_code", sa.String(6)),
-    sa.Column("reply_to_seq", sa.Integer),
-    sa.Column("reverses_seq", sa.Integer),
-    sa.Column("at_ns", sa.BigInteger),
-)
+messages = _message_table("card_messages", "payment")
 
 refunds = sa.Table(
     "card_refunds",
@@ -97,24 +105,7 @@ refunds = sa.Table(
     sa.Column("updated_at_ns", sa.BigInteger),
     sa.Column("settlement_reference", sa.String(35)),
 )
-refund_messages = sa.Table(
-    "card_refund_messages",
-    _meta,
-    sa.Column("id", sa.BigInteger, primary_key=True),
-    sa.Column("refund", sa.BigInteger),
-    sa.Column("seq", sa.Integer),
-    sa.Column("direction", sa.String(8)),
-    sa.Column("mti", sa.String(4)),
-    sa.Column("stan", sa.String(6)),
-    sa.Column("transmitted", sa.String(10)),
-    sa.Column("rrn", sa.String(12)),
-    sa.Column("amount_minor", sa.BigInteger),
-    sa.Column("response_code", sa.String(2)),
-    sa.Column("auth_code", sa.String(6)),
-    sa.Column("reply_to_seq", sa.Integer),
-    sa.Column("reverses_seq", sa.Integer),
-    sa.Column("at_ns", sa.BigInteger),
-)
+refund_messages = _message_table("card_refund_messages", "refund")
 
 
 @dataclass(frozen=True, slots=True)

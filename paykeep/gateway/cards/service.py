@@ -682,20 +682,10 @@ class CardGateway:
         for target in reversal_targets(self._refund_trail(refund)):
             for _attempt in range(self.reversal_attempts):
                 now = self.clock.now_ns()
-                at = ns_to_datetime(now)
                 stan = self.client.next_stan()
-                message = {
-                    "t": "0400",
-                    "3": wire.PROCESSING_REFUND,
-                    "4": f"{target.amount_minor or 0:012d}",
-                    "11": stan,
-                    **transmission_fields(at),
-                    "37": target.rrn or retrieval_reference(at, stan),
-                    "41": refund.terminal_id,
-                    "42": self.acceptor_id,
-                    "49": wire.currency_numeric(refund.currency),
-                    "90": wire.original_data_elements(target.mti, target.stan, target.transmitted),
-                }
+                message = self._reversal_message(
+                    target, wire.PROCESSING_REFUND, refund.terminal_id, refund.currency, stan, now
+                )
                 with self.database.write() as conn:
                     repo = CardRepository(conn)
                     current = repo.get_refund(refund.refund_id)
@@ -1114,6 +1104,31 @@ class CardGateway:
 
     # ------------------------------------------------------------------ reversals
 
+    def _reversal_message(
+        self,
+        target: CardMessage,
+        processing_code: str,
+        terminal_id: str,
+        currency: str,
+        stan: str,
+        now_ns: int,
+    ) -> dict[str, str]:
+        """The 0400 that reverses ``target`` (a payment's request or a refund), naming it in
+        field 90."""
+        at = ns_to_datetime(now_ns)
+        return {
+            "t": "0400",
+            "3": processing_code,
+            "4": f"{target.amount_minor or 0:012d}",
+            "11": stan,
+            **transmission_fields(at),
+            "37": target.rrn or retrieval_reference(at, stan),
+            "41": terminal_id,
+            "42": self.acceptor_id,
+            "49": wire.currency_numeric(currency),
+            "90": wire.original_data_elements(target.mti, target.stan, target.transmitted),
+        }
+
     def _reverse_all(self, payment: StoredPayment) -> CardResult:
         """0400 for every request that may have been applied, newest first, each until its
         0410 or ``reversal_attempts``. All confirmed: REVERSED; else it stays REVERSING."""
@@ -1121,20 +1136,11 @@ class CardGateway:
             for _attempt in range(self.reversal_attempts):
                 payment = self._load(payment.payment_id)
                 now = self.clock.now_ns()
-                at = ns_to_datetime(now)
                 stan = self.client.next_stan()
-                message = {
-                    "t": "0400",
-                    "3": wire.PROCESSING_PURCHASE,
-                    "4": f"{target.amount_minor or 0:012d}",
-                    "11": stan,
-                    **transmission_fields(at),
-                    "37": target.rrn or retrieval_reference(at, stan),
-                    "41": payment.terminal_id,
-                    "42": self.acceptor_id,
-                    "49": wire.currency_numeric(payment.currency),
-                    "90": wire.original_data_elements(target.mti, target.stan, target.transmitted),
-                }
+                message = self._reversal_message(
+                    target, wire.PROCESSING_PURCHASE, payment.terminal_id, payment.currency, stan,
+                    now,
+                )  # fmt: skip
                 with self.database.write() as conn:
                     repo = CardRepository(conn)
                     current = repo.get(payment.payment_id)
