@@ -458,6 +458,16 @@ class PaymentsRepository:
         )  # fmt: skip
         return bool(result.rowcount == 1)
 
+    def delete_buyer_sessions(self, buyer_id: str, session_id: str | None) -> int:
+        """Revoke the session ``session_id`` of ``buyer_id``, or all of the buyer's sessions
+        (``session_id`` None); returns how many went."""
+        sql = "DELETE FROM payments_buyer_sessions WHERE buyer_id = :buyer"
+        params = {"buyer": buyer_id}
+        if session_id is not None:
+            sql += " AND id = :id"
+            params["id"] = session_id
+        return int(self._execute(sql, params).rowcount)
+
     def buyer_session_by_hash(self, token_hash: str) -> BuyerSession | None:
         row = self._one(
             "SELECT id, buyer_id, code_id, expires_at_ns, created_at_ns "

@@ -1041,6 +1041,17 @@ class PaymentsService:
             order = self.order(tx, None, session.order_id)
             return self._require_buyer(tx, order.buyer_id, buyer_session)
 
+    def sign_out_buyer(self, token: str, buyer_session: str | None, *, everywhere: bool) -> int:
+        """The buyer ends their session (``everywhere``: every session they have, e.g. after
+        a code mail was seen by someone else); returns how many sessions ended. Only a live
+        session of the checkout's buyer can do it: anything else is ``401
+        buyer_authentication_required``, like the moves it protects."""
+        with self.transaction() as tx:
+            session = self.session_for_token(tx, token)
+            order = self.order(tx, None, session.order_id)
+            found = self._require_buyer(tx, order.buyer_id, buyer_session)
+            return tx.repo.delete_buyer_sessions(found.buyer_id, None if everywhere else found.id)
+
     # ------------------------------------------------------------------ paying
 
     def _hold(self, tx: Tx, order: Order, funding: str) -> Order:

@@ -45,6 +45,7 @@ that could be a card number from log records, as a second line of defence).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import re
@@ -404,6 +405,7 @@ DONE_WORDS: Final[Mapping[str, str]] = {
     "cancel": "You withdrew your refund request.",
     "return": "Thank you, the return shipment was recorded.",
     "signed_in": "Thank you, you are signed in. You can continue now.",
+    "signed_out": "You are signed out. To act on this order again, we will email you a new code.",
 }
 
 
@@ -856,6 +858,33 @@ class CheckoutPages:
 
         return self.guarded(request, token, "sign_in_verify" if verify else "sign_in", handle)
 
+    def sign_out(
+        self, request: Request, token: str, form: dict[str, str] | PaykeepError
+    ) -> Response:
+        """End the cookie's buyer session and drop the cookie, then 303 back (``back`` as for
+        sign-in). A session already ended (or none) just loses its cookie."""
+
+        def handle(service: PaymentsService) -> Response:
+            check_origin(request.headers, _own_origin(request))
+            if isinstance(form, PaykeepError):
+                raise form
+            check_form_token(form.get(CSRF_FIELD), form_token(service.cipher.lookup, token))
+            # Nothing live to end (already signed out, or expired): the cookie goes all the same.
+            with contextlib.suppress(BuyerAuthenticationRequired):
+                service.sign_out_buyer(
+                    token, request.cookies.get(BUYER_SESSION_COOKIE), everywhere=False
+                )
+            back = "checkout_page" if form.get("back") == "pay" else "checkout_result"
+            target = request.url_for(back, token=token).path
+            redirect = RedirectResponse(f"{target}?done=signed_out", status_code=303)
+            redirect.delete_cookie(
+                BUYER_SESSION_COOKIE, path="/checkout", httponly=True, samesite="strict",
+                secure=request.url.scheme == "https",
+            )  # fmt: skip
+            return _secure(redirect, None)
+
+        return self.guarded(request, token, "sign_out", handle)
+
     # ---- the actions (service calls)
 
     @staticmethod
@@ -951,6 +980,7 @@ def _urls(request: Request, token: str) -> dict[str, str]:
         "refund": "checkout_refund",
         "sign_in": "checkout_sign_in",
         "sign_in_verify": "checkout_sign_in_verify",
+        "sign_out": "checkout_sign_out",
     }
     urls = {key: request.url_for(name, token=token).path for key, name in names.items()}
     # Refund actions: the template appends "<refund id>/<action>".
@@ -1026,6 +1056,11 @@ def checkout_router(payments_provider: Callable[[], PaymentsService]) -> APIRout
 
     sign_in_route("/checkout/{token}/sign-in", "checkout_sign_in", verify=False)
     sign_in_route("/checkout/{token}/sign-in/verify", "checkout_sign_in_verify", verify=True)
+
+    @router.post("/checkout/{token}/sign-out", name="checkout_sign_out", include_in_schema=False)
+    async def sign_out(request: Request, token: str) -> Response:
+        form = await _read_form(request)
+        return await run_in_threadpool(lambda: pages.sign_out(request, token, form))
 
     @router.post(
         "/checkout/{token}/refunds/{refund_id}/{kind}",

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from paykeep.buyer_mailbox import latest_code
+from paykeep.buyer_mailbox import latest_code, sign_in
 from paykeep.payments.buyer_auth import (
     BUYER_CODE_ATTEMPTS_MAX,
     BUYER_CODES_PER_WINDOW_MAX,
@@ -220,6 +220,45 @@ def test_a_session_works_on_every_checkout_of_its_buyer_only(shop: Shop) -> None
         assert confirmed.status_code == 200, confirmed.text
 
 
+def test_the_buyer_signs_out_here_or_everywhere(shop: Shop) -> None:
+    buyer = shop.buyer()
+    order, token = shop.order(buyer["id"], 600)
+    assert shop.pay(token).status_code == 200
+    shop.ship(order["id"])
+
+    def new_session() -> dict[str, str]:
+        return {H: sign_in(shop.buyer_http, shop.server.mail_dir, token, shop.emails[buyer["id"]])}
+
+    def post(path: str, headers: dict[str, str], body: Any = None) -> httpx.Response:
+        return shop.buyer_http.post(f"/v1/checkout/{token}/{path}", headers=headers, json=body)
+
+    first, second = new_session(), new_session()
+    other = shop.buyer()
+    _other_order, other_token = shop.order(other["id"], 100)
+    foreign = shop.as_buyer(other_token)
+    # Neither the token alone nor another buyer's session signs this buyer out.
+    for headers in ({}, foreign, {H: token}, {H: "bs_forged"}):
+        assert_error(post("sign_out", headers), 401, "buyer_authentication_required")
+    ended = post("sign_out", first)
+    assert ended.status_code == 200, ended.text
+    assert ended.json() == {"object": "buyer_sign_out", "sessions_ended": 1}
+    assert_error(post("confirm", first), 401, "buyer_authentication_required")
+    assert_error(post("sign_out", first), 401, "buyer_authentication_required")
+    # `everywhere` ends every session of the buyer, the other buyer's stays.
+    third = new_session()
+    ended = post("sign_out", third, {"everywhere": True})
+    assert ended.json()["sessions_ended"] == 2  # second and third
+    for gone in (second, third):
+        assert_error(post("confirm", gone), 401, "buyer_authentication_required")
+    assert shop.get_order(order["id"])["state"] == "awaiting_receipt"  # nothing moved
+    assert_error(post("sign_out", third, {"everywhere": "yes"}), 400, "parameter_invalid")
+    assert shop.buyer_http.get(f"/v1/checkout/{other_token}").status_code == 200
+    foreign_out = shop.buyer_http.post(f"/v1/checkout/{other_token}/sign_out", headers=foreign)
+    assert foreign_out.json()["sessions_ended"] == 1  # it was still live
+    # Signed in again, the buyer confirms.
+    assert post("confirm", new_session()).status_code == 200
+
+
 def test_openapi_documents_the_requirement(server: ServerProcess) -> None:
     spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     for path in ("/v1/checkout/{token}/confirm", "/v1/checkout/{token}/refunds/{refund_id}/cancel",
@@ -230,6 +269,8 @@ def test_openapi_documents_the_requirement(server: ServerProcess) -> None:
         assert any(p["name"] == BUYER_SESSION_HEADER for p in operation["parameters"])
     assert "/v1/checkout/{token}/sign_in" in spec["paths"]
     assert "/v1/checkout/{token}/sign_in/verify" in spec["paths"]
+    sign_out = spec["paths"]["/v1/checkout/{token}/sign_out"]["post"]
+    assert "401" in sign_out["responses"]
 
 
 # -- a server whose codes live one second ------------------------------------------------------

@@ -10,10 +10,12 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 
 from paykeep.clock import FakeClock, SystemClock
 from paykeep.limits import CARD_REFUND_ATTEMPTS_MAX
+from paykeep.payments.errors import BuyerAuthenticationRequired
 from paykeep.payments.model import NS_PER_S, RefundAction
 from paykeep.payments.service import CHECKOUT_SESSION_TTL_S, PaymentsService
 from paykeep.web.checkout import CARD_ATTEMPTS_MAX, CSRF_PURPOSE
@@ -529,6 +531,34 @@ def test_sign_in_form_words_and_cookie(shop: Shop, visit: Visit) -> None:
     for html in visit.html:
         assert code not in html and str(cookie["value"]) not in html
     assert code not in shop.server.log() and shop.emails[buyer] not in shop.server.log()
+
+
+def test_sign_out_ends_the_session_and_drops_the_cookie(shop: Shop, visit: Visit) -> None:
+    merchant = shop.new_merchant()
+    buyer = shop.new_buyer(merchant)
+    order_id, token = shop.new_order(merchant, buyer)
+    pay_directly(shop, token)
+    with shop.service.transaction() as tx:
+        shop.service.ship(tx, merchant, order_id, "dhl", "JD0005556667")
+    page = visit.page
+    page.goto(shop.url(token))
+    page.get_by_role("button", name="Email me a code").click()
+    page.wait_for_url("**signin=sent**")
+    page.get_by_label("Code from the email").fill(shop.code_for(buyer))
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**done=signed_in")
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "paykeep_buyer_session"]
+    session = str(cookie["value"])
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**done=signed_out")
+    expect(page.get_by_text("You are signed out.")).to_have_count(1)
+    assert [c for c in page.context.cookies() if c["name"] == "paykeep_buyer_session"] == []
+    expect(page.get_by_role("button", name="I received my order")).to_have_count(0)
+    expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+    # The session itself has ended, not only the cookie: it no longer proves the buyer.
+    with pytest.raises(BuyerAuthenticationRequired):
+        shop.service.check_buyer_session(token, session)
+    assert shop.order_state(order_id) == "awaiting_receipt"
 
 
 def test_the_merchant_with_the_link_cannot_confirm_on_the_page(shop: Shop) -> None:

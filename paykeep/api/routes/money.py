@@ -226,6 +226,16 @@ class PayByBankTransfer(BaseModel):
 PayIn = Annotated[PayByCard | PayFromWallet | PayByBankTransfer, Field(discriminator="method")]
 
 
+class SignOutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    everywhere: StrictBool = Field(
+        False,
+        description="End every session of this buyer, not only the one in the header "
+        "(e.g. after the code mail was seen by someone else).",
+    )
+
+
 class VerifyCodeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -538,6 +548,35 @@ def verify_sign_in(
         return 200, shown, json_bytes({**document, "buyer_session": None})
 
     request = _buyer_request(runtime, idem, session, "sign_in/verify")
+    return _run_once(runtime, _buyer_principal(session), request, effect)
+
+
+@router.post(
+    "/v1/checkout/{token}/sign_out",
+    tags=["checkout"],
+    summary="End the buyer's session (or, with `everywhere`, all of the buyer's sessions).",
+    description="No API key. The session in the `Paykeep-Buyer-Session` header must be a live "
+    "one of this checkout's buyer; afterwards it (or every session of the buyer) no longer "
+    "works. Otherwise `401 buyer_authentication_required` and nothing changes.",
+    responses={**_BUYER_AUTH_REQUIRED, **_NOT_FOUND},
+)
+def sign_out(
+    token: TokenPath,
+    runtime: RuntimeDep,
+    idem: IdempotencyMeta,
+    body: Annotated[SignOutIn | None, Body()] = None,
+    buyer_session: BuyerSessionHeader = None,
+) -> Response:
+    session = _session(runtime, token)
+    _require_buyer_session(runtime, token, buyer_session)
+    everywhere = body.everywhere if body is not None else False
+
+    def effect() -> tuple[int, bytes, bytes]:
+        ended = runtime.payments.sign_out_buyer(token, buyer_session, everywhere=everywhere)
+        document = json_bytes({"object": "buyer_sign_out", "sessions_ended": ended})
+        return 200, document, document
+
+    request = _buyer_request(runtime, idem, session, "sign_out")
     return _run_once(runtime, _buyer_principal(session), request, effect)
 
 
