@@ -12,9 +12,9 @@ transfer id fixed when the payment was created, so a repeated posting is a no-op
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -79,6 +79,16 @@ if TYPE_CHECKING:
     from paykeep.gateway.statements.service import StatementService
 
 log = logging.getLogger("paykeep.gateway.cards")
+
+
+class _HasTrail(Protocol):
+    """A row with a message trail (a card payment or a refund)."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+
+_Trailed = TypeVar("_Trailed", bound=_HasTrail)
 
 S = CardPaymentState
 R = CardRefundState
@@ -679,36 +689,14 @@ class CardGateway:
         """0400 for a refund that may have been applied, until its 0410 or
         ``reversal_attempts``: confirmed, REVERSED (the card's credit taken back, nothing moved
         in the ledger); else it stays REVERSING for the recovery sweep."""
-        for target in reversal_targets(self._refund_trail(refund)):
-            for _attempt in range(self.reversal_attempts):
-                now = self.clock.now_ns()
-                stan = self.client.next_stan()
-                message = self._reversal_message(
-                    target, wire.PROCESSING_REFUND, refund.terminal_id, refund.currency, stan, now
-                )
-                with self.database.write() as conn:
-                    repo = CardRepository(conn)
-                    current = repo.get_refund(refund.refund_id)
-                    assert current is not None
-                    seq = current.last_seq + 1
-                    repo.add_refund_message(
-                        current,
-                        CardMessage(seq, Direction.OUT, "0400", stan, message["7"],
-                                    message["37"], target.amount_minor, None, None, None,
-                                    target.seq, now),
-                    )  # fmt: skip
-                try:
-                    response = self.client.call(message, self.reversal_timeout_s)
-                except CardNetworkUnavailable:
-                    self._record_refund(refund, seq, Direction.UNSENT, message)
-                    break  # the link is down: the recovery sweep retries
-                except CardResponseTimeout:
-                    self._record_refund(refund, seq, Direction.TIMEOUT, message)
-                    continue
-                code = response.get("39", "")
-                self._record_refund(refund, seq, Direction.IN, message, code)
-                if code == APPROVED_CODE:
-                    break
+        self._send_reversals(
+            reversal_targets(self._refund_trail(refund)),
+            wire.PROCESSING_REFUND, refund.terminal_id, refund.currency,
+            lambda repo: repo.get_refund(refund.refund_id), CardRepository.add_refund_message,
+            lambda seq, direction, message, code: self._record_refund(
+                refund, seq, direction, message, code
+            ),
+        )  # fmt: skip
         refund = self._load_refund(refund.refund_id)
         if reversal_targets(self._refund_trail(refund)):
             return self._refund_result(refund)
@@ -1129,24 +1117,35 @@ class CardGateway:
             "90": wire.original_data_elements(target.mti, target.stan, target.transmitted),
         }
 
-    def _reverse_all(self, payment: StoredPayment) -> CardResult:
-        """0400 for every request that may have been applied, newest first, each until its
-        0410 or ``reversal_attempts``. All confirmed: REVERSED; else it stays REVERSING."""
-        for target in reversal_targets(self._messages(payment)):
+    def _send_reversals(
+        self,
+        targets: list[CardMessage],
+        processing_code: str,
+        terminal_id: str,
+        currency: str,
+        load: Callable[[CardRepository], _Trailed | None],
+        append: Callable[[CardRepository, _Trailed, CardMessage], None],
+        record: Callable[[int, Direction, Mapping[str, str], str | None], object],
+    ) -> None:
+        """A 0400 for each of ``targets`` (newest first), each until its 0410 or
+        ``reversal_attempts``; shared by payments and refunds, whose trails differ only in
+        their tables (``load`` the owner, ``append`` to its trail, ``record`` an outcome).
+        Every 0400 is in the trail before it is sent; a link that is down ends a target's
+        attempts (the recovery sweep retries)."""
+        for target in targets:
             for _attempt in range(self.reversal_attempts):
-                payment = self._load(payment.payment_id)
                 now = self.clock.now_ns()
                 stan = self.client.next_stan()
                 message = self._reversal_message(
-                    target, wire.PROCESSING_PURCHASE, payment.terminal_id, payment.currency, stan,
-                    now,
-                )  # fmt: skip
+                    target, processing_code, terminal_id, currency, stan, now
+                )
                 with self.database.write() as conn:
                     repo = CardRepository(conn)
-                    current = repo.get(payment.payment_id)
+                    current = load(repo)
                     assert current is not None
                     seq = current.last_seq + 1
-                    repo.add_message(
+                    append(
+                        repo,
                         current,
                         CardMessage(seq, Direction.OUT, "0400", stan, message["7"],
                                     message["37"], target.amount_minor, None, None, None,
@@ -1155,15 +1154,27 @@ class CardGateway:
                 try:
                     response = self.client.call(message, self.reversal_timeout_s)
                 except CardNetworkUnavailable:
-                    self._record(payment, seq, Direction.UNSENT, message)
-                    break  # the link is down: leave the rest to the recovery sweep
+                    record(seq, Direction.UNSENT, message, None)
+                    break
                 except CardResponseTimeout:
-                    self._record(payment, seq, Direction.TIMEOUT, message)
+                    record(seq, Direction.TIMEOUT, message, None)
                     continue
                 code = response.get("39", "")
-                self._record(payment, seq, Direction.IN, message, code)
+                record(seq, Direction.IN, message, code)
                 if code == APPROVED_CODE:
                     break
+
+    def _reverse_all(self, payment: StoredPayment) -> CardResult:
+        """0400 for every request that may have been applied, newest first, each until its
+        0410 or ``reversal_attempts``. All confirmed: REVERSED; else it stays REVERSING."""
+        self._send_reversals(
+            reversal_targets(self._messages(payment)),
+            wire.PROCESSING_PURCHASE, payment.terminal_id, payment.currency,
+            lambda repo: repo.get(payment.payment_id), CardRepository.add_message,
+            lambda seq, direction, message, code: self._record(
+                payment, seq, direction, message, code
+            ),
+        )  # fmt: skip
         payment = self._load(payment.payment_id)
         if reversal_targets(self._messages(payment)):
             return self._result(payment)
