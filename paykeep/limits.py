@@ -69,6 +69,8 @@ CARD_RECOVERY_MIN_AGE_S: Final = 2 * CARD_CALL_TIMEOUT_S
 #: after the last, the money stays in the buyer's wallet and an event says so.
 CARD_REFUND_BATCH: Final = 100
 CARD_REFUND_ATTEMPTS_MAX: Final = 3
+#: Times an operator may send a failed card refund again (each a new round of attempts).
+CARD_REFUND_RETRIES_MAX: Final = 5
 #: Vault: PAN lengths (ISO/IEC 7812), keys (AES-256-GCM, HMAC-SHA256), tokens re-encrypted per
 #: rotation batch.
 PAN_LENGTH_MIN: Final = 12

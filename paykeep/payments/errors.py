@@ -53,6 +53,12 @@ class CheckoutSessionExpired(Conflict):
     code = "checkout_session_expired"
 
 
+class CardRefundRetriesExhausted(Conflict):
+    """A failed card refund was sent again as often as an operator may (``limits``)."""
+
+    code = "card_refund_retries_exhausted"
+
+
 class PayoutNotAllowed(Conflict):
     code = "payout_not_allowed"
 

@@ -271,6 +271,10 @@ class CardRefund:
     failure_reason: str | None
     created_at_ns: int
     updated_at_ns: int
+    #: Where the current round of attempts ends (an operator's retry starts a new round).
+    attempts_max: int = 3
+    #: How many times an operator sent it again after it failed.
+    retries: int = 0
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -286,6 +290,7 @@ class CardRefund:
             "last4": self.card_last4,
             "response_code": self.response_code,
             "failure_reason": self.failure_reason,
+            "retries": self.retries,
             "created": _s(self.created_at_ns),
             "updated": _s(self.updated_at_ns),
         }

@@ -75,7 +75,7 @@ REFUND_COLUMNS = (
 CARD_REFUND_COLUMNS = (
     "id, order_id, refund_id, merchant_id, buyer_id, card_payment_id, amount_minor, currency, "
     "state, attempts, reservation_transfer_id, card_brand, card_last4, response_code, "
-    "failure_reason, created_at_ns, updated_at_ns"
+    "failure_reason, created_at_ns, updated_at_ns, attempts_max, retries"
 )
 DISPUTE_COLUMNS = (
     "id, order_id, refund_id, merchant_id, state, reason, buyer_share_minor, "
@@ -119,7 +119,7 @@ def _refund(r: Sequence[Any]) -> Refund:
 def _card_refund(r: Sequence[Any]) -> CardRefund:
     return CardRefund(
         r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], int(r[9]), int(r[10]),
-        r[11], r[12], r[13], r[14], int(r[15]), int(r[16]),
+        r[11], r[12], r[13], r[14], int(r[15]), int(r[16]), int(r[17]), int(r[18]),
     )  # fmt: skip
 
 

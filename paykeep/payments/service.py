@@ -68,6 +68,7 @@ from paykeep.payments.errors import (
     BuyerCodeExpired,
     BuyerCodeInvalid,
     BuyerCodeRateLimited,
+    CardRefundRetriesExhausted,
     CheckoutSessionExpired,
     ConcurrentUpdate,
     IllegalTransition,
@@ -1052,6 +1053,14 @@ class PaymentsService:
             found = self._require_buyer(tx, order.buyer_id, buyer_session)
             return tx.repo.delete_buyer_sessions(found.buyer_id, None if everywhere else found.id)
 
+    def end_buyer_sessions(self, tx: Tx, buyer_id: str) -> int:
+        """The operator ends every session of a buyer (a mailbox reported compromised, a
+        support case): the buyer must sign in again with a new code. Returns how many ended.
+        Not the merchant's move: ending sessions again and again would let a merchant keep its
+        buyer from confirming receipt or withdrawing a refund request."""
+        buyer = self.buyer(tx, None, buyer_id)
+        return tx.repo.delete_buyer_sessions(buyer.id, None)
+
     # ------------------------------------------------------------------ paying
 
     def _hold(self, tx: Tx, order: Order, funding: str) -> Order:
@@ -1342,11 +1351,12 @@ class PaymentsService:
         # wallet, so the hold's card is the oldest.
         card_payment = min(paid, key=lambda p: (p.created_at_ns, p.id))
         intent_id = self.new_id("crf")
-        reservation = derived_id("card-refund-hold", intent_id)
+        reservation = _card_refund_reservation_id(intent_id, 0)
         intent = CardRefund(
             intent_id, order.id, refund_id, order.merchant_id, order.buyer_id, card_payment.id,
             amount, order.currency, "pending", 1, reservation, card_payment.card_brand,
             card_payment.card_last4, None, None, tx.now_ns, tx.now_ns,
+            limits.CARD_REFUND_ATTEMPTS_MAX, 0,
         )  # fmt: skip
         tx.repo.insert(
             "payments_card_refunds",
@@ -1364,6 +1374,7 @@ class PaymentsService:
                 "reservation_transfer_id": intent.reservation_transfer_id,
                 "card_brand": intent.card_brand,
                 "card_last4": intent.card_last4,
+                "attempts_max": intent.attempts_max,
                 "created_at_ns": tx.now_ns,
                 "updated_at_ns": tx.now_ns,
             },
@@ -1437,7 +1448,7 @@ class PaymentsService:
             elif result.outcome is CardOutcome.DECLINED:
                 self._finish_card_refund(intent, "failed", result.response_code, "declined")
                 counts["failed"] = counts.get("failed", 0) + 1
-            elif intent.attempts < limits.CARD_REFUND_ATTEMPTS_MAX:
+            elif intent.attempts < intent.attempts_max:
                 # Unavailable, or timed out and reversed: nothing applied; another attempt
                 # (a new gateway refund id) on the next pass.
                 with self.transaction() as tx:
@@ -1466,10 +1477,11 @@ class PaymentsService:
                     tx,
                     [
                         NewTransfer(
-                            id=derived_id("card-refund-void", intent.id),
-                            pending_id=intent.reservation_transfer_id,
+                            id=_card_refund_void_id(current.id, current.retries),
+                            pending_id=current.reservation_transfer_id,
                             flags=int(TransferFlags.VOID_PENDING),
-                            reference=f"card-refund:{intent.id}:void",
+                            reference=f"card-refund:{intent.id}:void"
+                            + _round_suffix(current.retries),
                         )
                     ],
                 )
@@ -1483,6 +1495,83 @@ class PaymentsService:
             assert done is not None
             kind = "succeeded" if state == "succeeded" else "failed"
             self._event(tx, intent.merchant_id, f"refund.card_refund_{kind}", done.to_api())
+
+    def retry_card_refund(self, tx: Tx, card_refund_id: str, operator_key: str) -> CardRefund:
+        """The operator sends a failed card refund again (the buyer's card was blocked and is
+        now reissued, the network was down for longer than the attempts lasted, ...): the
+        money, which went back to the buyer's wallet when it failed, is reserved again in
+        this transaction and a new round of ``CARD_REFUND_ATTEMPTS_MAX`` attempts starts on
+        the next worker pass. If the buyer has spent it meanwhile, ``insufficient_funds``
+        and nothing changes. At most ``CARD_REFUND_RETRIES_MAX`` retries per card refund."""
+        intent = tx.repo.card_refund(card_refund_id, lock=True)
+        if intent is None:
+            raise ResourceMissing(f"no card refund {card_refund_id!r}", param="card_refund")
+        if intent.state != "failed":
+            raise IllegalTransition(
+                f"this card refund is {intent.state}; only a failed one can be sent again",
+                param="card_refund",
+            )
+        if intent.retries >= limits.CARD_REFUND_RETRIES_MAX:
+            raise CardRefundRetriesExhausted(
+                f"this card refund was already sent again {intent.retries} times",
+                param="card_refund",
+            )
+        retries = intent.retries + 1
+        reservation = _card_refund_reservation_id(intent.id, retries)
+        self._transfers(
+            tx,
+            [
+                NewTransfer(
+                    id=reservation,
+                    debit_account_id=account_id(wallet_name(intent.buyer_id, intent.currency)),
+                    credit_account_id=self._card_clearing_id(),
+                    amount_minor=intent.amount_minor,
+                    currency=intent.currency,
+                    code=CARD_REFUND_HOLD_CODE,
+                    flags=int(TransferFlags.PENDING),
+                    reference=f"card-refund:{intent.id}:hold{_round_suffix(retries)}",
+                )
+            ],
+        )
+        # The next attempt has a new gateway refund id (``<id>-<attempts>``), so the gateway
+        # treats it as a new refund; the network still bounds the card's refunds by its sale.
+        attempts = intent.attempts + 1
+        changed = tx.conn.execute(
+            _q_card_refund_retried,
+            {
+                "id": intent.id,
+                "attempts": attempts,
+                "attempts_max": intent.attempts + limits.CARD_REFUND_ATTEMPTS_MAX,
+                "retries": retries,
+                "by": operator_key,
+                "reservation": reservation,
+                "now": tx.now_ns,
+            },
+        ).rowcount
+        if changed != 1:  # the row is locked on PostgreSQL; SQLite has one writer
+            raise ConcurrentUpdate("the card refund changed meanwhile; retry")
+        done = tx.repo.card_refund(intent.id)
+        assert done is not None
+        self._event(tx, intent.merchant_id, "refund.card_refund_retried", done.to_api())
+        return done
+
+    def _card_clearing_id(self) -> int:
+        if self.cards is None:
+            raise PaymentMethodUnavailable("card payments are not configured", param="card")
+        return self.cards.clearing_account_id()
+
+    def card_refunds(
+        self, tx: Tx, scope: str | None, limit: int, starting_after: str | None,
+        *, order_id: str | None = None, state: str | None = None,
+    ) -> list[CardRefund]:  # fmt: skip
+        where: dict[str, Any] = {}
+        if scope is not None:
+            where["merchant_id"] = scope
+        if order_id is not None:
+            where["order_id"] = order_id
+        if state is not None:
+            where["state"] = state
+        return tx.repo.card_refunds(where, limit, starting_after)
 
     def settle_bank_transfers(self, limit: int = TIMER_SWEEP_BATCH) -> int:
         """Orders waiting for a bank transfer are paid from the wallet once the statement
@@ -2252,6 +2341,22 @@ def _release_transfers(order: Order, release: Release) -> list[NewTransfer]:
     ]
 
 
+def _round_suffix(retries: int) -> str:
+    """What tells a card refund's rounds apart in its ledger ids and references: nothing for
+    the first (its ids are what they always were), ``:retry:<n>`` for the n-th retry."""
+    return "" if retries == 0 else f":retry:{retries}"
+
+
+def _card_refund_reservation_id(card_refund_id: str, retries: int) -> int:
+    """The pending transfer that reserves a card refund's money, one per round."""
+    return derived_id("card-refund-hold", card_refund_id + _round_suffix(retries))
+
+
+def _card_refund_void_id(card_refund_id: str, retries: int) -> int:
+    """The void of a round's reservation when that round fails (one per round, like it)."""
+    return derived_id("card-refund-void", card_refund_id + _round_suffix(retries))
+
+
 def _check_iban(iban: str) -> str:
     """The payout IBAN, checked and compacted as the payout files will need it."""
     from paykeep.gateway.payouts.errors import PayoutIbanInvalid
@@ -2304,6 +2409,12 @@ _q_card_in_flight = sa.text(
 _q_card_refund_retry = sa.text(
     "UPDATE payments_card_refunds SET attempts = attempts + 1, updated_at_ns = :now "
     "WHERE id = :id AND state = 'pending' AND attempts = :attempts"
+)
+_q_card_refund_retried = sa.text(
+    "UPDATE payments_card_refunds SET state = 'pending', attempts = :attempts, "
+    "attempts_max = :attempts_max, retries = :retries, retried_by = :by, "
+    "reservation_transfer_id = :reservation, response_code = NULL, failure_reason = NULL, "
+    "updated_at_ns = :now WHERE id = :id AND state = 'failed'"
 )
 _q_topup_seen = sa.text("SELECT 1 FROM payments_topups WHERE statement_row_id = :r AND line = :l")
 _q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")

@@ -299,3 +299,35 @@ def test_an_expired_code_is_refused(quick_codes: ServerProcess) -> None:
         assert_error(late, 400, "buyer_code_expired")
     finally:
         shop.close()
+
+
+def test_the_operator_ends_a_buyers_sessions(shop: Shop) -> None:
+    buyer = shop.buyer()
+    order, token = shop.order(buyer["id"], 700)
+    assert shop.pay(token).status_code == 200
+    shop.ship(order["id"])
+
+    def new_session() -> dict[str, str]:
+        return {H: sign_in(shop.buyer_http, shop.server.mail_dir, token, shop.emails[buyer["id"]])}
+
+    sessions = [new_session(), new_session()]
+    other = shop.buyer()
+    _other_order, other_token = shop.order(other["id"], 100)
+    others = shop.as_buyer(other_token)
+    path = f"/v1/buyers/{buyer['id']}/sessions/end"
+    # Not the merchant's move (it could keep its buyer from ever confirming).
+    assert_error(shop.http.post(path), 403, "operator_only")
+    ended = shop.operator.post(path, headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert ended.status_code == 200, ended.text
+    assert ended.json() == {"object": "buyer_sessions_ended", "buyer": buyer["id"], "ended": 2}
+    assert shop.operator.post(path).json()["ended"] == 0  # none left to end
+    for gone in sessions:
+        assert_error(shop.confirm(token, headers=gone), 401, "buyer_authentication_required")
+    assert shop.get_order(order["id"])["state"] == "awaiting_receipt"  # nothing moved
+    # Another buyer's session is untouched.
+    signed_out = shop.buyer_http.post(f"/v1/checkout/{other_token}/sign_out", headers=others)
+    assert signed_out.json()["sessions_ended"] == 1
+    assert_error(shop.operator.post("/v1/buyers/buy_unknown/sessions/end"), 404,
+                 "resource_missing")  # fmt: skip
+    # Signed in again with a new code, the buyer confirms.
+    assert shop.confirm(token, headers=new_session()).status_code == 200

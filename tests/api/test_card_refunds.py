@@ -19,7 +19,13 @@ from paykeep.config import Settings
 from paykeep.db import open_database
 from paykeep.ledger.audit import verify
 from paykeep.ledger.service import Ledger
-from tests.api.test_money_routes import Shop, card, pay_by_bank_transfer, wait_for
+from tests.api.test_money_routes import (
+    Shop,
+    assert_error,
+    card,
+    pay_by_bank_transfer,
+    wait_for,
+)
 from tests.serverproc import ServerProcess
 
 
@@ -181,3 +187,53 @@ def test_the_books_balance_and_card_clearing_empties_with_settlement(shop: Shop)
         wait_for("clearing:card to return to zero", clearing_empty, timeout_s=30)
     finally:
         database.dispose()
+
+
+def test_the_operator_sends_a_failed_card_refund_again(shop: Shop) -> None:
+    pan, token = issuer_card(shop.server)
+    buyer = shop.buyer()["id"]
+    order, session = shop.order(buyer, 1_400)
+    assert shop.pay(session, card(pan)).status_code == 200
+    rule = {"kind": "unavailable", "card": token, "mtis": ["0200"]}
+    faults = f"{shop.server.info['banksim_url']}/faults/cards"
+    httpx.post(faults, json={"faults": [rule], "mode": "append"}, timeout=10).raise_for_status()
+    refund = shop.http.post(f"/v1/orders/{order['id']}/refunds", json={}).json()
+    settled_refund(shop, refund["id"], "failed")
+    # The merchant finds it among its card refunds; another merchant cannot see it.
+    listed = shop.http.get("/v1/card_refunds", params={"order": order["id"]}).json()
+    [failed] = listed["data"]
+    assert (failed["object"], failed["status"], failed["refund"]) == (
+        "card_refund", "failed", refund["id"])  # fmt: skip
+    assert (failed["amount_minor"], failed["last4"], failed["retries"]) == (1_400, pan[-4:], 0)
+    assert failed["id"] in {
+        r["id"]
+        for r in shop.http.get("/v1/card_refunds", params={"state": "failed"}).json()["data"]
+    }
+    path = f"/v1/card_refunds/{failed['id']}"
+    assert shop.http.get(path).json() == failed
+    stranger = Shop.open(shop.server)
+    try:
+        assert_error(stranger.http.get(path), 404, "resource_missing")
+        assert stranger.http.get("/v1/card_refunds", params={"order": order["id"]}).json()[
+            "data"] == []  # fmt: skip
+    finally:
+        stranger.close()
+    # Sending it again is the operator's decision, not the merchant's.
+    assert_error(shop.http.post(f"{path}/retry"), 403, "operator_only")
+    httpx.post(faults, json={"faults": []}, timeout=10).raise_for_status()  # the issuer is back
+    key = {"Idempotency-Key": secrets.token_hex(8)}
+    retried = shop.operator.post(f"{path}/retry", headers=key)
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["status"], retried.json()["retries"]) == ("pending", 1)
+    replayed = shop.operator.post(f"{path}/retry", headers=key)  # a retried request: same answer
+    assert replayed.json() == retried.json()
+    done = settled_refund(shop, refund["id"])
+    assert done["destination"] == "card"
+    view = issuer_view(shop.server, token)
+    assert (view["balance_minor"], view["refunded_minor"]) == (100_000, 1_400)
+    assert shop.wallet(buyer) == (0, 0)
+    # Succeeded: nothing left to send again.
+    assert_error(shop.operator.post(f"{path}/retry"), 409, "illegal_transition")
+    types = [e["type"] for e in shop.http.get("/v1/events", params={"limit": 100}).json()["data"]
+             if e["data"]["object"].get("id") == failed["id"]]  # fmt: skip
+    assert types.count("refund.card_refund_retried") == 1

@@ -21,9 +21,14 @@ from paykeep.gateway.cards.service import CardGateway
 from paykeep.gateway.vault.keys import VaultKeys
 from paykeep.gateway.vault.service import CardVault
 from paykeep.ledger.service import Ledger
-from paykeep.limits import CARD_REFUND_ATTEMPTS_MAX
+from paykeep.limits import CARD_REFUND_ATTEMPTS_MAX, CARD_REFUND_RETRIES_MAX
 from paykeep.mail import DirectoryMailer
-from paykeep.payments.errors import InsufficientFunds
+from paykeep.payments.errors import (
+    CardRefundRetriesExhausted,
+    IllegalTransition,
+    InsufficientFunds,
+    ResourceMissing,
+)
 from paykeep.payments.model import TimerSettings
 from paykeep.payments.records import Buyer, Merchant, Order
 from paykeep.payments.service import PaymentsService
@@ -269,3 +274,88 @@ def test_money_is_conserved_across_card_sales_and_refunds(cw: CardWorld) -> None
     assert (debits, credits) == (4_200, 2_000 + 500 + 700)
     assert w.wallet(buyer) == (0, 400)
     assert_books_balance(w.database)
+
+
+def _failed_card_refund(cw: CardWorld, amount: int) -> tuple[Merchant, Buyer, Order, str, str]:
+    """A card-paid order refunded while the issuer is unavailable for its card, so the card
+    refund failed after its attempts: (merchant, buyer, order, card refund id, banksim token). The
+    fault stays on; the caller clears it with ``cw.faults()``."""
+    w = cw.world
+    merchant = w.merchant()
+    buyer = w.buyer(merchant)
+    pan, token = cw.card()
+    order = cw.card_order(merchant, buyer, pan, amount)
+    cw.faults({"kind": "unavailable", "card": token, "mtis": ["0200"]})
+    with cw.svc.transaction() as tx:
+        cw.svc.refund(tx, merchant.id, order.id, None)
+    for _ in range(CARD_REFUND_ATTEMPTS_MAX):
+        cw.svc.send_card_refunds()
+    with cw.svc.reading() as tx:
+        (intent,) = tx.repo.card_refunds({"order_id": order.id}, 1, None)
+    assert intent.state == "failed"
+    assert w.wallet(buyer) == (amount, 0)
+    return merchant, buyer, order, intent.id, token
+
+
+def test_an_operator_sends_a_failed_card_refund_again(cw: CardWorld) -> None:
+    w = cw.world
+    _merchant, buyer, order, intent_id, token = _failed_card_refund(cw, 650)
+    cw.faults()  # the issuer is back
+    seq = w.last_seq()
+    with cw.svc.transaction() as tx:
+        retried = cw.svc.retry_card_refund(tx, intent_id, "key_operator")
+    assert (retried.state, retried.retries, retried.attempts) == ("pending", 1, 4)
+    assert retried.attempts_max == 3 + CARD_REFUND_ATTEMPTS_MAX
+    # Reserved again at once: the buyer cannot spend it while it is on its way.
+    assert w.wallet(buyer) == (0, 650)
+    assert cw.svc.send_card_refunds() == {"succeeded": 1}
+    assert cw.card_refund_rows(order) == [("succeeded", 650, 4, retried.refund_id)]
+    view = cw.issuer(token)
+    assert (view["balance_minor"], view["refunded_minor"]) == (100_000, 650)
+    assert w.wallet(buyer) == (0, 0)
+    assert w.event_types_since(seq) == [
+        "refund.card_refund_retried", "refund.card_refund_succeeded"]  # fmt: skip
+    with cw.svc.reading() as tx:
+        stored = cw.svc.refund_record(tx, None, str(retried.refund_id)).to_api()
+    assert (stored["destination"], stored["card_refund"]["status"]) == ("card", "succeeded")
+    # Only a failed card refund can be sent again.
+    with pytest.raises(IllegalTransition), cw.svc.transaction() as tx:
+        cw.svc.retry_card_refund(tx, intent_id, "key_operator")
+
+
+def test_a_retry_finds_the_money_spent_and_changes_nothing(cw: CardWorld) -> None:
+    w = cw.world
+    merchant, buyer, _order, intent_id, _token = _failed_card_refund(cw, 500)
+    cw.faults()
+    _other, other_token = w.order(merchant, buyer, 500)
+    with cw.svc.transaction() as tx:  # the buyer spends the wallet money on another order
+        cw.svc.pay_from_wallet(tx, other_token, w.bs(other_token))
+    seq = w.last_seq()
+    with pytest.raises(InsufficientFunds), cw.svc.transaction() as tx:
+        cw.svc.retry_card_refund(tx, intent_id, "key_operator")
+    with cw.svc.reading() as tx:
+        intent = cw.svc.card_refund(tx, None, intent_id)
+    assert (intent.state, intent.retries, intent.attempts) == ("failed", 0, 3)
+    assert w.event_types_since(seq) == []
+    assert cw.svc.send_card_refunds() == {}
+
+
+def test_each_round_voids_its_own_reservation_and_retries_are_bounded(cw: CardWorld) -> None:
+    """With the issuer still down, every retried round fails and returns the money to the
+    wallet again (each round's reservation voided under its own id), until the limit."""
+    w = cw.world
+    _merchant, buyer, order, intent_id, _token = _failed_card_refund(cw, 300)
+    for round_ in range(1, CARD_REFUND_RETRIES_MAX + 1):
+        with cw.svc.transaction() as tx:
+            cw.svc.retry_card_refund(tx, intent_id, "key_operator")
+        assert w.wallet(buyer) == (0, 300)
+        for _ in range(CARD_REFUND_ATTEMPTS_MAX - 1):
+            assert cw.svc.send_card_refunds() == {"retry": 1}
+        assert cw.svc.send_card_refunds() == {"failed": 1}
+        assert w.wallet(buyer) == (300, 0)
+        attempts = (round_ + 1) * CARD_REFUND_ATTEMPTS_MAX
+        assert cw.card_refund_rows(order)[0][:3] == ("failed", 300, attempts)
+    with pytest.raises(CardRefundRetriesExhausted), cw.svc.transaction() as tx:
+        cw.svc.retry_card_refund(tx, intent_id, "key_operator")
+    with pytest.raises(ResourceMissing), cw.svc.transaction() as tx:
+        cw.svc.retry_card_refund(tx, "crf_unknown", "key_operator")

@@ -701,6 +701,29 @@ def get_buyer(buyer_id: ObjectId, principal: CurrentPrincipal, runtime: RuntimeD
     return _json(200, _read(runtime, lambda tx: payments.buyer(tx, scope, buyer_id)).to_api())
 
 
+@router.post(
+    "/v1/buyers/{buyer_id}/sessions/end", tags=["buyers"],
+    summary="End every sign-in session of a buyer (operator).",
+    description=(
+        "The buyer must sign in again with a new emailed code before paying from their "
+        "wallet, confirming receipt or withdrawing a refund request — e.g. after they "
+        "reported their mailbox compromised. `ended` is how many sessions ended (0 when "
+        "there were none). Merchants cannot do this: ending sessions again and again would "
+        "keep a buyer from confirming receipt."
+    ),
+)  # fmt: skip
+def end_buyer_sessions(
+    buyer_id: ObjectId, principal: OperatorPrincipal, idem: IdempotencyMeta, runtime: RuntimeDep
+) -> Response:
+    payments = runtime.payments
+
+    def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
+        ended = payments.end_buyer_sessions(tx, buyer_id)
+        return 200, {"object": "buyer_sessions_ended", "buyer": buyer_id, "ended": ended}
+
+    return idempotent_response(payments.transaction, principal, idem, operation)
+
+
 # -- orders ---------------------------------------------------------------------------------
 
 

@@ -937,6 +937,75 @@ def get_refund(refund_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeD
     return _ok(refund.to_api())
 
 
+# -- card refunds ----------------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/card_refunds",
+    tags=["refunds"],
+    summary="Refunds to the card, newest first.",
+    description="Money of a card-paid order that a refund (or the unshipped-order timer) "
+    "returned, on its way back to the card that paid: `pending`, `succeeded` or `failed` (the "
+    "money then stays in the buyer's wallet; the operator may send it again).",
+)
+def list_card_refunds(
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    page: Page,
+    order: Annotated[
+        str | None,
+        Query(max_length=ID_MAX_LENGTH, pattern=CURSOR_PATTERN, description="An order id."),
+    ] = None,
+    state: Annotated[Literal["pending", "succeeded", "failed"] | None, Query()] = None,
+) -> Response:
+    payments = runtime.payments
+    with payments.reading() as tx:
+        rows = payments.card_refunds(
+            tx, owner_filter(principal), page.fetch, page.starting_after,
+            order_id=order, state=state,
+        )  # fmt: skip
+    return page_response(page, rows, lambda r: r.to_api())
+
+
+@router.get(
+    "/v1/card_refunds/{card_refund_id}",
+    tags=["refunds"],
+    summary="One refund to the card.",
+    responses=_NOT_FOUND,
+)
+def get_card_refund(
+    card_refund_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> Response:
+    payments = runtime.payments
+    with payments.reading() as tx:
+        found = payments.card_refund(tx, owner_filter(principal), card_refund_id)
+    return _ok(found.to_api())
+
+
+@router.post(
+    "/v1/card_refunds/{card_refund_id}/retry",
+    tags=["refunds"],
+    summary="Send a failed refund to the card again (operator).",
+    description="The money, back in the buyer's wallet since the failure, is reserved again "
+    "and a new round of attempts starts on the next worker pass. `insufficient_funds` (409) "
+    "if the buyer has spent it meanwhile; `illegal_transition` unless the card refund "
+    "`failed`; `card_refund_retries_exhausted` after the limit of retries.",
+    responses=_NOT_FOUND,
+)
+def retry_card_refund(
+    card_refund_id: IdPath,
+    principal: OperatorPrincipal,
+    runtime: RuntimeDep,
+    idem: IdempotencyMeta,
+) -> Response:
+    payments = runtime.payments
+
+    def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
+        return 200, payments.retry_card_refund(tx, card_refund_id, principal.key_id).to_api()
+
+    return _once_in_tx(runtime, principal, idem, operation)
+
+
 # -- disputes ----------------------------------------------------------------------------------
 
 
