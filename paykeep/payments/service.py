@@ -170,7 +170,9 @@ class RiskCheck(Protocol):
     ``conn`` is the transaction that is about to move the money: a decision recorded there
     commits with the movement. Returns ``allow``, ``review`` (a payment goes ahead with a case
     open; a release stays held) or ``block`` (declined with :class:`RiskDeclined`, nothing
-    moves). ``context``: kind-specific facts (order, merchant, buyer, amount, currency, names).
+    moves). A ``refund`` (escrowed money back to the buyer) is reported, never refused: it
+    goes ahead whatever the answer (the rules open a case when they find something).
+    ``context``: kind-specific facts (order, merchant, buyer, amount, currency, names).
     """
 
     def decide(self, conn: Connection | None, kind: str, context: dict[str, Any]) -> str: ...
@@ -1735,11 +1737,14 @@ class PaymentsService:
         *,
         reviewed: bool = False,
         refund_id: str | None = None,
+        refund_event_id: str | None = None,
     ) -> Order:
         """End the hold: post ``held - refund_minor`` to the merchant (the rest returns to the
         buyer), the fee to ``platform:fees`` and the reserve to the merchant's reserve — one
-        linked batch. A full refund voids the hold. What returns to the buyer of a card-paid
-        order is then reserved for a refund to the card (:meth:`_reserve_card_refund`)."""
+        linked batch. A full refund voids the hold. What returns to the buyer is reported to
+        the risk controls as a refund (``refund:<refund id>``, or ``refund_event_id`` for a
+        refund without a record) and, for a card-paid order, reserved for a refund to the card
+        (:meth:`_reserve_card_refund`)."""
         merchant = self._merchant_of(tx, order)
         release = plan_release(order.amount_minor, refund_minor, merchant.fees)
         transition(order.state, action)  # an illegal action is refused before anything else
@@ -1757,6 +1762,12 @@ class PaymentsService:
                 )
         transition(order.state, action)
         assert order.hold_transfer_id is not None
+        if release.to_buyer > 0:
+            # Decided after the release's gate: a held release rolls back the refund with it,
+            # and a refund that did not happen must not count in the buyer's refund history.
+            event_id = refund_event_id if refund_id is None else f"refund:{refund_id}"
+            assert event_id is not None, "every refund names what it answers to"
+            self._report_refund(tx, order, release.to_buyer, event_id)
         self._transfers(tx, _release_transfers(order, release))
         if release.to_buyer > 0:
             self._reserve_card_refund(tx, order, release.to_buyer, refund_id)
@@ -1781,6 +1792,16 @@ class PaymentsService:
                 "disputed": False,
             },
         )  # fmt: skip
+
+    def _report_refund(self, tx: Tx, order: Order, amount: int, event_id: str) -> None:
+        """Escrowed money going back to the buyer, told to the risk controls inside the
+        refund's transaction (merchant -> buyer, ``amount`` what returns): serial refunds are
+        a fraud pattern (``refund_abuse``). The answer never stops the refund — it returns the
+        buyer's own money to its source, and refusing it would freeze customer money and harm
+        the buyer of a bad merchant: a ``review`` (a ``block`` counts as one for a refund)
+        opens the buyer's case, or joins the one open, and the money moves."""
+        context = {**self._risk_context(tx, order), "amount_minor": amount, "event_id": event_id}
+        self.risk.decide(tx.conn, "refund", context)
 
     def confirm(
         self, tx: Tx, order_id: str, *, token: str | None = None, buyer_session: str | None = None
@@ -2085,7 +2106,12 @@ class PaymentsService:
                     if action is OrderAction.CLOSE:
                         self._move(tx, order, action, {})
                     elif action is OrderAction.REFUND_FULL:
-                        self._release(tx, order, order.amount_minor, action)
+                        # The timer's refund has no record: the order names it (an order is
+                        # refunded by its timer at most once).
+                        self._release(
+                            tx, order, order.amount_minor, action,
+                            refund_event_id=f"refund:{order.id}:timer",
+                        )  # fmt: skip
                     else:
                         self._release(tx, order, 0, action)
                     fired[timer.value] = fired.get(timer.value, 0) + 1

@@ -114,19 +114,30 @@ VELOCITY_KINDS: Final = frozenset(
 )
 
 
+#: Kinds whose judged party is the payee: the one whose wallet is being filled (a top-up from
+#: outside; a refund, the buyer's own money back from escrow). A refund's payer is the merchant,
+#: whose window holds every payment it received: judging it would send a busy shop's every
+#: refund to review for its sales, which are ``fan_in``'s to judge.
+VELOCITY_PAYEE_KINDS: Final = frozenset({EventKind.TOP_UP, EventKind.REFUND})
+
+
+def _velocity_mover(event: MoneyEvent) -> Party | None:
+    return event.payee if event.kind in VELOCITY_PAYEE_KINDS else event.payer
+
+
 def velocity_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
     if event.kind not in VELOCITY_KINDS:
         return []
-    mover = event.payee if event.kind is EventKind.TOP_UP else event.payer
-    return _need(mover, params, VELOCITY_KINDS)
+    return _need(_velocity_mover(event), params, VELOCITY_KINDS)
 
 
 def velocity(data: RuleInput, params: Params) -> list[Finding]:
-    """For the party whose money moves (the payer; the payee of a top-up, whose wallet is
-    being filled): more than ``count_max`` money events, or more than ``amount_max_minor`` in
-    ``currency``, within the window (payments, top-ups, payouts, refunds; releases settle a
-    payment already counted and are left out). A merchant *receiving* many payments is its
-    business, not a typology: its inflows are ``fan_in``'s to judge."""
+    """For the party whose money moves (the payer; the payee of a top-up or a refund, whose
+    wallet is being filled): more than ``count_max`` money events, or more than
+    ``amount_max_minor`` in ``currency``, within the window (payments, top-ups, payouts,
+    refunds; releases settle a payment already counted and are left out). A merchant
+    *receiving* many payments is its business, not a typology: its inflows are ``fan_in``'s
+    to judge."""
     event = data.event
     if event.kind not in VELOCITY_KINDS:
         return []
@@ -134,7 +145,7 @@ def velocity(data: RuleInput, params: Params) -> list[Finding]:
     count_max = _int(params, "count_max")
     amount_max = _int(params, "amount_max_minor")
     findings = []
-    mover = event.payee if event.kind is EventKind.TOP_UP else event.payer
+    mover = _velocity_mover(event)
     for party in (mover,) if mover is not None else ():
         entries = [e for e in _window(data, party.party_id, params) if e.kind in VELOCITY_KINDS]
         count = len(entries) + 1

@@ -1,9 +1,16 @@
 """The real-time rules as the payments context's risk check (its ``RiskCheck`` port).
 
-Before a payment's hold, a release and a payout, ``decide(conn, kind, context)`` turns the
-movement into a :class:`MoneyEvent` (buyer → merchant, parties with how long they have been
-customers, names for screening only) and asks the :class:`DecisionEngine` *inside the
-transaction that moves the money*, so an allowed movement and its decision commit together.
+Before a payment's hold, a release, a payout, a top-up and a refund, ``decide(conn, kind,
+context)`` turns the movement into a :class:`MoneyEvent` (buyer → merchant; merchant → buyer
+for a refund; parties with how long they have been customers, names for screening only) and
+asks the :class:`DecisionEngine` *inside the transaction that moves the money*, so a movement
+and its decision commit together.
+
+A refund is never refused (``model.NEVER_REFUSED``: its worst outcome is ``review``, which
+opens or joins the buyer's case while the money goes back): its decision commits with the
+refund. When a refund's transaction rolls back for another reason (a release held, funds
+short), no money returned and nothing is kept to record: the refund's history must not count
+a refund that did not happen.
 
 A ``block`` or a held release rolls that transaction back — and the decision with it. Those
 events are kept here and recorded again by :meth:`EscrowRisk.flush` (the workers call it) in
@@ -34,6 +41,16 @@ KINDS: Final = {
     "payment": EventKind.PAYMENT,
     "release": EventKind.RELEASE,
     "payout": EventKind.PAYOUT,
+    "refund": EventKind.REFUND,
+}
+#: Kinds the payments code refuses (rolls its transaction back) on these outcomes.
+REFUSED_ON: Final = {
+    EventKind.PAYMENT: frozenset({Outcome.BLOCK}),
+    EventKind.RELEASE: frozenset({Outcome.BLOCK, Outcome.REVIEW}),
+    EventKind.PAYOUT: frozenset({Outcome.BLOCK, Outcome.REVIEW}),
+    # A held top-up commits (recorded as held, decision included); a refund always settles.
+    EventKind.TOP_UP: frozenset(),
+    EventKind.REFUND: frozenset(),
 }
 
 
@@ -59,6 +76,11 @@ def money_event(kind: str, context: dict[str, Any], at_ns: int) -> MoneyEvent:
     payee: Party | None
     if event_kind is EventKind.PAYOUT:
         payer, payee = merchant, None
+        event_id = str(context["event_id"])
+    elif event_kind is EventKind.REFUND:
+        # Escrowed money back to the buyer: what answers it names the event (the refund, or
+        # the order for the unshipped timer's refund), so a retry is the same event.
+        payer, payee = merchant, buyer
         event_id = str(context["event_id"])
     elif event_kind is EventKind.TOP_UP:
         payer, payee = None, buyer  # money from outside into the buyer's wallet
@@ -94,12 +116,9 @@ class EscrowRisk:
             # payment retried after a decline): the recorded answer stands.
             return self._recorded(conn, event.event_id)
         outcome = decision.outcome
-        # A held top-up commits (recorded as held, decision included); a blocked payment or
-        # a held release or payout rolls its transaction back, decision included.
-        rolls_back = event.kind is not EventKind.TOP_UP and (
-            outcome is Outcome.BLOCK
-            or (outcome is Outcome.REVIEW and event.kind is not EventKind.PAYMENT)
-        )
+        # A blocked payment, or a held release or payout, rolls its transaction back, decision
+        # included: kept for flush(). Top-ups and refunds commit with their decision.
+        rolls_back = outcome in REFUSED_ON[event.kind]
         if rolls_back and conn is not None and not decision.replayed:
             with self._lock:
                 if len(self._pending) < PENDING_RECORDS_MAX:

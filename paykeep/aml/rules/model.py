@@ -487,6 +487,23 @@ class DecisionPolicy:
 
 DEFAULT_POLICY: Final = DecisionPolicy()
 
+#: Money events the rules never refuse. A refund returns the buyer's own money, held in
+#: escrow, to where it came from (the wallet, then the card that paid): refusing it would
+#: keep customer money frozen and harm the buyer — most often the victim of a bad merchant —
+#: without keeping any money away from a launderer (it goes back to its source, at most what
+#: was paid). Their worst outcome is ``review``: the money moves, a case opens (or the event
+#: joins the one open about the party) and the alerts' scores set its risk.
+NEVER_REFUSED: Final = frozenset({EventKind.REFUND})
+
+
+def settling_outcome(kind: EventKind, outcome: Outcome) -> Outcome:
+    """``outcome`` as it applies to an event of ``kind``: ``block`` is ``review`` for the
+    kinds that are never refused (the decision record then says what happened to the money:
+    it moved, and someone must look)."""
+    if outcome is Outcome.BLOCK and kind in NEVER_REFUSED:
+        return Outcome.REVIEW
+    return outcome
+
 
 def aggregate(alerts: Iterable[Alert], policy: DecisionPolicy = DEFAULT_POLICY) -> Outcome:
     """The outcome of the live alerts. Shadow alerts are refused here: passing one is a bug."""
@@ -549,7 +566,8 @@ def history_needs(
 def evaluate(
     data: RuleInput, rules: Sequence[ActiveRule], policy: DecisionPolicy = DEFAULT_POLICY
 ) -> Evaluation:
-    """Run every live and shadow rule version on one event; decide on the live alerts only."""
+    """Run every live and shadow rule version on one event; decide on the live alerts only
+    (an event that is never refused gets ``review`` at worst: :func:`settling_outcome`)."""
     live: list[Alert] = []
     shadow: list[Alert] = []
     for active in rules:
@@ -557,7 +575,8 @@ def evaluate(
         if active.shadow is not None:
             shadow.extend(_run(active.spec, active.shadow, data, shadow=True))
     assert len(live) + len(shadow) <= limits.ALERTS_PER_DECISION_MAX
-    return Evaluation(live=tuple(live), shadow=tuple(shadow), outcome=aggregate(live, policy))
+    outcome = settling_outcome(data.event.kind, aggregate(live, policy))
+    return Evaluation(live=tuple(live), shadow=tuple(shadow), outcome=outcome)
 
 
 @dataclass(frozen=True, slots=True)

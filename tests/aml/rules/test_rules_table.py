@@ -81,6 +81,18 @@ V = {"count_max": 3, "amount_max_minor": 100_000, "window_s": 3600}
             False,
             id="release not judged",
         ),
+        pytest.param(
+            [ev(K.PAYMENT, 100, -s, payer=f"buyer-{s}") for s in (90, 60, 30, 20)],
+            ev(K.REFUND, 100, payer="merchant-1", payee="buyer-1"),
+            False,
+            id="refund: the merchant's sales are not judged",
+        ),
+        pytest.param(
+            [ev(K.PAYMENT, 100, -s) for s in (90, 60, 30)],
+            ev(K.REFUND, 100, payer="merchant-1", payee="buyer-1"),
+            True,
+            id="refund: the buyer whose wallet fills is judged",
+        ),
     ],
 )
 def test_velocity(history: list[MoneyEvent], event: MoneyEvent, fires: bool) -> None:
@@ -462,6 +474,27 @@ def _alert(score_bp: int, shadow: bool = False) -> Alert:
 )
 def test_aggregate_thresholds(scores: list[int], outcome: Outcome) -> None:
     assert aggregate([_alert(s) for s in scores]) is outcome
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome"),
+    [(K.PAYMENT, Outcome.BLOCK), (K.PAYOUT, Outcome.BLOCK), (K.REFUND, Outcome.REVIEW)],
+)
+def test_a_refund_is_never_refused_its_worst_outcome_is_review(kind: K, outcome: Outcome) -> None:
+    """A merchant matching a sanctions entry at 0.97 (block level): its payment and its
+    payout are blocked; its refund of a buyer's escrowed money goes ahead under review."""
+    payer, payee = {
+        K.PAYMENT: ("buyer-1", "merchant-1"),
+        K.PAYOUT: ("merchant-1", None),
+        K.REFUND: ("merchant-1", "buyer-1"),
+    }[kind]
+    sanctions = RuleConfig("sanctions", 1, RULES["sanctions"].defaults(), T0, "test", "")
+    hits = {"merchant-1": [SanctionsHit("ofac-1", 0.97, "name matches")]}
+    data = RuleInput(ev(kind, 100, payer=payer, payee=payee), {}, hits)
+    evaluation = evaluate(data, [ActiveRule(RULES["sanctions"], sanctions)])
+    # The alert keeps its block-level score (the case's risk comes from it).
+    assert [a.score_bp for a in evaluation.live] == [9_700]
+    assert evaluation.outcome is outcome
 
 
 def test_aggregate_refuses_shadow_alerts_and_bad_policies() -> None:
