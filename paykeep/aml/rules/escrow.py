@@ -1,8 +1,9 @@
 """The real-time rules as the payments context's risk check (its ``RiskCheck`` port).
 
-Before a payment's hold, a release and a payout, ``decide(conn, kind, context)`` turns the
-movement into a :class:`MoneyEvent` (buyer → merchant, parties with how long they have been
-customers, names for screening only) and asks the :class:`DecisionEngine` *inside the
+Before a payment's hold, a release, a payout and a buyer's withdrawal, ``decide(conn, kind,
+context)`` turns the movement into a :class:`MoneyEvent` (buyer → merchant, parties with how
+long they have been customers, names for screening only; a withdrawal is a payout whose
+payer is the buyer) and asks the :class:`DecisionEngine` *inside the
 transaction that moves the money*, so an allowed movement and its decision commit together.
 
 A ``block`` or a held release rolls that transaction back — and the decision with it. Those
@@ -34,6 +35,9 @@ KINDS: Final = {
     "payment": EventKind.PAYMENT,
     "release": EventKind.RELEASE,
     "payout": EventKind.PAYOUT,
+    # A buyer's withdrawal to the bank account their money came from is a payout whose payer
+    # is the buyer: the rules on outflows (structuring, in-and-out velocity) see it as such.
+    "withdrawal": EventKind.PAYOUT,
 }
 
 
@@ -57,7 +61,10 @@ def money_event(kind: str, context: dict[str, Any], at_ns: int) -> MoneyEvent:
     event_kind = KINDS[kind]
     payer: Party | None
     payee: Party | None
-    if event_kind is EventKind.PAYOUT:
+    if kind == "withdrawal":
+        payer, payee = buyer, None  # money leaves the buyer's wallet for their own account
+        event_id = str(context["event_id"])
+    elif event_kind is EventKind.PAYOUT:
         payer, payee = merchant, None
         event_id = str(context["event_id"])
     elif event_kind is EventKind.TOP_UP:

@@ -108,6 +108,7 @@ from paykeep.payments.service import (
     CheckoutView,
     Tx,
 )
+from paykeep.payments.withdrawals import WITHDRAWAL_AMOUNT_MAX_MINOR
 from paykeep.security.api_keys import Principal
 from paykeep.workers.webhook_model import ENDPOINTS_PER_MERCHANT_MAX, PAGE_SIZE_MAX
 
@@ -286,6 +287,25 @@ class PayoutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     amount_minor: StrictInt = Field(ge=1)
+
+
+class WithdrawalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount_minor: StrictInt = Field(
+        ge=1, le=WITHDRAWAL_AMOUNT_MAX_MINOR, description="Minor units of the wallet's currency."
+    )
+    currency: str = Field(
+        min_length=3, max_length=3, pattern=r"^[A-Z]{3}$", description="The wallet's currency."
+    )
+    source_topup: str | None = Field(
+        default=None,
+        max_length=ID_MAX_LENGTH,
+        pattern=CURSOR_PATTERN,
+        description="The top-up (`top_...`, one of this buyer's, credited) whose sending bank "
+        "account receives the money. Omitted: the newest credited top-up whose sending IBAN "
+        "the bank statement named.",
+    )
 
 
 class WebhookEndpointIn(BaseModel):
@@ -1090,6 +1110,85 @@ def get_payout(payout_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeD
         raise missing("payout", payout_id)
     check_owner(principal, payout.merchant_id, "payout", payout_id)
     return _ok(payout.to_api())
+
+
+# -- buyer withdrawals -----------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/checkout/{token}/withdrawals",
+    tags=["checkout", "withdrawals"],
+    status_code=201,
+    summary="The buyer takes wallet money back to the bank account it came from.",
+    description="No API key: the checkout token names the buyer (any checkout of theirs). "
+    "The money goes only to the sending IBAN of one of the buyer's credited bank top-ups "
+    "(`source_topup`, default the newest), and per IBAN the withdrawals not returned never "
+    "exceed what that IBAN sent in (`409 withdrawal_exceeds_source`); no such top-up: "
+    "`409 withdrawal_no_source`; beyond the wallet's balance: `409 insufficient_funds`. "
+    "Decided by the risk controls first (`403 risk_blocked`). The amount leaves the wallet "
+    "now and is paid in the next payout batch; `state` follows the bank (`requested`, "
+    "`batched`, `accepted`, `settled`, or `returned` — then the money is back in the "
+    "wallet). Only the IBAN's last four are shown. The Idempotency-Key is the withdrawal's "
+    "request id: a retry returns the same withdrawal." + _SIGNED_IN_NOTE,
+    responses={
+        **_BUYER_AUTH_REQUIRED,
+        **_error_example(409, "withdrawal_exceeds_source",
+                         "More than this account sent in is being withdrawn to it."),
+        **_NOT_FOUND,
+    },
+)  # fmt: skip
+def create_withdrawal(
+    token: TokenPath,
+    body: WithdrawalIn,
+    runtime: RuntimeDep,
+    idem: IdempotencyMeta,
+    buyer_session: BuyerSessionHeader = None,
+) -> Response:
+    session = _session(runtime, token)
+    _require_buyer_session(runtime, token, buyer_session)
+    request_id = payout_request_id(idem.key)
+
+    def effect() -> tuple[int, bytes, bytes]:
+        withdrawal = runtime.payments.request_withdrawal(
+            token, buyer_session, body.amount_minor, body.currency, request_id,
+            source_topup=body.source_topup,
+        )  # fmt: skip
+        out = json_bytes(withdrawal.to_api())
+        return 201, out, out
+
+    request = _buyer_request(runtime, idem, session, "withdrawals")
+    return _run_once(runtime, _buyer_principal(session), request, effect)
+
+
+@router.get("/v1/withdrawals", tags=["withdrawals"], summary="Buyers' withdrawals, newest first.")
+def list_withdrawals(
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    page: Page,
+    buyer: Annotated[str | None, Query(max_length=ID_MAX_LENGTH)] = None,
+) -> Response:
+    with runtime.payments.reading() as tx:
+        rows = runtime.payments.withdrawals(
+            tx, owner_filter(principal), page.fetch, page.starting_after, buyer_id=buyer
+        )
+    return page_response(page, rows, lambda w: w.to_api())
+
+
+@router.get(
+    "/v1/withdrawals/{withdrawal_id}",
+    tags=["withdrawals"],
+    summary="One buyer withdrawal (the operator, or the buyer's merchant).",
+    responses=_NOT_FOUND,
+)
+def get_withdrawal(
+    withdrawal_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> Response:
+    with runtime.payments.reading() as tx:
+        found = tx.repo.withdrawal(withdrawal_id)
+    if found is None:
+        raise missing("withdrawal", withdrawal_id)
+    check_owner(principal, found.merchant_id, "withdrawal", withdrawal_id)
+    return _ok(found.to_api())
 
 
 # -- balances --------------------------------------------------------------------------------
