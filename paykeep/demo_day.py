@@ -405,7 +405,8 @@ def _reconcile(
             f"({current['state']})"
         )
     else:
-        checks.append("no bank-paid order was refunded: no buyer withdrawal")
+        checks.append("no buyer withdrawal (no refunded bank-paid order, or no mail folder to "
+                      "sign the buyer in with)")  # fmt: skip
     ours = {r.order_id: r for r in runs}
     states: Counter[str] = Counter()
     volume = fees = refunded = 0

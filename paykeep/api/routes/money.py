@@ -1,14 +1,14 @@
 """/v1 routes where money moves or is shown: the buyer's checkout API, refunds, disputes,
-payouts, balances, the ledger (read-only), events and webhook endpoints.
+payouts, buyers' withdrawals, balances, the ledger (read-only), events and webhook endpoints.
 
 **The buyer has no API key.** The checkout token of the session URL (``cs_...``) names the
 checkout in ``/v1/checkout/{token}/...``: an unknown token is ``404 resource_missing``, and
 the token reaches only its own order. The merchant that created the session holds the token
-too, so it is not proof that the *buyer* acts: paying from the buyer's wallet, ``confirm`` and
-``refunds/{id}/cancel`` also need ``Paykeep-Buyer-Session: bs_...``, a live session of the
-order's buyer, obtained with ``sign_in`` (a 6-digit code mailed to the buyer) and
-``sign_in/verify``. Without one (or with an expired one, or another buyer's) they answer
-``401 buyer_authentication_required`` and change nothing. The route checks it before the
+too, so it is not proof that the *buyer* acts: paying from the buyer's wallet, ``confirm``,
+``refunds/{id}/cancel`` and ``withdrawals`` also need ``Paykeep-Buyer-Session: bs_...``, a
+live session of the order's buyer, obtained with ``sign_in`` (a 6-digit code mailed to the
+buyer) and ``sign_in/verify``. Without one (or with an expired one, or another buyer's) they
+answer ``401 buyer_authentication_required`` and change nothing. The route checks it before the
 ``Idempotency-Key`` is claimed — a 401 is never stored, so the buyer's retry with the header
 and the same key runs — and the use case checks it again inside its transaction
 (:meth:`PaymentsService.pay_from_wallet` and friends), so no other entry point bypasses it.
@@ -23,12 +23,12 @@ card route's body holds a card number and a plain hash of it could be reversed.
 
 **Two kinds of POST.** A use case that takes the caller's transaction (refunds, disputes,
 confirm, wallet payment...) runs in ``idempotent_response``: its effect and the
-``Idempotency-Key`` record commit together. Four use cases commit their own transactions
+``Idempotency-Key`` record commit together. Five use cases commit their own transactions
 because a network call or another service sits in the middle: the card payment (the card
-network), payouts (the payout gateway), webhook endpoints and event replays (the webhook
-service's database writes). They go through :func:`_run_once`: the key is claimed in one
-transaction (an in-flight record), the use case runs, and its answer is stored in a second
-one. What that gives, and what it cannot:
+network), payouts and buyers' withdrawals (the payout gateway), webhook endpoints and event
+replays (the webhook service's database writes). They go through :func:`_run_once`: the key
+is claimed in one transaction (an in-flight record), the use case runs, and its answer is
+stored in a second one. What that gives, and what it cannot:
 
 - a retry after the answer was stored replays it (``Idempotent-Replayed: true``), a retry
   with another body is ``409 idempotency_key_reused``, a retry while the first request still
@@ -40,8 +40,8 @@ one. What that gives, and what it cannot:
   again. For cards that is safe: ``recover_card_payments`` (every escrow pass, for payments
   older than 30 s) has by then finished the first payment, so a paid order refuses the retry
   (``409 illegal_transition``); the order state is what makes card retries safe, with or
-  without a key. Payouts are idempotent in the domain (``request_id`` = the key). An endpoint
-  creation or replay may happen twice in that one case.
+  without a key. Payouts and withdrawals are idempotent in the domain (``request_id`` = the
+  key). An endpoint creation or replay may happen twice in that one case.
 
 Card numbers and security codes are never logged, stored (the vault tokenizes the number) or
 echoed: the request model holds them as ``SecretStr`` and no response carries more than the
