@@ -7,8 +7,8 @@ the gateway payout's request id (unique: one withdrawal per request, whatever th
 ``gateway_payout_id`` is NULL only while the withdrawal is ``pending`` (the bound is reserved,
 the gateway not asked yet). ``state`` follows the module's transition table.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-06
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
