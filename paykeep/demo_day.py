@@ -5,9 +5,11 @@ would: merchants set short escrow timers (so the day fits in a minute or two), b
 card (some declined first) and by bank transfer (booked at the simulated bank and credited
 when its statement is imported), merchants ship, carriers report deliveries through signed
 webhooks, buyers confirm or the timers confirm for them, unpaid orders close, unshipped ones
-are refunded, refunds are agreed or partly issued, a dispute is decided by the operator, and
-merchants withdraw. Then every balance the API reports is checked against what the orders
-say it must be — money in equals money out, to the minor unit.
+are refunded, refunds are agreed or partly issued, a dispute is decided by the operator,
+merchants withdraw, and a buyer whose bank-transfer payment was refunded takes that money
+back to the bank account it came from (signed in, like confirming). Then every balance the
+API reports is checked against what the orders say it must be — money in equals money out,
+to the minor unit.
 
 Buyers who confirm receipt sign in first, as a real buyer must (the checkout token alone is not
 enough: the merchant holds it too): the demo asks for a code and reads it from the server's mail
@@ -145,6 +147,8 @@ def _plans(count: int, rng: random.Random) -> list[Plan]:
     for i, a in enumerate(paths):
         if 4 + i < count:
             plans[4 + i] = Plan("card", a)
+    if count > 2:  # a bank-paid order refunded to the wallet: that buyer withdraws it later
+        plans[2] = Plan("bank_transfer", "refund_agreed")
     return plans
 
 
@@ -286,7 +290,11 @@ def run_demo_day(
         if available >= 200:
             shop.post("/v1/payouts", {"amount_minor": available // 2})
             payouts += available // 2
-    result = _reconcile(operator, shops, merchants, runs, payouts, time.monotonic() - start)
+    withdrawal = None
+    if mail_dir is not None:
+        withdrawal = _withdraw_refund(buyer_api, shops, runs, signed_in)
+    result = _reconcile(operator, shops, merchants, runs, payouts, time.monotonic() - start,
+                        withdrawal)  # fmt: skip
     if mail_dir is None:
         result.checks.append(
             "no mail folder to read sign-in codes from: buyers did not sign in, so the "
@@ -355,11 +363,50 @@ def _all_orders(shop: Api) -> list[dict[str, Any]]:
         after = page["data"][-1]["id"]
 
 
+def _withdraw_refund(
+    buyer_api: Api, shops: list[Api], runs: list[OrderRun], signed_in: Callable[[OrderRun], str]
+) -> dict[str, Any] | None:
+    """The buyer of a refunded bank-paid order withdraws that refund (at most what is in the
+    wallet) back to the account the transfer came from; None if no such order was refunded."""
+    for run in runs:
+        if run.plan.funding != "bank_transfer":
+            continue
+        order = shops[run.merchant].get(f"/v1/orders/{run.order_id}")
+        if order["refunded_minor"] <= 0:
+            continue
+        rows = shops[run.merchant].get(f"/v1/buyers/{run.buyer_id}/balance")["data"]
+        row = next((r for r in rows if r["currency"] == order["currency"]), None)
+        amount = min(order["refunded_minor"], row["available_minor"] if row else 0)
+        if amount <= 0:
+            continue
+        withdrawal: dict[str, Any] = buyer_api.post(
+            f"/v1/checkout/{run.token}/withdrawals",
+            {"amount_minor": amount, "currency": order["currency"]},
+            headers={BUYER_SESSION_HEADER: signed_in(run)},
+        )
+        return withdrawal
+    return None
+
+
 def _reconcile(
     operator: Api, shops: list[Api], merchants: list[dict[str, Any]], runs: list[OrderRun],
-    payouts: int, elapsed: float,
+    payouts: int, elapsed: float, withdrawal: dict[str, Any] | None = None,
 ) -> DemoResult:  # fmt: skip
     checks: list[str] = []
+    buyer_withdrawn: dict[str, int] = {}
+    if withdrawal is not None:
+        current = operator.get(f"/v1/withdrawals/{withdrawal['id']}")
+        # A withdrawal the bank returned is back in the wallet: only standing ones are out.
+        if current["state"] not in ("returned", "failed"):
+            buyer_withdrawn[current["buyer"]] = current["amount_minor"]
+        checks.append(
+            f"buyer {current['buyer']} withdrew {current['amount_minor']} of a refund back to "
+            f"the bank account ending {current['destination']['iban_last4']} it came from "
+            f"({current['state']})"
+        )
+    else:
+        checks.append("no buyer withdrawal (no refunded bank-paid order, or no mail folder to "
+                      "sign the buyer in with)")  # fmt: skip
     ours = {r.order_id: r for r in runs}
     states: Counter[str] = Counter()
     volume = fees = refunded = 0
@@ -399,11 +446,14 @@ def _reconcile(
         wallet = shop.get(f"/v1/buyers/{buyer_id}/balance")
         rows = wallet["data"] if isinstance(wallet, dict) and "data" in wallet else [wallet]
         available = sum(int(w["available_minor"]) for w in rows)
-        if available != funded - spent - to_card:
+        out = buyer_withdrawn.get(buyer_id, 0)
+        if available != funded - spent - to_card - out:
             raise DemoFailed(f"buyer {buyer_id}: wallet {available} != funded {funded} − "
-                             f"released {spent} − refunded to the card {to_card}")  # fmt: skip
+                             f"released {spent} − refunded to the card {to_card} − "
+                             f"withdrawn {out}")  # fmt: skip
     checks.append(
-        f"{len({r.buyer_id for r in runs})} buyer wallets = funded − released − refunded to cards"
+        f"{len({r.buyer_id for r in runs})} buyer wallets = funded − released − refunded to "
+        "cards − withdrawn"
     )
     delivered = 0
     for shop in shops:

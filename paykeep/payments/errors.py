@@ -114,3 +114,20 @@ class BuyerCodeRateLimited(PaykeepError):
 
     code = "buyer_code_rate_limited"
     type = "rate_limit"
+
+
+# -- buyer withdrawals (``withdrawals``) -------------------------------------------------------
+
+
+class WithdrawalNoSource(Conflict):
+    """The buyer has no credited bank top-up whose sending IBAN is known in this currency:
+    there is no account the money is known to have come from, so none it may go back to."""
+
+    code = "withdrawal_no_source"
+
+
+class WithdrawalExceedsSource(Conflict):
+    """More than the chosen source IBAN sent in (credited top-ups) less what is already being
+    or has been withdrawn to it: money may only go back where it came from, at most as much."""
+
+    code = "withdrawal_exceeds_source"

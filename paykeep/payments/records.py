@@ -405,3 +405,42 @@ class Topup:
             "created": _s(self.created_at_ns),
             "updated": _s(self.updated_at_ns),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """A buyer's withdrawal of wallet money back to the bank account it came from (the IBAN of
+    a credited top-up): a gateway payout debiting the buyer's wallet. Only the IBAN's last four
+    are ever shown."""
+
+    id: str
+    buyer_id: str
+    merchant_id: str | None
+    source_topup_id: str
+    iban_last4: str
+    amount_minor: int
+    currency: str
+    state: str
+    gateway_payout_id: int | None
+    request_id: str
+    fingerprint: str
+    created_at_ns: int
+    updated_at_ns: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "withdrawal",
+            "buyer": self.buyer_id,
+            "merchant": self.merchant_id,
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+            "state": self.state,
+            "destination": {
+                "type": "source_bank_account",
+                "source_topup": self.source_topup_id,
+                "iban_last4": self.iban_last4,
+            },
+            "created": _s(self.created_at_ns),
+            "updated": _s(self.updated_at_ns),
+        }

@@ -29,6 +29,7 @@ from paykeep.payments.records import (
     Refund,
     Shipment,
     Topup,
+    Withdrawal,
 )
 from paykeep.security.fields import mask_email
 
@@ -89,6 +90,10 @@ TOPUP_COLUMNS = (
     "id, buyer_id, merchant_id, amount_minor, currency, state, risk_outcome, created_at_ns, "
     "updated_at_ns"
 )
+WITHDRAWAL_COLUMNS = (
+    "id, buyer_id, merchant_id, source_topup_id, iban_last4, amount_minor, currency, state, "
+    "gateway_payout_id, request_id, fingerprint, created_at_ns, updated_at_ns"
+)
 SESSION_COLUMNS = "id, merchant_id, order_id, success_url, state, expires_at_ns, created_at_ns"
 
 
@@ -120,6 +125,13 @@ def _card_refund(r: Sequence[Any]) -> CardRefund:
     return CardRefund(
         r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], int(r[9]), int(r[10]),
         r[11], r[12], r[13], r[14], int(r[15]), int(r[16]), int(r[17]), int(r[18]),
+    )  # fmt: skip
+
+
+def _withdrawal(r: Sequence[Any]) -> Withdrawal:
+    return Withdrawal(
+        r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7],
+        None if r[8] is None else int(r[8]), r[9], r[10], int(r[11]), int(r[12]),
     )  # fmt: skip
 
 
@@ -182,6 +194,10 @@ class PaymentsRepository:
             "FROM payments_buyers WHERE id = :id",
             {"id": buyer_id},
         )
+
+    def buyer_name_enc(self, buyer_id: str) -> bytes | None:
+        row = self._one("SELECT name_enc FROM payments_buyers WHERE id = :id", {"id": buyer_id})
+        return None if row is None else bytes(row[0])
 
     def buyer_by_reference(self, reference: str) -> str | None:
         row = self._one(
@@ -412,6 +428,78 @@ class PaymentsRepository:
     ) -> list[MerchantPayout]:
         rows = self._page("payments_payouts", PAYOUT_COLUMNS, where, limit, starting_after)
         return [MerchantPayout(*r) for r in rows]
+
+    # ------------------------------------------------------------------ withdrawals
+
+    def lock_buyer(self, buyer_id: str) -> None:
+        """Serialise a buyer's withdrawals (FOR UPDATE on PostgreSQL; SQLite's writers are
+        serialised already): the source bound is read and reserved under this lock."""
+        self._one(f"SELECT id FROM payments_buyers WHERE id = :id{self._lock}", {"id": buyer_id})
+
+    def withdrawal(self, withdrawal_id: str, *, lock: bool = False) -> Withdrawal | None:
+        row = self._one(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": withdrawal_id},
+        )
+        return None if row is None else _withdrawal(row)
+
+    def withdrawal_by_request(self, request_id: str) -> Withdrawal | None:
+        row = self._one(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals WHERE request_id = :r",
+            {"r": request_id},
+        )
+        return None if row is None else _withdrawal(row)
+
+    def withdrawals(
+        self, where: dict[str, Any], limit: int, starting_after: str | None
+    ) -> list[Withdrawal]:
+        rows = self._page("payments_withdrawals", WITHDRAWAL_COLUMNS, where, limit, starting_after)
+        return [_withdrawal(r) for r in rows]
+
+    def open_withdrawals(self, limit: int) -> list[Withdrawal]:
+        """Withdrawals the worker still follows, oldest first."""
+        rows = self._all(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals "
+            "WHERE state IN ('pending', 'requested', 'batched', 'accepted') "
+            "ORDER BY created_at_ns LIMIT :limit",
+            {"limit": limit},
+        )
+        return [_withdrawal(r) for r in rows]
+
+    def withdrawal_sources(self, buyer_id: str, currency: str) -> list[Sequence[Any]]:
+        """The buyer's credited top-ups in ``currency`` whose statement line names the sending
+        IBAN, newest first: ``(top-up id, IBAN, sender's name, amount)``."""
+        return self._all(
+            "SELECT t.id, en.counterparty_iban, en.counterparty_name, t.amount_minor "
+            "FROM payments_topups t JOIN stmt_entries en "
+            "ON en.statement_row_id = t.statement_row_id AND en.line = t.line "
+            "WHERE t.buyer_id = :b AND t.currency = :c AND t.state = 'credited' "
+            "AND en.counterparty_iban IS NOT NULL AND en.counterparty_iban <> '' "
+            "ORDER BY t.id DESC",
+            {"b": buyer_id, "c": currency},
+        )
+
+    def standing_withdrawals(self, buyer_id: str, currency: str) -> list[Sequence[Any]]:
+        """``(source IBAN, amount, state)`` of the buyer's withdrawals in ``currency`` whose money
+        has not come back (every state but ``returned`` and ``failed``)."""
+        return self._all(
+            "SELECT en.counterparty_iban, w.amount_minor, w.state FROM payments_withdrawals w "
+            "JOIN payments_topups t ON t.id = w.source_topup_id "
+            "JOIN stmt_entries en ON en.statement_row_id = t.statement_row_id "
+            "AND en.line = t.line "
+            "WHERE w.buyer_id = :b AND w.currency = :c "
+            "AND w.state NOT IN ('returned', 'failed')",
+            {"b": buyer_id, "c": currency},
+        )
+
+    def delete_pending_withdrawal(self, withdrawal_id: str) -> int:
+        """Drop a reservation the gateway refused (nothing moved, nothing was announced)."""
+        result = self._execute(
+            "DELETE FROM payments_withdrawals WHERE id = :id AND state = 'pending'",
+            {"id": withdrawal_id},
+        )
+        return int(result.rowcount)
 
     def session_by_token_hash(self, token_hash: str) -> CheckoutSession | None:
         row = self._one(

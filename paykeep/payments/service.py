@@ -81,6 +81,7 @@ from paykeep.payments.errors import (
     PayoutNotAllowed,
     ResourceMissing,
     RiskDeclined,
+    WithdrawalNoSource,
 )
 from paykeep.payments.events import record_event
 from paykeep.payments.model import (
@@ -117,12 +118,25 @@ from paykeep.payments.records import (
     Refund,
     Shipment,
     Topup,
+    Withdrawal,
 )
 from paykeep.payments.repository import PaymentsRepository
+from paykeep.payments.withdrawals import (
+    IBAN_PURPOSE,
+    WITHDRAWAL_ID_PREFIX,
+    WITHDRAWAL_PENDING_RECOVERY_S,
+    WithdrawalState,
+    check_amount,
+    check_withdrawal,
+    compact_iban,
+    source_headroom,
+    withdrawal_transition,
+)
 from paykeep.security.fields import FieldCipher, mask_email
 
 if TYPE_CHECKING:
     from paykeep.gateway.cards.service import CardGateway
+    from paykeep.gateway.payouts.model import Payout
     from paykeep.gateway.payouts.service import PayoutService
     from paykeep.gateway.statements.service import StatementService
     from paykeep.gateway.vault.service import CardVault
@@ -162,6 +176,9 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _CARRIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _TRACKING = re.compile(r"[A-Za-z0-9-]{4,64}")
+_TOPUP_ID = re.compile(r"top_[0-9a-f]{16}")
+#: Open withdrawals one worker pass follows at the gateway.
+WITHDRAWAL_SYNC_BATCH: Final = 500
 
 
 class RiskCheck(Protocol):
@@ -2290,6 +2307,262 @@ class PaymentsService:
                 changed += 1
         return changed
 
+    # ------------------------------------------------------------------ buyer withdrawals
+
+    def request_withdrawal(
+        self,
+        token: str,
+        buyer_session: str | None,
+        amount_minor: int,
+        currency: str,
+        request_id: str,
+        *,
+        source_topup: str | None = None,
+    ) -> Withdrawal:
+        """The signed-in buyer of checkout ``token`` takes ``amount_minor`` out of their
+        ``currency`` wallet, back to a bank account their money came from: the sending IBAN of
+        top-up ``source_topup`` (one of theirs, credited), or by default of their newest
+        credited top-up whose IBAN the statement named. See ``withdrawals`` for the bound.
+
+        Order: shape → identity (the buyer session) → idempotency (``request_id``, per buyer:
+        a replay returns the original, other details are ``payout_request_id_reused``) →
+        references (wallet, source) → limits (source headroom, wallet balance) → the risk
+        controls → reservation (the same checks again under a lock on the buyer, the row
+        written ``pending``) → the gateway payout (wallet → ``clearing:payout``) →
+        ``requested`` with ``withdrawal.created``. Anything refused before the gateway's
+        payout exists leaves nothing behind (a reservation the gateway refused is deleted).
+        """
+        if self.payouts is None:
+            raise PayoutNotAllowed("payouts are not configured", param="amount_minor")
+        amount = check_amount(amount_minor)
+        if not is_currency(currency):
+            raise PaymentsInputInvalid("currency is an ISO 4217 code", param="currency")
+        if source_topup is not None and (
+            not isinstance(source_topup, str) or not _TOPUP_ID.fullmatch(source_topup)
+        ):
+            raise PaymentsInputInvalid("source_topup is a top-up id (top_...)",
+                                       param="source_topup")  # fmt: skip
+        fingerprint = hashlib.sha256(
+            f"{amount}|{currency}|{source_topup or ''}".encode()
+        ).hexdigest()
+        with self.reading() as tx:
+            buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
+            self._require_buyer(tx, buyer_id, buyer_session)
+            gateway_request = f"{buyer_id}:{request_id}"
+            existing = tx.repo.withdrawal_by_request(gateway_request)
+            if existing is not None:
+                return _withdrawal_replay(existing, fingerprint)
+            source = self._withdrawal_source(tx, buyer_id, amount, currency, source_topup)
+            buyer_row = tx.repo.buyer_row(buyer_id)
+            assert buyer_row is not None
+        context = {
+            "event_id": f"withdrawal:{gateway_request}",
+            "buyer": buyer_id,
+            "buyer_since_ns": int(buyer_row[4]),
+            "amount_minor": amount,
+            "currency": currency,
+        }
+        # Decided before anything is written, like a merchant's payout; a declined one
+        # leaves only the rules' own record of the decision.
+        if self.risk.decide(None, "withdrawal", context) != "allow":
+            raise RiskDeclined("this withdrawal was stopped by our risk controls")
+        withdrawal_id = self.new_id(WITHDRAWAL_ID_PREFIX)
+        with self.transaction() as tx:
+            self._require_buyer(tx, buyer_id, buyer_session)
+            tx.repo.lock_buyer(buyer_id)
+            existing = tx.repo.withdrawal_by_request(gateway_request)
+            if existing is not None:  # a concurrent replay reserved first
+                return _withdrawal_replay(existing, fingerprint)
+            source = self._withdrawal_source(tx, buyer_id, amount, currency, source_topup)
+            topup_id, iban = source
+            tx.repo.insert(
+                "payments_withdrawals",
+                {
+                    "id": withdrawal_id,
+                    "request_id": gateway_request,
+                    "fingerprint": fingerprint,
+                    "buyer_id": buyer_id,
+                    "merchant_id": buyer_row[1],
+                    "source_topup_id": topup_id,
+                    "iban_enc": self.cipher.seal(iban, purpose=IBAN_PURPOSE, row_id=withdrawal_id),
+                    "iban_last4": iban[-4:],
+                    "amount_minor": amount,
+                    "currency": currency,
+                    "state": WithdrawalState.PENDING.value,
+                    "gateway_payout_id": None,
+                    "created_at_ns": tx.now_ns,
+                    "updated_at_ns": tx.now_ns,
+                },
+            )
+            reserved = tx.repo.withdrawal(withdrawal_id)
+            assert reserved is not None
+        try:
+            payout = self._withdrawal_payout(reserved)
+        except PaykeepError:
+            # Nothing moved (the gateway checks before its ledger transfer) and nothing was
+            # announced: the reservation goes, so a refused request leaves no trace.
+            with self.transaction() as tx:
+                tx.repo.delete_pending_withdrawal(withdrawal_id)
+            raise
+        return self._withdrawal_requested(reserved, payout.payout_id)
+
+    def _withdrawal_source(
+        self, tx: Tx, buyer_id: str, amount: int, currency: str, source_topup: str | None
+    ) -> tuple[str, str]:
+        """References and limits of a withdrawal: ``(top-up id, compact IBAN)`` of its source,
+        or the first broken rule as a typed error (``check_withdrawal``)."""
+        wallet = tx.conn.execute(
+            _q_wallet, {"id": account_id(wallet_name(buyer_id, currency))}
+        ).first()
+        if wallet is None:
+            raise PaymentsInputInvalid(f"the buyer has no {currency} wallet", param="currency")
+        sources = tx.repo.withdrawal_sources(buyer_id, currency)
+        chosen: Sequence[Any] | None
+        if source_topup is None:
+            chosen = sources[0] if sources else None
+        else:
+            topup = tx.repo.topup(source_topup)
+            if topup is None or topup.buyer_id != buyer_id:
+                raise ResourceMissing(f"no top-up {source_topup!r}", param="source_topup")
+            chosen = next((row for row in sources if row[0] == source_topup), None)
+            if chosen is None:
+                raise WithdrawalNoSource(
+                    "this top-up is not a credited one in this currency whose sending account "
+                    "is known",
+                    param="source_topup",
+                )
+        standing = tx.repo.standing_withdrawals(buyer_id, currency)
+        headroom = source_headroom(
+            ((str(row[1]), int(row[3])) for row in sources),
+            ((str(row[0]), int(row[1])) for row in standing),
+        )
+        # Reserved (pending) withdrawals have not left the wallet yet: they are spoken for.
+        reserved = sum(int(row[1]) for row in standing if row[2] == WithdrawalState.PENDING)
+        available = int(wallet[0]) - int(wallet[1]) - int(wallet[2]) - reserved
+        iban = None if chosen is None else str(chosen[1])
+        check_withdrawal(amount, iban, headroom, available)
+        assert chosen is not None and iban is not None
+        return str(chosen[0]), compact_iban(iban)
+
+    def _withdrawal_payout(self, withdrawal: Withdrawal) -> Payout:
+        """The gateway payout of a reserved withdrawal (idempotent on its request id): the
+        wallet → ``clearing:payout`` now, the pain.001 line at the next batch."""
+        from paykeep.gateway.payouts.errors import PayoutInsufficientFunds
+
+        assert self.payouts is not None
+        with self.reading() as tx:
+            sources = tx.repo.withdrawal_sources(withdrawal.buyer_id, withdrawal.currency)
+            name_enc = tx.repo.buyer_name_enc(withdrawal.buyer_id)
+        holder = next((r[2] for r in sources if r[0] == withdrawal.source_topup_id), None)
+        # The account holder as the statement named them; else the buyer's name.
+        name = str(holder).strip() if holder else ""
+        if not name and name_enc is not None:
+            name = self.cipher.open(name_enc, purpose="buyer.name", row_id=withdrawal.buyer_id)
+        with self.reading() as tx:
+            row = tx.conn.execute(_q_withdrawal_iban, {"id": withdrawal.id}).first()
+        assert row is not None
+        iban = self.cipher.open(bytes(row[0]), purpose=IBAN_PURPOSE, row_id=withdrawal.id)
+        try:
+            return self.payouts.request(
+                withdrawal.buyer_id, withdrawal.amount_minor, withdrawal.currency,
+                wallet_name(withdrawal.buyer_id, withdrawal.currency),
+                name[: limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX] or "Paykeep customer", iban,
+                request_id=withdrawal.request_id,
+                remittance=f"Paykeep withdrawal {withdrawal.id}",
+            )  # fmt: skip
+        except PayoutInsufficientFunds:
+            raise InsufficientFunds(
+                "the wallet's balance does not cover this withdrawal", param="amount_minor"
+            ) from None
+
+    def _withdrawal_requested(self, reserved: Withdrawal, gateway_payout_id: int) -> Withdrawal:
+        """The gateway holds the payout: ``pending`` → ``requested``, ``withdrawal.created``."""
+        with self.transaction() as tx:
+            current = tx.repo.withdrawal(reserved.id, lock=True)
+            assert current is not None
+            if current.state != WithdrawalState.PENDING:
+                return current  # the other of the request and the recovery finished it
+            state = withdrawal_transition(WithdrawalState.PENDING, WithdrawalState.REQUESTED)
+            tx.repo.update(
+                "payments_withdrawals",
+                current.id,
+                {"state": state.value, "gateway_payout_id": gateway_payout_id,
+                 "updated_at_ns": tx.now_ns},
+            )  # fmt: skip
+            done = replace(current, state=state.value, gateway_payout_id=gateway_payout_id,
+                           updated_at_ns=tx.now_ns)  # fmt: skip
+            self._event(tx, done.merchant_id, "withdrawal.created", done.to_api())
+        return done
+
+    def sync_withdrawals(
+        self,
+        limit: int = WITHDRAWAL_SYNC_BATCH,
+        pending_age_s: int = WITHDRAWAL_PENDING_RECOVERY_S,
+    ) -> int:
+        """Follow the buyers' withdrawals at the gateway (batched, accepted, settled,
+        returned — a returned payout's money is already back in the wallet, by the gateway),
+        with a ``withdrawal.<state>`` event for each change; and finish a reservation older
+        than ``pending_age_s`` whose request died before the gateway answered (the gateway is
+        idempotent on the request id): ``requested``, or ``failed`` if it refuses now."""
+        if self.payouts is None:
+            return 0
+        with self.reading() as tx:
+            open_ = tx.repo.open_withdrawals(limit)
+            now_ns = tx.now_ns
+        changed = 0
+        for record in open_:
+            if record.state == WithdrawalState.PENDING:
+                if now_ns - record.created_at_ns >= pending_age_s * NS_PER_S:
+                    changed += self._recover_withdrawal(record)
+                continue
+            assert record.gateway_payout_id is not None
+            state = WithdrawalState(self.payouts.get(record.gateway_payout_id).state)
+            if state == record.state:
+                continue
+            with self.transaction() as tx:
+                current = tx.repo.withdrawal(record.id, lock=True)
+                assert current is not None
+                if current.state == state:
+                    continue  # another worker copied it
+                nxt = withdrawal_transition(WithdrawalState(current.state), state)
+                tx.repo.update("payments_withdrawals", current.id,
+                               {"state": nxt.value, "updated_at_ns": tx.now_ns})  # fmt: skip
+                self._event(
+                    tx, current.merchant_id, f"withdrawal.{nxt.value}",
+                    replace(current, state=nxt.value, updated_at_ns=tx.now_ns).to_api(),
+                )  # fmt: skip
+            changed += 1
+        return changed
+
+    def _recover_withdrawal(self, record: Withdrawal) -> int:
+        try:
+            payout = self._withdrawal_payout(record)
+        except PaykeepError as error:
+            with self.transaction() as tx:
+                current = tx.repo.withdrawal(record.id, lock=True)
+                if current is None or current.state != WithdrawalState.PENDING:
+                    return 0
+                state = withdrawal_transition(WithdrawalState.PENDING, WithdrawalState.FAILED)
+                tx.repo.update("payments_withdrawals", current.id,
+                               {"state": state.value, "updated_at_ns": tx.now_ns})  # fmt: skip
+                failed = replace(current, state=state.value, updated_at_ns=tx.now_ns)
+                self._event(tx, current.merchant_id, "withdrawal.failed",
+                            {**failed.to_api(), "failure_code": error.code})  # fmt: skip
+            return 1
+        self._withdrawal_requested(record, payout.payout_id)
+        return 1
+
+    def withdrawals(
+        self, tx: Tx, scope: str | None, limit: int, starting_after: str | None,
+        *, buyer_id: str | None = None,
+    ) -> list[Withdrawal]:  # fmt: skip
+        where: dict[str, Any] = {}
+        if scope is not None:
+            where["merchant_id"] = scope
+        if buyer_id is not None:
+            where["buyer_id"] = buyer_id
+        return tx.repo.withdrawals(where, limit, starting_after)
+
     # ------------------------------------------------------------------ carriers
 
     def register_carrier(self, tx: Tx, name: str) -> str:
@@ -2383,6 +2656,17 @@ def _card_refund_void_id(card_refund_id: str, retries: int) -> int:
     return derived_id("card-refund-void", card_refund_id + _round_suffix(retries))
 
 
+def _withdrawal_replay(existing: Withdrawal, fingerprint: str) -> Withdrawal:
+    """A retry of the same request returns the original; other details are refused."""
+    from paykeep.gateway.payouts.errors import PayoutRequestIdReused
+
+    if existing.fingerprint != fingerprint:
+        raise PayoutRequestIdReused(
+            "this request id was used for another withdrawal", param="request_id"
+        )
+    return existing
+
+
 def _check_iban(iban: str) -> str:
     """The payout IBAN, checked and compacted as the payout files will need it."""
     from paykeep.gateway.payouts.errors import PayoutIbanInvalid
@@ -2423,6 +2707,7 @@ _q_named = sa.text(
     "SELECT name, currency, debits_pending, debits_posted, credits_posted FROM ledger_accounts "
     "WHERE name LIKE :p"
 )
+_q_withdrawal_iban = sa.text("SELECT iban_enc FROM payments_withdrawals WHERE id = :id")
 _q_wallet = sa.text(
     "SELECT credits_posted, debits_posted, debits_pending FROM ledger_accounts WHERE id = :id"
 )

@@ -82,7 +82,7 @@ def bank_cycle_pass(runtime: Runtime) -> None:
     """Take the acquirer's card settlement, batch requested payouts into a pain.001 for the
     bank, close the bank's day on the safeguarding account and import the statements it
     produced (top-ups credit wallets, card settlements empty the clearing account, payouts
-    settle), then copy payout states onto the merchants' records."""
+    settle), then copy payout states onto the merchants' payouts and the buyers' withdrawals."""
 
     from paykeep.gateway.payouts.errors import PayoutNothingToBatch
     from paykeep.gateway.payouts.model import Debtor
@@ -114,6 +114,9 @@ def bank_cycle_pass(runtime: Runtime) -> None:
         runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
     payouts.settle()  # resume() + mark settled what the statement confirmed
     runtime.payments.sync_payouts()
+    # Buyers' withdrawals are gateway payouts too: the same pass copies their states (a
+    # returned one's money is back in the wallet) and finishes reservations a crash left.
+    runtime.payments.sync_withdrawals()
     runtime.payments.credit_topups()
     runtime.payments.settle_bank_transfers()
 

@@ -188,7 +188,10 @@ def test_demo_day_reconciles(server: ServerProcess) -> None:
     assert set(result["states"]) <= {"completed", "closed", "refunded", "partially_refunded"}
     assert {"completed", "closed"} <= set(result["states"])
     assert result["fees_minor"] > 0 and result["webhooks_delivered"] > 0
-    assert len(result["checks"]) == 5
+    assert len(result["checks"]) == 6
+    # the buyer of the refunded bank-paid order took it back to the account it came from
+    [withdrew] = [c for c in result["checks"] if " withdrew " in c]
+    assert "back to the bank account ending 4300 it came from" in withdrew, withdrew
     # buyers confirmed receipt signed in, with codes read from the server's mail folder
     [signed] = [c for c in result["checks"] if "signed in with a code read from" in c]
     assert int(signed.split()[0]) > 0 and str(server.mail_dir) in signed

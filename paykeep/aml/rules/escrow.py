@@ -1,10 +1,11 @@
 """The real-time rules as the payments context's risk check (its ``RiskCheck`` port).
 
-Before a payment's hold, a release, a payout, a top-up and a refund, ``decide(conn, kind,
-context)`` turns the movement into a :class:`MoneyEvent` (buyer → merchant; merchant → buyer
-for a refund; parties with how long they have been customers, names for screening only) and
-asks the :class:`DecisionEngine` *inside the transaction that moves the money*, so a movement
-and its decision commit together.
+Before a payment's hold, a release, a payout, a top-up, a refund and a buyer's withdrawal,
+``decide(conn, kind, context)`` turns the movement into a :class:`MoneyEvent` (buyer →
+merchant; merchant → buyer for a refund; a withdrawal is a payout whose payer is the buyer;
+parties with how long they have been customers, names for screening only) and asks the
+:class:`DecisionEngine` *inside the transaction that moves the money*, so a movement and its
+decision commit together.
 
 A refund is never refused (``model.NEVER_REFUSED``: its worst outcome is ``review``, which
 opens or joins the buyer's case while the money goes back): its decision commits with the
@@ -41,6 +42,9 @@ KINDS: Final = {
     "payment": EventKind.PAYMENT,
     "release": EventKind.RELEASE,
     "payout": EventKind.PAYOUT,
+    # A buyer's withdrawal to the bank account their money came from is a payout whose payer
+    # is the buyer: the rules on outflows (structuring, in-and-out velocity) see it as such.
+    "withdrawal": EventKind.PAYOUT,
     "refund": EventKind.REFUND,
 }
 #: Kinds the payments code refuses (rolls its transaction back) on these outcomes.
@@ -74,7 +78,10 @@ def money_event(kind: str, context: dict[str, Any], at_ns: int) -> MoneyEvent:
     event_kind = KINDS[kind]
     payer: Party | None
     payee: Party | None
-    if event_kind is EventKind.PAYOUT:
+    if kind == "withdrawal":
+        payer, payee = buyer, None  # money leaves the buyer's wallet for their own account
+        event_id = str(context["event_id"])
+    elif event_kind is EventKind.PAYOUT:
         payer, payee = merchant, None
         event_id = str(context["event_id"])
     elif event_kind is EventKind.REFUND:

@@ -1,14 +1,14 @@
 """/v1 routes where money moves or is shown: the buyer's checkout API, refunds, disputes,
-payouts, balances, the ledger (read-only), events and webhook endpoints.
+payouts, buyers' withdrawals, balances, the ledger (read-only), events and webhook endpoints.
 
 **The buyer has no API key.** The checkout token of the session URL (``cs_...``) names the
 checkout in ``/v1/checkout/{token}/...``: an unknown token is ``404 resource_missing``, and
 the token reaches only its own order. The merchant that created the session holds the token
-too, so it is not proof that the *buyer* acts: paying from the buyer's wallet, ``confirm`` and
-``refunds/{id}/cancel`` also need ``Paykeep-Buyer-Session: bs_...``, a live session of the
-order's buyer, obtained with ``sign_in`` (a 6-digit code mailed to the buyer) and
-``sign_in/verify``. Without one (or with an expired one, or another buyer's) they answer
-``401 buyer_authentication_required`` and change nothing. The route checks it before the
+too, so it is not proof that the *buyer* acts: paying from the buyer's wallet, ``confirm``,
+``refunds/{id}/cancel`` and ``withdrawals`` also need ``Paykeep-Buyer-Session: bs_...``, a
+live session of the order's buyer, obtained with ``sign_in`` (a 6-digit code mailed to the
+buyer) and ``sign_in/verify``. Without one (or with an expired one, or another buyer's) they
+answer ``401 buyer_authentication_required`` and change nothing. The route checks it before the
 ``Idempotency-Key`` is claimed — a 401 is never stored, so the buyer's retry with the header
 and the same key runs — and the use case checks it again inside its transaction
 (:meth:`PaymentsService.pay_from_wallet` and friends), so no other entry point bypasses it.
@@ -23,12 +23,12 @@ card route's body holds a card number and a plain hash of it could be reversed.
 
 **Two kinds of POST.** A use case that takes the caller's transaction (refunds, disputes,
 confirm, wallet payment...) runs in ``idempotent_response``: its effect and the
-``Idempotency-Key`` record commit together. Four use cases commit their own transactions
+``Idempotency-Key`` record commit together. Five use cases commit their own transactions
 because a network call or another service sits in the middle: the card payment (the card
-network), payouts (the payout gateway), webhook endpoints and event replays (the webhook
-service's database writes). They go through :func:`_run_once`: the key is claimed in one
-transaction (an in-flight record), the use case runs, and its answer is stored in a second
-one. What that gives, and what it cannot:
+network), payouts and buyers' withdrawals (the payout gateway), webhook endpoints and event
+replays (the webhook service's database writes). They go through :func:`_run_once`: the key
+is claimed in one transaction (an in-flight record), the use case runs, and its answer is
+stored in a second one. What that gives, and what it cannot:
 
 - a retry after the answer was stored replays it (``Idempotent-Replayed: true``), a retry
   with another body is ``409 idempotency_key_reused``, a retry while the first request still
@@ -40,8 +40,8 @@ one. What that gives, and what it cannot:
   again. For cards that is safe: ``recover_card_payments`` (every escrow pass, for payments
   older than 30 s) has by then finished the first payment, so a paid order refuses the retry
   (``409 illegal_transition``); the order state is what makes card retries safe, with or
-  without a key. Payouts are idempotent in the domain (``request_id`` = the key). An endpoint
-  creation or replay may happen twice in that one case.
+  without a key. Payouts and withdrawals are idempotent in the domain (``request_id`` = the
+  key). An endpoint creation or replay may happen twice in that one case.
 
 Card numbers and security codes are never logged, stored (the vault tokenizes the number) or
 echoed: the request model holds them as ``SecretStr`` and no response carries more than the
@@ -108,6 +108,7 @@ from paykeep.payments.service import (
     CheckoutView,
     Tx,
 )
+from paykeep.payments.withdrawals import WITHDRAWAL_AMOUNT_MAX_MINOR
 from paykeep.security.api_keys import Principal
 from paykeep.workers.webhook_model import ENDPOINTS_PER_MERCHANT_MAX, PAGE_SIZE_MAX
 
@@ -286,6 +287,25 @@ class PayoutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     amount_minor: StrictInt = Field(ge=1)
+
+
+class WithdrawalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount_minor: StrictInt = Field(
+        ge=1, le=WITHDRAWAL_AMOUNT_MAX_MINOR, description="Minor units of the wallet's currency."
+    )
+    currency: str = Field(
+        min_length=3, max_length=3, pattern=r"^[A-Z]{3}$", description="The wallet's currency."
+    )
+    source_topup: str | None = Field(
+        default=None,
+        max_length=ID_MAX_LENGTH,
+        pattern=CURSOR_PATTERN,
+        description="The top-up (`top_...`, one of this buyer's, credited) whose sending bank "
+        "account receives the money. Omitted: the newest credited top-up whose sending IBAN "
+        "the bank statement named.",
+    )
 
 
 class WebhookEndpointIn(BaseModel):
@@ -1159,6 +1179,85 @@ def get_payout(payout_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeD
         raise missing("payout", payout_id)
     check_owner(principal, payout.merchant_id, "payout", payout_id)
     return _ok(payout.to_api())
+
+
+# -- buyer withdrawals -----------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/checkout/{token}/withdrawals",
+    tags=["checkout", "withdrawals"],
+    status_code=201,
+    summary="The buyer takes wallet money back to the bank account it came from.",
+    description="No API key: the checkout token names the buyer (any checkout of theirs). "
+    "The money goes only to the sending IBAN of one of the buyer's credited bank top-ups "
+    "(`source_topup`, default the newest), and per IBAN the withdrawals not returned never "
+    "exceed what that IBAN sent in (`409 withdrawal_exceeds_source`); no such top-up: "
+    "`409 withdrawal_no_source`; beyond the wallet's balance: `409 insufficient_funds`. "
+    "Decided by the risk controls first (`403 risk_blocked`). The amount leaves the wallet "
+    "now and is paid in the next payout batch; `state` follows the bank (`requested`, "
+    "`batched`, `accepted`, `settled`, or `returned` — then the money is back in the "
+    "wallet). Only the IBAN's last four are shown. The Idempotency-Key is the withdrawal's "
+    "request id: a retry returns the same withdrawal." + _SIGNED_IN_NOTE,
+    responses={
+        **_BUYER_AUTH_REQUIRED,
+        **_error_example(409, "withdrawal_exceeds_source",
+                         "More than this account sent in is being withdrawn to it."),
+        **_NOT_FOUND,
+    },
+)  # fmt: skip
+def create_withdrawal(
+    token: TokenPath,
+    body: WithdrawalIn,
+    runtime: RuntimeDep,
+    idem: IdempotencyMeta,
+    buyer_session: BuyerSessionHeader = None,
+) -> Response:
+    session = _session(runtime, token)
+    _require_buyer_session(runtime, token, buyer_session)
+    request_id = payout_request_id(idem.key)
+
+    def effect() -> tuple[int, bytes, bytes]:
+        withdrawal = runtime.payments.request_withdrawal(
+            token, buyer_session, body.amount_minor, body.currency, request_id,
+            source_topup=body.source_topup,
+        )  # fmt: skip
+        out = json_bytes(withdrawal.to_api())
+        return 201, out, out
+
+    request = _buyer_request(runtime, idem, session, "withdrawals")
+    return _run_once(runtime, _buyer_principal(session), request, effect)
+
+
+@router.get("/v1/withdrawals", tags=["withdrawals"], summary="Buyers' withdrawals, newest first.")
+def list_withdrawals(
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    page: Page,
+    buyer: Annotated[str | None, Query(max_length=ID_MAX_LENGTH)] = None,
+) -> Response:
+    with runtime.payments.reading() as tx:
+        rows = runtime.payments.withdrawals(
+            tx, owner_filter(principal), page.fetch, page.starting_after, buyer_id=buyer
+        )
+    return page_response(page, rows, lambda w: w.to_api())
+
+
+@router.get(
+    "/v1/withdrawals/{withdrawal_id}",
+    tags=["withdrawals"],
+    summary="One buyer withdrawal (the operator, or the buyer's merchant).",
+    responses=_NOT_FOUND,
+)
+def get_withdrawal(
+    withdrawal_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> Response:
+    with runtime.payments.reading() as tx:
+        found = tx.repo.withdrawal(withdrawal_id)
+    if found is None:
+        raise missing("withdrawal", withdrawal_id)
+    check_owner(principal, found.merchant_id, "withdrawal", withdrawal_id)
+    return _ok(found.to_api())
 
 
 # -- balances --------------------------------------------------------------------------------
