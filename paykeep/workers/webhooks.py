@@ -683,10 +683,11 @@ class WebhookService:
         try:
             with self._http.stream("POST", url, content=body, headers=dict(headers)) as response:
                 status = response.status_code
-                if 200 <= status < 300:
-                    return AttemptResult(status, None)
-                # Raw bytes (no decompression: a small gzip must not expand in memory), capped
-                # in size and in time; the rest of the body is never read.
+                # The body is read even after a 2xx: a response closed before its end takes
+                # its connection with it, and every delivery would open a new one (a TCP and,
+                # over https, a TLS handshake each). Raw bytes (no decompression: a small gzip
+                # must not expand in memory), capped in size and in time; past the cap the
+                # rest is never read and that connection is dropped.
                 captured = bytearray()
                 for chunk in response.iter_raw(1024):
                     captured += chunk
@@ -694,6 +695,8 @@ class WebhookService:
                         break
                     if monotonic_s() > deadline:
                         break
+                if 200 <= status < 300:
+                    return AttemptResult(status, None)
                 text = bytes(captured[: model.RESPONSE_BODY_READ_BYTES_MAX]).decode(
                     "utf-8", "replace"
                 )

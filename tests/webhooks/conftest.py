@@ -51,6 +51,8 @@ class Receiver:
     active_max: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     released: threading.Event = field(default_factory=threading.Event)
+    #: TCP connections accepted so far (a kept-alive connection serves many requests).
+    connections: int = 0
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -82,6 +84,11 @@ class Receiver:
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:  # once per connection
+            super().setup()
+            with receiver.lock:
+                receiver.connections += 1
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))

@@ -131,6 +131,43 @@ def test_a_delivery_end_to_end(
     assert len(receiver.received()) == 1
 
 
+_BODY_CAP = model.RESPONSE_BODY_READ_BYTES_MAX
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "connections"),
+    [
+        (200, b"ok", 1),
+        (204, b"", 1),
+        (202, b"x" * (_BODY_CAP - 100), 1),
+        # Past the cap the rest is never read: that connection is dropped, the delivery counts.
+        (200, b"x" * (_BODY_CAP * 3), 12),
+    ],
+)
+def test_deliveries_keep_their_connection_alive(
+    database: Database,
+    service: WebhookService,
+    receiver: Receiver,
+    clock: FakeClock,
+    status: int,
+    body: bytes,
+    connections: int,
+) -> None:
+    """A merchant's endpoint gets one connection for many deliveries, not one per delivery
+    (a TCP and, over https, a TLS handshake each): the answer's body is read, bounded, so the
+    connection can go back to the pool. One at a time here, so one connection serves all."""
+    add_merchant(database, "mer_a")
+    service.create_endpoint("mer_a", receiver.url("/hook"), None)
+    receiver.answer("/hook", status, body)
+    for _ in range(12):
+        add_event(database, clock, "mer_a")
+        assert service.fan_out() == 1
+        assert service.deliver_due() == 1
+    assert len(receiver.received("/hook")) == 12
+    assert receiver.connections == connections
+    assert {row.state for row in _deliveries(database)} == {"delivered"}
+
+
 def test_fan_out_respects_ownership_and_event_types(
     database: Database, service: WebhookService, receiver: Receiver, clock: FakeClock
 ) -> None:
