@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 
 from paykeep.db.engine import Database
 from paykeep.db.errors import MigrationNeedsFieldKeys
@@ -77,6 +78,16 @@ def _migration_lock(database: Database) -> Iterator[None]:
 _CIPHER_ATTRIBUTE = "field_cipher"
 
 
+def _sqlite_transaction(conn: Connection) -> None:
+    """Make a SQLite migration one transaction, as it is on PostgreSQL. Our SQLite connections
+    leave transactions to us (the driver never begins one: ``engine._sqlite_on_connect``), so
+    without this every statement committed on its own, and a crash inside a batch-mode table
+    copy (create, copy, drop, rename) or between a backfill and a column drop left the schema
+    half changed. The driver's commit/rollback at the block's end close this transaction."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def upgrade(
     database: Database,
     revision: str = "head",
@@ -86,6 +97,7 @@ def upgrade(
     if revision == "head" and current_revision(database) == head_revision(database):
         return
     with _migration_lock(database), database.engine.begin() as conn:
+        _sqlite_transaction(conn)
         cfg = alembic_config(database)
         cfg.attributes["connection"] = conn
         cfg.attributes[_CIPHER_ATTRIBUTE] = cipher
@@ -99,6 +111,7 @@ def downgrade(
     cipher: FieldCipher | Callable[[], FieldCipher] | None = None,
 ) -> None:
     with _migration_lock(database), database.engine.begin() as conn:
+        _sqlite_transaction(conn)
         cfg = alembic_config(database)
         cfg.attributes["connection"] = conn
         cfg.attributes[_CIPHER_ATTRIBUTE] = cipher
