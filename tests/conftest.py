@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from paykeep.config import SQLITE_FILE_NAME, Settings
-from paykeep.db import Database, open_database
+from paykeep.db import Database, field_cipher, open_database
+from paykeep.security.fields import FieldCipher
 
 POSTGRES_URL = os.environ.get(
     "PAYKEEP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -97,3 +98,9 @@ def database(settings: Settings) -> Iterator[Database]:
     db = open_database(settings)
     yield db
     db.dispose()
+
+
+@pytest.fixture
+def cipher(settings: Settings) -> FieldCipher:
+    """The field cipher of the test's data directory (its keys are made on first use)."""
+    return field_cipher(settings)

@@ -206,8 +206,8 @@ def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
     keys = VaultKeys.load(config.settings.data_dir)
     cipher = FieldCipher(keys)
     vault = CardVault(database, keys)
-    statements = StatementService(database, ledger)
-    payouts = PayoutService(database, ledger, statements=statements)
+    statements = StatementService(database, ledger, cipher=cipher)
+    payouts = PayoutService(database, ledger, cipher=cipher, statements=statements)
     card_client = None
     cards = None
     if config.card_network is not None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -26,6 +26,9 @@ from paykeep.config import Settings
 from paykeep.db.errors import DatabaseUnavailable, DatabaseUrlInvalid
 from paykeep.db.fairlock import FairRLock
 from paykeep.limits import DB_LOCK_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from paykeep.security.fields import FieldCipher
 
 #: A process waiting for another's write retries after this long, doubling up to the max.
 WRITER_LOCK_POLL_MIN_S: Final = 0.0002
@@ -248,5 +251,16 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
     if migrate:
         from paykeep.db.migrate import upgrade
 
-        upgrade(database)
+        # The field keys are loaded (or created) only if a migration has stored personal data
+        # to seal: a fresh or current database never touches them.
+        upgrade(database, cipher=lambda: field_cipher(settings))
     return database
+
+
+def field_cipher(settings: Settings) -> FieldCipher:
+    """The field cipher of ``settings``' data directory: its vault keys (``<data dir>/keys``,
+    created on first use) or the environment's — the same keys the API runtime seals with."""
+    from paykeep.gateway.vault.keys import VaultKeys
+    from paykeep.security.fields import FieldCipher
+
+    return FieldCipher(VaultKeys.load(settings.data_dir))

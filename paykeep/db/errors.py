@@ -17,3 +17,11 @@ class DatabaseUnavailable(PaykeepError):
 class SchemaOutOfDate(PaykeepError):
     code = "schema_out_of_date"
     type = "api_error"
+
+
+class MigrationNeedsFieldKeys(PaykeepError):
+    """A migration must seal (or open) personal data already stored, and was given no field
+    cipher: it refuses before changing anything rather than drop or keep the values in clear."""
+
+    code = "migration_needs_field_keys"
+    type = "api_error"

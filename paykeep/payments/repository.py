@@ -469,22 +469,27 @@ class PaymentsRepository:
 
     def withdrawal_sources(self, buyer_id: str, currency: str) -> list[Sequence[Any]]:
         """The buyer's credited top-ups in ``currency`` whose statement line names the sending
-        IBAN, newest first: ``(top-up id, IBAN, sender's name, amount)``."""
+        IBAN, newest first: ``(top-up id, sealed IBAN, sealed sender's name or None, amount,
+        statement row id, line)`` — the line's fields are sealed by the statements context
+        (purposes ``statement.counterparty_*``, row id ``<statement row id>:<line>``)."""
         return self._all(
-            "SELECT t.id, en.counterparty_iban, en.counterparty_name, t.amount_minor "
+            "SELECT t.id, en.counterparty_iban_enc, en.counterparty_name_enc, t.amount_minor, "
+            "en.statement_row_id, en.line "
             "FROM payments_topups t JOIN stmt_entries en "
             "ON en.statement_row_id = t.statement_row_id AND en.line = t.line "
             "WHERE t.buyer_id = :b AND t.currency = :c AND t.state = 'credited' "
-            "AND en.counterparty_iban IS NOT NULL AND en.counterparty_iban <> '' "
+            "AND en.counterparty_iban_enc IS NOT NULL "
             "ORDER BY t.id DESC",
             {"b": buyer_id, "c": currency},
         )
 
     def standing_withdrawals(self, buyer_id: str, currency: str) -> list[Sequence[Any]]:
-        """``(source IBAN, amount, state)`` of the buyer's withdrawals in ``currency`` whose money
-        has not come back (every state but ``returned`` and ``failed``)."""
+        """``(sealed source IBAN, amount, state, statement row id, line)`` of the buyer's
+        withdrawals in ``currency`` whose money has not come back (every state but ``returned``
+        and ``failed``)."""
         return self._all(
-            "SELECT en.counterparty_iban, w.amount_minor, w.state FROM payments_withdrawals w "
+            "SELECT en.counterparty_iban_enc, w.amount_minor, w.state, en.statement_row_id, "
+            "en.line FROM payments_withdrawals w "
             "JOIN payments_topups t ON t.id = w.source_topup_id "
             "JOIN stmt_entries en ON en.statement_row_id = t.statement_row_id "
             "AND en.line = t.line "

@@ -31,6 +31,11 @@ from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
 from paykeep.db.group import GroupWriter
 from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
+from paykeep.gateway.statements.model import (
+    COUNTERPARTY_IBAN_PURPOSE,
+    COUNTERPARTY_NAME_PURPOSE,
+    entry_row_id,
+)
 from paykeep.ids import IdGenerator, derived_id
 from paykeep.ledger.model import (
     AccountFlags,
@@ -2416,7 +2421,7 @@ class PaymentsService:
         ).first()
         if wallet is None:
             raise PaymentsInputInvalid(f"the buyer has no {currency} wallet", param="currency")
-        sources = tx.repo.withdrawal_sources(buyer_id, currency)
+        sources = self._withdrawal_sources(tx, buyer_id, currency)
         chosen: Sequence[Any] | None
         if source_topup is None:
             chosen = sources[0] if sources else None
@@ -2431,7 +2436,7 @@ class PaymentsService:
                     "is known",
                     param="source_topup",
                 )
-        standing = tx.repo.standing_withdrawals(buyer_id, currency)
+        standing = self._standing_withdrawals(tx, buyer_id, currency)
         headroom = source_headroom(
             ((str(row[1]), int(row[3])) for row in sources),
             ((str(row[0]), int(row[1])) for row in standing),
@@ -2444,6 +2449,52 @@ class PaymentsService:
         assert chosen is not None and iban is not None
         return str(chosen[0]), compact_iban(iban)
 
+    def _withdrawal_sources(
+        self, tx: Tx, buyer_id: str, currency: str
+    ) -> list[tuple[str, str, str | None, int]]:
+        """``(top-up id, IBAN, sender's name or None, amount)`` of the buyer's credited top-ups
+        whose statement line names a sending IBAN, newest first: opened from the line's sealed
+        copy, under the purposes and row id the statements context sealed them with."""
+        out = []
+        for (
+            topup_id,
+            iban_enc,
+            name_enc,
+            amount,
+            statement_row_id,
+            line,
+        ) in tx.repo.withdrawal_sources(buyer_id, currency):
+            row_id = entry_row_id(int(statement_row_id), int(line))
+            iban = self.cipher.open(
+                bytes(iban_enc), purpose=COUNTERPARTY_IBAN_PURPOSE, row_id=row_id
+            )
+            if not iban:
+                continue  # the bank named no account: not a source
+            name = None if name_enc is None else self.cipher.open(
+                bytes(name_enc), purpose=COUNTERPARTY_NAME_PURPOSE, row_id=row_id
+            )  # fmt: skip
+            out.append((str(topup_id), iban, name, int(amount)))
+        return out
+
+    def _standing_withdrawals(
+        self, tx: Tx, buyer_id: str, currency: str
+    ) -> list[tuple[str, int, str]]:
+        """``(source IBAN, amount, state)`` of the buyer's standing withdrawals (opened)."""
+        return [
+            (
+                self.cipher.open(
+                    bytes(iban_enc),
+                    purpose=COUNTERPARTY_IBAN_PURPOSE,
+                    row_id=entry_row_id(int(statement_row_id), int(line)),
+                ),
+                int(amount),
+                str(state),
+            )
+            for iban_enc, amount, state, statement_row_id, line in tx.repo.standing_withdrawals(
+                buyer_id, currency
+            )
+        ]
+
     def _withdrawal_payout(self, withdrawal: Withdrawal) -> Payout:
         """The gateway payout of a reserved withdrawal (idempotent on its request id): the
         wallet → ``clearing:payout`` now, the pain.001 line at the next batch."""
@@ -2451,7 +2502,7 @@ class PaymentsService:
 
         assert self.payouts is not None
         with self.reading() as tx:
-            sources = tx.repo.withdrawal_sources(withdrawal.buyer_id, withdrawal.currency)
+            sources = self._withdrawal_sources(tx, withdrawal.buyer_id, withdrawal.currency)
             name_enc = tx.repo.buyer_name_enc(withdrawal.buyer_id)
         holder = next((r[2] for r in sources if r[0] == withdrawal.source_topup_id), None)
         # The account holder as the statement named them; else the buyer's name.

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from paykeep.db import open_database
+from paykeep.db import field_cipher, open_database
 from paykeep.gateway.payouts.service import PayoutService
 from paykeep.ledger.audit import verify
 from paykeep.ledger.service import Ledger
@@ -173,7 +173,8 @@ def test_a_refunded_bank_transfer_goes_back_to_the_account_it_came_from(shop: Sh
     as_operator = shop.operator.get(f"/v1/withdrawals/{withdrawal['id']}")
     assert as_operator.status_code == 200 and as_operator.json()["state"] == "settled"
 
-    database = open_database(server_settings(shop.server), migrate=False)
+    settings = server_settings(shop.server)
+    database = open_database(settings, migrate=False)
     try:
         with database.read() as conn:
             row = conn.execute(
@@ -181,7 +182,7 @@ def test_a_refunded_bank_transfer_goes_back_to_the_account_it_came_from(shop: Sh
                         "WHERE id = :id"), {"id": withdrawal["id"]},
             ).one()  # fmt: skip
         assert ADA_IBAN.encode() not in bytes(row[1])  # sealed at rest
-        payouts = PayoutService(database)
+        payouts = PayoutService(database, cipher=field_cipher(settings))
         payout = payouts.get(int(row[0]))
         assert payout.debit_account_name == f"buyer:{buyer['id']}:wallet:EUR"
         assert payout.batch_id is not None

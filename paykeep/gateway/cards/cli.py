@@ -136,14 +136,16 @@ def expect_settlement(
 ) -> None:
     """Check an acquirer's settlement report against the captures not yet settled, then
     expect its credit on the statement (exit 2 if the report disagrees; nothing changes)."""
-    from paykeep.db import open_database
+    from paykeep.db import field_cipher, open_database
     from paykeep.gateway.cards.service import expect_card_settlement
     from paykeep.gateway.statements.service import StatementService
 
     with typed_errors():
-        database = open_database(settings_from(data_dir, database_url))
+        settings = settings_from(data_dir, database_url)
+        database = open_database(settings)
+        statements = StatementService(database, cipher=field_cipher(settings))
         expectation_id = expect_card_settlement(
-            database, StatementService(database), acquirer=acquirer, currency=currency,
+            database, statements, acquirer=acquirer, currency=currency,
             reference=reference, amount_minor=amount, count=count, iban=iban,
             bank_account_name=bank_account,
         )  # fmt: skip

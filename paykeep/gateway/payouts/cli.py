@@ -33,14 +33,21 @@ SCHEMA_NAMES = {"03": "pain.001.001.03", "09": "pain.001.001.09"}
 
 
 def _service(data_dir: Path | None, database_url: str | None) -> PayoutService:
-    from paykeep.db import open_database
+    from paykeep.db import field_cipher, open_database
     from paykeep.gateway.payouts.service import PayoutService
     from paykeep.gateway.statements.service import StatementService
     from paykeep.ledger.service import Ledger
 
-    database = open_database(settings_from(data_dir, database_url))
+    settings = settings_from(data_dir, database_url)
+    database = open_database(settings)
     ledger = Ledger(database)
-    return PayoutService(database, ledger, statements=StatementService(database, ledger))
+    cipher = field_cipher(settings)
+    return PayoutService(
+        database,
+        ledger,
+        cipher=cipher,
+        statements=StatementService(database, ledger, cipher=cipher),
+    )
 
 
 @payouts_app.command("request")
@@ -81,7 +88,7 @@ def payouts_request(
         return
     typer.echo(
         f"payout {payout.payout_id} {payout.state.value}: {Money(payout.amount_minor, currency)} "
-        f"to {payout.creditor_iban} (end-to-end id {payout.end_to_end_id})"
+        f"to ****{payout.creditor_iban_last4} (end-to-end id {payout.end_to_end_id})"
     )
 
 
@@ -180,7 +187,7 @@ def payouts_list(
     for p in found:
         typer.echo(
             f"{p.payout_id}  {p.state.value:<10} {p.end_to_end_id:<16} {p.amount_minor:>12} "
-            f"{p.currency} {p.merchant_ref} -> {p.creditor_iban}"
+            f"{p.currency} {p.merchant_ref} -> ****{p.creditor_iban_last4}"
         )
 
 

@@ -48,6 +48,13 @@ SETTLEMENT_TRANSFER_CODE: Final = 42
 SCHEMAS: Final = ("pain.001.001.03", "pain.001.001.09")
 DEFAULT_SCHEMA: Final = "pain.001.001.03"
 
+#: Purposes of the sealed columns (``FieldCipher.seal``; row id: the payout / batch id) and of
+#: the keyed fingerprint (``FieldCipher.lookup``). Migration 0011 spells the same strings.
+CREDITOR_NAME_PURPOSE: Final = "payout.creditor_name"
+CREDITOR_IBAN_PURPOSE: Final = "payout.creditor_iban"
+BATCH_FILE_PURPOSE: Final = "payout_batch.file"
+REQUEST_FINGERPRINT_PURPOSE: Final = "payout.request"
+
 _ID_TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _BANK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
@@ -135,7 +142,9 @@ class PayoutRequest:
     remittance: str | None = None
 
     def fingerprint(self) -> str:
-        """Digest of everything but the request id: a replay must carry the same."""
+        """Digest of everything but the request id: a replay must carry the same. Unkeyed, so
+        never stored as is (an IBAN is guessable from it): the service stores its keyed
+        ``FieldCipher.lookup`` (purpose :data:`REQUEST_FINGERPRINT_PURPOSE`)."""
         body = {
             "merchant_ref": self.merchant_ref,
             "amount_minor": self.amount_minor,
@@ -152,6 +161,10 @@ class PayoutRequest:
 
 @dataclass(frozen=True, slots=True)
 class Payout:
+    """A payout as stored. The creditor's name and IBAN are personal data: sealed at rest and
+    opened only to write the pain.001 file (``PayoutService.batch``), so a payout carries just
+    the IBAN's last four for display. ``fingerprint`` is the keyed digest of the request."""
+
     payout_id: int
     request_id: str
     fingerprint: str
@@ -159,8 +172,7 @@ class Payout:
     debit_account_name: str
     amount_minor: int
     currency: str
-    creditor_name: str
-    creditor_iban: str
+    creditor_iban_last4: str
     creditor_bic: str | None
     remittance: str
     end_to_end_id: str
@@ -180,8 +192,7 @@ class Payout:
             "debit_account_name": self.debit_account_name,
             "amount_minor": self.amount_minor,
             "currency": self.currency,
-            "creditor_name": self.creditor_name,
-            "creditor_iban": self.creditor_iban,
+            "creditor_iban": f"****{self.creditor_iban_last4}",
             "creditor_bic": self.creditor_bic,
             "remittance": self.remittance,
             "end_to_end_id": self.end_to_end_id,
@@ -312,9 +323,9 @@ def normalize_iban(value: object, name: str) -> str:
     try:
         return str(IBAN(value).compact)
     except SchwiftyException as exc:
-        raise PayoutIbanInvalid(
-            f"{name} {value!r} is not a valid IBAN: {exc}", param=name
-        ) from None
+        # The value is not echoed: a mistyped IBAN is still someone's account number, and
+        # error messages are returned and logged.
+        raise PayoutIbanInvalid(f"{name} is not a valid IBAN: {exc}", param=name) from None
 
 
 def normalize_bic(value: object, name: str) -> str | None:

@@ -1,4 +1,6 @@
-"""Persistence of payouts and batches: SQLAlchemy Core over the tables of migration 0004.
+"""Persistence of payouts and batches: SQLAlchemy Core over the tables of migrations 0004 and
+0011 (the creditor's name and IBAN and the batch's file copy are sealed bytes here: the
+service seals and opens them, the repository only moves them).
 
 A repository wraps one open transaction (a ``Connection`` from ``Database.write()`` or
 ``.read()``); it never commits. Rows about to change are read ``FOR UPDATE`` (PostgreSQL;
@@ -32,8 +34,9 @@ payouts = sa.Table(
     sa.Column("debit_account_name", sa.String(128)),
     sa.Column("amount_minor", sa.BigInteger),
     sa.Column("currency", sa.String(3)),
-    sa.Column("creditor_name", sa.String(70)),
-    sa.Column("creditor_iban", sa.String(34)),
+    sa.Column("creditor_name_enc", sa.LargeBinary),
+    sa.Column("creditor_iban_enc", sa.LargeBinary),
+    sa.Column("creditor_iban_last4", sa.String(4)),
     sa.Column("creditor_bic", sa.String(11)),
     sa.Column("remittance", sa.String(140)),
     sa.Column("end_to_end_id", sa.String(35)),
@@ -60,7 +63,7 @@ batches = sa.Table(
     sa.Column("payout_count", sa.Integer),
     sa.Column("control_sum_minor", sa.BigInteger),
     sa.Column("execution_date", sa.String(10)),
-    sa.Column("file_xml", sa.Text),
+    sa.Column("file_xml_enc", sa.LargeBinary),
     sa.Column("file_sha256", sa.String(64)),
     sa.Column("destination", sa.Text),
     sa.Column("bank_status", sa.String(8)),
@@ -89,8 +92,7 @@ def _payout(row: sa.Row[Any]) -> Payout:
         debit_account_name=row.debit_account_name,
         amount_minor=row.amount_minor,
         currency=row.currency,
-        creditor_name=row.creditor_name,
-        creditor_iban=row.creditor_iban,
+        creditor_iban_last4=row.creditor_iban_last4,
         creditor_bic=row.creditor_bic,
         remittance=row.remittance,
         end_to_end_id=row.end_to_end_id,
@@ -126,7 +128,12 @@ def _batch(row: sa.Row[Any]) -> Batch:
     )
 
 
-_BATCH_COLUMNS = [c for c in batches.c if c.name != "file_xml"]
+_BATCH_COLUMNS = [c for c in batches.c if c.name != "file_xml_enc"]
+_PAYOUT_COLUMNS = [c for c in payouts.c if c.name not in ("creditor_name_enc", "creditor_iban_enc")]
+
+
+def _sealed(value: Any) -> bytes:
+    return bytes(value)  # psycopg returns memoryview for bytea, sqlite3 bytes
 
 
 class PayoutRepository:
@@ -139,33 +146,59 @@ class PayoutRepository:
 
     # --- payouts -------------------------------------------------------------------------
 
-    def insert_payout(self, payout: Payout) -> None:
-        values = payout.to_json()
+    def insert_payout(
+        self, payout: Payout, *, creditor_name_enc: bytes, creditor_iban_enc: bytes
+    ) -> None:
         self.conn.execute(
             sa.insert(payouts).values(
                 id=payout.payout_id,
+                request_id=payout.request_id,
                 fingerprint=payout.fingerprint,
+                merchant_ref=payout.merchant_ref,
+                debit_account_name=payout.debit_account_name,
+                amount_minor=payout.amount_minor,
+                currency=payout.currency,
+                creditor_name_enc=creditor_name_enc,
+                creditor_iban_enc=creditor_iban_enc,
+                creditor_iban_last4=payout.creditor_iban_last4,
+                creditor_bic=payout.creditor_bic,
+                remittance=payout.remittance,
+                end_to_end_id=payout.end_to_end_id,
+                state=payout.state.value,
+                batch_id=payout.batch_id,
+                request_transfer_id=payout.request_transfer_id,
+                return_transfer_id=payout.return_transfer_id,
                 expected=payout.expected,
-                **{k: v for k, v in values.items() if k not in ("payout_id",)},
+                created_at_ns=payout.created_at_ns,
+                updated_at_ns=payout.updated_at_ns,
             )
         )
 
+    def sealed_creditors(self, payout_ids: Sequence[int]) -> dict[int, tuple[bytes, bytes]]:
+        """``payout id -> (sealed name, sealed IBAN)``: what the file builder opens."""
+        rows = self.conn.execute(
+            sa.select(payouts.c.id, payouts.c.creditor_name_enc, payouts.c.creditor_iban_enc).where(
+                payouts.c.id.in_(list(payout_ids))
+            )
+        )
+        return {r.id: (_sealed(r.creditor_name_enc), _sealed(r.creditor_iban_enc)) for r in rows}
+
     def payout(self, payout_id: int, *, for_update: bool = False) -> Payout | None:
         row = self.conn.execute(
-            self._locked(sa.select(payouts).where(payouts.c.id == payout_id), for_update)
+            self._locked(sa.select(*_PAYOUT_COLUMNS).where(payouts.c.id == payout_id), for_update)
         ).first()
         return None if row is None else _payout(row)
 
     def payout_by_request(self, request_id: str) -> Payout | None:
         row = self.conn.execute(
-            sa.select(payouts).where(payouts.c.request_id == request_id)
+            sa.select(*_PAYOUT_COLUMNS).where(payouts.c.request_id == request_id)
         ).first()
         return None if row is None else _payout(row)
 
     def requested(self, currency: str, limit: int) -> list[Payout]:
         """The oldest payouts waiting for a batch, locked against a concurrent batcher."""
         query = (
-            sa.select(payouts)
+            sa.select(*_PAYOUT_COLUMNS)
             .where(payouts.c.state == PayoutState.REQUESTED.value)
             .where(payouts.c.currency == currency)
             .order_by(payouts.c.id)
@@ -177,7 +210,7 @@ class PayoutRepository:
 
     def batch_payouts(self, batch_id: int) -> list[Payout]:
         rows = self.conn.execute(
-            sa.select(payouts).where(payouts.c.batch_id == batch_id).order_by(payouts.c.id)
+            sa.select(*_PAYOUT_COLUMNS).where(payouts.c.batch_id == batch_id).order_by(payouts.c.id)
         )
         return [_payout(r) for r in rows]
 
@@ -185,7 +218,7 @@ class PayoutRepository:
         self.conn.execute(sa.update(payouts).where(payouts.c.id == payout_id).values(**values))
 
     def page(self, state: PayoutState | None, after_id: int, limit: int) -> list[Payout]:
-        query = sa.select(payouts).where(payouts.c.id > after_id)
+        query = sa.select(*_PAYOUT_COLUMNS).where(payouts.c.id > after_id)
         if state is not None:
             query = query.where(payouts.c.state == state.value)
         rows = self.conn.execute(query.order_by(payouts.c.id).limit(limit))
@@ -195,7 +228,7 @@ class PayoutRepository:
         """Payouts a crash may have left half-done: a rejected batch's payouts not yet
         returned, an accepted batch's payouts not yet registered with the statements."""
         query = (
-            sa.select(payouts)
+            sa.select(*_PAYOUT_COLUMNS)
             .join(batches, batches.c.id == payouts.c.batch_id)
             .where(
                 sa.or_(
@@ -217,7 +250,7 @@ class PayoutRepository:
     def accepted_expected(self, limit: int) -> list[Payout]:
         """Accepted payouts registered with the statements service: waiting for their line."""
         rows = self.conn.execute(
-            sa.select(payouts)
+            sa.select(*_PAYOUT_COLUMNS)
             .where(payouts.c.state == PayoutState.ACCEPTED.value)
             .where(payouts.c.expected.is_(True))
             .order_by(payouts.c.id)
@@ -227,7 +260,7 @@ class PayoutRepository:
 
     # --- batches -------------------------------------------------------------------------
 
-    def insert_batch(self, batch: Batch, file_xml: str | None) -> None:
+    def insert_batch(self, batch: Batch, file_xml_enc: bytes | None) -> None:
         self.conn.execute(
             sa.insert(batches).values(
                 id=batch.batch_id,
@@ -242,7 +275,7 @@ class PayoutRepository:
                 payout_count=batch.payout_count,
                 control_sum_minor=batch.control_sum_minor,
                 execution_date=batch.execution_date,
-                file_xml=file_xml,
+                file_xml_enc=file_xml_enc,
                 file_sha256=batch.file_sha256,
                 destination=batch.destination,
                 bank_status=batch.bank_status,
@@ -258,11 +291,11 @@ class PayoutRepository:
         ).first()
         return None if row is None else _batch(row)
 
-    def batch_file(self, batch_id: int) -> bytes | None:
-        text = self.conn.execute(
-            sa.select(batches.c.file_xml).where(batches.c.id == batch_id)
+    def sealed_batch_file(self, batch_id: int) -> bytes | None:
+        sealed = self.conn.execute(
+            sa.select(batches.c.file_xml_enc).where(batches.c.id == batch_id)
         ).scalar()
-        return None if text is None else str(text).encode("utf-8")
+        return None if sealed is None else _sealed(sealed)
 
     def update_batch(self, batch_id: int, **values: Any) -> None:
         self.conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(**values))

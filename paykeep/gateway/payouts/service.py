@@ -37,8 +37,12 @@ from paykeep.gateway.payouts.errors import (
 )
 from paykeep.gateway.payouts.model import (
     ASSET_ACCOUNT_CODE,
+    BATCH_FILE_PURPOSE,
     CLEARING_ACCOUNT,
+    CREDITOR_IBAN_PURPOSE,
+    CREDITOR_NAME_PURPOSE,
     DEFAULT_SCHEMA,
+    REQUEST_FINGERPRINT_PURPOSE,
     REQUEST_TRANSFER_CODE,
     RETURN_TRANSFER_CODE,
     SCHEMAS,
@@ -68,6 +72,7 @@ from paykeep.ids import IdGenerator
 from paykeep.ledger.errors import AccountNotFound, transfer_error
 from paykeep.ledger.model import Account, CreateTransferResult, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
+from paykeep.security.fields import FieldCipher
 
 if TYPE_CHECKING:
     from paykeep.gateway.statements.service import StatementService
@@ -109,17 +114,23 @@ def _unique_violation(exc: BaseException) -> bool:
 class PayoutService:
     """Merchants' withdrawals. ``statements`` (the statement import service) is told what to
     expect on the bank statement once the bank has accepted a file; without it the payouts stop
-    at ``accepted`` until :meth:`resume` runs with one."""
+    at ``accepted`` until :meth:`resume` runs with one.
+
+    ``cipher`` seals what identifies a person before it is written: the creditor's name and
+    IBAN (row id: the payout id) and the batch's copy of its file (row id: the batch id); it
+    opens them only to build the file and to hand the file to the bank."""
 
     def __init__(
         self,
         database: Database,
         ledger: Ledger | None = None,
         *,
+        cipher: FieldCipher,
         clock: Clock | None = None,
         statements: StatementService | None = None,
     ) -> None:
         self.database = database
+        self.cipher = cipher
         self.clock = clock or SystemClock()
         self.ledger = ledger or Ledger(database, self.clock)
         self.ids = IdGenerator(self.clock)
@@ -159,7 +170,9 @@ class PayoutService:
 
     def submit_request(self, request: PayoutRequest) -> Payout:
         req = validate_request(request)  # 1. shape
-        fingerprint = req.fingerprint()
+        # Keyed: the plain digest covers the IBAN and would let anyone holding the table test
+        # candidate IBANs against it.
+        fingerprint = self.cipher.lookup(req.fingerprint(), purpose=REQUEST_FINGERPRINT_PURPOSE)
         with self.database.read() as conn:  # 2. idempotency
             existing = PayoutRepository(conn).payout_by_request(req.request_id)
         if existing is not None:
@@ -208,8 +221,7 @@ class PayoutService:
             debit_account_name=req.debit_account_name,
             amount_minor=req.amount_minor,
             currency=req.currency,
-            creditor_name=req.creditor_name,
-            creditor_iban=req.creditor_iban,
+            creditor_iban_last4=req.creditor_iban[-4:],
             creditor_bic=req.creditor_bic,
             remittance=default_remittance(req),
             end_to_end_id=end_to_end_id(payout_id),
@@ -221,9 +233,14 @@ class PayoutService:
             created_at_ns=now,
             updated_at_ns=now,
         )
+        row_id = str(payout_id)
+        name_enc = self.cipher.seal(req.creditor_name, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id)
+        iban_enc = self.cipher.seal(req.creditor_iban, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id)
         try:
             with self.database.write() as conn:
-                PayoutRepository(conn).insert_payout(payout)
+                PayoutRepository(conn).insert_payout(
+                    payout, creditor_name_enc=name_enc, creditor_iban_enc=iban_enc
+                )
         except sa.exc.IntegrityError as exc:
             if not _unique_violation(exc):
                 raise
@@ -345,6 +362,7 @@ class PayoutService:
                 repo.update_payout(
                     payout.payout_id, state=batched.value, batch_id=batch_id, updated_at_ns=now
                 )
+            creditors = self._creditors(repo, pending)
             document = pain001.build(
                 schema=schema,
                 message_id=msg_id,
@@ -356,8 +374,8 @@ class PayoutService:
                     pain001.FileLine(
                         end_to_end_id=p.end_to_end_id,
                         amount_minor=p.amount_minor,
-                        creditor_name=p.creditor_name,
-                        creditor_iban=p.creditor_iban,
+                        creditor_name=creditors[p.payout_id][0],
+                        creditor_iban=creditors[p.payout_id][1],
                         creditor_bic=p.creditor_bic,
                         remittance=p.remittance,
                     )
@@ -369,7 +387,11 @@ class PayoutService:
             repo.update_batch(
                 batch_id,
                 state=state.value,
-                file_xml=document.decode("utf-8"),
+                # The file lists every creditor's name and IBAN: its copy is sealed too. The
+                # digest stays in clear (it names the file sent, reveals nothing of it).
+                file_xml_enc=self.cipher.seal(
+                    document.decode("utf-8"), purpose=BATCH_FILE_PURPOSE, row_id=str(batch_id)
+                ),
                 file_sha256=digest,
                 updated_at_ns=now,
             )
@@ -378,16 +400,32 @@ class PayoutService:
         assert found is not None
         return found
 
+    def _creditors(
+        self, repo: PayoutRepository, pending: Sequence[Payout]
+    ) -> dict[int, tuple[str, str]]:
+        """``payout id -> (name, IBAN)`` opened for the file: the one place they are needed."""
+        sealed = repo.sealed_creditors([p.payout_id for p in pending])
+        out = {}
+        for payout_id, (name_enc, iban_enc) in sealed.items():
+            row_id = str(payout_id)
+            out[payout_id] = (
+                self.cipher.open(name_enc, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id),
+                self.cipher.open(iban_enc, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id),
+            )
+        return out
+
     def file(self, batch_id: int) -> bytes:
-        """The batch's pain.001 document, byte for byte as it was (or will be) sent."""
+        """The batch's pain.001 document, byte for byte as it was (or will be) sent: opened
+        from its sealed copy (UTF-8, as it was built)."""
         with self.database.read() as conn:
             repo = PayoutRepository(conn)
             if repo.batch(batch_id) is None:
                 raise PayoutBatchNotFound(f"no payout batch {batch_id}", param="batch_id")
-            document = repo.batch_file(batch_id)
-        if document is None:
+            sealed = repo.sealed_batch_file(batch_id)
+        if sealed is None:
             raise PayoutBatchNotFound(f"payout batch {batch_id} has no file yet")
-        return document
+        text = self.cipher.open(sealed, purpose=BATCH_FILE_PURPOSE, row_id=str(batch_id))
+        return text.encode("utf-8")
 
     # ------------------------------------------------------------------ submit
 

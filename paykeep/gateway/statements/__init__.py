@@ -4,7 +4,7 @@ reconciliation breaks out. See README.md for the invariants and the data flow.
 Stable public surface (other contexts and banksim's tests use these names)::
 
     parse(data, *, filename=None) -> list[ParsedStatement]
-    StatementService(database, ledger).expect(ExpectedMovement(...))
+    StatementService(database, ledger, cipher=cipher).expect(ExpectedMovement(...))
 """
 
 from __future__ import annotations

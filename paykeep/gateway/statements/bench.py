@@ -76,7 +76,7 @@ def camt053_document(
 def run_statement_bench(lines: int = 20_000) -> dict[str, Any]:
     """Lines per second for parse only and for parse + import (SQLite, scratch directory)."""
     from paykeep.config import Settings
-    from paykeep.db import open_database
+    from paykeep.db import field_cipher, open_database
     from paykeep.db.engine import SQLITE_SYNCHRONOUS
     from paykeep.gateway.statements.model import ExpectedMovement, Leg
     from paykeep.gateway.statements.parser import parse
@@ -98,8 +98,9 @@ def run_statement_bench(lines: int = 20_000) -> dict[str, Any]:
     parse_s = monotonic_s() - started
     scratch = Path(tempfile.mkdtemp(prefix="paykeep-stmt-bench-"))
     try:
-        database = open_database(Settings(data_dir=scratch))
-        service = StatementService(database)
+        settings = Settings(data_dir=scratch)
+        database = open_database(settings)
+        service = StatementService(database, cipher=field_cipher(settings))
         ledger = service.ledger
         names = ["bank:safeguarding:bench", "clearing:bank-in"] + [
             f"buyer:{b}:wallet" for b in range(buyers)

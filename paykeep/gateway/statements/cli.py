@@ -33,10 +33,11 @@ statements_app.add_typer(accounts_app, name="accounts")
 
 
 def _service(data_dir: Path | None, database_url: str | None) -> StatementService:
-    from paykeep.db import open_database
+    from paykeep.db import field_cipher, open_database
     from paykeep.gateway.statements.service import StatementService
 
-    return StatementService(open_database(settings_from(data_dir, database_url)))
+    settings = settings_from(data_dir, database_url)
+    return StatementService(open_database(settings), cipher=field_cipher(settings))
 
 
 def _minor(value: int | None, currency: str) -> str:
@@ -96,21 +97,47 @@ def list_breaks(
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
     limit: Annotated[int, typer.Option(min=1, max=1_000)] = 1_000,
+    remittance: Annotated[
+        bool,
+        typer.Option(
+            "--remittance",
+            help="Also show what the payer wrote on each line (opened from its sealed copy): "
+            "what matching a break by hand needs.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List open reconciliation breaks, oldest first."""
     from paykeep.gateway.statements.service import break_json
 
     with typed_errors():
-        breaks = _service(data_dir, database_url).open_breaks(limit)
+        service = _service(data_dir, database_url)
+        breaks = service.open_breaks(limit)
+        texts = {
+            b.id: service.line_remittance(b.statement_row_id, b.line)
+            for b in breaks
+            if remittance and b.line > 0
+        }
     if as_json:
-        print_json({"breaks": [break_json(b) for b in breaks]})
+        print_json(
+            {
+                "breaks": [
+                    {
+                        **break_json(b),
+                        **({"remittance_info": texts.get(b.id)} if remittance else {}),
+                    }
+                    for b in breaks
+                ]
+            }
+        )
         return
     for b in breaks:
         typer.echo(
             f"#{b.id} {b.account} {b.statement_id} line {b.line}: {b.reason} "
             f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}"
         )
+        if texts.get(b.id):
+            typer.echo(f"    remittance: {texts[b.id]}")
     if not breaks:
         typer.echo("no open breaks")
 

@@ -23,6 +23,22 @@ from paykeep.gateway.statements.errors import (
 )
 from paykeep.money import Money, is_currency
 
+#: Purposes of a stored line's sealed columns (``FieldCipher.seal``, row id
+#: :func:`entry_row_id`): the counterparty (the payer of a transfer in — often a buyer) and
+#: the free remittance text. Migration 0011 spells the same strings.
+COUNTERPARTY_NAME_PURPOSE: Final = "statement.counterparty_name"
+COUNTERPARTY_IBAN_PURPOSE: Final = "statement.counterparty_iban"
+REMITTANCE_PURPOSE: Final = "statement.remittance_info"
+#: Purpose of the keyed statement fingerprint (``FieldCipher.lookup`` of
+#: :meth:`ParsedStatement.fingerprint`, which covers the counterparties).
+CONTENT_PURPOSE: Final = "statement.content"
+
+
+def entry_row_id(statement_row_id: int, line: int) -> str:
+    """The row id a stored line's fields are sealed under: a ciphertext copied to another line
+    fails to open."""
+    return f"{statement_row_id}:{line}"
+
 
 class EntryStatus(StrEnum):
     BOOKED = "booked"
@@ -126,7 +142,9 @@ class ParsedStatement:
 
     def fingerprint(self) -> str:
         """SHA-256 over everything imported: two imports of the same statement have the same
-        fingerprint, a different statement under the same id a different one."""
+        fingerprint, a different statement under the same id a different one. Unkeyed and
+        over the counterparties, so never stored as is: the service stores its keyed
+        ``FieldCipher.lookup`` (purpose :data:`CONTENT_PURPOSE`)."""
         parts: list[str] = [
             self.account, self.currency, self.statement_id, self.sequence or "",
             _opt(self.opening_booked_minor), _opt(self.closing_booked_minor),

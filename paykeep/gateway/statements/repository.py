@@ -1,5 +1,8 @@
 """Persistence of statements, expectations, matches and breaks (plain parameterised SQL that
-both SQLite and PostgreSQL run). Transactions are opened by the service, never here."""
+both SQLite and PostgreSQL run). Transactions are opened by the service, never here.
+
+A line's counterparty name and IBAN and its remittance text are written sealed (migration
+0011): :meth:`StatementRepository.insert_entries` seals them with the cipher it is handed."""
 
 from __future__ import annotations
 
@@ -12,13 +15,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from paykeep.gateway.statements.model import (
+    COUNTERPARTY_IBAN_PURPOSE,
+    COUNTERPARTY_NAME_PURPOSE,
+    REMITTANCE_PURPOSE,
     Entry,
     ExpectedMovement,
     Leg,
     LineBreak,
     ParsedStatement,
     StoredExpectation,
+    entry_row_id,
 )
+from paykeep.security.fields import FieldCipher
 
 #: PostgreSQL advisory lock that serialises statement imports (SQLite's BEGIN IMMEDIATE
 #: already does).
@@ -226,8 +234,15 @@ class StatementRepository:
         return [int(r[0]) for r in rows]
 
     def insert_statement(
-        self, s: ParsedStatement, *, registered: bool, posting: bool, now_ns: int
+        self,
+        s: ParsedStatement,
+        *,
+        fingerprint: str,
+        registered: bool,
+        posting: bool,
+        now_ns: int,
     ) -> int:
+        """``fingerprint`` is the keyed one (``StatementService``), never ``s.fingerprint()``."""
         row = self.conn.execute(
             sa.text(
                 "INSERT INTO stmt_statements (account, kind, statement_id, sequence, format, "
@@ -242,22 +257,29 @@ class StatementRepository:
                 "ca": None if s.created_at is None else s.created_at.isoformat(),
                 "o": s.opening_booked_minor, "cl": s.closing_booked_minor,
                 "b": None if s.balance_basis is None else s.balance_basis.value,
-                "n": len(s.entries), "fp": s.fingerprint(), "rg": registered, "t": now_ns,
+                "n": len(s.entries), "fp": fingerprint, "rg": registered, "t": now_ns,
                 "st": "posting" if posting else "posted",
             },
         ).fetchone()  # fmt: skip
         assert row is not None
         return int(row[0])
 
-    def insert_entries(self, row_id: int, entries: Sequence[Entry]) -> None:
+    def insert_entries(self, row_id: int, entries: Sequence[Entry], cipher: FieldCipher) -> None:
         if not entries:
             return
+
+        def seal(value: str | None, purpose: str, line: int) -> bytes | None:
+            if value is None:
+                return None
+            return cipher.seal(value, purpose=purpose, row_id=entry_row_id(row_id, line))
+
         self.conn.execute(
             sa.text(
                 "INSERT INTO stmt_entries (statement_row_id, line, amount_minor, currency, "
                 "status, booking_date, value_date, bank_reference, end_to_end_id, reference, "
-                "remittance_info, counterparty_name, counterparty_iban, uetr) VALUES "
-                "(:s, :l, :a, :c, :st, :bd, :vd, :br, :e2e, :r, :ri, :cn, :ci, :u)"
+                "remittance_info_enc, counterparty_name_enc, counterparty_iban_enc, "
+                "counterparty_iban_last4, uetr) VALUES "
+                "(:s, :l, :a, :c, :st, :bd, :vd, :br, :e2e, :r, :ri, :cn, :ci, :c4, :u)"
             ),
             [
                 {
@@ -266,12 +288,24 @@ class StatementRepository:
                     "bd": None if e.booking_date is None else e.booking_date.isoformat(),
                     "vd": None if e.value_date is None else e.value_date.isoformat(),
                     "br": e.bank_reference, "e2e": e.end_to_end_id, "r": e.reference,
-                    "ri": e.remittance_info, "cn": e.counterparty_name,
-                    "ci": e.counterparty_iban, "u": e.uetr,
+                    "ri": seal(e.remittance_info, REMITTANCE_PURPOSE, line),
+                    "cn": seal(e.counterparty_name, COUNTERPARTY_NAME_PURPOSE, line),
+                    "ci": seal(e.counterparty_iban, COUNTERPARTY_IBAN_PURPOSE, line),
+                    "c4": e.counterparty_iban[-4:] if e.counterparty_iban else None,
+                    "u": e.uetr,
                 }
                 for line, e in enumerate(entries, 1)
             ],
         )  # fmt: skip
+
+    def sealed_remittance(self, row_id: int, line: int) -> bytes | None:
+        rows = self._all(
+            "SELECT remittance_info_enc FROM stmt_entries "
+            "WHERE statement_row_id = :s AND line = :l",
+            s=row_id,
+            l=line,
+        )
+        return None if not rows or rows[0][0] is None else bytes(rows[0][0])
 
     def insert_matches(self, row_id: int, rows: Sequence[tuple[int, int, Sequence[int]]]) -> None:
         if not rows:

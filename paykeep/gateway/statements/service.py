@@ -36,10 +36,13 @@ from paykeep.gateway.statements.errors import (
     StatementConflict,
 )
 from paykeep.gateway.statements.model import (
+    CONTENT_PURPOSE,
+    REMITTANCE_PURPOSE,
     EntryStatus,
     ExpectedMovement,
     ParsedStatement,
     candidate_references,
+    entry_row_id,
     normalize_iban,
     normalize_reference,
     reconcile,
@@ -57,6 +60,7 @@ from paykeep.ledger.errors import AccountNotFound
 from paykeep.ledger.model import CreateTransferResult, NewTransfer, TransferFlags
 from paykeep.ledger.service import Ledger
 from paykeep.money import is_currency
+from paykeep.security.fields import FieldCipher
 
 __all__ = ["BankAccount", "ImportReport", "StatementOutcome", "StatementService"]
 
@@ -130,10 +134,21 @@ def break_json(b: StoredBreak) -> dict[str, Any]:
 
 
 class StatementService:
+    """``cipher`` seals each stored line's counterparty name and IBAN and its remittance text
+    (the payer of a transfer in is a person: often a buyer). Matching reads the parsed lines in
+    memory at import time, so nothing here opens them but :meth:`line_remittance`, for an
+    operator resolving a break by hand."""
+
     def __init__(
-        self, database: Database, ledger: Ledger | None = None, clock: Clock | None = None
+        self,
+        database: Database,
+        ledger: Ledger | None = None,
+        clock: Clock | None = None,
+        *,
+        cipher: FieldCipher,
     ) -> None:
         self.database = database
+        self.cipher = cipher
         self.clock = clock or SystemClock()
         self.ledger = ledger or Ledger(database, self.clock)
         # Ledger account name -> (id, currency). Accounts are immutable once created, so a
@@ -274,7 +289,8 @@ class StatementService:
             seen: dict[tuple[str, str, str], str] = {}
             for statement in statements:
                 key = (statement.account, statement.kind, statement.statement_id)
-                fingerprint = statement.fingerprint()
+                # Keyed: the plain digest covers the counterparties' names and IBANs.
+                fingerprint = self.cipher.lookup(statement.fingerprint(), purpose=CONTENT_PURPOSE)
                 stored = repo.statement(*key)
                 previous = seen.get(key) or (None if stored is None else stored.fingerprint)
                 if previous is not None:
@@ -286,11 +302,13 @@ class StatementService:
                     out.append((None, (statement, "already_imported")))
                     continue
                 seen[key] = fingerprint
-                row_id = self._record_one(repo, statement, now)
+                row_id = self._record_one(repo, statement, fingerprint, now)
                 out.append((row_id, (statement, "imported")))
         return out
 
-    def _record_one(self, repo: StatementRepository, s: ParsedStatement, now: int) -> int:
+    def _record_one(
+        self, repo: StatementRepository, s: ParsedStatement, fingerprint: str, now: int
+    ) -> int:
         account = repo.bank_account(normalize_iban(s.account))
         if account is not None and account.currency != s.currency:
             raise StatementAccountCurrencyMismatch(
@@ -308,9 +326,13 @@ class StatementService:
             expectations = repo.expectations_for(account.iban, refs)
         rec = reconcile(s, registered=account is not None, expectations=expectations)
         row_id = repo.insert_statement(
-            s, registered=account is not None, posting=bool(rec.matches), now_ns=now
+            s,
+            fingerprint=fingerprint,
+            registered=account is not None,
+            posting=bool(rec.matches),
+            now_ns=now,
         )
-        repo.insert_entries(row_id, s.entries)
+        repo.insert_entries(row_id, s.entries, self.cipher)
         repo.insert_matches(
             row_id,
             [
@@ -508,6 +530,17 @@ class StatementService:
         limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
         with self.database.read() as conn:
             return StatementRepository(conn).breaks(open_only=True, limit=limit)
+
+    def line_remittance(self, statement_row_id: int, line: int) -> str | None:
+        """What the payer wrote on a stored line (opened): an operator matching a break by
+        hand needs it; nothing else reads it back."""
+        with self.database.read() as conn:
+            sealed = StatementRepository(conn).sealed_remittance(statement_row_id, line)
+        if sealed is None:
+            return None
+        return self.cipher.open(
+            sealed, purpose=REMITTANCE_PURPOSE, row_id=entry_row_id(statement_row_id, line)
+        )
 
     def row_counts(self) -> dict[str, int]:
         with self.database.read() as conn:

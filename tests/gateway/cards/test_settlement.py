@@ -18,6 +18,7 @@ from paykeep.gateway.cards.errors import CardSettlementMismatch
 from paykeep.gateway.cards.model import CardPaymentState as S
 from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import NewAccount
+from paykeep.security.fields import FieldCipher
 from tests.banksim.bank.helpers import close_day, open_account, statement
 from tests.gateway.cards.conftest import Rig
 from tests.support import paykeep
@@ -39,10 +40,12 @@ def _net(rig: Rig, name: str) -> int:
     return a.debits_posted - a.credits_posted
 
 
-def test_settlement_empties_card_clearing(own_rig: Rig, database: Database) -> None:
+def test_settlement_empties_card_clearing(
+    cipher: FieldCipher, own_rig: Rig, database: Database
+) -> None:
     rig = own_rig
     rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
-    statements = StatementService(database, rig.ledger)
+    statements = StatementService(database, rig.ledger, cipher=cipher)
     with rig.banksim.http() as http:
         iban = open_account(http, balance=0)
     statements.add_account(iban, "EUR", BANK)
@@ -107,12 +110,14 @@ def test_a_failed_settlement_credit_leaves_the_captures_owed(own_rig: Rig) -> No
     assert (report["amount_minor"], report["count"]) == (900, 1)
 
 
-def test_cli_expect_settlement(own_rig: Rig, database: Database, settings: Settings) -> None:
+def test_cli_expect_settlement(
+    cipher: FieldCipher, own_rig: Rig, database: Database, settings: Settings
+) -> None:
     rig = own_rig
     rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
     with rig.banksim.http() as http:
         iban = open_account(http, balance=0)
-    StatementService(database, rig.ledger).add_account(iban, "EUR", BANK)
+    StatementService(database, rig.ledger, cipher=cipher).add_account(iban, "EUR", BANK)
     _, token = rig.new_card(10_000)
     rig.gateway.sale(token, 1_200, "EUR", payment_id="c-a", credit_account_id=rig.wallet.id)
     with rig.banksim.http() as http:
@@ -133,11 +138,11 @@ def test_cli_expect_settlement(own_rig: Rig, database: Database, settings: Setti
 
 
 def test_settlement_nets_refunds_out_and_still_empties_card_clearing(
-    own_rig: Rig, database: Database
+    cipher: FieldCipher, own_rig: Rig, database: Database
 ) -> None:
     rig = own_rig
     rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
-    statements = StatementService(database, rig.ledger)
+    statements = StatementService(database, rig.ledger, cipher=cipher)
     with rig.banksim.http() as http:
         iban = open_account(http, balance=0)
     statements.add_account(iban, "EUR", BANK)
@@ -170,11 +175,11 @@ def test_settlement_nets_refunds_out_and_still_empties_card_clearing(
 
 
 def test_refunds_after_their_sale_settled_are_collected_by_a_debit(
-    own_rig: Rig, database: Database
+    cipher: FieldCipher, own_rig: Rig, database: Database
 ) -> None:
     rig = own_rig
     rig.ledger.create_account(NewAccount(rig.ledger.ids.next_id(), "EUR", 1, name=BANK))
-    statements = StatementService(database, rig.ledger)
+    statements = StatementService(database, rig.ledger, cipher=cipher)
     with rig.banksim.http() as http:
         iban = open_account(http, balance=0)
     statements.add_account(iban, "EUR", BANK)

@@ -17,6 +17,7 @@ from paykeep.gateway.payouts.service import PayoutService
 from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import AccountFlags, NewAccount, NewTransfer
 from paykeep.ledger.service import Ledger
+from paykeep.security.fields import FieldCipher
 from tests.banksim.bank.helpers import new_iban
 
 ASSET, LIABILITY = 1, 2
@@ -54,7 +55,7 @@ class World:
 
 
 @pytest.fixture
-def world(database: Database) -> World:
+def world(database: Database, cipher: FieldCipher) -> World:
     clock = FakeClock()
     ledger = Ledger(database, clock)
     ledger.create_accounts(
@@ -68,8 +69,8 @@ def world(database: Database) -> World:
         ]
     )  # fmt: skip
     ledger.create_transfer(NewTransfer(10, 1, 2, FUNDED_MINOR, "EUR", 1))
-    statements = StatementService(database, ledger, clock)
-    payouts = PayoutService(database, ledger, clock=clock, statements=statements)
+    statements = StatementService(database, ledger, clock, cipher=cipher)
+    payouts = PayoutService(database, ledger, cipher=cipher, clock=clock, statements=statements)
     debtor = Debtor("Paykeep Safeguarding", new_iban(), "simbank", "COBADEFFXXX")
     return World(database, ledger, clock, statements, payouts, debtor)
 

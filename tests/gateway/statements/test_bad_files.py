@@ -12,6 +12,7 @@ from paykeep import limits
 from paykeep.db import Database
 from paykeep.gateway.statements import EntryStatus, parse
 from paykeep.gateway.statements.service import StatementService
+from paykeep.security.fields import FieldCipher
 from tests.gateway.statements.builder import NS02, NS08, Line, camt053, wrap_with_header
 from tests.gateway.statements.samples import CAMT, MT940
 
@@ -102,9 +103,9 @@ def test_bad_file_is_refused_with_its_code(name: str, make: Callable[[], bytes],
     ids=lambda v: v if isinstance(v, str) else "",
 )  # fmt: skip
 def test_bad_file_changes_nothing(
-    database: Database, name: str, make: Callable[[], bytes], code: str
+    cipher: FieldCipher, database: Database, name: str, make: Callable[[], bytes], code: str
 ) -> None:
-    service = StatementService(database)
+    service = StatementService(database, cipher=cipher)
     service.import_file(GOOD)
     before = service.row_counts()
     head = service.ledger.head()

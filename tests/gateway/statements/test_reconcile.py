@@ -23,6 +23,7 @@ from paykeep.gateway.statements.errors import (
 )
 from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import AccountFlags, NewAccount
+from paykeep.security.fields import FieldCipher
 from tests.gateway.statements.builder import Line, camt053
 from tests.gateway.statements.samples import CAMT
 from tests.support import paykeep
@@ -37,8 +38,8 @@ CHART = {
 }
 
 
-def _service(database: Database) -> StatementService:
-    service = StatementService(database)
+def _service(database: Database, cipher: FieldCipher) -> StatementService:
+    service = StatementService(database, cipher=cipher)
     service.ledger.create_accounts(
         [NewAccount(i + 1, "EUR", 1, flags, name=n) for i, (n, flags) in enumerate(CHART.items())]
     )
@@ -86,8 +87,8 @@ EXPECTED_BREAKS = [
 ]
 
 
-def test_matching_posts_legs_and_breaks_the_rest(database: Database) -> None:
-    service = _service(database)
+def test_matching_posts_legs_and_breaks_the_rest(cipher: FieldCipher, database: Database) -> None:
+    service = _service(database, cipher)
     service.expect(_topup())
     payout_id = service.expect(_payout("PAYOUT-1", 5_000))
     service.expect(ExpectedMovement("INV-9", IBAN, "credit", 3_000, "EUR", legs=_topup().legs))
@@ -115,8 +116,10 @@ def test_matching_posts_legs_and_breaks_the_rest(database: Database) -> None:
     assert [(b.line, b.reason) for b in service.open_breaks()] == EXPECTED_BREAKS
 
 
-def test_a_one_shot_expectation_is_consumed_across_statements(database: Database) -> None:
-    service = _service(database)
+def test_a_one_shot_expectation_is_consumed_across_statements(
+    cipher: FieldCipher, database: Database
+) -> None:
+    service = _service(database, cipher)
     service.expect(_payout("PAYOUT-7", 1_200))
     first = service.import_file(camt053([Line(-1_200, "PAYOUT-7")], statement_id="S1"))
     second = service.import_file(camt053([Line(-1_200, "PAYOUT-7")], statement_id="S2"))
@@ -125,8 +128,10 @@ def test_a_one_shot_expectation_is_consumed_across_statements(database: Database
     assert _net(service, "clearing:payout") == 1_200
 
 
-def test_crash_after_recording_is_finished_once(database: Database, settings: Settings) -> None:
-    service = _service(database)
+def test_crash_after_recording_is_finished_once(
+    cipher: FieldCipher, database: Database, settings: Settings
+) -> None:
+    service = _service(database, cipher)
     service.expect(_topup())
     data = camt053([Line(2_500, "BUYER42"), Line(100, "BUYER42")])
     from paykeep.gateway.statements import parse
@@ -147,15 +152,15 @@ def test_crash_after_recording_is_finished_once(database: Database, settings: Se
     # A new process re-imports the same file: it finishes the statement, never posts twice.
     from paykeep.db import open_database
 
-    other = StatementService(open_database(settings))
+    other = StatementService(open_database(settings), cipher=cipher)
     (s,) = other.import_file(data).statements
     assert (s.status, s.matched) == ("already_imported", 2)
     assert _net(other, "buyer:42:wallet") == -2_600
     assert other.recover() == 0
 
 
-def test_ledger_refusal_becomes_a_break(database: Database) -> None:
-    service = _service(database)
+def test_ledger_refusal_becomes_a_break(cipher: FieldCipher, database: Database) -> None:
+    service = _service(database, cipher)
     # A withdrawal from an empty wallet: the wallet may not go below zero.
     service.expect(
         ExpectedMovement("WD-1", IBAN, "debit", 900, "EUR",
@@ -170,24 +175,24 @@ def test_ledger_refusal_becomes_a_break(database: Database) -> None:
     assert service.ledger.head() == head
 
 
-def test_unregistered_account_lines_are_breaks(database: Database) -> None:
-    service = StatementService(database)
+def test_unregistered_account_lines_are_breaks(cipher: FieldCipher, database: Database) -> None:
+    service = StatementService(database, cipher=cipher)
     (s,) = service.import_file((CAMT / "moov_FI_camt_053_sample.xml").read_bytes()).statements
     assert (s.account, s.entries, s.matched) == ("FI7433010001222090", 10, 0)
     assert {b["reason"] for b in s.breaks} == {"account_not_registered"}
     assert len(s.breaks) == 10
 
 
-def test_statement_currency_must_be_the_accounts(database: Database) -> None:
-    service = _service(database)
+def test_statement_currency_must_be_the_accounts(cipher: FieldCipher, database: Database) -> None:
+    service = _service(database, cipher)
     before = service.row_counts()
     with pytest.raises(StatementAccountCurrencyMismatch):
         service.import_file(camt053([Line(100, "A")], currency="CHF"))
     assert service.row_counts() == before
 
 
-def test_registry_and_expectation_errors(database: Database) -> None:
-    service = _service(database)
+def test_registry_and_expectation_errors(cipher: FieldCipher, database: Database) -> None:
+    service = _service(database, cipher)
     assert service.add_account(IBAN, "EUR", BANK).iban == IBAN  # idempotent
     with pytest.raises(BankAccountConflict):
         service.add_account(IBAN, "EUR", "clearing:payout")
@@ -259,10 +264,12 @@ def test_statement_bench_runs_small() -> None:
     )
 
 
-def test_a_reference_among_the_words_of_a_remittance_matches(database: Database) -> None:
+def test_a_reference_among_the_words_of_a_remittance_matches(
+    cipher: FieldCipher, database: Database
+) -> None:
     """Payers type our reference among other words. A whole word equal to a registered
     reference is evidence; words naming two expectations are a break, never a choice."""
-    service = _service(database)
+    service = _service(database, cipher)
     service.expect(_topup("PK-7F3A"))
     service.expect(_topup("PK-99QX"))
     lines = [
@@ -279,9 +286,11 @@ def test_a_reference_among_the_words_of_a_remittance_matches(database: Database)
     assert _net(service, "buyer:42:wallet") == -2_500
 
 
-def test_an_mt940_customer_reference_after_nonref_matches(database: Database) -> None:
+def test_an_mt940_customer_reference_after_nonref_matches(
+    cipher: FieldCipher, database: Database
+) -> None:
     """mt-940 reports ``:61:`` NONREF and the ``:86:`` KREF+ together; the reference is KREF."""
-    service = _service(database)
+    service = _service(database, cipher)
     service.expect(_topup("PK-7F3A"))
     mt940 = (
         ":20:STMT1\r\n:25:DE89370400440532013000\r\n:28C:1/1\r\n:60F:C260102EUR100,00\r\n"
@@ -295,6 +304,7 @@ def test_an_mt940_customer_reference_after_nonref_matches(database: Database) ->
 
 
 def test_reports_and_notifications_are_recorded_but_only_statements_move_money(
+    cipher: FieldCipher,
     database: Database,
 ) -> None:
     """A camt.054 notification and the camt.053 statement describe the same booking; only the
@@ -303,7 +313,7 @@ def test_reports_and_notifications_are_recorded_but_only_statements_move_money(
 
     from paykeep.gateway.statements import parse
 
-    service = _service(database)
+    service = _service(database, cipher)
     service.expect(_topup())
     (statement,) = parse(camt053([Line(4_000, "BUYER42")], opening_minor=0))
     notification = dataclasses.replace(statement, format="camt.054.001.08")
@@ -317,8 +327,10 @@ def test_reports_and_notifications_are_recorded_but_only_statements_move_money(
     assert _net(service, "buyer:42:wallet") == -4_000
 
 
-def test_a_report_and_a_notification_may_share_an_id(database: Database) -> None:
-    service = _service(database)
+def test_a_report_and_a_notification_may_share_an_id(
+    cipher: FieldCipher, database: Database
+) -> None:
+    service = _service(database, cipher)
     report = service.import_file((CAMT / "genkgo_camt052.v8.xml").read_bytes())
     notification = service.import_file((CAMT / "genkgo_camt054.v8-with-UETR.xml").read_bytes())
     (a,), (b,) = report.statements, notification.statements
@@ -326,6 +338,7 @@ def test_a_report_and_a_notification_may_share_an_id(database: Database) -> None
 
 
 def test_a_break_is_resolved_once_by_a_note_or_by_naming_the_expectation(
+    cipher: FieldCipher,
     database: Database,
 ) -> None:
     from paykeep.gateway.statements.errors import (
@@ -334,7 +347,7 @@ def test_a_break_is_resolved_once_by_a_note_or_by_naming_the_expectation(
         BreakResolutionInvalid,
     )
 
-    service = _service(database)
+    service = _service(database, cipher)
     service.expect(_topup("PK-7F3A"))
     service.expect(_payout("PAYOUT-9", 2_000))
     lines = [

@@ -18,6 +18,7 @@ from paykeep.gateway.statements import BalanceBasis, EntryStatus, ParsedStatemen
 from paykeep.gateway.statements.errors import StatementCurrencyInvalid, StatementUnbalanced
 from paykeep.gateway.statements.mt94x import split_messages
 from paykeep.money import currency_exponent
+from paykeep.security.fields import FieldCipher
 from tests.gateway.statements.samples import CAMT, MT940, load_oracle
 
 # ------------------------------------------------------------------------------------- MT940
@@ -307,7 +308,7 @@ def test_every_camt_sample_is_covered() -> None:
 
 @pytest.mark.parametrize("name", [n for n, (_, _, c) in MT_FILES.items() if isinstance(c, tuple)])
 def test_an_unbalanced_sample_is_recorded_only_when_the_operator_accepts_it(
-    name: str, database: Database
+    cipher: FieldCipher, name: str, database: Database
 ) -> None:
     """Refused by default (nothing written); with ``accept_unbalanced`` every statement is
     recorded with all its lines, the unbalanced ones with one statement-level break carrying
@@ -316,7 +317,7 @@ def test_an_unbalanced_sample_is_recorded_only_when_the_operator_accepts_it(
     from paykeep.gateway.statements.service import StatementService
 
     n_statements, n_entries, _ = MT_FILES[name]
-    service = StatementService(database)
+    service = StatementService(database, cipher=cipher)
     data = (MT940 / name).read_bytes()
     # The gap on the basis that fits best (booking date, else value date): 0 = balanced.
     gaps = [balance_difference(s)[0] for s in parse(data, check=False)]

@@ -1,0 +1,139 @@
+"""No personal datum in clear at rest, over a real flow against a real ``paykeep serve`` (API,
+workers, banksim's bank) on SQLite and PostgreSQL.
+
+The flow puts people's names and bank accounts everywhere the platform keeps them: a merchant
+with a payout IBAN paid out through a pain.001 batch; a buyer whose bank transfer arrives on an
+imported camt.053 statement (the line names the payer and their IBAN, with a free remittance
+text); that buyer withdrawing wallet money back to the account it came from (a second pain.001
+batch, paying the buyer's own account). Then every text and binary column of every table of
+the platform's database is scanned for those values, as written and in lower-case, compact and
+grouped spellings: none may appear. banksim, the simulated bank, keeps its own data elsewhere
+and is outside the scan (a real bank holds these in clear). The server's log is scanned too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from paykeep.db import open_database
+from tests.api.test_card_refunds import server_settings
+from tests.api.test_money_routes import SAFEGUARDING_IBAN, Shop, pay_by_bank_transfer, wait_for
+from tests.api.test_withdrawals import checkout_of, state_of, topups, withdraw
+from tests.serverproc import ServerProcess
+
+MERCHANT_IBAN = "GB33BUKB20201555555555"
+BUYER_IBAN = "DE44500105175407324931"
+BUYER_BANK_NAME = "Ottilie Quensel-Marbach"
+REMITTANCE_WORDS = "rent share for Ottilie flat 3b"
+
+
+@pytest.fixture
+def shop(server: ServerProcess) -> Iterator[Shop]:
+    opened = Shop.open(server, iban=MERCHANT_IBAN)
+    yield opened
+    opened.close()
+
+
+def spellings(value: str) -> set[str]:
+    """How a value may sit in a column: as given, compact, grouped by four, either case."""
+    compact = "".join(value.split())
+    grouped = " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
+    forms = {value, compact, grouped}
+    return forms | {f.lower() for f in forms} | {f.upper() for f in forms}
+
+
+def scan(settings: Any, needles: dict[str, set[str]]) -> list[str]:
+    """``table.column: what`` for every text or binary cell holding one of the needles."""
+    found = []
+    database = open_database(settings, migrate=False)
+    try:
+        inspector = sa.inspect(database.engine)
+        tables = inspector.get_table_names()
+        assert "gateway_payouts" in tables and "stmt_entries" in tables
+        with database.read() as conn:
+            for table in tables:
+                columns = [
+                    c["name"]
+                    for c in inspector.get_columns(table)
+                    if isinstance(c["type"], sa.String | sa.Text | sa.LargeBinary | sa.JSON)
+                    or "BYTEA" in str(c["type"]).upper()
+                    or "BLOB" in str(c["type"]).upper()
+                ]
+                if not columns:
+                    continue
+                quoted = ", ".join(f'"{c}"' for c in columns)
+                for row in conn.execute(sa.text(f'SELECT {quoted} FROM "{table}"')):
+                    for column, value in zip(columns, row, strict=True):
+                        if value is None:
+                            continue
+                        if isinstance(value, bytes | memoryview | bytearray):
+                            text = bytes(value).decode("latin-1")
+                        else:
+                            text = str(value)
+                        for what, forms in needles.items():
+                            if any(form in text for form in forms):
+                                found.append(f"{table}.{column}: {what}")
+    finally:
+        database.dispose()
+    return sorted(set(found))
+
+
+def test_no_name_iban_or_remittance_is_stored_in_clear(shop: Shop) -> None:
+    # A buyer pays an order by bank transfer (the payer named on the statement line)...
+    buyer = shop.buyer()
+    order, token = pay_by_bank_transfer(shop, buyer, 10_000)
+    # ...and tops up the wallet from their own account, with words of their own.
+    before = {t["id"] for t in topups(shop, buyer["id"])}
+    sent = httpx.post(
+        f"{shop.server.info['banksim_url']}/bank/accounts/{SAFEGUARDING_IBAN}/incoming",
+        json={"amount_minor": 2_500, "debtor_name": BUYER_BANK_NAME, "debtor_iban": BUYER_IBAN,
+              "remittance": f"{buyer['payment_reference']} {REMITTANCE_WORDS}"},
+        timeout=10,
+    )  # fmt: skip
+    assert sent.status_code < 300, sent.text
+    wait_for(
+        "the top-up to be credited",
+        lambda: any(
+            t["state"] == "credited" for t in topups(shop, buyer["id"]) if t["id"] not in before
+        ),
+        timeout_s=20,
+    )
+    # The merchant ships, the buyer confirms, the merchant is paid out to their IBAN.
+    shop.ship(order["id"])
+    shop.confirm(token).raise_for_status()
+    key = {"Idempotency-Key": f"payout-{uuid.uuid4()}"}
+    created = shop.http.post("/v1/payouts", json={"amount_minor": 5_000}, headers=key)
+    assert created.status_code == 201, created.text
+    payout_id = created.json()["id"]
+    # The buyer takes the top-up back to the account it came from (the newest source).
+    wd = withdraw(shop, checkout_of(shop, buyer["id"]), {"amount_minor": 2_000, "currency": "EUR"},
+                  key=f"wd-{uuid.uuid4()}")  # fmt: skip
+    assert wd.status_code == 201, wd.text
+    assert wd.json()["destination"]["iban_last4"] == BUYER_IBAN[-4:]
+
+    def paid_out() -> bool:
+        payout = shop.http.get(f"/v1/payouts/{payout_id}").json()["state"]
+        return payout == "settled" and state_of(shop, wd.json()["id"]) == "settled"
+
+    wait_for("the payout and the withdrawal to settle", paid_out, timeout_s=40)
+
+    needles = {
+        "merchant payout IBAN": spellings(MERCHANT_IBAN),
+        "buyer's IBAN (statement, withdrawal)": spellings(BUYER_IBAN),
+        "buyer's IBAN of the order's transfer": spellings("NL91ABNA0417164300"),
+        "payer's name on the statement": spellings(BUYER_BANK_NAME),
+        "payer's name of the order's transfer": spellings("Ada Buyer"),
+        "remittance text": spellings(REMITTANCE_WORDS),
+        "buyer's name": spellings(buyer["name"]) if buyer.get("name") else set(),
+        "buyer's email": spellings(shop.emails[buyer["id"]]),
+    }
+    needles = {what: forms for what, forms in needles.items() if forms}
+    assert scan(server_settings(shop.server), needles) == []
+    log = shop.server.log()
+    assert [what for what, forms in needles.items() if any(f in log for f in forms)] == []
