@@ -30,7 +30,7 @@ account id only.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -80,7 +80,11 @@ REPORT_MEDIA: Final[Mapping[str, tuple[str, str]]] = {
 REPORT_HTML_POLICY: Final = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"
 
 ReportFormat = Literal["goaml-xml", "goaml-json", "html"]
-assert set(REPORT_MEDIA) == set(REPORT_FORMATS), "a report format without a media type"
+# Literals, not the enums: FastAPI hands the model parsed JSON, which strict mode would only
+# accept as enum instances. The asserts keep them equal to the model's sets.
+ActionName = Literal["investigate", "escalate", "report", "close_false_positive"]
+assert set(get_args(ActionName)) == {a.value for a in CaseAction}, "ActionName is stale"
+assert set(get_args(ReportFormat)) == set(REPORT_FORMATS) == set(REPORT_MEDIA)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -124,7 +128,7 @@ class NoteIn(_Body):
 
 
 class TransitionIn(_Body):
-    action: CaseAction = Field(
+    action: ActionName = Field(
         description="`investigate` (open → investigating), `escalate` (investigating → "
         "escalated), `report` (escalated → reported), `close_false_positive` (investigating "
         "or escalated → closed_false_positive; a high-risk case needs it from two officers)."
@@ -395,7 +399,12 @@ def transition_case(
 ) -> Response:
     def command(repo: CaseRepository, at_ns: int) -> tuple[int, Body]:
         case, event = act_in(
-            repo, case_id, body.action, actor=principal.key_id, at_ns=at_ns, reason=body.reason
+            repo,
+            case_id,
+            CaseAction(body.action),
+            actor=principal.key_id,
+            at_ns=at_ns,
+            reason=body.reason,
         )
         return 200, transition_document(case, event)
 
