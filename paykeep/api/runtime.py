@@ -23,6 +23,7 @@ from paykeep.workers.webhook_model import (
 )
 
 if TYPE_CHECKING:
+    from paykeep.aml.cases.service import CaseService
     from paykeep.aml.rules.escrow import EscrowRisk
     from paykeep.db import Database
     from paykeep.gateway.cards.client import CardNetworkClient
@@ -121,6 +122,8 @@ class Runtime:
     webhooks: WebhookService
     card_client: CardNetworkClient | None
     cards: CardGateway | None
+    #: AML cases, for the compliance officers' routes (``routes/aml.py``).
+    cases: CaseService
     _bank_http: httpx.Client | None = field(default=None, repr=False)
 
     @property
@@ -187,6 +190,7 @@ def buyer_code_ttl_s() -> int:
 
 
 def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
+    from paykeep.aml.cases.service import CaseService
     from paykeep.db import open_database
     from paykeep.gateway.cards.client import CardNetworkClient
     from paykeep.gateway.cards.service import CardGateway
@@ -244,4 +248,6 @@ def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
         webhooks=WebhookService(database, cipher, allowed_networks=config.webhook_allowed_networks),
         card_client=card_client,
         cards=cards,
+        # The payments clock: case trail times and idempotency records read the same clock.
+        cases=CaseService(database, payments.clock),
     )

@@ -1,7 +1,8 @@
 """End to end through a real ``paykeep serve`` (both databases), default rule configuration:
 a buyer refunded again and again for what they paid. The refunds go ahead (the card is
 credited), and the compliance operator finds the case about the buyer with the operator's
-tool (``paykeep aml cases``, which has no HTTP route) on the server's database."""
+tool (``paykeep aml cases``) on the server's database. The same case through the HTTP API
+(``/v1/aml/cases``) is ``test_aml_cases_api``."""
 
 from __future__ import annotations
 

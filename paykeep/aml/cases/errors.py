@@ -15,6 +15,12 @@ class CaseNotFound(NotFound):
     code = "case_not_found"
 
 
+class CaseEvidenceNotFound(NotFound):
+    """No evidence with this id is attached to this case."""
+
+    code = "case_evidence_not_found"
+
+
 class CaseIllegalTransition(Conflict):
     """The action is not allowed from the case's current state (see ``TRANSITIONS``)."""
 

@@ -53,6 +53,9 @@ TRANSMODE_CODES: Final[Mapping[str, str]] = {
     "card_authorisation": "CA",
 }
 INSTITUTION_NAME: Final = "Paykeep"
+#: The reporting entity's id at the FIU, and the reporting officer's "First Last".
+RENTITY_ID_LENGTH_MAX: Final = 64
+REPORTER_LENGTH_MAX: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,25 +335,59 @@ def export_case(
     ``reporter`` ("First Last") defaults to the acting officer's id. The format and the names
     are checked before anything is written; a case without transactions writes nothing.
     """
+    check_export(report_format, actor=actor, rentity_id=rentity_id, reporter=reporter)
+    with service.database.write() as conn:
+        return export_in(
+            CaseRepository(conn),
+            case_id,
+            report_format,
+            actor=actor,
+            rentity_id=rentity_id,
+            reporter=reporter,
+            at_ns=service.clock.now_ns(),
+        )
+
+
+def check_export(
+    report_format: str, *, actor: str, rentity_id: str, reporter: str | None
+) -> tuple[str, str, str]:
+    """The shape of an export request (format, actor, names), checked before any lock is
+    taken; returns ``(rentity_id, reporter's first name, last name)``."""
     if report_format not in FORMATS:
         render_check = f"unknown report format {report_format!r}; expected one of "
         raise CaseInputInvalid(render_check + ", ".join(FORMATS), param="format")
     check_actor(actor)
-    rentity = check_text(rentity_id, "rentity_id", 64)
-    first, _, last = check_text(reporter or actor, "reporter", 200).rpartition(" ")
-    with service.database.write() as conn:
-        repo = CaseRepository(conn)
-        case = repo.get(case_id, for_update=True)
-        if case is None:
-            raise CaseNotFound(f"no case {case_id}", param="case_id")
-        case, event = record_export(case, report_format, actor=actor, at_ns=service.clock.now_ns())
-        repo.save(case, event)
-        case_file = CaseFile(
-            case,
-            tuple(repo.events(case_id)),
-            tuple(repo.notes(case_id)),
-            tuple(repo.evidence(case_id)),
-        )
-        header = ReportHeader(rentity, first or "-", last, event.at_ns)
-        # Rendering inside the transaction: a report that cannot be built records no export.
-        return render(case_file, header, report_format)
+    rentity = check_text(rentity_id, "rentity_id", RENTITY_ID_LENGTH_MAX)
+    first, _, last = check_text(reporter or actor, "reporter", REPORTER_LENGTH_MAX).rpartition(" ")
+    return rentity, first or "-", last
+
+
+def export_in(
+    repo: CaseRepository,
+    case_id: int,
+    report_format: str,
+    *,
+    actor: str,
+    rentity_id: str,
+    reporter: str | None,
+    at_ns: int,
+) -> str:
+    """:func:`export_case` inside the caller's transaction (the HTTP API's, which also holds
+    the request's Idempotency-Key record)."""
+    rentity, first, last = check_export(
+        report_format, actor=actor, rentity_id=rentity_id, reporter=reporter
+    )
+    case = repo.get(case_id, for_update=True)
+    if case is None:
+        raise CaseNotFound(f"no case {case_id}", param="case_id")
+    case, event = record_export(case, report_format, actor=actor, at_ns=at_ns)
+    repo.save(case, event)
+    case_file = CaseFile(
+        case,
+        tuple(repo.events(case_id)),
+        tuple(repo.notes(case_id)),
+        tuple(repo.evidence(case_id)),
+    )
+    header = ReportHeader(rentity, first, last, event.at_ns)
+    # Rendering inside the transaction: a report that cannot be built records no export.
+    return render(case_file, header, report_format)

@@ -252,11 +252,30 @@ class CaseRepository:
         row = self.conn.execute(query).first()
         return None if row is None else _case(row)
 
-    def page(self, state: CaseState | None, after_id: int, limit: int) -> list[Case]:
-        query = sa.select(cases).where(cases.c.id > after_id, cases.c.last_seq > 0)
+    def page(
+        self,
+        state: CaseState | None,
+        after_id: int,
+        limit: int,
+        *,
+        assignee: str | None = None,
+        newest_first: bool = False,
+    ) -> list[Case]:
+        """Cases beyond ``after_id`` in the listing order: oldest first, ids above it (the
+        CLI's work queue), or with ``newest_first`` ids below it (0: no bound), as the HTTP
+        API lists everything."""
+        query = sa.select(cases).where(cases.c.last_seq > 0)
+        if newest_first:
+            if after_id:
+                query = query.where(cases.c.id < after_id)
+            query = query.order_by(cases.c.id.desc())
+        else:
+            query = query.where(cases.c.id > after_id).order_by(cases.c.id)
         if state is not None:
             query = query.where(cases.c.state == state.value)
-        rows = self.conn.execute(query.order_by(cases.c.id).limit(limit)).all()
+        if assignee is not None:
+            query = query.where(cases.c.assignee == assignee)
+        rows = self.conn.execute(query.limit(limit)).all()
         return [_case(r) for r in rows]
 
     # --- trail, notes, evidence ----------------------------------------------------------
@@ -323,6 +342,18 @@ class CaseRepository:
             },
         )
         return int(result.scalar_one())
+
+    def evidence_item(self, case_id: int, evidence_id: int) -> Evidence | None:
+        row = self.conn.execute(
+            sa.select(case_evidence).where(
+                case_evidence.c.case_id == case_id, case_evidence.c.id == evidence_id
+            )
+        ).first()
+        if row is None:
+            return None
+        return Evidence(
+            row.id, row.at_ns, EvidenceKind(row.kind), row.ref, row.added_by, json.loads(row.body)
+        )
 
     def evidence(self, case_id: int) -> Sequence[Evidence]:
         rows = self.conn.execute(

@@ -8,10 +8,11 @@ from paykeep.api.auth import CurrentPrincipal
 
 
 def register_routes(app: FastAPI) -> None:
-    from paykeep.api.routes import commerce, money
+    from paykeep.api.routes import aml, commerce, money
 
     app.include_router(commerce.router)
     app.include_router(money.router)
+    app.include_router(aml.router)
 
     @app.get("/v1/health", tags=["meta"], summary="Liveness (no database access).")
     async def health() -> dict[str, str]:
