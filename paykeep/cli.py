@@ -22,6 +22,7 @@ from paykeep.gateway.cards import cli as cards_cli
 from paykeep.gateway.payouts.cli import payouts_app
 from paykeep.gateway.statements.cli import statements_app
 from paykeep.ledger.cli import audit_app, ledger_app
+from paykeep.security.cli import keys_app
 
 app = typer.Typer(
     name="paykeep",
@@ -39,6 +40,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
 app.add_typer(statements_app, name="statements")
 app.add_typer(payouts_app, name="payouts")
+app.add_typer(keys_app, name="keys")
 cards_cli.register(app)
 
 
