@@ -417,6 +417,19 @@ def validate_debtor(debtor: Debtor) -> Debtor:
     )
 
 
+def return_request_id(statement_row_id: int, line: int) -> str:
+    """The request id of the payout that returns a statement line to its sender: derived from
+    the line (and so from its break), so a retry after a crash replays the same payout instead
+    of paying again — and a line can be returned once, whichever break names it."""
+    return f"statement-return:{statement_row_id}:{line}"
+
+
+def return_remittance(bank_reference: str | None, break_id: int) -> str:
+    """What the sender's bank shows them: which of their transfers came back, and why."""
+    text = f"Return of unidentified transfer {bank_reference or f'(break {break_id})'}"
+    return text[: limits.PAYOUT_REMITTANCE_LENGTH_MAX]
+
+
 def default_remittance(request: PayoutRequest) -> str:
     """The remittance text the merchant's bank shows: theirs, else ``Payout <merchant ref>``."""
     text = request.remittance or f"Payout {request.merchant_ref}"

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, ns_to_datetime
 from paykeep.db import Database
+from paykeep.errors import InvalidInput
 from paykeep.gateway.payouts import pain001
 from paykeep.gateway.payouts.errors import (
     PayoutAccountNotFound,
@@ -63,6 +64,8 @@ from paykeep.gateway.payouts.model import (
     end_to_end_id,
     message_id,
     payout_transition,
+    return_remittance,
+    return_request_id,
     validate_debtor,
     validate_request,
 )
@@ -75,7 +78,8 @@ from paykeep.ledger.service import Ledger
 from paykeep.security.fields import FieldCipher
 
 if TYPE_CHECKING:
-    from paykeep.gateway.statements.service import StatementService
+    from paykeep.gateway.statements.repository import StoredBreak
+    from paykeep.gateway.statements.service import ReturnableLine, StatementService
 
 _EXISTS = CreateTransferResult.EXISTS
 _REUSED = frozenset(
@@ -103,6 +107,25 @@ class BatchFile:
             **self.batch.to_json(),
             "trail": self.events,
             "payouts": [p.to_json() for p in self.payouts],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedBreak:
+    """A break resolved by sending its line back: the resolved break, the payout carrying the
+    money back, and the ledger transfer that parked the line in ``suspense:unidentified``."""
+
+    break_: StoredBreak
+    payout: Payout
+    suspense_transfer_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        from paykeep.gateway.statements.service import break_json
+
+        return {
+            "break": break_json(self.break_),
+            "payout": self.payout.to_json(),
+            "suspense_transfer_id": self.suspense_transfer_id,
         }
 
 
@@ -290,6 +313,83 @@ class PayoutService:
                 f"{CLEARING_ACCOUNT} is a {clearing.currency} account", param="currency"
             )
         return clearing
+
+    # ------------------------------------------------------------------ return to sender
+
+    def return_break(self, break_id: int, *, actor: str, note: str) -> ReturnedBreak:
+        """Send an unidentified incoming transfer (an open statement break) back to whoever
+        sent it, and resolve the break as ``returned``.
+
+        Three steps, each safe to repeat, so a retry after a crash anywhere finishes the
+        return and never pays twice:
+
+        1. the line enters the ledger: ``bank:safeguarding:<bank> -> suspense:unidentified``,
+           transfer id derived from the statement line (``exists`` on a repeat);
+        2. a payout from ``suspense:unidentified`` to the sender's IBAN and name (opened from
+           the line's sealed copy), request id derived from the line (a repeat replays it);
+        3. the break is resolved ``returned``, the payout id in its note.
+
+        Everything that could refuse is checked before step 1 (the break, the line, and the
+        payout's own shape, currency and limit checks), so bad input writes nothing. The
+        payout then runs like any other: batched into pain.001, its statement line expected
+        on acceptance, settled when the bank's statement shows it.
+        """
+        from paykeep.gateway.statements.errors import BreakNotReturnable, LedgerAccountNotFound
+
+        statements = self._statements_for_returns()
+        line = statements.returnable_line(break_id, actor=actor, note=note)
+        request = self._return_request(line)
+        try:
+            req = validate_request(request)
+            check_limits(req)
+            self._clearing_currency(req.currency)
+            statements.suspense_account(req.currency)
+        except (InvalidInput, LedgerAccountNotFound) as exc:
+            # The payout's own checks (IBAN, name, currency, amount limit), run before anything
+            # is written; their messages never echo the sender's IBAN.
+            raise BreakNotReturnable(
+                f"break {break_id} cannot be returned: {exc.message}", param="break_id"
+            ) from None
+        transfer_id = statements.post_to_suspense(line)  # 1
+        payout = self.submit_request(req)  # 2
+        resolved = statements.mark_returned(  # 3
+            break_id, actor=actor, note=note, payout_id=payout.payout_id
+        )
+        return ReturnedBreak(resolved, payout, transfer_id)
+
+    def _statements_for_returns(self) -> StatementService:
+        if self.statements is None:
+            # Without it the return's outgoing line could never be expected or settled.
+            raise PayoutInputInvalid("returning a statement break needs the statements service")
+        return self.statements
+
+    def _return_request(self, line: ReturnableLine) -> PayoutRequest:
+        from paykeep.gateway.statements.model import SUSPENSE_ACCOUNT
+
+        b = line.break_
+        return PayoutRequest(
+            request_id=return_request_id(b.statement_row_id, b.line),
+            merchant_ref=f"statement-break:{b.id}",
+            amount_minor=line.amount_minor,
+            currency=line.currency,
+            debit_account_name=SUSPENSE_ACCOUNT,
+            # The sender's own account, as their bank reported it: the return goes nowhere
+            # else (no operator-typed IBAN), which is what makes it safe to automate.
+            creditor_name=line.counterparty_name[: limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX],
+            creditor_iban=line.counterparty_iban,
+            remittance=return_remittance(line.bank_reference, b.id),
+        )
+
+    def _clearing_currency(self, currency: str) -> None:
+        """Refuse a currency ``clearing:payout`` does not hold, without creating it."""
+        try:
+            clearing = self.ledger.account_by_name(CLEARING_ACCOUNT)
+        except AccountNotFound:
+            return
+        if clearing.currency != currency:
+            raise PayoutCurrencyUnsupported(
+                f"{CLEARING_ACCOUNT} is a {clearing.currency} account", param="currency"
+            )
 
     # ------------------------------------------------------------------ batch
 

@@ -1,8 +1,9 @@
-"""``paykeep statements import|breaks|resolve|accounts``: thin wrappers over the service.
+"""``paykeep statements import|breaks|resolve|return|accounts``: thin wrappers over the service.
 
-Exit statuses: 0 success; 2 bad input (a bad or conflicting file: nothing was written), with a
-one-line reason on stderr. Parsers and the database layer are imported inside the commands so
-that ``paykeep --help`` stays fast.
+Exit statuses: 0 success; 2 bad input (a bad or conflicting file, a break that cannot be
+resolved or returned: nothing was written), with a one-line reason on stderr; 1 the run
+itself failed (e.g. the database). Parsers and the database layer are imported inside the
+commands so that ``paykeep --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -105,14 +106,22 @@ def list_breaks(
             "what matching a break by hand needs.",
         ),
     ] = False,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also list resolved breaks, with their resolution (explained, matched, "
+            "returned), who resolved them and their note.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List open reconciliation breaks, oldest first."""
+    """List open reconciliation breaks (with --all, resolved ones too), oldest first."""
     from paykeep.gateway.statements.service import break_json
 
     with typed_errors():
         service = _service(data_dir, database_url)
-        breaks = service.open_breaks(limit)
+        breaks = service.breaks(limit, include_resolved=show_all)
         texts = {
             b.id: service.line_remittance(b.statement_row_id, b.line)
             for b in breaks
@@ -132,14 +141,18 @@ def list_breaks(
         )
         return
     for b in breaks:
+        resolved = (
+            "" if b.resolution is None
+            else f" [{b.resolution} by {b.resolved_by}: {b.resolution_note}]"
+        )  # fmt: skip
         typer.echo(
             f"#{b.id} {b.account} {b.statement_id} line {b.line}: {b.reason} "
-            f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}"
+            f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}{resolved}"
         )
         if texts.get(b.id):
             typer.echo(f"    remittance: {texts[b.id]}")
     if not breaks:
-        typer.echo("no open breaks")
+        typer.echo("no breaks" if show_all else "no open breaks")
 
 
 @statements_app.command("resolve")
@@ -170,6 +183,46 @@ def resolve_break(
     else:
         how = f"matched to {match}" if match is not None else "explained"
         typer.echo(f"break #{resolved.id} resolved: {how}")
+
+
+@statements_app.command("return")
+def return_break(
+    break_id: Annotated[int, typer.Argument(help="The break's id (see `statements breaks`).")],
+    actor: Annotated[str, typer.Option(help="Who returns it (an operator id).")],
+    note: Annotated[str, typer.Option(help="Why, in words; kept with the break.")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send an unidentified incoming transfer back to its sender: the line is posted to
+    suspense:unidentified and paid back to the sender's IBAN by the next payout batch.
+    Safe to run again after a failure: it finishes the return, never pays twice."""
+    from paykeep.db import field_cipher, open_database
+    from paykeep.gateway.payouts.service import PayoutService
+    from paykeep.gateway.statements.service import StatementService
+    from paykeep.ledger.service import Ledger
+
+    with typed_errors():
+        settings = settings_from(data_dir, database_url)
+        database = open_database(settings)
+        ledger = Ledger(database)
+        cipher = field_cipher(settings)
+        payouts = PayoutService(
+            database,
+            ledger,
+            cipher=cipher,
+            statements=StatementService(database, ledger, cipher=cipher),
+        )
+        returned = payouts.return_break(break_id, actor=actor, note=note)
+    if as_json:
+        print_json(returned.to_json())
+    else:
+        p = returned.payout
+        typer.echo(
+            f"break #{returned.break_.id} returned: payout {p.payout_id} of "
+            f"{_minor(p.amount_minor, p.currency)} {p.currency} to ****{p.creditor_iban_last4} "
+            f"({p.state.value}; leaves with the next payout batch)"
+        )
 
 
 @accounts_app.command("add")

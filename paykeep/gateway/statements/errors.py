@@ -142,3 +142,19 @@ class BreakResolutionInvalid(InvalidInput):
     that is not about a missing or unclear reference)."""
 
     code = "statement_break_resolution_invalid"
+
+
+class BreakNotReturnable(InvalidInput):
+    """The break's line cannot be returned to its sender: not an incoming booked line, a
+    reason that is not a returnable one (README "Return to sender"), no sealed counterparty
+    IBAN or name to pay back to, or terms a return payout cannot carry. Nothing was written."""
+
+    code = "statement_break_not_returnable"
+
+
+class BreakReturnPending(Conflict):
+    """The break's line is already parked in ``suspense:unidentified`` by a return that has not
+    finished: only the return (``statements return``, run again) may resolve it; explaining or
+    matching it now would leave the money in suspense or bring it into the ledger twice."""
+
+    code = "statement_break_return_pending"

@@ -481,6 +481,51 @@ def transfer_id(account: str, statement_id: str, entry_index: int, leg_index: in
     return value or 1
 
 
+# ---------------------------------------------------------------------------------------------
+# Return to sender: unidentified money goes back where it came from
+# ---------------------------------------------------------------------------------------------
+
+#: Where a line returned to its sender is parked between the statement and the return payout:
+#: money nobody at Paykeep can name an owner for is still a customer's (its sender's), so it is
+#: a liability (counted in safeguarding), and it can never go negative.
+SUSPENSE_ACCOUNT: Final = "suspense:unidentified"
+#: Ledger account code of a liability (the chart's codes: 1 asset, 2 liability, 4 revenue).
+SUSPENSE_ACCOUNT_CODE: Final = 2
+#: Ledger transfer code of ``bank:safeguarding:<bank> -> suspense:unidentified``.
+SUSPENSE_TRANSFER_CODE: Final = 43
+
+#: Breaks whose line may be returned to its sender (see README "Return to sender"): the
+#: unidentified kinds (no, unknown or ambiguous reference) and the identified-but-unusable
+#: credits (a wrong amount, a one-shot reference paid twice). Not ``wrong_direction`` (a credit
+#: that carries one of our payout references is most likely the bank bouncing our own payout:
+#: sending it back would ping-pong it), nor ``currency_mismatch`` (it cannot arise on a
+#: registered account: a line is in the account's currency and so is every expectation of it
+#: — it signals a registry problem to investigate), nor ``account_not_registered`` (no ledger
+#: account to post from), ``ledger_rejected`` (the line is matched; its legs are what failed),
+#: or ``statement_unbalanced`` (nothing of an untrusted statement moves money).
+RETURNABLE_REASONS: Final = frozenset(
+    {
+        BreakReason.NO_REFERENCE.value,
+        BreakReason.UNKNOWN_REFERENCE.value,
+        BreakReason.AMBIGUOUS_REFERENCE.value,
+        BreakReason.AMOUNT_MISMATCH.value,
+        BreakReason.DUPLICATE.value,
+    }
+)
+
+
+def suspense_transfer_id(account: str, statement_id: str, line: int) -> int:
+    """The ledger transfer id that parks a returned line in suspense: derived from the line's
+    identity like an import's legs (so a retry gets ``exists``), under its own domain tag so it
+    can never equal one of the line's import legs."""
+    digest = hashlib.sha256(
+        f"paykeep.statements.return|{len(account)}:{account}"
+        f"|{len(statement_id)}:{statement_id}|{line}".encode()
+    ).digest()
+    value = int.from_bytes(digest[:8], "big") & limits.ID_MAX
+    return value or 1
+
+
 def check_entry_currency(statement_currency: str, entries: Iterable[Entry], label: str) -> None:
     for i, entry in enumerate(entries):
         if entry.currency != statement_currency:

@@ -77,6 +77,32 @@ class StoredBreak:
     amount_minor: int
     currency: str
     reference: str | None
+    #: ``explained``, ``matched`` or ``returned`` once resolved; ``None`` while open.
+    resolution: str | None = None
+    resolved_by: str | None = None
+    resolution_note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLine:
+    """What returning a line to its sender reads of it: its money, its references in clear,
+    and the counterparty still sealed (the service opens it)."""
+
+    amount_minor: int
+    currency: str
+    status: str
+    bank_reference: str | None
+    end_to_end_id: str | None
+    reference: str | None
+    counterparty_name_enc: bytes | None
+    counterparty_iban_enc: bytes | None
+
+
+_BREAK_COLUMNS = (
+    "b.id, b.statement_row_id, s.account, s.statement_id, b.line, b.reason, b.detail, "
+    "b.expectation_id, b.amount_minor, b.currency, b.reference, b.resolution, b.resolved_by, "
+    "b.resolution_note"
+)
 
 
 def legs_to_json(legs: Sequence[Leg]) -> str:
@@ -307,6 +333,29 @@ class StatementRepository:
         )
         return None if not rows or rows[0][0] is None else bytes(rows[0][0])
 
+    def line(self, row_id: int, line: int) -> StoredLine | None:
+        rows = self._all(
+            "SELECT amount_minor, currency, status, bank_reference, end_to_end_id, reference, "
+            "counterparty_name_enc, counterparty_iban_enc FROM stmt_entries "
+            "WHERE statement_row_id = :s AND line = :l",
+            s=row_id,
+            l=line,
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredLine(
+            int(r[0]), r[1], r[2], r[3], r[4], r[5],
+            None if r[6] is None else bytes(r[6]), None if r[7] is None else bytes(r[7]),
+        )  # fmt: skip
+
+    def line_matched(self, row_id: int, line: int) -> bool:
+        """Whether the line has a match row: its money entered the ledger through its legs."""
+        rows = self._all(
+            "SELECT 1 FROM stmt_matches WHERE statement_row_id = :s AND line = :l", s=row_id, l=line
+        )
+        return bool(rows)
+
     def insert_matches(self, row_id: int, rows: Sequence[tuple[int, int, Sequence[int]]]) -> None:
         if not rows:
             return
@@ -398,8 +447,7 @@ class StatementRepository:
         if open_only:
             where.append("b.resolved_at_ns IS NULL")
         rows = self._all(
-            "SELECT b.id, b.statement_row_id, s.account, s.statement_id, b.line, b.reason, "
-            "b.detail, b.expectation_id, b.amount_minor, b.currency, b.reference "
+            f"SELECT {_BREAK_COLUMNS} "
             "FROM stmt_breaks b JOIN stmt_statements s ON s.id = b.statement_row_id "
             f"WHERE {' AND '.join(where)} ORDER BY b.id LIMIT :lim",
             **params,
@@ -409,9 +457,7 @@ class StatementRepository:
     def break_by_id(self, break_id: int) -> tuple[StoredBreak, bool] | None:
         """The break and whether it is already resolved."""
         rows = self._all(
-            "SELECT b.id, b.statement_row_id, s.account, s.statement_id, b.line, b.reason, "
-            "b.detail, b.expectation_id, b.amount_minor, b.currency, b.reference, "
-            "b.resolved_at_ns FROM stmt_breaks b "
+            f"SELECT {_BREAK_COLUMNS}, b.resolved_at_ns FROM stmt_breaks b "
             "JOIN stmt_statements s ON s.id = b.statement_row_id WHERE b.id = :i",
             i=break_id,
         )

@@ -29,7 +29,9 @@ from paykeep.gateway.statements.errors import (
     BankAccountNotFound,
     BreakAlreadyResolved,
     BreakNotFound,
+    BreakNotReturnable,
     BreakResolutionInvalid,
+    BreakReturnPending,
     ExpectationConflict,
     LedgerAccountNotFound,
     StatementAccountCurrencyMismatch,
@@ -37,7 +39,13 @@ from paykeep.gateway.statements.errors import (
 )
 from paykeep.gateway.statements.model import (
     CONTENT_PURPOSE,
+    COUNTERPARTY_IBAN_PURPOSE,
+    COUNTERPARTY_NAME_PURPOSE,
     REMITTANCE_PURPOSE,
+    RETURNABLE_REASONS,
+    SUSPENSE_ACCOUNT,
+    SUSPENSE_ACCOUNT_CODE,
+    SUSPENSE_TRANSFER_CODE,
     EntryStatus,
     ExpectedMovement,
     ParsedStatement,
@@ -46,6 +54,7 @@ from paykeep.gateway.statements.model import (
     normalize_iban,
     normalize_reference,
     reconcile,
+    suspense_transfer_id,
     transfer_id,
     validate_expectation,
 )
@@ -56,13 +65,27 @@ from paykeep.gateway.statements.repository import (
     StoredBreak,
     StoredMatch,
 )
-from paykeep.ledger.errors import AccountNotFound
-from paykeep.ledger.model import CreateTransferResult, NewTransfer, TransferFlags
+from paykeep.ids import derived_id
+from paykeep.ledger.errors import AccountNotFound, transfer_error
+from paykeep.ledger.model import (
+    AccountFlags,
+    CreateAccountResult,
+    CreateTransferResult,
+    NewAccount,
+    NewTransfer,
+    TransferFlags,
+)
 from paykeep.ledger.service import Ledger
 from paykeep.money import is_currency
 from paykeep.security.fields import FieldCipher
 
-__all__ = ["BankAccount", "ImportReport", "StatementOutcome", "StatementService"]
+__all__ = [
+    "BankAccount",
+    "ImportReport",
+    "ReturnableLine",
+    "StatementOutcome",
+    "StatementService",
+]
 
 _LINKED = int(TransferFlags.LINKED)
 
@@ -130,7 +153,32 @@ def break_json(b: StoredBreak) -> dict[str, Any]:
         "currency": b.currency,
         "reference": b.reference,
         "expectation_id": b.expectation_id,
+        "resolution": b.resolution,
+        "resolved_by": b.resolved_by,
+        "resolution_note": b.resolution_note,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnableLine:
+    """An open break's incoming line that may go back to its sender, with the sender opened
+    from its sealed copy: what a return payout needs, read and checked, nothing written.
+
+    ``bank_reference`` is the line's reference the payer's bank will show them back: the
+    bank's own (``AcctSvcrRef``), else the payer's end-to-end id or creditor reference."""
+
+    break_: StoredBreak
+    ledger_account_name: str
+    amount_minor: int
+    currency: str
+    counterparty_name: str
+    counterparty_iban: str
+    bank_reference: str | None
+    suspense_transfer_id: int
+
+    @property
+    def break_id(self) -> int:
+        return self.break_.id
 
 
 class StatementService:
@@ -453,6 +501,15 @@ class StatementService:
         note = _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
         if type(break_id) is not int or break_id <= 0:
             raise BreakNotFound(f"no break {break_id!r}", param="break_id")
+        with self.database.read() as conn:
+            seen = StatementRepository(conn).break_by_id(break_id)
+        if seen is not None and not seen[1] and seen[0].line > 0 and self._in_suspense(seen[0]):
+            # A return began (its ledger leg is written) and did not finish: explaining the
+            # break would strand the money in suspense, matching it would post the line twice.
+            raise BreakReturnPending(
+                f"break {break_id}'s line is in {SUSPENSE_ACCOUNT} on its way back to its "
+                "sender; run `statements return` again to finish it"
+            )
         posting_row: int | None = None
         with self.database.write() as conn:
             repo = StatementRepository(conn)
@@ -514,6 +571,151 @@ class StatementService:
             repo.consume([hit.id], b.statement_row_id, {hit.id: b.line})
         repo.set_posting(b.statement_row_id)
 
+    # ------------------------------------------------------------------ return to sender
+
+    def returnable_line(self, break_id: int, *, actor: str, note: str) -> ReturnableLine:
+        """Check that ``break_id`` may be returned to its sender and open the sender's name
+        and IBAN. Checks in a fixed order — shape (actor, note, id), identity (the break
+        exists), state (still open; its line not already matched), then the line itself
+        (a returnable reason, a booked credit of a registered account, a sealed counterparty
+        IBAN and name) — and writes nothing. Payouts' ``return_break`` is the caller."""
+        _resolution_text(actor, "actor", limits.STATEMENT_ACTOR_LENGTH_MAX)
+        _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
+        if type(break_id) is not int or break_id <= 0:
+            raise BreakNotFound(f"no break {break_id!r}", param="break_id")
+        with self.database.read() as conn:
+            repo = StatementRepository(conn)
+            found = repo.break_by_id(break_id)
+            if found is None:
+                raise BreakNotFound(f"no break {break_id}", param="break_id")
+            b, resolved = found
+            if resolved:
+                raise BreakAlreadyResolved(f"break {break_id} is already resolved")
+            line = repo.line(b.statement_row_id, b.line) if b.line > 0 else None
+            matched = b.line > 0 and repo.line_matched(b.statement_row_id, b.line)
+            account = repo.bank_account(normalize_iban(b.account))
+
+        def refuse(why: str) -> BreakNotReturnable:
+            return BreakNotReturnable(f"break {break_id} cannot be returned: {why}")
+
+        if b.reason not in RETURNABLE_REASONS:
+            raise refuse(f"a {b.reason} break is not unidentified money to send back")
+        if line is None or matched:
+            # A matched line's money is in the ledger already; returning it would count twice.
+            raise refuse("its line was matched to an expectation")
+        if line.status != EntryStatus.BOOKED.value or line.amount_minor <= 0:
+            raise refuse("only a booked incoming (credit) line can go back to its sender")
+        if account is None:
+            raise refuse(f"{b.account} is not a registered bank account")
+        if line.counterparty_iban_enc is None:
+            raise refuse("the bank did not say which account it came from (no counterparty IBAN)")
+        if line.counterparty_name_enc is None:
+            # A credit transfer names its creditor; paying an IBAN under a made-up name is
+            # how returns get rejected or land with the wrong person.
+            raise refuse("the bank did not say who sent it (no counterparty name)")
+        row_id = entry_row_id(b.statement_row_id, b.line)
+        return ReturnableLine(
+            break_=b,
+            ledger_account_name=account.ledger_account_name,
+            amount_minor=line.amount_minor,
+            currency=line.currency,
+            counterparty_name=self.cipher.open(
+                line.counterparty_name_enc, purpose=COUNTERPARTY_NAME_PURPOSE, row_id=row_id
+            ),
+            counterparty_iban=self.cipher.open(
+                line.counterparty_iban_enc, purpose=COUNTERPARTY_IBAN_PURPOSE, row_id=row_id
+            ),
+            bank_reference=line.bank_reference or line.end_to_end_id or line.reference,
+            suspense_transfer_id=suspense_transfer_id(b.account, b.statement_id, b.line),
+        )
+
+    def suspense_account(self, currency: str) -> int | None:
+        """The id of ``suspense:unidentified``, ``None`` while it does not exist; one in
+        another currency is :class:`LedgerAccountNotFound` (like ``clearing:payout``, it is a
+        single account). Reads only."""
+        try:
+            account = self.ledger.account_by_name(SUSPENSE_ACCOUNT)
+        except AccountNotFound:
+            return None
+        if account.currency != currency:
+            raise LedgerAccountNotFound(
+                f"ledger account {SUSPENSE_ACCOUNT!r} is {account.currency}"
+            )
+        return account.id
+
+    def post_to_suspense(self, line: ReturnableLine) -> int:
+        """Bring a line being returned into the ledger: ``bank:safeguarding:<bank> ->
+        suspense:unidentified`` for its amount, under :func:`model.suspense_transfer_id`, so a
+        repeat (a retry after a crash) is answered ``exists`` and never posts twice. Creates
+        the suspense account on first use. Returns the transfer id."""
+        if self.suspense_account(line.currency) is None:
+            (created,) = self.ledger.create_accounts(
+                [
+                    NewAccount(
+                        # Derived: two processes creating it at once create the same account.
+                        id=derived_id("account", SUSPENSE_ACCOUNT),
+                        currency=line.currency,
+                        code=SUSPENSE_ACCOUNT_CODE,
+                        flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                        name=SUSPENSE_ACCOUNT,
+                    )
+                ]
+            )
+            ok = (CreateAccountResult.OK, CreateAccountResult.EXISTS)
+            assert created.result in ok, created.result
+        b = line.break_
+        (result,) = self.ledger.create_transfers(
+            [
+                NewTransfer(
+                    id=line.suspense_transfer_id,
+                    debit_account_id=self._ledger_account(line.ledger_account_name, line.currency),
+                    credit_account_id=self._ledger_account(SUSPENSE_ACCOUNT, line.currency),
+                    amount_minor=line.amount_minor,
+                    currency=line.currency,
+                    code=SUSPENSE_TRANSFER_CODE,
+                    metadata={"statement": b.statement_id[:128], "line": b.line, "break": b.id},
+                )
+            ]
+        )
+        if not result.applied_or_exists:
+            raise transfer_error(result.result, line.suspense_transfer_id)
+        return line.suspense_transfer_id
+
+    def mark_returned(self, break_id: int, *, actor: str, note: str, payout_id: int) -> StoredBreak:
+        """Resolve the break as ``returned``, naming the return payout in its note. A break a
+        concurrent run of the same return already marked is answered as it stands (its payout
+        is the same one: the payout's request id derives from the line)."""
+        actor = _resolution_text(actor, "actor", limits.STATEMENT_ACTOR_LENGTH_MAX)
+        note = _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
+        with self.database.write() as conn:
+            repo = StatementRepository(conn)
+            repo.lock_imports()
+            found = repo.break_by_id(break_id)
+            if found is None:
+                raise BreakNotFound(f"no break {break_id}", param="break_id")
+            b, resolved = found
+            if not resolved:
+                repo.resolve_break(
+                    break_id,
+                    now_ns=self.clock.now_ns(),
+                    resolution="returned",
+                    actor=actor,
+                    # The payout id is kept with the resolution: no new column is needed, and
+                    # the payout is also found by its request id (derived from the line).
+                    note=f"{note} [return payout {payout_id}]",
+                )
+            elif b.resolution != "returned":
+                raise BreakAlreadyResolved(f"break {break_id} is already resolved")
+            again = repo.break_by_id(break_id)
+        assert again is not None
+        return again[0]
+
+    def _in_suspense(self, b: StoredBreak) -> bool:
+        """Whether a return has parked this break's line in suspense (the ledger is the
+        record: its transfer id derives from the line)."""
+        wanted = suspense_transfer_id(b.account, b.statement_id, b.line)
+        return wanted in self.ledger.lookup_transfers([wanted])
+
     # ------------------------------------------------------------------ queries
 
     def posted_references(self, iban: str, references: Sequence[str]) -> set[str]:
@@ -530,6 +732,15 @@ class StatementService:
         limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
         with self.database.read() as conn:
             return StatementRepository(conn).breaks(open_only=True, limit=limit)
+
+    def breaks(
+        self, limit: int = limits.STATEMENT_BREAKS_PAGE_MAX, *, include_resolved: bool = False
+    ) -> list[StoredBreak]:
+        """Breaks oldest first: open ones, or with ``include_resolved`` every break with its
+        resolution (``explained``, ``matched``, ``returned``)."""
+        limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
+        with self.database.read() as conn:
+            return StatementRepository(conn).breaks(open_only=not include_resolved, limit=limit)
 
     def line_remittance(self, statement_row_id: int, line: int) -> str | None:
         """What the payer wrote on a stored line (opened): an operator matching a break by

@@ -19,6 +19,11 @@ class Line:
     booking_date: str = "2026-01-02"
     value_date: str = "2026-01-02"
     status: str = "BOOK"
+    #: The other party: the debtor of a credit (the payer), the creditor of a debit.
+    counterparty_name: str | None = None
+    counterparty_iban: str | None = None
+    #: The bank's own reference of the entry (``AcctSvcrRef``).
+    bank_reference: str | None = None
 
 
 def _amount(minor: int, exponent: int) -> str:
@@ -80,9 +85,18 @@ def camt053(
             el(ntry, "Sts", line.status)
         el(el(ntry, "BookgDt"), "Dt", line.booking_date)
         el(el(ntry, "ValDt"), "Dt", line.value_date)
+        if line.bank_reference is not None:
+            el(ntry, "AcctSvcrRef", line.bank_reference)
         tx = el(el(ntry, "NtryDtls"), "TxDtls")
         if line.end_to_end_id is not None:
             el(el(tx, "Refs"), "EndToEndId", line.end_to_end_id)
+        if line.counterparty_name is not None or line.counterparty_iban is not None:
+            party = "Dbtr" if line.amount_minor >= 0 else "Cdtr"
+            parties = el(tx, "RltdPties")
+            if line.counterparty_name is not None:
+                el(el(parties, party), "Nm", line.counterparty_name)
+            if line.counterparty_iban is not None:
+                el(el(el(parties, f"{party}Acct"), "Id"), "IBAN", line.counterparty_iban)
         if line.creditor_reference is not None or line.remittance is not None:
             rmt = el(tx, "RmtInf")
             if line.remittance is not None:
