@@ -8,7 +8,7 @@ keys). The plain key is printed once and stored only as a hash.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,13 +20,16 @@ from paykeep.cli_support import (
     settings_from,
     typed_errors,
 )
-from paykeep.security.api_keys import ApiKeyService
+
+if TYPE_CHECKING:  # the database layer loads only when a keys command runs (tests/test_tidy)
+    from paykeep.security.api_keys import ApiKeyService
 
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 
 
 def _service(data_dir: DataDirOption, database_url: DatabaseUrlOption) -> ApiKeyService:
     from paykeep.db import open_database
+    from paykeep.security.api_keys import ApiKeyService
 
     return ApiKeyService(open_database(settings_from(data_dir, database_url)))
 
