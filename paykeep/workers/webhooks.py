@@ -583,6 +583,34 @@ class WebhookService:
             del in_flight[future]
         return len(ended)
 
+    def _record_ended_and_claim(
+        self,
+        in_flight: MutableMapping[Future[AttemptResult], _Claim],
+        in_flight_max: int,
+        per_endpoint_max: int,
+    ) -> tuple[int, list[_Claim]]:
+        """:meth:`_record_ended`, then :meth:`_claim` for the slots that frees, in one write
+        transaction: (results taken in, new claims). The worker's writes hold the database's
+        one write lock that the API's writer waits on, each with its own fsync; two per
+        delivery round were one more than needed. If the transaction fails, nothing is
+        recorded or claimed: the results stay in ``in_flight`` for a later call."""
+        ended = [future for future in in_flight if future.done()]
+        free = in_flight_max - (len(in_flight) - len(ended))
+        if not ended and free <= 0:
+            return 0, []
+        finished = set(ended)
+        busy = Counter(c.endpoint_id for f, c in in_flight.items() if f not in finished)
+        now_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            if ended:
+                self._record_in(
+                    conn, [in_flight[f] for f in ended], [f.result() for f in ended], now_ns
+                )
+            claims = self._claim_in(conn, free, per_endpoint_max, busy, now_ns) if free else []
+        for future in ended:
+            del in_flight[future]
+        return len(ended), claims
+
     def _claim(
         self, limit: int, per_endpoint_max: int, busy: Mapping[str, int] | None = None
     ) -> list[_Claim]:
@@ -591,9 +619,20 @@ class WebhookService:
         by endpoint). An endpoint with its share busy is left out of the scan itself: a slow
         endpoint's backlog is the longest due, so it would fill the scan and starve the
         rest."""
-        busy = busy or {}
-        full = sorted(e for e, n in busy.items() if n >= per_endpoint_max)
         now_ns = self.clock.now_ns()
+        with self.database.write() as conn:
+            return self._claim_in(conn, limit, per_endpoint_max, busy or {}, now_ns)
+
+    def _claim_in(
+        self,
+        conn: sa.Connection,
+        limit: int,
+        per_endpoint_max: int,
+        busy: Mapping[str, int],
+        now_ns: int,
+    ) -> list[_Claim]:
+        """:meth:`_claim` inside the caller's write transaction."""
+        full = sorted(e for e, n in busy.items() if n >= per_endpoint_max)
         lease_until_ns = now_ns + model.lease_s(self.http_timeout_s) * NS_PER_S
         postgres = self.database.is_postgres
         scan = sa.text(
@@ -606,50 +645,49 @@ class WebhookService:
         if full:
             scan = scan.bindparams(sa.bindparam("full", expanding=True))
             params["full"] = full
-        with self.database.write() as conn:
-            due = conn.execute(scan, params).all()
-            picked: list[str] = []
-            per_endpoint: dict[str, int] = dict(busy)
-            for row in due:
-                taken = per_endpoint.get(row.endpoint_id, 0)
-                if taken < per_endpoint_max:
-                    per_endpoint[row.endpoint_id] = taken + 1
-                    picked.append(row.id)
-                    if len(picked) == limit:
-                        break
-            if not picked:
-                return []
-            # Re-checked under the lock: another worker may have leased some meanwhile.
-            rows = conn.execute(
+        due = conn.execute(scan, params).all()
+        picked: list[str] = []
+        per_endpoint: dict[str, int] = dict(busy)
+        for row in due:
+            taken = per_endpoint.get(row.endpoint_id, 0)
+            if taken < per_endpoint_max:
+                per_endpoint[row.endpoint_id] = taken + 1
+                picked.append(row.id)
+                if len(picked) == limit:
+                    break
+        if not picked:
+            return []
+        # Re-checked under the lock: another worker may have leased some meanwhile.
+        rows = conn.execute(
+            sa.text(
+                "SELECT d.id, d.event_id, d.endpoint_id, d.attempts, w.url, w.secret_enc, "
+                "w.enabled, ev.payload FROM payments_webhook_deliveries d "
+                "JOIN payments_webhook_endpoints w ON w.id = d.endpoint_id "
+                "JOIN payments_events ev ON ev.id = d.event_id "
+                "WHERE d.id IN :ids AND d.state = 'pending' AND d.next_attempt_at_ns <= :now"
+                + (" FOR UPDATE OF d SKIP LOCKED" if postgres else "")
+            ).bindparams(sa.bindparam("ids", expanding=True)),
+            {"ids": picked, "now": now_ns},
+        ).all()
+        disabled = [row.id for row in rows if not row.enabled]
+        claimed = [row for row in rows if row.enabled]
+        if disabled:
+            conn.execute(
                 sa.text(
-                    "SELECT d.id, d.event_id, d.endpoint_id, d.attempts, w.url, w.secret_enc, "
-                    "w.enabled, ev.payload FROM payments_webhook_deliveries d "
-                    "JOIN payments_webhook_endpoints w ON w.id = d.endpoint_id "
-                    "JOIN payments_events ev ON ev.id = d.event_id "
-                    "WHERE d.id IN :ids AND d.state = 'pending' AND d.next_attempt_at_ns <= :now"
-                    + (" FOR UPDATE OF d SKIP LOCKED" if postgres else "")
+                    "UPDATE payments_webhook_deliveries SET state = 'dead', "
+                    "next_attempt_at_ns = NULL, last_error = :error, updated_at_ns = :now "
+                    "WHERE id IN :ids"
                 ).bindparams(sa.bindparam("ids", expanding=True)),
-                {"ids": picked, "now": now_ns},
-            ).all()
-            disabled = [row.id for row in rows if not row.enabled]
-            claimed = [row for row in rows if row.enabled]
-            if disabled:
-                conn.execute(
-                    sa.text(
-                        "UPDATE payments_webhook_deliveries SET state = 'dead', "
-                        "next_attempt_at_ns = NULL, last_error = :error, updated_at_ns = :now "
-                        "WHERE id IN :ids"
-                    ).bindparams(sa.bindparam("ids", expanding=True)),
-                    {"ids": disabled, "error": ERROR_ENDPOINT_DISABLED, "now": now_ns},
-                )
-            if claimed:
-                conn.execute(
-                    sa.text(
-                        "UPDATE payments_webhook_deliveries SET next_attempt_at_ns = :lease, "
-                        "updated_at_ns = :now WHERE id IN :ids"
-                    ).bindparams(sa.bindparam("ids", expanding=True)),
-                    {"ids": [row.id for row in claimed], "lease": lease_until_ns, "now": now_ns},
-                )
+                {"ids": disabled, "error": ERROR_ENDPOINT_DISABLED, "now": now_ns},
+            )
+        if claimed:
+            conn.execute(
+                sa.text(
+                    "UPDATE payments_webhook_deliveries SET next_attempt_at_ns = :lease, "
+                    "updated_at_ns = :now WHERE id IN :ids"
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"ids": [row.id for row in claimed], "lease": lease_until_ns, "now": now_ns},
+            )
         return [
             _Claim(
                 delivery_id=row.id,
@@ -717,36 +755,46 @@ class WebhookService:
     def _record(self, claims: Sequence[_Claim], results: Sequence[AttemptResult]) -> None:
         now_ns = self.clock.now_ns()
         with self.database.write() as conn:
-            for claim, result in zip(claims, results, strict=True):
-                step = model.after_attempt(claim.attempts, result, now_ns)
-                written = conn.execute(
-                    _RECORD_ATTEMPT,
-                    {
-                        "id": claim.delivery_id,
-                        "state": step.state.value,
-                        "attempts": step.attempts,
-                        "next_attempt_at_ns": step.next_attempt_at_ns,
-                        "last_status": result.status,
-                        "last_error": result.error,
-                        "now": now_ns,
-                        "attempts_before": claim.attempts,
-                        "lease_until_ns": claim.lease_until_ns,
-                    },
-                ).rowcount
-                if not written:
-                    log.warning(
-                        "webhook %s: lease lost (taken over or endpoint disabled); attempt %d "
-                        "not recorded",
-                        claim.delivery_id,
-                        step.attempts,
-                    )
-                elif step.state is DeliveryState.DEAD:
-                    log.warning(
-                        "webhook %s dead after %d attempts: %s",
-                        claim.delivery_id,
-                        step.attempts,
-                        result.error,
-                    )
+            self._record_in(conn, claims, results, now_ns)
+
+    def _record_in(
+        self,
+        conn: sa.Connection,
+        claims: Sequence[_Claim],
+        results: Sequence[AttemptResult],
+        now_ns: int,
+    ) -> None:
+        """:meth:`_record` inside the caller's write transaction."""
+        for claim, result in zip(claims, results, strict=True):
+            step = model.after_attempt(claim.attempts, result, now_ns)
+            written = conn.execute(
+                _RECORD_ATTEMPT,
+                {
+                    "id": claim.delivery_id,
+                    "state": step.state.value,
+                    "attempts": step.attempts,
+                    "next_attempt_at_ns": step.next_attempt_at_ns,
+                    "last_status": result.status,
+                    "last_error": result.error,
+                    "now": now_ns,
+                    "attempts_before": claim.attempts,
+                    "lease_until_ns": claim.lease_until_ns,
+                },
+            ).rowcount
+            if not written:
+                log.warning(
+                    "webhook %s: lease lost (taken over or endpoint disabled); attempt %d "
+                    "not recorded",
+                    claim.delivery_id,
+                    step.attempts,
+                )
+            elif step.state is DeliveryState.DEAD:
+                log.warning(
+                    "webhook %s dead after %d attempts: %s",
+                    claim.delivery_id,
+                    step.attempts,
+                    result.error,
+                )
 
     # --- Replay and the delivery log ------------------------------------------------------
 
@@ -960,12 +1008,9 @@ class DeliveryPump:
         self._check_owner()
         assert not self._closed, "pump after close"
         self._pumped_at_s = monotonic_s()
-        recorded = self._service._record_ended(self._in_flight)
-        free = self._in_flight_max - len(self._in_flight)
-        if free <= 0:
-            return recorded
-        busy = Counter(claim.endpoint_id for claim in self._in_flight.values())
-        claims = self._service._claim(free, self._per_endpoint_max, busy)
+        recorded, claims = self._service._record_ended_and_claim(
+            self._in_flight, self._in_flight_max, self._per_endpoint_max
+        )
         for claim in claims:
             self._in_flight[self._service._start(claim)] = claim
         assert len(self._in_flight) <= self._in_flight_max

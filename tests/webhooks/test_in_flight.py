@@ -283,3 +283,44 @@ def test_a_result_after_a_lost_lease_writes_nothing(
     assert (row.state, row.attempts, row.last_status) == ("delivered", 1, 200)
     assert stalled.in_flight == 0 and stalled.close() == 0
     assert [r.headers["webhook-id"] for r in receiver.received("/x")] == [event_id] * 2
+
+
+def test_a_round_records_and_claims_in_one_write_transaction(
+    database: Database,
+    service: WebhookService,
+    receiver: Receiver,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's writes hold the one write lock the API's writer waits for, each with its
+    own fsync: a round that takes results in and claims the slots they free is one
+    transaction, not two. Counted by watching (not replacing) ``Database.write``."""
+    add_merchant(database, "mer_a")
+    service.create_endpoint("mer_a", receiver.url("/hook"), None)
+    for _ in range(3):
+        add_event(database, clock, "mer_a")
+    assert service.fan_out() == 3
+    pump = DeliveryPump(service, in_flight_max=2)
+    assert pump.pump() == 2  # two started, one left due
+    assert _eventually(lambda: pump.wait(0.1) or pump.in_flight == 0, 5.0)
+    assert _eventually(lambda: len(receiver.received("/hook")) == 2, 5.0)
+    writes = 0
+    real_write = Database.write
+
+    def counting_write(self: Database) -> Any:
+        nonlocal writes
+        writes += 1
+        return real_write(self)
+
+    monkeypatch.setattr(Database, "write", counting_write)
+    assert _eventually(lambda: all(f.done() for f in pump._in_flight), 5.0)
+    assert pump.pump() == 3  # two results taken in + the third claimed
+    assert writes == 1
+    monkeypatch.undo()
+    assert _eventually(lambda: len(receiver.received("/hook")) == 3, 5.0)
+    pump.close()
+    with database.read() as conn:
+        states = conn.execute(
+            sa.text("SELECT state, count(*) FROM payments_webhook_deliveries GROUP BY state")
+        ).all()
+    assert dict(states) == {"delivered": 3}
