@@ -393,3 +393,72 @@ def test_another_merchant_sees_nothing_of_a_withdrawal(shop: Shop) -> None:
     # The token without the buyer's session (what the merchant holds) moves nothing.
     assert_error(withdraw(shop, token, {"amount_minor": 1, "currency": "EUR"}, session=False),
                  401, "buyer_authentication_required")  # fmt: skip
+
+
+def _fail_payout_inserts(settings: Any, on: bool) -> None:
+    """Fault injection in the database itself: while on, the gateway cannot record a payout
+    (its transaction, ledger transfer included, rolls back) — as if the server died between
+    reserving a withdrawal and the gateway's payout."""
+    database = open_database(settings, migrate=False)
+    try:
+        with database.engine.begin() as conn:
+            if database.is_postgres:
+                if on:
+                    conn.exec_driver_sql(
+                        "CREATE FUNCTION test_no_payouts() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
+                    )
+                    conn.exec_driver_sql(
+                        "CREATE TRIGGER test_no_payouts BEFORE INSERT ON gateway_payouts "
+                        "FOR EACH ROW EXECUTE FUNCTION test_no_payouts()"
+                    )
+                else:
+                    conn.exec_driver_sql("DROP TRIGGER test_no_payouts ON gateway_payouts")
+                    conn.exec_driver_sql("DROP FUNCTION test_no_payouts()")
+            elif on:
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER test_no_payouts BEFORE INSERT ON gateway_payouts "
+                    "BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                )
+            else:
+                conn.exec_driver_sql("DROP TRIGGER test_no_payouts")
+    finally:
+        database.dispose()
+
+
+def test_a_request_that_died_before_the_payout_is_finished_by_the_worker_pass(
+    shop: Shop,
+) -> None:
+    """A reservation (``pending``) whose request died before the gateway's payout existed:
+    it keeps its source's room (a second request is refused), moves no money, and the worker
+    pass finishes it once it is old enough — ``requested``, then settled like any other."""
+    from paykeep.api.runtime import RuntimeConfig, open_runtime
+
+    buyer = shop.buyer()
+    token = checkout_of(shop, buyer["id"])
+    top_up(shop, buyer, 900)
+    settings = server_settings(shop.server)
+    _fail_payout_inserts(settings, on=True)
+    try:
+        died = withdraw(shop, token, {"amount_minor": 900, "currency": "EUR"})
+        assert died.status_code == 500, died.text
+        assert "Traceback" not in died.text and died.json()["error"]["type"] == "api_error"
+        assert shop.wallet(buyer["id"]) == (900, 0)  # nothing moved
+        [pending] = shop.http.get("/v1/withdrawals", params={"buyer": buyer["id"]}).json()["data"]
+        assert pending["state"] == "pending"
+        # The reservation holds the source's room: the same money cannot be asked for twice.
+        assert_error(withdraw(shop, token, {"amount_minor": 900, "currency": "EUR"}), 409,
+                     "withdrawal_exceeds_source")  # fmt: skip
+    finally:
+        _fail_payout_inserts(settings, on=False)
+    # The worker pass (here with no minimum age; the server's own waits 30 s).
+    runtime = open_runtime(RuntimeConfig(settings=settings), migrate=False)
+    try:
+        assert runtime.payments.sync_withdrawals(pending_age_s=0) == 1
+    finally:
+        runtime.database.dispose()
+    assert state_of(shop, pending["id"]) == "requested"
+    assert shop.wallet(buyer["id"]) == (0, 0)
+    wait_for("the withdrawal to settle", lambda: state_of(shop, pending["id"]) == "settled",
+             timeout_s=40)  # fmt: skip
+    assert events_of(shop, pending["id"])[-1] == "withdrawal.created"

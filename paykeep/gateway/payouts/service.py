@@ -209,31 +209,16 @@ class PayoutService:
         clearing = self._clearing(req.currency)
         check_limits(req)  # 4. limits (the balance check is the ledger's, below)
         transfer_id = derived_id("payout-request", req.request_id)
-        (result,) = self.ledger.create_transfers(
-            [
-                NewTransfer(
-                    id=transfer_id,
-                    debit_account_id=account.id,
-                    credit_account_id=clearing.id,
-                    amount_minor=req.amount_minor,
-                    currency=req.currency,
-                    code=REQUEST_TRANSFER_CODE,
-                    reference=f"payout:{req.request_id}",
-                    metadata={"payout_request": req.request_id, "merchant": req.merchant_ref},
-                )
-            ]
+        transfer = NewTransfer(
+            id=transfer_id,
+            debit_account_id=account.id,
+            credit_account_id=clearing.id,
+            amount_minor=req.amount_minor,
+            currency=req.currency,
+            code=REQUEST_TRANSFER_CODE,
+            reference=f"payout:{req.request_id}",
+            metadata={"payout_request": req.request_id, "merchant": req.merchant_ref},
         )
-        if result.result in _REUSED:
-            raise PayoutRequestIdReused(
-                f"request id {req.request_id!r} was used for another payout", param="request_id"
-            )
-        if result.result in _SHORT_OF_FUNDS:
-            raise PayoutInsufficientFunds(
-                f"{req.debit_account_name} does not hold {req.amount_minor} {req.currency}",
-                param="amount",
-            )
-        if not result.applied_or_exists:
-            raise transfer_error(result.result, transfer_id)
         now = self.clock.now_ns()
         payout_id = self.ids.next_id()
         payout = Payout(
@@ -260,15 +245,31 @@ class PayoutService:
         name_enc = self.cipher.seal(req.creditor_name, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id)
         iban_enc = self.cipher.seal(req.creditor_iban, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id)
         try:
+            # The money leaves the debit account and the payout that owes it to the creditor
+            # are one transaction: money never sits in clearing:payout without a payout to
+            # send it (a crash between two transactions left it there until a retry).
             with self.database.write() as conn:
+                (result,) = self.ledger.create_transfers_within(conn, [transfer])
+                if result.result in _REUSED:
+                    raise PayoutRequestIdReused(
+                        f"request id {req.request_id!r} was used for another payout",
+                        param="request_id",
+                    )
+                if result.result in _SHORT_OF_FUNDS:
+                    raise PayoutInsufficientFunds(
+                        f"{req.debit_account_name} does not hold {req.amount_minor} {req.currency}",
+                        param="amount",
+                    )
+                if not result.applied_or_exists:
+                    raise transfer_error(result.result, transfer_id)
                 PayoutRepository(conn).insert_payout(
                     payout, creditor_name_enc=name_enc, creditor_iban_enc=iban_enc
                 )
         except sa.exc.IntegrityError as exc:
             if not _unique_violation(exc):
                 raise
-            # A concurrent replay of the same request won: both moved the same ledger
-            # transfer (the second got `exists`), and the first row stands.
+            # A concurrent replay of the same request won (its transfer and row committed
+            # together; ours rolled back): the first row stands.
             with self.database.read() as conn:
                 winner = PayoutRepository(conn).payout_by_request(req.request_id)
             if winner is None:

@@ -185,9 +185,10 @@ def _heal(world: World, table: str) -> None:
 
 
 def test_a_crash_after_the_suspense_posting_is_finished_by_the_retry(world: World) -> None:
-    """The payout row cannot be written (the ledger already moved the line into suspense and
-    on to clearing:payout): the break stays open, cannot be explained away or matched while
-    its money is in transit, and the retry finishes the return without moving money twice."""
+    """The payout row cannot be written (the ledger already moved the line into suspense; the
+    payout's own transfer to clearing:payout rolls back with its row): the break stays open,
+    cannot be explained away or matched while its money is in suspense, and the retry
+    finishes the return without moving money twice."""
     breaks = _import(world, [_stranger()])
     bank_before = world.balance(BANK_ACCOUNT)
     _inject_fault(world, "gateway_payouts", "INSERT")
@@ -197,13 +198,16 @@ def test_a_crash_after_the_suspense_posting_is_finished_by_the_retry(world: Worl
     assert _rows(world, "gateway_payouts") == 0
     assert [b.id for b in world.statements.open_breaks()] == [breaks[1]]
     assert world.balance(BANK_ACCOUNT) == bank_before - AMOUNT
+    # Never money in clearing:payout without a payout to send it.
+    assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (AMOUNT, 0)
     head = world.ledger.head()
     with pytest.raises(BreakReturnPending):
         world.statements.resolve_break(breaks[1], actor="ops-2", note="explained instead")
     assert world.ledger.head() == head and world.statements.open_breaks() != []
 
     returned = world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
-    assert world.ledger.head() == head  # both ledger steps answered `exists`
+    # The suspense posting answered `exists`; the payout's transfer commits with its row.
+    assert world.ledger.head().last_seq == head.last_seq + 1
     assert _rows(world, "gateway_payouts") == 1
     assert returned.payout.amount_minor == AMOUNT
     assert world.balance(BANK_ACCOUNT) == bank_before - AMOUNT
