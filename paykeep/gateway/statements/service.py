@@ -514,12 +514,7 @@ class StatementService:
         with self.database.write() as conn:
             repo = StatementRepository(conn)
             repo.lock_imports()
-            found = repo.break_by_id(break_id)
-            if found is None:
-                raise BreakNotFound(f"no break {break_id}", param="break_id")
-            b, resolved = found
-            if resolved:
-                raise BreakAlreadyResolved(f"break {break_id} is already resolved")
+            b = _open_break(repo, break_id)
             resolution = "explained"
             if match_reference is not None:
                 self._match_by_hand(repo, b, match_reference)
@@ -585,12 +580,7 @@ class StatementService:
             raise BreakNotFound(f"no break {break_id!r}", param="break_id")
         with self.database.read() as conn:
             repo = StatementRepository(conn)
-            found = repo.break_by_id(break_id)
-            if found is None:
-                raise BreakNotFound(f"no break {break_id}", param="break_id")
-            b, resolved = found
-            if resolved:
-                raise BreakAlreadyResolved(f"break {break_id} is already resolved")
+            b = _open_break(repo, break_id)
             line = repo.line(b.statement_row_id, b.line) if b.line > 0 else None
             matched = b.line > 0 and repo.line_matched(b.statement_row_id, b.line)
             account = repo.bank_account(normalize_iban(b.account))
@@ -690,10 +680,7 @@ class StatementService:
         with self.database.write() as conn:
             repo = StatementRepository(conn)
             repo.lock_imports()
-            found = repo.break_by_id(break_id)
-            if found is None:
-                raise BreakNotFound(f"no break {break_id}", param="break_id")
-            b, resolved = found
+            b, resolved = _break(repo, break_id)
             if not resolved:
                 repo.resolve_break(
                     break_id,
@@ -756,3 +743,19 @@ class StatementService:
     def row_counts(self) -> dict[str, int]:
         with self.database.read() as conn:
             return StatementRepository(conn).count_rows()
+
+
+def _break(repo: StatementRepository, break_id: int) -> tuple[StoredBreak, bool]:
+    """The break and whether it is resolved, or ``statement_break_not_found``."""
+    found = repo.break_by_id(break_id)
+    if found is None:
+        raise BreakNotFound(f"no break {break_id}", param="break_id")
+    return found
+
+
+def _open_break(repo: StatementRepository, break_id: int) -> StoredBreak:
+    """An open break, or its typed error (not found, already resolved)."""
+    b, resolved = _break(repo, break_id)
+    if resolved:
+        raise BreakAlreadyResolved(f"break {break_id} is already resolved")
+    return b
