@@ -182,6 +182,9 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 _CARRIER = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _TRACKING = re.compile(r"[A-Za-z0-9-]{4,64}")
 _TOPUP_ID = re.compile(r"top_[0-9a-f]{16}")
+#: A merchant payout the gateway holds without a record here is adopted by the worker pass
+#: once this old: its request, if still alive, records it itself well before.
+PAYOUT_RECORD_RECOVERY_S: Final = 30
 #: Open withdrawals one worker pass follows at the gateway.
 WITHDRAWAL_SYNC_BATCH: Final = 500
 
@@ -2262,36 +2265,70 @@ class PaymentsService:
             )  # fmt: skip
         except PayoutInsufficientFunds:
             raise InsufficientFunds("the available balance does not cover this payout") from None
-        with self.transaction() as tx:
-            existing = tx.repo.payouts({"gateway_payout_id": payout.payout_id}, 1, None)
-            if existing:
-                return existing[0]
-            record = MerchantPayout(
-                self.new_id("po"), merchant.id, payout.payout_id, amount_minor,
-                merchant.currency, payout.state, tx.now_ns, tx.now_ns,
-            )  # fmt: skip
-            tx.repo.insert(
-                "payments_payouts",
-                {
-                    "id": record.id,
-                    "merchant_id": merchant.id,
-                    "gateway_payout_id": payout.payout_id,
-                    "amount_minor": amount_minor,
-                    "currency": merchant.currency,
-                    "state": payout.state,
-                    "created_at_ns": tx.now_ns,
-                    "updated_at_ns": tx.now_ns,
-                },
-            )
-            self._event(tx, merchant.id, "payout.created", record.to_api())
-        return record
+        return self._record_payout(
+            merchant.id, payout.payout_id, amount_minor, merchant.currency, payout.state
+        )
 
-    def sync_payouts(self) -> int:
+    def _record_payout(
+        self, merchant_id: str, gateway_payout_id: int, amount: int, currency: str, state: str
+    ) -> MerchantPayout:
+        """The merchant's record of a gateway payout, with ``payout.created``: written once
+        (a unique index on the gateway payout), by the request or, if it died first, by the
+        worker pass (:meth:`sync_payouts`); whichever comes second gets the first's row."""
+        try:
+            with self.transaction() as tx:
+                existing = tx.repo.payouts({"gateway_payout_id": gateway_payout_id}, 1, None)
+                if existing:
+                    return existing[0]
+                record = MerchantPayout(
+                    self.new_id("po"), merchant_id, gateway_payout_id, amount, currency, state,
+                    tx.now_ns, tx.now_ns,
+                )  # fmt: skip
+                tx.repo.insert(
+                    "payments_payouts",
+                    {
+                        "id": record.id,
+                        "merchant_id": merchant_id,
+                        "gateway_payout_id": gateway_payout_id,
+                        "amount_minor": amount,
+                        "currency": currency,
+                        "state": state,
+                        "created_at_ns": tx.now_ns,
+                        "updated_at_ns": tx.now_ns,
+                    },
+                )
+                self._event(tx, merchant_id, "payout.created", record.to_api())
+            return record
+        except sa.exc.IntegrityError:
+            with self.reading() as tx:
+                existing = tx.repo.payouts({"gateway_payout_id": gateway_payout_id}, 1, None)
+            if not existing:
+                raise
+            return existing[0]
+
+    def _adopt_unrecorded_payouts(self, min_age_s: float) -> int:
+        """Gateway payouts of merchants that have no record here: the request moved the money
+        (the gateway's transfer and payout commit together) and died before recording it.
+        Older than ``min_age_s``, so a request still under way records its own; at most a day
+        old (the pass runs every bank cycle: a bounded, indexed look, not the whole table)."""
+        assert self.payouts is not None
+        with self.reading() as tx:
+            before = tx.now_ns - int(min_age_s * NS_PER_S)
+            rows = tx.conn.execute(
+                _q_unrecorded_payouts,
+                {"since": before - 86_400 * NS_PER_S, "before": before, "n": TIMER_SWEEP_BATCH},
+            ).all()
+        for gateway_id, merchant_id, amount, currency, state in rows:
+            self._record_payout(merchant_id, int(gateway_id), int(amount), currency, state)
+        return len(rows)
+
+    def sync_payouts(self, unrecorded_min_age_s: float = PAYOUT_RECORD_RECOVERY_S) -> int:
         """Copy the gateway's payout states (batched, accepted, settled, returned) onto the
-        merchants' payout records, with an event for each change."""
+        merchants' payout records, with an event for each change; first record the payouts a
+        request made and died before recording (older than ``unrecorded_min_age_s``)."""
         if self.payouts is None:
             return 0
-        changed = 0
+        changed = self._adopt_unrecorded_payouts(unrecorded_min_age_s)
         with self.reading() as tx:
             open_ = [
                 p for p in tx.repo.payouts({}, 500, None) if p.state not in ("settled", "returned")
@@ -2777,6 +2814,13 @@ _q_card_refund_retried = sa.text(
     "attempts_max = :attempts_max, retries = :retries, retried_by = :by, "
     "reservation_transfer_id = :reservation, response_code = NULL, failure_reason = NULL, "
     "updated_at_ns = :now WHERE id = :id AND state = 'failed'"
+)
+_q_unrecorded_payouts = sa.text(
+    "SELECT g.id, g.merchant_ref, g.amount_minor, g.currency, g.state FROM gateway_payouts g "
+    "JOIN payments_merchants m ON m.id = g.merchant_ref "
+    "LEFT JOIN payments_payouts p ON p.gateway_payout_id = g.id "
+    "WHERE g.created_at_ns > :since AND g.created_at_ns <= :before AND p.id IS NULL "
+    "ORDER BY g.id LIMIT :n"
 )
 _q_topup_seen = sa.text("SELECT 1 FROM payments_topups WHERE statement_row_id = :r AND line = :l")
 _q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")

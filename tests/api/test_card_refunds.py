@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from stdnum import luhn
 
-from paykeep.config import Settings
 from paykeep.db import open_database
 from paykeep.ledger.audit import verify
 from paykeep.ledger.service import Ledger
@@ -27,6 +25,7 @@ from tests.api.test_money_routes import (
     wait_for,
 )
 from tests.serverproc import ServerProcess
+from tests.support import server_settings
 
 
 @pytest.fixture
@@ -61,12 +60,6 @@ def settled_refund(shop: Shop, refund_id: str, status: str = "succeeded") -> dic
 
     found: dict[str, Any] = wait_for(f"card refund {status}", probe)
     return found
-
-
-def server_settings(server: ServerProcess) -> Settings:
-    argv = list(server.process.args)  # type: ignore[arg-type]
-    url = argv[argv.index("--database-url") + 1] if "--database-url" in argv else None
-    return Settings(data_dir=Path(argv[argv.index("--data-dir") + 1]), database_url=url)
 
 
 def test_a_card_paid_order_refunded_in_full_goes_back_to_the_card(shop: Shop) -> None:

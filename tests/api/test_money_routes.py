@@ -21,6 +21,7 @@ import pytest
 from paykeep.buyer_mailbox import sign_in
 from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
 from tests.serverproc import ServerProcess
+from tests.support import refuse_inserts, server_settings
 
 APPROVED_CARD = "4111111111111111"
 #: banksim: response 51 (insufficient funds) above 10.00.
@@ -682,6 +683,45 @@ def test_payout_follows_the_bank_cycle(shop: Shop) -> None:
     events = shop.http.get("/v1/events", params={"object": payout["id"]}).json()["data"]
     assert events[-1]["type"] == "payout.created"
     assert {e["type"] for e in events} & {"payout.accepted", "payout.settled"}
+
+
+def test_a_payout_whose_request_died_before_its_record_is_adopted(shop: Shop) -> None:
+    """The gateway moved the money and holds the payout, then the request died before the
+    merchant's record was written (a trigger refuses that row): the worker pass records it
+    (``payout.created``) once. The key stays in flight meanwhile (whether the effect happened
+    was unknown), so a retry at once is told to wait instead of paying again."""
+    from paykeep.api.runtime import RuntimeConfig, open_runtime
+
+    buyer = shop.buyer()
+    order, token = pay_by_bank_transfer(shop, buyer, 4_000)
+    shop.ship(order["id"])
+    shop.confirm(token).raise_for_status()
+    available = shop.balance()["available_minor"]
+    settings = server_settings(shop.server)
+    key = {"Idempotency-Key": f"payout-{uuid.uuid4()}"}
+    refuse_inserts(settings, "payments_payouts", on=True)
+    try:
+        died = shop.http.post("/v1/payouts", json={"amount_minor": 1_500}, headers=key)
+        assert died.status_code == 500, died.text
+        assert "Traceback" not in died.text
+    finally:
+        refuse_inserts(settings, "payments_payouts", on=False)
+    assert shop.balance()["available_minor"] == available - 1_500  # the gateway's, done
+    assert shop.http.get("/v1/payouts").json()["data"] == []
+    runtime = open_runtime(RuntimeConfig(settings=settings), migrate=False)
+    try:
+        assert runtime.payments.sync_payouts(unrecorded_min_age_s=0) >= 1
+        assert runtime.payments.sync_payouts(unrecorded_min_age_s=0) == 0  # adopted once
+    finally:
+        runtime.database.dispose()
+    [adopted] = shop.http.get("/v1/payouts").json()["data"]
+    assert adopted["amount_minor"] == 1_500
+    events = shop.http.get("/v1/events", params={"object": adopted["id"]}).json()["data"]
+    assert [e["type"] for e in events] == ["payout.created"]
+    retried = shop.http.post("/v1/payouts", json={"amount_minor": 1_500}, headers=key)
+    assert_error(retried, 409, "idempotency_key_in_use")
+    assert shop.balance()["available_minor"] == available - 1_500  # paid once
+    assert len(shop.http.get("/v1/payouts").json()["data"]) == 1
 
 
 # -- ownership -------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from paykeep.db import open_database
-from tests.api.test_card_refunds import server_settings
 from tests.api.test_money_routes import SAFEGUARDING_IBAN, Shop, pay_by_bank_transfer, wait_for
 from tests.api.test_withdrawals import checkout_of, state_of, topups, withdraw
 from tests.serverproc import ServerProcess
+from tests.support import server_settings
 
 MERCHANT_IBAN = "GB33BUKB20201555555555"
 BUYER_IBAN = "DE44500105175407324931"

@@ -26,7 +26,6 @@ from paykeep.gateway.payouts.service import PayoutService
 from paykeep.ledger.audit import verify
 from paykeep.ledger.service import Ledger
 from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
-from tests.api.test_card_refunds import server_settings
 from tests.api.test_money_routes import (
     SAFEGUARDING_IBAN,
     Shop,
@@ -35,6 +34,7 @@ from tests.api.test_money_routes import (
     wait_for,
 )
 from tests.serverproc import ServerProcess
+from tests.support import refuse_inserts, server_settings
 
 #: The buyers' own bank accounts (the debtors of their transfers in).
 ADA_IBAN = "NL91ABNA0417164300"  # what pay_by_bank_transfer sends from
@@ -395,37 +395,6 @@ def test_another_merchant_sees_nothing_of_a_withdrawal(shop: Shop) -> None:
                  401, "buyer_authentication_required")  # fmt: skip
 
 
-def _fail_payout_inserts(settings: Any, on: bool) -> None:
-    """Fault injection in the database itself: while on, the gateway cannot record a payout
-    (its transaction, ledger transfer included, rolls back) — as if the server died between
-    reserving a withdrawal and the gateway's payout."""
-    database = open_database(settings, migrate=False)
-    try:
-        with database.engine.begin() as conn:
-            if database.is_postgres:
-                if on:
-                    conn.exec_driver_sql(
-                        "CREATE FUNCTION test_no_payouts() RETURNS trigger LANGUAGE plpgsql AS "
-                        "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
-                    )
-                    conn.exec_driver_sql(
-                        "CREATE TRIGGER test_no_payouts BEFORE INSERT ON gateway_payouts "
-                        "FOR EACH ROW EXECUTE FUNCTION test_no_payouts()"
-                    )
-                else:
-                    conn.exec_driver_sql("DROP TRIGGER test_no_payouts ON gateway_payouts")
-                    conn.exec_driver_sql("DROP FUNCTION test_no_payouts()")
-            elif on:
-                conn.exec_driver_sql(
-                    "CREATE TRIGGER test_no_payouts BEFORE INSERT ON gateway_payouts "
-                    "BEGIN SELECT RAISE(ABORT, 'injected'); END"
-                )
-            else:
-                conn.exec_driver_sql("DROP TRIGGER test_no_payouts")
-    finally:
-        database.dispose()
-
-
 def test_a_request_that_died_before_the_payout_is_finished_by_the_worker_pass(
     shop: Shop,
 ) -> None:
@@ -438,7 +407,7 @@ def test_a_request_that_died_before_the_payout_is_finished_by_the_worker_pass(
     token = checkout_of(shop, buyer["id"])
     top_up(shop, buyer, 900)
     settings = server_settings(shop.server)
-    _fail_payout_inserts(settings, on=True)
+    refuse_inserts(settings, "gateway_payouts", on=True)
     try:
         died = withdraw(shop, token, {"amount_minor": 900, "currency": "EUR"})
         assert died.status_code == 500, died.text
@@ -450,7 +419,7 @@ def test_a_request_that_died_before_the_payout_is_finished_by_the_worker_pass(
         assert_error(withdraw(shop, token, {"amount_minor": 900, "currency": "EUR"}), 409,
                      "withdrawal_exceeds_source")  # fmt: skip
     finally:
-        _fail_payout_inserts(settings, on=False)
+        refuse_inserts(settings, "gateway_payouts", on=False)
     # The worker pass (here with no minimum age; the server's own waits 30 s).
     runtime = open_runtime(RuntimeConfig(settings=settings), migrate=False)
     try:

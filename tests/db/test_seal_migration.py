@@ -121,7 +121,7 @@ def test_upgrade_seals_every_row_and_drops_the_plaintext(
     at_0010: Database, cipher: FieldCipher
 ) -> None:
     database = at_0010
-    upgrade(database, cipher=lambda: cipher)  # built only because there are rows
+    upgrade(database, "0011", cipher=lambda: cipher)  # built only because there are rows
     assert current_revision(database) == "0011"
     for table, columns in PLAINTEXT_COLUMNS.items():
         assert not columns & _columns(database, table), table
@@ -181,7 +181,7 @@ def test_downgrade_opens_the_values_back_and_refuses_without_keys(
         "FROM stmt_entries ORDER BY line",
     }
     expected = {k: _rows(database, q) for k, q in before.items()}
-    upgrade(database, cipher=cipher)
+    upgrade(database, "0011", cipher=cipher)
     with pytest.raises(MigrationNeedsFieldKeys):
         downgrade(database, "0010")
     assert current_revision(database) == "0011"
