@@ -1339,14 +1339,14 @@ class PaymentsService:
         intent = self._card_refund_row(tx, order, amount, refund_id)
         if intent is None:
             return
-        assert self.cards is not None and intent.amount_minor == amount
+        assert intent.amount_minor == amount
         self._transfers(
             tx,
             [
                 NewTransfer(
                     id=intent.reservation_transfer_id,
                     debit_account_id=account_id(wallet_name(order.buyer_id, order.currency)),
-                    credit_account_id=self.cards.clearing_account_id(),
+                    credit_account_id=self._card_clearing_id(),
                     amount_minor=amount,
                     currency=order.currency,
                     code=CARD_REFUND_HOLD_CODE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 from stdnum import luhn
@@ -43,6 +44,14 @@ def banksim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BanksimProcess
     process = BanksimProcess(tmp_path_factory.mktemp("banksim"))
     yield process
     process.stop()
+
+
+class CardPaid(NamedTuple):
+    merchant: Merchant
+    buyer: Buyer
+    pan: str
+    token: str  # the card's token at banksim's issuer
+    order: Order
 
 
 @dataclass
@@ -81,6 +90,14 @@ class CardWorld:
         assert payment.state == "succeeded"
         return paid
 
+    def card_paid(self, amount: int, merchant: Merchant | None = None) -> CardPaid:
+        """A fresh buyer of ``merchant`` (default: a new one) whose order of ``amount`` was
+        paid with a fresh card at the issuer."""
+        merchant = merchant or self.world.merchant()
+        buyer = self.world.buyer(merchant)
+        pan, token = self.card()
+        return CardPaid(merchant, buyer, pan, token, self.card_order(merchant, buyer, pan, amount))
+
     def card_refund_rows(self, order: Order) -> list[tuple[str, int, int, str | None]]:
         """(state, amount, attempts, refund id) of the order's card refunds."""
         with self.svc.reading() as tx:
@@ -117,10 +134,7 @@ def cw(banksim: BanksimProcess, database: Database, settings: Settings) -> Itera
 
 def test_a_full_refund_reserves_the_money_then_credits_the_card_once(cw: CardWorld) -> None:
     w = cw.world
-    merchant = w.merchant()
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, 2_500)
+    merchant, buyer, pan, token, order = cw.card_paid(2_500)
     assert w.wallet(buyer) == (0, 2_500)
     seq = w.last_seq()
     with cw.svc.transaction() as tx:
@@ -151,10 +165,7 @@ def test_a_full_refund_reserves_the_money_then_credits_the_card_once(cw: CardWor
 
 def test_a_partial_refund_sends_only_the_refunded_part(cw: CardWorld) -> None:
     w = cw.world
-    merchant = w.merchant()
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, 3_000)
+    merchant, buyer, _pan, token, order = cw.card_paid(3_000)
     with cw.svc.transaction() as tx:
         cw.svc.ship(tx, merchant.id, order.id, "demo-post", "TRACK0001")
         cw.svc.refund(tx, merchant.id, order.id, 1_000)
@@ -166,10 +177,9 @@ def test_a_partial_refund_sends_only_the_refunded_part(cw: CardWorld) -> None:
 
 def test_the_unshipped_timer_refund_goes_back_to_the_card(cw: CardWorld) -> None:
     w = cw.world
-    merchant = w.merchant(timers=TimerSettings(ship_by_s=60))
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, 1_700)
+    _merchant, buyer, _pan, token, order = cw.card_paid(
+        1_700, w.merchant(timers=TimerSettings(ship_by_s=60))
+    )
     w.clock.advance(61)
     assert cw.svc.run_timers() == {"refund_unshipped": 1}
     assert cw.card_refund_rows(order) == [("pending", 1_700, 1, None)]  # no refund record
@@ -179,11 +189,7 @@ def test_the_unshipped_timer_refund_goes_back_to_the_card(cw: CardWorld) -> None
 
 
 def test_an_unavailable_network_is_retried_with_a_new_attempt(cw: CardWorld) -> None:
-    w = cw.world
-    merchant = w.merchant()
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, 900)
+    merchant, _buyer, _pan, token, order = cw.card_paid(900)
     cw.faults({"kind": "unavailable", "next": 1, "card": token, "mtis": ["0200"]})
     with cw.svc.transaction() as tx:
         cw.svc.refund(tx, merchant.id, order.id, None)
@@ -196,10 +202,7 @@ def test_an_unavailable_network_is_retried_with_a_new_attempt(cw: CardWorld) -> 
 
 def test_a_refund_the_network_never_takes_stays_in_the_wallet(cw: CardWorld) -> None:
     w = cw.world
-    merchant = w.merchant()
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, 800)
+    merchant, buyer, _pan, token, order = cw.card_paid(800)
     cw.faults({"kind": "unavailable", "card": token, "mtis": ["0200"]})
     with cw.svc.transaction() as tx:
         _order, refund = cw.svc.refund(tx, merchant.id, order.id, None)
@@ -223,10 +226,7 @@ def test_a_refund_the_network_never_takes_stays_in_the_wallet(cw: CardWorld) -> 
 
 def test_a_worker_that_dies_after_the_approval_does_not_credit_twice(cw: CardWorld) -> None:
     w = cw.world
-    merchant = w.merchant()
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, 1_100)
+    merchant, buyer, _pan, token, order = cw.card_paid(1_100)
     with cw.svc.transaction() as tx:
         cw.svc.refund(tx, merchant.id, order.id, None)
     with cw.svc.reading() as tx:
@@ -281,10 +281,7 @@ def _failed_card_refund(cw: CardWorld, amount: int) -> tuple[Merchant, Buyer, Or
     refund failed after its attempts: (merchant, buyer, order, card refund id, banksim token). The
     fault stays on; the caller clears it with ``cw.faults()``."""
     w = cw.world
-    merchant = w.merchant()
-    buyer = w.buyer(merchant)
-    pan, token = cw.card()
-    order = cw.card_order(merchant, buyer, pan, amount)
+    merchant, buyer, _pan, token, order = cw.card_paid(amount)
     cw.faults({"kind": "unavailable", "card": token, "mtis": ["0200"]})
     with cw.svc.transaction() as tx:
         cw.svc.refund(tx, merchant.id, order.id, None)
