@@ -528,14 +528,23 @@ def problem_for(exc: PaykeepError, action: str) -> Problem:
 # -- rendering ---------------------------------------------------------------------------------
 
 
+def iban_print_format(iban: str) -> str:
+    """An IBAN as people read and type it: groups of four (ISO 13616's paper format), so a
+    buyer copying it into their bank's form can check it group by group."""
+    compact = "".join(iban.split()).upper()
+    return " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
+
+
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,  # every template, whatever its name
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["iban"] = iban_print_format
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,6 +676,7 @@ class CheckoutPages:
         context = self.common(service, token, page)
         context.update(
             title=f"Pay {view.merchant_name}",
+            payee_line=False,  # the headline already names the merchant
             error=error,
             notice=DONE_WORDS.get(done or ""),
             sign_in_sent=sign_in_sent,

@@ -168,7 +168,8 @@ def test_bank_transfer_shows_the_iban_and_the_buyers_reference(shop: Shop, visit
     page = visit.page
 
     page.goto(shop.url(token))
-    expect(page.locator("#bank-iban")).to_have_text(BANK_IBAN)
+    # Shown as people type it, in groups of four.
+    expect(page.locator("#bank-iban")).to_have_text(spaced(BANK_IBAN))
     expect(page.locator("#bank-reference")).to_have_text(reference)
     page.get_by_role("button", name="I will pay by bank transfer").click()
 

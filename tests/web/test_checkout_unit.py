@@ -66,6 +66,7 @@ from paykeep.web.checkout import (
     checkout_router,
     environment,
     format_money,
+    iban_print_format,
     normalise_pan,
     order_actions,
     outcome_of,
@@ -114,6 +115,19 @@ def test_expiry_parser_only_accepts_or_refuses(text: str) -> None:
     except VaultExpiryInvalid:
         return
     assert 1 <= month <= 12 and 2000 <= year <= 2099
+
+
+def test_iban_shown_in_groups_of_four() -> None:
+    assert iban_print_format("DE89370400440532013000") == "DE89 3704 0044 0532 0130 00"
+    assert iban_print_format("de89 3704 0044 0532 0130 00") == "DE89 3704 0044 0532 0130 00"
+
+
+@given(st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=5, max_size=34))
+def test_iban_grouping_keeps_every_character(iban: str) -> None:
+    shown = iban_print_format(iban)
+    groups = shown.split(" ")
+    assert "".join(groups) == iban
+    assert all(len(g) == 4 for g in groups[:-1]) and 1 <= len(groups[-1]) <= 4
 
 
 def luhn_pans() -> st.SearchStrategy[str]:
