@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from paykeep.config import Settings
+from paykeep.config import SQLITE_FILE_NAME, Settings
 
 
 def paykeep(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
@@ -109,6 +109,40 @@ def scan(settings: Settings, needles: dict[str, set[str]]) -> list[str]:
                         for what, forms in needles.items():
                             if any(form in text for form in forms):
                                 found.append(f"{table}.{column}: {what}")
+    finally:
+        database.dispose()
+    return sorted(set(found))
+
+
+def raw_traces(settings: Settings, needles: dict[str, set[str]]) -> list[str]:
+    """``where: what`` for each needle found below the columns :func:`scan` reads: on SQLite
+    the database file's bytes and its write-ahead log (free pages, index entries, every column
+    type); on PostgreSQL every row of every table cast whole to text (every column type; a
+    ``bytea`` shows as hex, so the needles are looked for in hex too)."""
+    import sqlalchemy as sa
+
+    from paykeep.db import open_database
+
+    found = []
+    if not settings.database_url:
+        main = settings.data_dir / SQLITE_FILE_NAME
+        for path in (main, main.with_name(main.name + "-wal")):
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            for what, forms in needles.items():
+                if any(form.encode() in data for form in forms):
+                    found.append(f"{path.name}: {what}")
+        return sorted(found)
+    database = open_database(settings, migrate=False)
+    try:
+        tables = sa.inspect(database.engine).get_table_names()
+        with database.read() as conn:
+            for table in tables:
+                for (text,) in conn.execute(sa.text(f'SELECT t::text FROM "{table}" AS t')):
+                    for what, forms in needles.items():
+                        if any(f in text or f.encode().hex() in text for f in forms):
+                            found.append(f"{table} (whole rows): {what}")
     finally:
         database.dispose()
     return sorted(set(found))
