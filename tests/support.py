@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from paykeep.config import Settings
+from paykeep.config import SQLITE_FILE_NAME, Settings
 
 
 def paykeep(*args: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,3 +64,85 @@ def server_settings(server: Any) -> Settings:
     argv = list(server.process.args)
     url = argv[argv.index("--database-url") + 1] if "--database-url" in argv else None
     return Settings(data_dir=Path(argv[argv.index("--data-dir") + 1]), database_url=url)
+
+
+def spellings(value: str) -> set[str]:
+    """How a value may sit in a column: as given, compact, grouped by four, either case."""
+    compact = "".join(value.split())
+    grouped = " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
+    forms = {value, compact, grouped}
+    return forms | {f.lower() for f in forms} | {f.upper() for f in forms}
+
+
+def scan(settings: Settings, needles: dict[str, set[str]]) -> list[str]:
+    """``table.column: what`` for every text or binary cell holding one of the needles."""
+    import sqlalchemy as sa
+
+    from paykeep.db import open_database
+
+    found = []
+    database = open_database(settings, migrate=False)
+    try:
+        inspector = sa.inspect(database.engine)
+        tables = inspector.get_table_names()
+        assert "gateway_payouts" in tables and "stmt_entries" in tables
+        with database.read() as conn:
+            for table in tables:
+                columns = [
+                    c["name"]
+                    for c in inspector.get_columns(table)
+                    if isinstance(c["type"], sa.String | sa.Text | sa.LargeBinary | sa.JSON)
+                    or "BYTEA" in str(c["type"]).upper()
+                    or "BLOB" in str(c["type"]).upper()
+                ]
+                if not columns:
+                    continue
+                quoted = ", ".join(f'"{c}"' for c in columns)
+                for row in conn.execute(sa.text(f'SELECT {quoted} FROM "{table}"')):
+                    for column, value in zip(columns, row, strict=True):
+                        if value is None:
+                            continue
+                        if isinstance(value, bytes | memoryview | bytearray):
+                            text = bytes(value).decode("latin-1")
+                        else:
+                            text = str(value)
+                        for what, forms in needles.items():
+                            if any(form in text for form in forms):
+                                found.append(f"{table}.{column}: {what}")
+    finally:
+        database.dispose()
+    return sorted(set(found))
+
+
+def raw_traces(settings: Settings, needles: dict[str, set[str]]) -> list[str]:
+    """``where: what`` for each needle found below the columns :func:`scan` reads: on SQLite
+    the database file's bytes and its write-ahead log (free pages, index entries, every column
+    type); on PostgreSQL every row of every table cast whole to text (every column type; a
+    ``bytea`` shows as hex, so the needles are looked for in hex too)."""
+    import sqlalchemy as sa
+
+    from paykeep.db import open_database
+
+    found = []
+    if not settings.database_url:
+        main = settings.data_dir / SQLITE_FILE_NAME
+        for path in (main, main.with_name(main.name + "-wal")):
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            for what, forms in needles.items():
+                if any(form.encode() in data for form in forms):
+                    found.append(f"{path.name}: {what}")
+        return sorted(found)
+    database = open_database(settings, migrate=False)
+    try:
+        tables = sa.inspect(database.engine).get_table_names()
+        with database.read() as conn:
+            for table in tables:
+                for (text,) in conn.execute(sa.text(f'SELECT t::text FROM "{table}" AS t')):
+                    for what, forms in needles.items():
+                        if any(f in text or f.encode().hex() in text for f in forms):
+                            found.append(f"{table} (whole rows): {what}")
+    finally:
+        database.dispose()
+    return sorted(set(found))

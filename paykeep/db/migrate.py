@@ -4,10 +4,10 @@ Concurrent starters (several server processes) serialize on a lock — a Postgre
 lock, or a file lock next to the SQLite file — and the fast path skips Alembic entirely when
 the schema is already current.
 
-A migration that seals personal data already stored (0011) needs the field keys: ``cipher`` is
-a :class:`FieldCipher`, or a function that builds one — called only by a migration that has
-rows to seal, so opening an empty database never creates or reads keys. A migration with rows
-and no cipher raises :class:`MigrationNeedsFieldKeys` and changes nothing.
+A migration that seals personal data already stored (0011, 0013) needs the field keys:
+``cipher`` is a :class:`FieldCipher`, or a function that builds one — called only by a
+migration that has rows to seal, so opening an empty database never creates or reads keys. A
+migration with rows and no cipher raises :class:`MigrationNeedsFieldKeys` and changes nothing.
 """
 
 from __future__ import annotations

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
-from paykeep.db import open_database
 from tests.api.test_money_routes import SAFEGUARDING_IBAN, Shop, pay_by_bank_transfer, wait_for
 from tests.api.test_withdrawals import checkout_of, state_of, topups, withdraw
 from tests.serverproc import ServerProcess
-from tests.support import server_settings
+from tests.support import scan, server_settings, spellings
 
 MERCHANT_IBAN = "GB33BUKB20201555555555"
 BUYER_IBAN = "DE44500105175407324931"
@@ -38,50 +35,6 @@ def shop(server: ServerProcess) -> Iterator[Shop]:
     opened = Shop.open(server, iban=MERCHANT_IBAN)
     yield opened
     opened.close()
-
-
-def spellings(value: str) -> set[str]:
-    """How a value may sit in a column: as given, compact, grouped by four, either case."""
-    compact = "".join(value.split())
-    grouped = " ".join(compact[i : i + 4] for i in range(0, len(compact), 4))
-    forms = {value, compact, grouped}
-    return forms | {f.lower() for f in forms} | {f.upper() for f in forms}
-
-
-def scan(settings: Any, needles: dict[str, set[str]]) -> list[str]:
-    """``table.column: what`` for every text or binary cell holding one of the needles."""
-    found = []
-    database = open_database(settings, migrate=False)
-    try:
-        inspector = sa.inspect(database.engine)
-        tables = inspector.get_table_names()
-        assert "gateway_payouts" in tables and "stmt_entries" in tables
-        with database.read() as conn:
-            for table in tables:
-                columns = [
-                    c["name"]
-                    for c in inspector.get_columns(table)
-                    if isinstance(c["type"], sa.String | sa.Text | sa.LargeBinary | sa.JSON)
-                    or "BYTEA" in str(c["type"]).upper()
-                    or "BLOB" in str(c["type"]).upper()
-                ]
-                if not columns:
-                    continue
-                quoted = ", ".join(f'"{c}"' for c in columns)
-                for row in conn.execute(sa.text(f'SELECT {quoted} FROM "{table}"')):
-                    for column, value in zip(columns, row, strict=True):
-                        if value is None:
-                            continue
-                        if isinstance(value, bytes | memoryview | bytearray):
-                            text = bytes(value).decode("latin-1")
-                        else:
-                            text = str(value)
-                        for what, forms in needles.items():
-                            if any(form in text for form in forms):
-                                found.append(f"{table}.{column}: {what}")
-    finally:
-        database.dispose()
-    return sorted(set(found))
 
 
 def test_no_name_iban_or_remittance_is_stored_in_clear(shop: Shop) -> None:

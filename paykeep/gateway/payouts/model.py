@@ -49,9 +49,11 @@ SCHEMAS: Final = ("pain.001.001.03", "pain.001.001.09")
 DEFAULT_SCHEMA: Final = "pain.001.001.03"
 
 #: Purposes of the sealed columns (``FieldCipher.seal``; row id: the payout / batch id) and of
-#: the keyed fingerprint (``FieldCipher.lookup``). Migration 0011 spells the same strings.
+#: the keyed fingerprint (``FieldCipher.lookup``). Migrations 0011 and 0013 (the remittance)
+#: spell the same strings.
 CREDITOR_NAME_PURPOSE: Final = "payout.creditor_name"
 CREDITOR_IBAN_PURPOSE: Final = "payout.creditor_iban"
+REMITTANCE_PURPOSE: Final = "payout.remittance"
 BATCH_FILE_PURPOSE: Final = "payout_batch.file"
 REQUEST_FINGERPRINT_PURPOSE: Final = "payout.request"
 
@@ -161,9 +163,11 @@ class PayoutRequest:
 
 @dataclass(frozen=True, slots=True)
 class Payout:
-    """A payout as stored. The creditor's name and IBAN are personal data: sealed at rest and
-    opened only to write the pain.001 file (``PayoutService.batch``), so a payout carries just
-    the IBAN's last four for display. ``fingerprint`` is the keyed digest of the request."""
+    """A payout as stored. The creditor's name and IBAN are personal data, and so may be the
+    remittance text (free text an operator types, or a returned transfer's bank reference: it
+    can name a person or their invoice): all three are sealed at rest and opened only to write
+    the pain.001 file (``PayoutService.batch``), so a payout carries none of them — just the
+    IBAN's last four for display. ``fingerprint`` is the keyed digest of the request."""
 
     payout_id: int
     request_id: str
@@ -174,7 +178,6 @@ class Payout:
     currency: str
     creditor_iban_last4: str
     creditor_bic: str | None
-    remittance: str
     end_to_end_id: str
     state: PayoutState
     batch_id: int | None
@@ -194,7 +197,6 @@ class Payout:
             "currency": self.currency,
             "creditor_iban": f"****{self.creditor_iban_last4}",
             "creditor_bic": self.creditor_bic,
-            "remittance": self.remittance,
             "end_to_end_id": self.end_to_end_id,
             "state": self.state.value,
             "batch_id": self.batch_id,

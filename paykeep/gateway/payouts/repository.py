@@ -1,6 +1,6 @@
-"""Persistence of payouts and batches: SQLAlchemy Core over the tables of migrations 0004 and
-0011 (the creditor's name and IBAN and the batch's file copy are sealed bytes here: the
-service seals and opens them, the repository only moves them).
+"""Persistence of payouts and batches: SQLAlchemy Core over the tables of migrations 0004,
+0011 and 0013 (the creditor's name and IBAN, the remittance text and the batch's file copy are
+sealed bytes here: the service seals and opens them, the repository only moves them).
 
 A repository wraps one open transaction (a ``Connection`` from ``Database.write()`` or
 ``.read()``); it never commits. Rows about to change are read ``FOR UPDATE`` (PostgreSQL;
@@ -10,6 +10,7 @@ SQLite writers already hold the database lock from ``BEGIN IMMEDIATE``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +39,7 @@ payouts = sa.Table(
     sa.Column("creditor_iban_enc", sa.LargeBinary),
     sa.Column("creditor_iban_last4", sa.String(4)),
     sa.Column("creditor_bic", sa.String(11)),
-    sa.Column("remittance", sa.String(140)),
+    sa.Column("remittance_enc", sa.LargeBinary),
     sa.Column("end_to_end_id", sa.String(35)),
     sa.Column("state", sa.String(16)),
     sa.Column("batch_id", sa.BigInteger),
@@ -94,7 +95,6 @@ def _payout(row: sa.Row[Any]) -> Payout:
         currency=row.currency,
         creditor_iban_last4=row.creditor_iban_last4,
         creditor_bic=row.creditor_bic,
-        remittance=row.remittance,
         end_to_end_id=row.end_to_end_id,
         state=PayoutState(row.state),
         batch_id=row.batch_id,
@@ -129,11 +129,21 @@ def _batch(row: sa.Row[Any]) -> Batch:
 
 
 _BATCH_COLUMNS = [c for c in batches.c if c.name != "file_xml_enc"]
-_PAYOUT_COLUMNS = [c for c in payouts.c if c.name not in ("creditor_name_enc", "creditor_iban_enc")]
+_SEALED_PAYOUT_COLUMNS = ("creditor_name_enc", "creditor_iban_enc", "remittance_enc")
+_PAYOUT_COLUMNS = [c for c in payouts.c if c.name not in _SEALED_PAYOUT_COLUMNS]
 
 
 def _sealed(value: Any) -> bytes:
     return bytes(value)  # psycopg returns memoryview for bytea, sqlite3 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SealedLine:
+    """What a payout's pain.001 line needs that is sealed at rest (purposes in ``model``)."""
+
+    creditor_name_enc: bytes
+    creditor_iban_enc: bytes
+    remittance_enc: bytes
 
 
 class PayoutRepository:
@@ -147,7 +157,12 @@ class PayoutRepository:
     # --- payouts -------------------------------------------------------------------------
 
     def insert_payout(
-        self, payout: Payout, *, creditor_name_enc: bytes, creditor_iban_enc: bytes
+        self,
+        payout: Payout,
+        *,
+        creditor_name_enc: bytes,
+        creditor_iban_enc: bytes,
+        remittance_enc: bytes,
     ) -> None:
         self.conn.execute(
             sa.insert(payouts).values(
@@ -162,7 +177,7 @@ class PayoutRepository:
                 creditor_iban_enc=creditor_iban_enc,
                 creditor_iban_last4=payout.creditor_iban_last4,
                 creditor_bic=payout.creditor_bic,
-                remittance=payout.remittance,
+                remittance_enc=remittance_enc,
                 end_to_end_id=payout.end_to_end_id,
                 state=payout.state.value,
                 batch_id=payout.batch_id,
@@ -174,14 +189,24 @@ class PayoutRepository:
             )
         )
 
-    def sealed_creditors(self, payout_ids: Sequence[int]) -> dict[int, tuple[bytes, bytes]]:
-        """``payout id -> (sealed name, sealed IBAN)``: what the file builder opens."""
+    def sealed_lines(self, payout_ids: Sequence[int]) -> dict[int, SealedLine]:
+        """``payout id -> its sealed creditor and remittance``: what the file builder opens."""
         rows = self.conn.execute(
-            sa.select(payouts.c.id, payouts.c.creditor_name_enc, payouts.c.creditor_iban_enc).where(
-                payouts.c.id.in_(list(payout_ids))
-            )
+            sa.select(
+                payouts.c.id,
+                payouts.c.creditor_name_enc,
+                payouts.c.creditor_iban_enc,
+                payouts.c.remittance_enc,
+            ).where(payouts.c.id.in_(list(payout_ids)))
         )
-        return {r.id: (_sealed(r.creditor_name_enc), _sealed(r.creditor_iban_enc)) for r in rows}
+        return {
+            r.id: SealedLine(
+                _sealed(r.creditor_name_enc),
+                _sealed(r.creditor_iban_enc),
+                _sealed(r.remittance_enc),
+            )
+            for r in rows
+        }
 
     def payout(self, payout_id: int, *, for_update: bool = False) -> Payout | None:
         row = self.conn.execute(

@@ -43,6 +43,7 @@ from paykeep.gateway.payouts.model import (
     CREDITOR_IBAN_PURPOSE,
     CREDITOR_NAME_PURPOSE,
     DEFAULT_SCHEMA,
+    REMITTANCE_PURPOSE,
     REQUEST_FINGERPRINT_PURPOSE,
     REQUEST_TRANSFER_CODE,
     RETURN_TRANSFER_CODE,
@@ -140,8 +141,8 @@ class PayoutService:
     at ``accepted`` until :meth:`resume` runs with one.
 
     ``cipher`` seals what identifies a person before it is written: the creditor's name and
-    IBAN (row id: the payout id) and the batch's copy of its file (row id: the batch id); it
-    opens them only to build the file and to hand the file to the bank."""
+    IBAN and the remittance text (row id: the payout id) and the batch's copy of its file (row
+    id: the batch id); it opens them only to build the file and to hand the file to the bank."""
 
     def __init__(
         self,
@@ -231,7 +232,6 @@ class PayoutService:
             currency=req.currency,
             creditor_iban_last4=req.creditor_iban[-4:],
             creditor_bic=req.creditor_bic,
-            remittance=default_remittance(req),
             end_to_end_id=end_to_end_id(payout_id),
             state=PayoutState.REQUESTED,
             batch_id=None,
@@ -244,6 +244,10 @@ class PayoutService:
         row_id = str(payout_id)
         name_enc = self.cipher.seal(req.creditor_name, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id)
         iban_enc = self.cipher.seal(req.creditor_iban, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id)
+        # Free text: an operator's words or a returned transfer's reference may name a person.
+        remittance_enc = self.cipher.seal(
+            default_remittance(req), purpose=REMITTANCE_PURPOSE, row_id=row_id
+        )
         try:
             # The money leaves the debit account and the payout that owes it to the creditor
             # are one transaction: money never sits in clearing:payout without a payout to
@@ -263,7 +267,10 @@ class PayoutService:
                 if not result.applied_or_exists:
                     raise transfer_error(result.result, transfer_id)
                 PayoutRepository(conn).insert_payout(
-                    payout, creditor_name_enc=name_enc, creditor_iban_enc=iban_enc
+                    payout,
+                    creditor_name_enc=name_enc,
+                    creditor_iban_enc=iban_enc,
+                    remittance_enc=remittance_enc,
                 )
         except sa.exc.IntegrityError as exc:
             if not _unique_violation(exc):
@@ -463,7 +470,6 @@ class PayoutService:
                 repo.update_payout(
                     payout.payout_id, state=batched.value, batch_id=batch_id, updated_at_ns=now
                 )
-            creditors = self._creditors(repo, pending)
             document = pain001.build(
                 schema=schema,
                 message_id=msg_id,
@@ -471,17 +477,7 @@ class PayoutService:
                 execution_date=created.date(),
                 debtor=debtor,
                 currency=currency,
-                lines=[
-                    pain001.FileLine(
-                        end_to_end_id=p.end_to_end_id,
-                        amount_minor=p.amount_minor,
-                        creditor_name=creditors[p.payout_id][0],
-                        creditor_iban=creditors[p.payout_id][1],
-                        creditor_bic=p.creditor_bic,
-                        remittance=p.remittance,
-                    )
-                    for p in pending
-                ],
+                lines=self._file_lines(repo, pending),
             )
             digest = hashlib.sha256(document).hexdigest()
             state = batch_transition(batch.state, BatchAction.GENERATE)
@@ -501,19 +497,32 @@ class PayoutService:
         assert found is not None
         return found
 
-    def _creditors(
+    def _file_lines(
         self, repo: PayoutRepository, pending: Sequence[Payout]
-    ) -> dict[int, tuple[str, str]]:
-        """``payout id -> (name, IBAN)`` opened for the file: the one place they are needed."""
-        sealed = repo.sealed_creditors([p.payout_id for p in pending])
-        out = {}
-        for payout_id, (name_enc, iban_enc) in sealed.items():
-            row_id = str(payout_id)
-            out[payout_id] = (
-                self.cipher.open(name_enc, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id),
-                self.cipher.open(iban_enc, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id),
+    ) -> list[pain001.FileLine]:
+        """The file's lines, in ``pending``'s order, with each creditor's name and IBAN and the
+        remittance text opened: the one place they are needed in clear."""
+        sealed = repo.sealed_lines([p.payout_id for p in pending])
+        lines = []
+        for p in pending:
+            found, row_id = sealed[p.payout_id], str(p.payout_id)
+            lines.append(
+                pain001.FileLine(
+                    end_to_end_id=p.end_to_end_id,
+                    amount_minor=p.amount_minor,
+                    creditor_name=self.cipher.open(
+                        found.creditor_name_enc, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id
+                    ),
+                    creditor_iban=self.cipher.open(
+                        found.creditor_iban_enc, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id
+                    ),
+                    creditor_bic=p.creditor_bic,
+                    remittance=self.cipher.open(
+                        found.remittance_enc, purpose=REMITTANCE_PURPOSE, row_id=row_id
+                    ),
+                )
             )
-        return out
+        return lines
 
     def file(self, batch_id: int) -> bytes:
         """The batch's pain.001 document, byte for byte as it was (or will be) sent: opened

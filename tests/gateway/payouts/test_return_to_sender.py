@@ -98,7 +98,8 @@ def test_an_unidentified_transfer_goes_back_and_suspense_returns_to_zero(
     assert (payout.amount_minor, payout.currency) == (AMOUNT, "EUR")
     assert payout.debit_account_name == SUSPENSE_ACCOUNT
     assert payout.creditor_iban_last4 == SENDER_IBAN[-4:]
-    assert payout.remittance == "Return of unidentified transfer BANKREF-77"
+    # The remittance (the sender's own reference) is sealed: the payout does not carry it.
+    assert "remittance" not in payout.to_json()
     assert payout.state is PayoutState.REQUESTED
     # The break is resolved `returned`, naming the payout; no break is open any more.
     assert world.statements.open_breaks() == []
@@ -114,7 +115,8 @@ def test_an_unidentified_transfer_goes_back_and_suspense_returns_to_zero(
     assert tx.findtext("p:Cdtr/p:Nm", namespaces=PAIN) == SENDER_NAME
     assert tx.findtext("p:Amt/p:InstdAmt", namespaces=PAIN) == "42.50"
     assert tx.findtext("p:PmtId/p:EndToEndId", namespaces=PAIN) == payout.end_to_end_id
-    assert tx.findtext("p:RmtInf/p:Ustrd", namespaces=PAIN) == payout.remittance
+    remittance = tx.findtext("p:RmtInf/p:Ustrd", namespaces=PAIN)
+    assert remittance == "Return of unidentified transfer BANKREF-77"
 
     # The bank accepts; its next statement shows the return leaving; it reconciles like any
     # payout's line and empties clearing:payout. Suspense stays at zero.
