@@ -140,3 +140,9 @@ STATEMENT_BREAKS_PAGE_MAX: Final = 1_000
 #: A break's resolution: who resolved it (an operator id) and why, in words.
 STATEMENT_ACTOR_LENGTH_MAX: Final = 64
 STATEMENT_RESOLUTION_NOTE_LENGTH_MAX: Final = 2_000
+#: Return payouts one break may send to its sender: the first return and the operator's
+#: retries after the bank rejected or sent back the earlier ones. After the last, the money
+#: stays in ``suspense:unidentified`` until the break is matched or explained.
+STATEMENT_RETURN_ATTEMPTS_MAX: Final = 3
+#: Open breaks one payouts pass examines for a return payout the payee's bank sent back.
+STATEMENT_BOUNCE_SCAN_MAX: Final = 1_000

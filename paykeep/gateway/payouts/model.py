@@ -319,6 +319,12 @@ def _sepa_text(value: str, name: str) -> str:
     return value
 
 
+def validate_creditor_name(value: object, name: str) -> str:
+    """A creditor's name as a pain.001 file can carry it (Max70Text, printable, with a Latin
+    transliteration): what :func:`validate_request` checks, for a name given on its own."""
+    return _sepa_text(_text(value, name, limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX), name)
+
+
 def normalize_iban(value: object, name: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 42:
         raise PayoutIbanInvalid(f"{name} must be an IBAN", param=name)
@@ -419,11 +425,15 @@ def validate_debtor(debtor: Debtor) -> Debtor:
     )
 
 
-def return_request_id(statement_row_id: int, line: int) -> str:
-    """The request id of the payout that returns a statement line to its sender: derived from
-    the line (and so from its break), so a retry after a crash replays the same payout instead
-    of paying again — and a line can be returned once, whichever break names it."""
-    return f"statement-return:{statement_row_id}:{line}"
+def return_request_id(statement_row_id: int, line: int, attempt: int = 1) -> str:
+    """The request id of the ``attempt``-th payout that returns a statement line to its sender:
+    derived from the line (and so from its break) and the attempt, so one attempt is one
+    payout, whoever runs it — and a line is returned by one payout at a time, whichever break
+    names it. The first attempt keeps the id it always had; a retry after a failed return is
+    ``...:<attempt>``."""
+    assert attempt >= 1
+    base = f"statement-return:{statement_row_id}:{line}"
+    return base if attempt == 1 else f"{base}:{attempt}"
 
 
 def return_remittance(bank_reference: str | None, break_id: int) -> str:

@@ -220,6 +220,12 @@ class PayoutRepository:
         ).first()
         return None if row is None else _payout(row)
 
+    def payout_by_end_to_end_id(self, end_to_end_id: str) -> Payout | None:
+        row = self.conn.execute(
+            sa.select(*_PAYOUT_COLUMNS).where(payouts.c.end_to_end_id == end_to_end_id)
+        ).first()
+        return None if row is None else _payout(row)
+
     def requested(self, currency: str, limit: int) -> list[Payout]:
         """The oldest payouts waiting for a batch, locked against a concurrent batcher."""
         query = (

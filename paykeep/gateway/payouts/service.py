@@ -1,10 +1,11 @@
 """Payout use cases: request, batch into pain.001, submit, record the bank's answer, settle.
 
-Transaction boundaries live here (``Database.write()``); the ledger runs its own. A step that
-spans the ledger and our tables is made safe to repeat instead of atomic: the ledger transfer
-of a payout request or return has an id derived from the payout (``paykeep.ids.derived_id``), so a
-retry after a crash gets ``exists`` from the ledger and never moves money twice, and
-:meth:`PayoutService.resume` finishes whatever a crash left half done.
+Transaction boundaries live here (``Database.write()``). Where money moves together with our
+rows — a request's transfer and its payout row, a rejected payout's return and its state (and
+its statement break's), a return to sender — the ledger posts inside the same transaction
+(``Ledger.create_transfers_within``): all of it or nothing. Ledger transfer ids are still
+derived from what they answer to (``paykeep.ids.derived_id``), so a retry gets ``exists`` and
+never moves money twice, and :meth:`PayoutService.resume` finishes whatever a crash left undone.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, ns_to_datetime
 from paykeep.db import Database
-from paykeep.errors import InvalidInput
+from paykeep.errors import InvalidInput, PaykeepError
 from paykeep.gateway.payouts import pain001
 from paykeep.gateway.payouts.errors import (
     PayoutAccountNotFound,
@@ -64,9 +66,11 @@ from paykeep.gateway.payouts.model import (
     derived_id,
     end_to_end_id,
     message_id,
+    normalize_iban,
     payout_transition,
     return_remittance,
     return_request_id,
+    validate_creditor_name,
     validate_debtor,
     validate_request,
 )
@@ -112,13 +116,27 @@ class BatchFile:
 
 
 @dataclass(frozen=True, slots=True)
+class _NewPayout:
+    """A request turned into its payout row, its ledger transfer and its sealed creditor:
+    everything :meth:`PayoutService._insert_within` writes."""
+
+    payout: Payout
+    transfer: NewTransfer
+    creditor_name_enc: bytes
+    creditor_iban_enc: bytes
+    remittance_enc: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ReturnedBreak:
     """A break resolved by sending its line back: the resolved break, the payout carrying the
-    money back, and the ledger transfer that parked the line in ``suspense:unidentified``."""
+    money back (its ``attempt``-th), and the ledger transfer that parked the line in
+    ``suspense:unidentified``."""
 
     break_: StoredBreak
     payout: Payout
     suspense_transfer_id: int
+    attempt: int = 1
 
     def to_json(self) -> dict[str, Any]:
         from paykeep.gateway.statements.service import break_json
@@ -127,7 +145,32 @@ class ReturnedBreak:
             "break": break_json(self.break_),
             "payout": self.payout.to_json(),
             "suspense_transfer_id": self.suspense_transfer_id,
+            "attempt": self.attempt,
+            "attempts_max": limits.STATEMENT_RETURN_ATTEMPTS_MAX,
         }
+
+
+class _BreakChanged(Exception):
+    """Raised inside a return's transaction (rolling it back) when the locked break is not in
+    the state the checks saw: a concurrent return or resolution won."""
+
+    def __init__(self, break_: StoredBreak) -> None:
+        super().__init__(f"break {break_.id} changed")
+        self.break_ = break_
+
+
+def _corrected(value: str | None, param: str, check: Callable[[object, str], str]) -> str | None:
+    """An operator's corrected return destination, checked for shape. Its refusal is the
+    break's (``statement_break_resolution_invalid``) and never echoes the value: an IBAN or a
+    name is someone's personal data, and errors are returned and logged."""
+    from paykeep.gateway.statements.errors import BreakResolutionInvalid
+
+    if value is None:
+        return None
+    try:
+        return check(value, param)
+    except InvalidInput as exc:
+        raise BreakResolutionInvalid(exc.message, param=param) from None
 
 
 def _unique_violation(exc: BaseException) -> bool:
@@ -201,14 +244,37 @@ class PayoutService:
             existing = PayoutRepository(conn).payout_by_request(req.request_id)
         if existing is not None:
             return self._replay(existing, fingerprint)
-        account = self._account(req.debit_account_name)  # 3. references
+        new = self._new_payout(req, fingerprint)  # 3. references, 4. limits
+        try:
+            # The money leaves the debit account and the payout that owes it to the creditor
+            # are one transaction: money never sits in clearing:payout without a payout to
+            # send it (a crash between two transactions left it there until a retry).
+            with self.database.write() as conn:
+                self._insert_within(conn, new)
+        except sa.exc.IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise
+            # A concurrent replay of the same request won (its transfer and row committed
+            # together; ours rolled back): the first row stands.
+            with self.database.read() as conn:
+                winner = PayoutRepository(conn).payout_by_request(req.request_id)
+            if winner is None:
+                raise
+            return self._replay(winner, fingerprint)
+        return new.payout
+
+    def _new_payout(self, req: PayoutRequest, fingerprint: str) -> _NewPayout:
+        """A validated request's payout, its ledger transfer and its sealed creditor, checked
+        against the references (the account drawn from, its currency) and the limits; nothing
+        written."""
+        account = self._account(req.debit_account_name)
         if account.currency != req.currency:
             raise PayoutCurrencyUnsupported(
                 f"{req.debit_account_name} holds {account.currency}, not {req.currency}",
                 param="currency",
             )
         clearing = self._clearing(req.currency)
-        check_limits(req)  # 4. limits (the balance check is the ledger's, below)
+        check_limits(req)  # the balance check is the ledger's, when the transfer is posted
         transfer_id = derived_id("payout-request", req.request_id)
         transfer = NewTransfer(
             id=transfer_id,
@@ -242,47 +308,51 @@ class PayoutService:
             updated_at_ns=now,
         )
         row_id = str(payout_id)
-        name_enc = self.cipher.seal(req.creditor_name, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id)
-        iban_enc = self.cipher.seal(req.creditor_iban, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id)
-        # Free text: an operator's words or a returned transfer's reference may name a person.
-        remittance_enc = self.cipher.seal(
-            default_remittance(req), purpose=REMITTANCE_PURPOSE, row_id=row_id
+        return _NewPayout(
+            payout=payout,
+            transfer=transfer,
+            creditor_name_enc=self.cipher.seal(
+                req.creditor_name, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id
+            ),
+            creditor_iban_enc=self.cipher.seal(
+                req.creditor_iban, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id
+            ),
+            # Free text: an operator's words or a returned transfer's reference may name a
+            # person.
+            remittance_enc=self.cipher.seal(
+                default_remittance(req), purpose=REMITTANCE_PURPOSE, row_id=row_id
+            ),
         )
-        try:
-            # The money leaves the debit account and the payout that owes it to the creditor
-            # are one transaction: money never sits in clearing:payout without a payout to
-            # send it (a crash between two transactions left it there until a retry).
-            with self.database.write() as conn:
-                (result,) = self.ledger.create_transfers_within(conn, [transfer])
-                if result.result in _REUSED:
-                    raise PayoutRequestIdReused(
-                        f"request id {req.request_id!r} was used for another payout",
-                        param="request_id",
-                    )
-                if result.result in _SHORT_OF_FUNDS:
-                    raise PayoutInsufficientFunds(
-                        f"{req.debit_account_name} does not hold {req.amount_minor} {req.currency}",
-                        param="amount",
-                    )
-                if not result.applied_or_exists:
-                    raise transfer_error(result.result, transfer_id)
-                PayoutRepository(conn).insert_payout(
-                    payout,
-                    creditor_name_enc=name_enc,
-                    creditor_iban_enc=iban_enc,
-                    remittance_enc=remittance_enc,
-                )
-        except sa.exc.IntegrityError as exc:
-            if not _unique_violation(exc):
-                raise
-            # A concurrent replay of the same request won (its transfer and row committed
-            # together; ours rolled back): the first row stands.
-            with self.database.read() as conn:
-                winner = PayoutRepository(conn).payout_by_request(req.request_id)
-            if winner is None:
-                raise
-            return self._replay(winner, fingerprint)
-        return payout
+
+    def _insert_within(
+        self, conn: Connection, new: _NewPayout, *, before: Sequence[NewTransfer] = ()
+    ) -> None:
+        """Post ``before`` (already-derived transfers the payout's money comes through, e.g. a
+        returned line entering suspense: ``exists`` is fine) and the payout's own transfer,
+        then write the payout row, all in the caller's transaction."""
+        req = new.payout
+        results = self.ledger.create_transfers_within(conn, [*before, new.transfer])
+        for transfer, result in zip(before, results, strict=False):
+            if not result.applied_or_exists:
+                raise transfer_error(result.result, transfer.id)
+        result = results[-1]
+        if result.result in _REUSED:
+            raise PayoutRequestIdReused(
+                f"request id {req.request_id!r} was used for another payout", param="request_id"
+            )
+        if result.result in _SHORT_OF_FUNDS:
+            raise PayoutInsufficientFunds(
+                f"{req.debit_account_name} does not hold {req.amount_minor} {req.currency}",
+                param="amount",
+            )
+        if not result.applied_or_exists:
+            raise transfer_error(result.result, new.transfer.id)
+        PayoutRepository(conn).insert_payout(
+            new.payout,
+            creditor_name_enc=new.creditor_name_enc,
+            creditor_iban_enc=new.creditor_iban_enc,
+            remittance_enc=new.remittance_enc,
+        )
 
     def _replay(self, existing: Payout, fingerprint: str) -> Payout:
         if existing.fingerprint != fingerprint:
@@ -324,29 +394,79 @@ class PayoutService:
 
     # ------------------------------------------------------------------ return to sender
 
-    def return_break(self, break_id: int, *, actor: str, note: str) -> ReturnedBreak:
-        """Send an unidentified incoming transfer (an open statement break) back to whoever
-        sent it, and resolve the break as ``returned``.
+    def return_break(
+        self,
+        break_id: int,
+        *,
+        actor: str,
+        note: str,
+        creditor_iban: str | None = None,
+        creditor_name: str | None = None,
+    ) -> ReturnedBreak:
+        """Send an incoming transfer nobody can apply (a statement break waiting for a person)
+        back to whoever sent it, and resolve the break as ``returned``.
 
-        Three steps, each safe to repeat, so a retry after a crash anywhere finishes the
-        return and never pays twice:
+        One transaction, with the break locked: the line enters the ledger
+        (``bank:safeguarding:<bank> -> suspense:unidentified``, transfer id derived from the
+        line: ``exists`` once it is there), a payout from ``suspense:unidentified`` to the
+        sender is made (its transfer to ``clearing:payout`` and its row), and the break
+        becomes ``returned`` with the payout and the attempt number — all of it or nothing. A
+        concurrent return or resolution of the same break waits for the lock and then finds
+        it changed (``statement_break_return_in_flight``, ``..._already_resolved``): a break is
+        never returned twice at once.
 
-        1. the line enters the ledger: ``bank:safeguarding:<bank> -> suspense:unidentified``,
-           transfer id derived from the statement line (``exists`` on a repeat);
-        2. a payout from ``suspense:unidentified`` to the sender's IBAN and name (opened from
-           the line's sealed copy), request id derived from the line (a repeat replays it);
-        3. the break is resolved ``returned``, the payout id in its note.
+        If the bank rejects the payout, or the payee's bank sends it back, the money comes
+        back to ``suspense:unidentified`` and the break becomes ``return_failed``; this method
+        then sends it again (a new payout: attempt n has request id
+        ``statement-return:<statement row>:<line>:<n>``), at most
+        ``STATEMENT_RETURN_ATTEMPTS_MAX`` attempts in all. A retry goes where the failed
+        attempt went unless ``creditor_iban`` / ``creditor_name`` correct it (a retry only:
+        a first return goes to the account the money came from); both are sealed in the
+        payout like any creditor and never written elsewhere.
 
-        Everything that could refuse is checked before step 1 (the break, the line, and the
-        payout's own shape, currency and limit checks), so bad input writes nothing. The
-        payout then runs like any other: batched into pain.001, its statement line expected
-        on acceptance, settled when the bank's statement shows it.
+        Checks, in this order, before anything is written: shape (the corrected destination,
+        actor, note, id) -> identity (the break) -> state (waiting for a person; a returned
+        break is ``..._return_in_flight`` until its payout settles, then
+        ``..._already_returned``) -> limits (attempts) -> the line (returnable, see
+        :meth:`StatementService.returnable_line`) -> the payout's own checks (IBAN, name,
+        currency, amount limit: ``statement_break_not_returnable``). The payout then runs like
+        any other: batched into pain.001, expected on acceptance, settled by the statement.
         """
-        from paykeep.gateway.statements.errors import BreakNotReturnable, LedgerAccountNotFound
+        from paykeep.gateway.statements.errors import (
+            BreakNotReturnable,
+            BreakResolutionInvalid,
+            BreakReturnAttemptsExhausted,
+            LedgerAccountNotFound,
+        )
+        from paykeep.gateway.statements.model import BreakState
 
         statements = self._statements_for_returns()
-        line = statements.returnable_line(break_id, actor=actor, note=note)
-        request = self._return_request(line)
+        iban = _corrected(creditor_iban, "iban", normalize_iban)  # 1. shape
+        name = _corrected(creditor_name, "name", validate_creditor_name)
+        b = statements.break_for_return(break_id, actor=actor, note=note)  # 2. identity
+        self._refuse_unless_returnable(b)  # 3. state
+        corrected = iban is not None or name is not None
+        if corrected and b.state is BreakState.OPEN:
+            raise BreakResolutionInvalid(
+                "a first return goes to the account the money came from; a destination can be "
+                "corrected only when a return failed",
+                param="iban" if iban is not None else "name",
+            )
+        attempt = b.return_attempts + 1  # 4. limits
+        if attempt > limits.STATEMENT_RETURN_ATTEMPTS_MAX:
+            raise BreakReturnAttemptsExhausted(
+                f"break {b.id} was sent back {b.return_attempts} times and every attempt failed "
+                f"(the last: {b.return_failure}); match it or explain it",
+                param="break_id",
+            )
+        line = statements.returnable_line(b)
+        previous = self._creditor(b.return_payout_id) if b.return_payout_id else None
+        request = self._return_request(
+            line,
+            attempt,
+            creditor_name=name or (previous[0] if previous else line.counterparty_name),
+            creditor_iban=iban or (previous[1] if previous else line.counterparty_iban),
+        )
         try:
             req = validate_request(request)
             check_limits(req)
@@ -356,14 +476,92 @@ class PayoutService:
             # The payout's own checks (IBAN, name, currency, amount limit), run before anything
             # is written; their messages never echo the sender's IBAN.
             raise BreakNotReturnable(
-                f"break {break_id} cannot be returned: {exc.message}", param="break_id"
+                f"break {b.id} cannot be returned: {exc.message}", param="break_id"
             ) from None
-        transfer_id = statements.post_to_suspense(line)  # 1
-        payout = self.submit_request(req)  # 2
-        resolved = statements.mark_returned(  # 3
-            break_id, actor=actor, note=note, payout_id=payout.payout_id
+        # The accounts the transaction posts to exist first (each created once, derived id).
+        statements.ensure_suspense_account(req.currency)
+        self._clearing(req.currency)
+        fingerprint = self.cipher.lookup(req.fingerprint(), purpose=REQUEST_FINGERPRINT_PURPOSE)
+        new = self._new_payout(req, fingerprint)
+        park = statements.park_transfer(line)
+        detail = (
+            f"attempt {attempt} of {limits.STATEMENT_RETURN_ATTEMPTS_MAX}: return payout "
+            f"{new.payout.payout_id} to ****{req.creditor_iban[-4:]}"
+            + (" (destination corrected)" if corrected else "")
         )
-        return ReturnedBreak(resolved, payout, transfer_id)
+        try:
+            with self.database.write() as conn:
+                current = statements.lock_break_within(conn, b.id)
+                if (current.state, current.return_attempts) != (b.state, b.return_attempts):
+                    raise _BreakChanged(current)  # a concurrent return or resolution won
+                self._insert_within(conn, new, before=[park])
+                statements.mark_returned_within(
+                    conn, current, actor=actor, note=note, payout_id=new.payout.payout_id,
+                    attempt=attempt, detail=detail,
+                )  # fmt: skip
+        except sa.exc.IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise
+            # Only a payout with this attempt's request id can collide, and one is made only
+            # under the break's lock with the break moving on: the break has changed.
+            self._refuse_unless_returnable(statements.get_break(b.id))
+            raise
+        except _BreakChanged as changed:
+            raise self._changed_error(changed.break_) from None
+        return ReturnedBreak(statements.get_break(b.id), new.payout, park.id, attempt)
+
+    def _refuse_unless_returnable(self, b: StoredBreak) -> None:
+        """The state check of a return, with the error that says what to do instead."""
+        from paykeep.gateway.statements.errors import (
+            BreakAlreadyResolved,
+            BreakAlreadyReturned,
+            BreakReturnInFlight,
+        )
+        from paykeep.gateway.statements.model import UNRESOLVED_STATES, BreakState
+
+        if b.state is BreakState.RETURNED:
+            payout = self.get(b.return_payout_id) if b.return_payout_id is not None else None
+            if payout is not None and payout.state is PayoutState.SETTLED:
+                raise BreakAlreadyReturned(
+                    f"break {b.id} was returned: payout {payout.payout_id} left the bank "
+                    "(its statement line is matched)",
+                    param="break_id",
+                )
+            shown = "unknown" if payout is None else f"{payout.payout_id} ({payout.state.value})"
+            raise BreakReturnInFlight(
+                f"break {b.id}'s return payout {shown} is on its way; if the bank rejects it "
+                "or sends it back, the break becomes return_failed and may be returned again",
+                param="break_id",
+            )
+        if b.state not in UNRESOLVED_STATES:
+            raise BreakAlreadyResolved(
+                f"break {b.id} is already resolved ({b.state.value})", param="break_id"
+            )
+
+    def _changed_error(self, b: StoredBreak) -> PaykeepError:
+        from paykeep.gateway.statements.errors import BreakReturnInFlight
+
+        try:
+            self._refuse_unless_returnable(b)
+        except PaykeepError as exc:
+            return exc
+        # Still waiting for a person, with another attempt count: a return came and failed in
+        # between. Nothing was written; the operator looks again.
+        return BreakReturnInFlight(
+            f"break {b.id} changed while it was being returned; look at it again",
+            param="break_id",
+        )
+
+    def _creditor(self, payout_id: int) -> tuple[str, str]:
+        """``(name, IBAN)`` of a payout, opened: a retry goes where the failed attempt went."""
+        with self.database.read() as conn:
+            sealed = PayoutRepository(conn).sealed_lines([payout_id])
+        line = sealed[payout_id]
+        row_id = str(payout_id)
+        return (
+            self.cipher.open(line.creditor_name_enc, purpose=CREDITOR_NAME_PURPOSE, row_id=row_id),
+            self.cipher.open(line.creditor_iban_enc, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id),
+        )
 
     def _statements_for_returns(self) -> StatementService:
         if self.statements is None:
@@ -371,20 +569,22 @@ class PayoutService:
             raise PayoutInputInvalid("returning a statement break needs the statements service")
         return self.statements
 
-    def _return_request(self, line: ReturnableLine) -> PayoutRequest:
+    def _return_request(
+        self, line: ReturnableLine, attempt: int, *, creditor_name: str, creditor_iban: str
+    ) -> PayoutRequest:
         from paykeep.gateway.statements.model import SUSPENSE_ACCOUNT
 
         b = line.break_
         return PayoutRequest(
-            request_id=return_request_id(b.statement_row_id, b.line),
+            request_id=return_request_id(b.statement_row_id, b.line, attempt),
             merchant_ref=f"statement-break:{b.id}",
             amount_minor=line.amount_minor,
             currency=line.currency,
             debit_account_name=SUSPENSE_ACCOUNT,
-            # The sender's own account, as their bank reported it: the return goes nowhere
-            # else (no operator-typed IBAN), which is what makes it safe to automate.
-            creditor_name=line.counterparty_name[: limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX],
-            creditor_iban=line.counterparty_iban,
+            # The sender's own account, as their bank reported it (or as an operator corrected
+            # it after a failed attempt).
+            creditor_name=creditor_name[: limits.PAYOUT_CREDITOR_NAME_LENGTH_MAX],
+            creditor_iban=creditor_iban,
             remittance=return_remittance(line.bank_reference, b.id),
         )
 
@@ -650,33 +850,36 @@ class PayoutService:
             batch = batches.get(payout.batch_id)
             assert batch is not None
             if payout.state is PayoutState.BATCHED and batch.state is BatchState.REJECTED:
-                self._return(payout)
+                self._return(payout, batch)
                 done += 1
             elif payout.state is PayoutState.ACCEPTED and self.statements is not None:
                 self._expect(payout, batch)
                 done += 1
         return done
 
-    def _return(self, payout: Payout) -> None:
+    def _return(self, payout: Payout, batch: Batch) -> None:
+        """The bank rejected ``payout``'s file: in one transaction its money goes back to the
+        account it was drawn from (``clearing:payout -> <debit account>``, code 41, id derived
+        from the payout), it becomes ``returned``, and — for a statement return, drawn from
+        ``suspense:unidentified`` — the break it was returning becomes ``return_failed`` with
+        the bank's reason. A crash leaves all of it undone for the next :meth:`resume`; a
+        concurrent resume waits for the payout's lock and finds it returned."""
+        from paykeep.gateway.statements.model import SUSPENSE_ACCOUNT
+        from paykeep.gateway.statements.service import fail_return_within
+
         transfer_id = derived_id("payout-return", str(payout.payout_id))
         account = self._account(payout.debit_account_name)
         clearing = self._clearing(payout.currency)
-        (result,) = self.ledger.create_transfers(
-            [
-                NewTransfer(
-                    id=transfer_id,
-                    debit_account_id=clearing.id,
-                    credit_account_id=account.id,
-                    amount_minor=payout.amount_minor,
-                    currency=payout.currency,
-                    code=RETURN_TRANSFER_CODE,
-                    reference=f"payout-return:{payout.request_id}",
-                    metadata={"payout": payout.payout_id},
-                )
-            ]
+        transfer = NewTransfer(
+            id=transfer_id,
+            debit_account_id=clearing.id,
+            credit_account_id=account.id,
+            amount_minor=payout.amount_minor,
+            currency=payout.currency,
+            code=RETURN_TRANSFER_CODE,
+            reference=f"payout-return:{payout.request_id}",
+            metadata={"payout": payout.payout_id},
         )
-        if not result.applied_or_exists:
-            raise transfer_error(result.result, transfer_id)
         now = self.clock.now_ns()
         with self.database.write() as conn:
             repo = PayoutRepository(conn)
@@ -685,12 +888,23 @@ class PayoutService:
             if current.state is PayoutState.RETURNED:
                 return  # another process finished it
             nxt = payout_transition(current.state, PayoutAction.RETURN)
+            (result,) = self.ledger.create_transfers_within(conn, [transfer])
+            if not result.applied_or_exists:
+                raise transfer_error(result.result, transfer_id)
             repo.update_payout(
                 payout.payout_id,
                 state=nxt.value,
                 return_transfer_id=transfer_id,
                 updated_at_ns=now,
             )
+            if current.debit_account_name == SUSPENSE_ACCOUNT:
+                fail_return_within(
+                    conn,
+                    payout_id=payout.payout_id,
+                    failure=f"the bank rejected payment file {batch.message_id}: "
+                    f"{batch.bank_reason or 'no reason given'}",
+                    now_ns=now,
+                )
 
     def _expect(self, payout: Payout, batch: Batch) -> None:
         """Tell the statements service to look for this payout's debit line; the line's match
@@ -718,11 +932,53 @@ class PayoutService:
 
     def settle(self) -> int:
         """Mark settled every accepted payout whose statement line has been matched and posted
-        to the ledger, and every batch all of whose payouts are settled; returns how many
-        payouts were settled."""
+        to the ledger, and every batch all of whose payouts are settled; then take back the
+        return payouts the payee's bank sent back (:meth:`reclaim_bounced_returns`). Returns
+        how many payouts were settled."""
         self.resume()
         if self.statements is None:
             return 0  # only the statements service knows what the bank confirmed
+        settled = self._settle_confirmed()
+        self.reclaim_bounced_returns()
+        return settled
+
+    def reclaim_bounced_returns(self) -> int:
+        """A return payout the payee's bank sends back (an R-transaction: the account is
+        closed, the name does not match) arrives on our statement as a credit carrying the
+        payout's end-to-end id, and reconciles as a break (``duplicate`` once the payout's own
+        debit line matched, ``wrong_direction`` before). For each such break whose amount and
+        currency are the payout's, the statements service brings the line into
+        ``suspense:unidentified`` and reopens the break the payout was returning as
+        ``return_failed`` — one transaction. Anything else (another amount: the payee's bank
+        kept a fee; a merchant's payout coming back) stays a break for a person. Returns how
+        many were taken back."""
+        from paykeep.gateway.statements.model import SUSPENSE_ACCOUNT
+
+        if self.statements is None:
+            return 0
+        candidates = self.statements.bounce_candidates()
+        if not candidates:
+            return 0
+        with self.database.read() as conn:
+            repo = PayoutRepository(conn)
+            found = {c.reference: repo.payout_by_end_to_end_id(c.reference) for c in candidates}
+        reclaimed = 0
+        for candidate in candidates:
+            payout = found.get(candidate.reference)
+            b = candidate.break_
+            if (
+                payout is None
+                or payout.debit_account_name != SUSPENSE_ACCOUNT
+                or payout.state not in (PayoutState.ACCEPTED, PayoutState.SETTLED)
+                or (payout.amount_minor, payout.currency) != (b.amount_minor, b.currency)
+            ):
+                continue
+            if self.statements.reclaim_bounced_return(candidate, payout_id=payout.payout_id):
+                reclaimed += 1
+        return reclaimed
+
+    def _settle_confirmed(self) -> int:
+        assert self.statements is not None
         with self.database.read() as conn:
             repo = PayoutRepository(conn)
             waiting = repo.accepted_expected(limits.PAYOUT_BATCH_SIZE_MAX)

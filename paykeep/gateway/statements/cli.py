@@ -24,6 +24,7 @@ from paykeep.cli_support import (
 )
 
 if TYPE_CHECKING:
+    from paykeep.gateway.statements.repository import StoredBreak
     from paykeep.gateway.statements.service import StatementService
 
 statements_app = typer.Typer(
@@ -111,12 +112,14 @@ def list_breaks(
         typer.Option(
             "--all",
             help="Also list resolved breaks, with their resolution (explained, matched, "
-            "returned), who resolved them and their note.",
+            "returned, bounced), who resolved them and their note.",
         ),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List open reconciliation breaks (with --all, resolved ones too), oldest first."""
+    """List the reconciliation breaks waiting for a person — open, or return_failed (a
+    return the bank rejected or sent back: its money is in suspense) — with --all the
+    resolved ones too, oldest first."""
     from paykeep.gateway.statements.service import break_json
 
     with typed_errors():
@@ -141,18 +144,58 @@ def list_breaks(
         )
         return
     for b in breaks:
-        resolved = (
-            "" if b.resolution is None
-            else f" [{b.resolution} by {b.resolved_by}: {b.resolution_note}]"
-        )  # fmt: skip
         typer.echo(
             f"#{b.id} {b.account} {b.statement_id} line {b.line}: {b.reason} "
-            f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}{resolved}"
+            f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}{_state_text(b)}"
         )
         if texts.get(b.id):
             typer.echo(f"    remittance: {texts[b.id]}")
     if not breaks:
         typer.echo("no breaks" if show_all else "no open breaks")
+
+
+def _state_text(b: StoredBreak) -> str:
+    """What a person reads after a break's line: nothing while it is plainly open."""
+    from paykeep import limits
+    from paykeep.gateway.statements.model import BreakState
+
+    if b.state is BreakState.RETURN_FAILED:
+        return (
+            f" [return failed, {b.return_attempts} of {limits.STATEMENT_RETURN_ATTEMPTS_MAX} "
+            f"attempts made: {b.return_failure}; money in suspense:unidentified]"
+        )
+    if b.resolution is None:
+        return ""
+    return f" [{b.resolution} by {b.resolved_by}: {b.resolution_note}]"
+
+
+@statements_app.command("show")
+def show_break(
+    break_id: Annotated[int, typer.Argument(help="The break's id (see `statements breaks`).")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one break with its trail: every change of its state, when, by whom and why."""
+    from paykeep.clock import ns_to_datetime
+    from paykeep.gateway.statements.service import break_json
+
+    with typed_errors():
+        b, trail = _service(data_dir, database_url).break_trail(break_id)
+    if as_json:
+        print_json({"break": break_json(b), "trail": trail})
+        return
+    typer.echo(
+        f"#{b.id} {b.account} {b.statement_id} line {b.line}: {b.reason} "
+        f"{_minor(b.amount_minor, b.currency)} {b.currency} — {b.detail}"
+    )
+    typer.echo(f"state: {b.state.value}{_state_text(b)}")
+    for event in trail:
+        when = ns_to_datetime(event["at_ns"]).isoformat(timespec="seconds")
+        typer.echo(
+            f"  {when} {event['from_state'] or '-'} -> {event['to_state']} by {event['actor']}: "
+            f"{event['detail']}"
+        )
 
 
 @statements_app.command("resolve")
@@ -190,13 +233,26 @@ def return_break(
     break_id: Annotated[int, typer.Argument(help="The break's id (see `statements breaks`).")],
     actor: Annotated[str, typer.Option(help="Who returns it (an operator id).")],
     note: Annotated[str, typer.Option(help="Why, in words; kept with the break.")],
+    iban: Annotated[
+        str | None,
+        typer.Option(
+            help="After a failed return only: the IBAN to send it to instead (the sender gave "
+            "a corrected one). Sealed like every payout creditor; shown as its last four."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="After a failed return only: the account holder's name instead."),
+    ] = None,
     data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Send an unidentified incoming transfer back to its sender: the line is posted to
-    suspense:unidentified and paid back to the sender's IBAN by the next payout batch.
-    Safe to run again after a failure: it finishes the return, never pays twice."""
+    suspense:unidentified and paid back to the sender's IBAN by the next payout batch, in one
+    transaction with the break marked returned. If the bank rejects it or sends it back, the
+    money is back in suspense and the break is return_failed: run this again to retry (to the
+    same account, or to --iban/--name), a bounded number of times."""
     from paykeep.db import field_cipher, open_database
     from paykeep.gateway.payouts.service import PayoutService
     from paykeep.gateway.statements.service import StatementService
@@ -213,13 +269,18 @@ def return_break(
             cipher=cipher,
             statements=StatementService(database, ledger, cipher=cipher),
         )
-        returned = payouts.return_break(break_id, actor=actor, note=note)
+        returned = payouts.return_break(
+            break_id, actor=actor, note=note, creditor_iban=iban, creditor_name=name
+        )
     if as_json:
         print_json(returned.to_json())
     else:
+        from paykeep import limits
+
         p = returned.payout
         typer.echo(
-            f"break #{returned.break_.id} returned: payout {p.payout_id} of "
+            f"break #{returned.break_.id} returned (attempt {returned.attempt} of "
+            f"{limits.STATEMENT_RETURN_ATTEMPTS_MAX}): payout {p.payout_id} of "
             f"{_minor(p.amount_minor, p.currency)} {p.currency} to ****{p.creditor_iban_last4} "
             f"({p.state.value}; leaves with the next payout batch)"
         )

@@ -131,7 +131,8 @@ class BreakNotFound(NotFound):
 
 
 class BreakAlreadyResolved(Conflict):
-    """A break is resolved once; its resolution is part of the record."""
+    """A break is resolved once (explained, matched, returned, bounced); its resolution is
+    part of the record. Only a failed return reopens a break (``return_failed``)."""
 
     code = "statement_break_already_resolved"
 
@@ -139,7 +140,9 @@ class BreakAlreadyResolved(Conflict):
 class BreakResolutionInvalid(InvalidInput):
     """A resolution without an actor or a note, or a match the break's line cannot take
     (wrong account, direction, currency or amount; a consumed one-shot expectation; a break
-    that is not about a missing or unclear reference)."""
+    that is not about a missing or unclear reference), or a corrected return destination that
+    is not an IBAN or a name a payout can carry, or that is given for a first return (only a
+    retry after a failed return may change where the money goes)."""
 
     code = "statement_break_resolution_invalid"
 
@@ -158,3 +161,26 @@ class BreakReturnPending(Conflict):
     matching it now would leave the money in suspense or bring it into the ledger twice."""
 
     code = "statement_break_return_pending"
+
+
+class BreakReturnInFlight(Conflict):
+    """A return payout of this break is on its way (requested, in a batch, or accepted by the
+    bank and not yet on a statement): another return now could pay the sender twice. Wait for
+    the bank's answer; if it fails, the break becomes ``return_failed`` and may be retried."""
+
+    code = "statement_break_return_in_flight"
+
+
+class BreakAlreadyReturned(Conflict):
+    """The break's return payout was settled: the bank's statement showed it leaving to the
+    sender. Nothing is left to return."""
+
+    code = "statement_break_already_returned"
+
+
+class BreakReturnAttemptsExhausted(Conflict):
+    """The break was already sent back ``STATEMENT_RETURN_ATTEMPTS_MAX`` times and every
+    attempt failed: its money stays in ``suspense:unidentified`` until it is matched (``statements
+    resolve --match``) or explained."""
+
+    code = "statement_break_return_attempts_exhausted"

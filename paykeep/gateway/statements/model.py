@@ -17,6 +17,7 @@ from typing import Final, Literal
 
 from paykeep import limits
 from paykeep.gateway.statements.errors import (
+    BreakAlreadyResolved,
     ExpectationInvalid,
     StatementCurrencyInvalid,
     StatementUnbalanced,
@@ -493,6 +494,60 @@ SUSPENSE_ACCOUNT: Final = "suspense:unidentified"
 SUSPENSE_ACCOUNT_CODE: Final = 2
 #: Ledger transfer code of ``bank:safeguarding:<bank> -> suspense:unidentified``.
 SUSPENSE_TRANSFER_CODE: Final = 43
+#: Ledger transfer code of the way back, ``suspense:unidentified -> bank:safeguarding:<bank>``:
+#: a line whose return failed is matched or explained instead, and leaves suspense first.
+SUSPENSE_RELEASE_TRANSFER_CODE: Final = 44
+#: Who the trail names for what Paykeep did by itself (the bank's answer, a bounced return).
+SYSTEM_ACTOR: Final = "paykeep"
+
+
+class BreakState(StrEnum):
+    """Where a break is. ``open`` and ``return_failed`` wait for a person (both are listed by
+    ``statements breaks``); the others are resolutions. ``returned`` means a return payout is
+    on its way or was paid; if the bank rejects it or the payee's bank sends it back, the
+    break becomes ``return_failed`` with the money back in ``suspense:unidentified``.
+    ``bounced`` is a credit line Paykeep recognised as one of its return payouts coming back:
+    its money joined the break it belongs to."""
+
+    OPEN = "open"
+    RETURN_FAILED = "return_failed"
+    EXPLAINED = "explained"
+    MATCHED = "matched"
+    RETURNED = "returned"
+    BOUNCED = "bounced"
+
+
+class BreakAction(StrEnum):
+    EXPLAIN = "explain"
+    MATCH = "match"
+    RETURN = "return"
+    FAIL_RETURN = "fail_return"
+    BOUNCE = "bounce"
+
+
+BREAK_TRANSITIONS: Final[dict[tuple[BreakState, BreakAction], BreakState]] = {
+    (BreakState.OPEN, BreakAction.EXPLAIN): BreakState.EXPLAINED,
+    (BreakState.OPEN, BreakAction.MATCH): BreakState.MATCHED,
+    (BreakState.OPEN, BreakAction.RETURN): BreakState.RETURNED,
+    (BreakState.OPEN, BreakAction.BOUNCE): BreakState.BOUNCED,
+    (BreakState.RETURNED, BreakAction.FAIL_RETURN): BreakState.RETURN_FAILED,
+    (BreakState.RETURN_FAILED, BreakAction.RETURN): BreakState.RETURNED,
+    (BreakState.RETURN_FAILED, BreakAction.EXPLAIN): BreakState.EXPLAINED,
+    (BreakState.RETURN_FAILED, BreakAction.MATCH): BreakState.MATCHED,
+}
+
+#: States that wait for a person: not resolved (``resolved_at_ns`` is NULL).
+UNRESOLVED_STATES: Final = frozenset({BreakState.OPEN, BreakState.RETURN_FAILED})
+
+
+def break_transition(state: BreakState, action: BreakAction) -> BreakState:
+    """The one way a break changes state; anything not in the table is
+    :class:`BreakAlreadyResolved` (every refused action starts from a resolution)."""
+    nxt = BREAK_TRANSITIONS.get((state, action))
+    if nxt is None:
+        raise BreakAlreadyResolved(f"a {state.value} break cannot {action.value.replace('_', ' ')}")
+    return nxt
+
 
 #: Breaks whose line may be returned to its sender (see README "Return to sender"): the
 #: unidentified kinds (no, unknown or ambiguous reference) and the identified-but-unusable
@@ -520,6 +575,18 @@ def suspense_transfer_id(account: str, statement_id: str, line: int) -> int:
     can never equal one of the line's import legs."""
     digest = hashlib.sha256(
         f"paykeep.statements.return|{len(account)}:{account}"
+        f"|{len(statement_id)}:{statement_id}|{line}".encode()
+    ).digest()
+    value = int.from_bytes(digest[:8], "big") & limits.ID_MAX
+    return value or 1
+
+
+def suspense_release_transfer_id(account: str, statement_id: str, line: int) -> int:
+    """The ledger transfer id that takes a parked line back out of suspense (its return failed
+    and it is matched or explained instead): derived from the line, like the parking, under
+    its own domain tag. A line is parked once and released at most once."""
+    digest = hashlib.sha256(
+        f"paykeep.statements.release|{len(account)}:{account}"
         f"|{len(statement_id)}:{statement_id}|{line}".encode()
     ).digest()
     value = int.from_bytes(digest[:8], "big") & limits.ID_MAX

@@ -18,6 +18,8 @@ from paykeep.gateway.statements.model import (
     COUNTERPARTY_IBAN_PURPOSE,
     COUNTERPARTY_NAME_PURPOSE,
     REMITTANCE_PURPOSE,
+    UNRESOLVED_STATES,
+    BreakState,
     Entry,
     ExpectedMovement,
     Leg,
@@ -77,10 +79,20 @@ class StoredBreak:
     amount_minor: int
     currency: str
     reference: str | None
-    #: ``explained``, ``matched`` or ``returned`` once resolved; ``None`` while open.
+    #: ``explained``, ``matched``, ``returned`` or ``bounced`` once resolved; ``None`` while
+    #: the break waits for a person (``open``, ``return_failed``).
     resolution: str | None = None
     resolved_by: str | None = None
     resolution_note: str | None = None
+    state: BreakState = BreakState.OPEN
+    #: Return payouts made for this break, the latest one, and why the latest failed.
+    return_attempts: int = 0
+    return_payout_id: int | None = None
+    return_failure: str | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return self.state not in UNRESOLVED_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +110,29 @@ class StoredLine:
     counterparty_iban_enc: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class BounceCandidate:
+    """An open break on an incoming line that carries the reference of one of our own
+    outgoing payments (a debit expectation): most likely that payment coming back."""
+
+    break_: StoredBreak
+    reference: str
+    ledger_account_name: str
+
+
 _BREAK_COLUMNS = (
     "b.id, b.statement_row_id, s.account, s.statement_id, b.line, b.reason, b.detail, "
     "b.expectation_id, b.amount_minor, b.currency, b.reference, b.resolution, b.resolved_by, "
-    "b.resolution_note"
+    "b.resolution_note, b.state, b.return_attempts, b.return_payout_id, b.return_failure"
 )
+_BREAK_FIELDS = 18
+
+
+def _stored_break(row: Sequence[Any]) -> StoredBreak:
+    fields = list(row[:_BREAK_FIELDS])
+    fields[14] = BreakState(fields[14])
+    fields[15] = int(fields[15])
+    return StoredBreak(*fields)
 
 
 def legs_to_json(legs: Sequence[Leg]) -> str:
@@ -452,31 +482,122 @@ class StatementRepository:
             f"WHERE {' AND '.join(where)} ORDER BY b.id LIMIT :lim",
             **params,
         )
-        return [StoredBreak(*r) for r in rows]
+        return [_stored_break(r) for r in rows]
 
-    def break_by_id(self, break_id: int) -> tuple[StoredBreak, bool] | None:
-        """The break and whether it is already resolved."""
+    def break_by_id(self, break_id: int, *, for_update: bool = False) -> StoredBreak | None:
+        """The break; with ``for_update`` its row is locked until the transaction ends
+        (PostgreSQL; a SQLite writer holds the database lock already), so whoever changes a
+        break first reads the state it changes."""
+        lock = " FOR UPDATE OF b" if for_update and self.conn.dialect.name == "postgresql" else ""
         rows = self._all(
-            f"SELECT {_BREAK_COLUMNS}, b.resolved_at_ns FROM stmt_breaks b "
-            "JOIN stmt_statements s ON s.id = b.statement_row_id WHERE b.id = :i",
+            f"SELECT {_BREAK_COLUMNS} FROM stmt_breaks b "
+            f"JOIN stmt_statements s ON s.id = b.statement_row_id WHERE b.id = :i{lock}",
             i=break_id,
         )
-        if not rows:
-            return None
-        *fields, resolved_at = rows[0]
-        return StoredBreak(*fields), resolved_at is not None
+        return _stored_break(rows[0]) if rows else None
 
-    def resolve_break(
-        self, break_id: int, *, now_ns: int, resolution: str, actor: str, note: str
-    ) -> None:
+    def break_by_return_payout(
+        self, payout_id: int, *, for_update: bool = False
+    ) -> StoredBreak | None:
+        """The break whose latest return payout is ``payout_id``."""
+        lock = " FOR UPDATE OF b" if for_update and self.conn.dialect.name == "postgresql" else ""
+        rows = self._all(
+            f"SELECT {_BREAK_COLUMNS} FROM stmt_breaks b "
+            "JOIN stmt_statements s ON s.id = b.statement_row_id "
+            f"WHERE b.return_payout_id = :p{lock}",
+            p=payout_id,
+        )
+        return _stored_break(rows[0]) if rows else None
+
+    def set_break_state(
+        self,
+        break_id: int,
+        *,
+        from_state: BreakState,
+        to_state: BreakState,
+        now_ns: int,
+        actor: str,
+        note: str | None,
+        **values: Any,
+    ) -> bool:
+        """Move a break from ``from_state`` to ``to_state`` (only if it is still there: the
+        caller read it locked, so ``False`` is a programmer's error there, a lost race
+        elsewhere). A resolution stamps when, by whom and why; a state that waits for a person
+        again (``return_failed``) clears them. ``values`` sets the return columns."""
+        resolved = to_state not in UNRESOLVED_STATES
+        params: dict[str, Any] = {
+            "i": break_id,
+            "f": from_state.value,
+            "s": to_state.value,
+            "t": now_ns if resolved else None,
+            "r": to_state.value if resolved else None,
+            "a": actor if resolved else None,
+            "n": note if resolved else None,
+        }
+        extra = ""
+        for column in sorted(values):
+            assert column in ("return_attempts", "return_payout_id", "return_failure"), column
+            extra += f", {column} = :v_{column}"
+            params[f"v_{column}"] = values[column]
         result = self.conn.execute(
             sa.text(
-                "UPDATE stmt_breaks SET resolved_at_ns = :t, resolution = :r, resolved_by = :a, "
-                "resolution_note = :n WHERE id = :i AND resolved_at_ns IS NULL"
+                "UPDATE stmt_breaks SET state = :s, resolved_at_ns = :t, resolution = :r, "
+                f"resolved_by = :a, resolution_note = :n{extra} WHERE id = :i AND state = :f"
             ),
-            {"t": now_ns, "r": resolution, "a": actor, "n": note, "i": break_id},
+            params,
         )
-        assert result.rowcount == 1, f"break {break_id} resolved concurrently"
+        return bool(result.rowcount == 1)
+
+    def add_break_event(
+        self,
+        break_id: int,
+        *,
+        at_ns: int,
+        from_state: BreakState | None,
+        to_state: BreakState,
+        actor: str,
+        detail: str,
+    ) -> None:
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_break_events (break_id, at_ns, from_state, to_state, actor, "
+                "detail) VALUES (:b, :t, :f, :s, :a, :d)"
+            ),
+            {"b": break_id, "t": at_ns, "f": None if from_state is None else from_state.value,
+             "s": to_state.value, "a": actor, "d": detail},
+        )  # fmt: skip
+
+    def break_events(self, break_id: int) -> list[dict[str, Any]]:
+        rows = self._all(
+            "SELECT at_ns, from_state, to_state, actor, detail FROM stmt_break_events "
+            "WHERE break_id = :b ORDER BY id",
+            b=break_id,
+        )
+        return [
+            {"at_ns": r[0], "from_state": r[1], "to_state": r[2], "actor": r[3], "detail": r[4]}
+            for r in rows
+        ]
+
+    def bounce_candidates(self, limit: int) -> list[BounceCandidate]:
+        """Open breaks on incoming booked lines of registered accounts whose reference named
+        a debit expectation (one of our payouts), oldest first."""
+        rows = self._all(
+            f"SELECT {_BREAK_COLUMNS}, x.reference, a.ledger_account_name FROM stmt_breaks b "
+            "JOIN stmt_statements s ON s.id = b.statement_row_id "
+            "JOIN stmt_expectations x ON x.id = b.expectation_id "
+            "JOIN stmt_bank_accounts a ON a.iban = x.iban "
+            "WHERE b.state = 'open' AND b.amount_minor > 0 AND b.line > 0 "
+            "AND x.direction = 'debit' ORDER BY b.id LIMIT :lim",
+            lim=limit,
+        )
+        return [
+            BounceCandidate(_stored_break(r), str(r[_BREAK_FIELDS]), str(r[_BREAK_FIELDS + 1]))
+            for r in rows
+        ]
+
+    def expectation_direction(self, expectation_id: int) -> str | None:
+        rows = self._all("SELECT direction FROM stmt_expectations WHERE id = :i", i=expectation_id)
+        return str(rows[0][0]) if rows else None
 
     def set_posting(self, row_id: int) -> None:
         self.conn.execute(
@@ -488,7 +609,7 @@ class StatementRepository:
         out = {}
         for table in (
             "stmt_statements", "stmt_entries", "stmt_matches", "stmt_breaks",
-            "stmt_expectations",
+            "stmt_expectations", "stmt_break_events",
         ):  # fmt: skip
             out[table] = int(self._all(f"SELECT COUNT(*) FROM {table}")[0][0])
         consumed = self._all(

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sqlalchemy.engine import Connection
+
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
@@ -27,7 +29,6 @@ from paykeep.gateway.statements.errors import (
     BankAccountConflict,
     BankAccountInvalid,
     BankAccountNotFound,
-    BreakAlreadyResolved,
     BreakNotFound,
     BreakNotReturnable,
     BreakResolutionInvalid,
@@ -45,15 +46,21 @@ from paykeep.gateway.statements.model import (
     RETURNABLE_REASONS,
     SUSPENSE_ACCOUNT,
     SUSPENSE_ACCOUNT_CODE,
+    SUSPENSE_RELEASE_TRANSFER_CODE,
     SUSPENSE_TRANSFER_CODE,
+    SYSTEM_ACTOR,
+    BreakAction,
+    BreakState,
     EntryStatus,
     ExpectedMovement,
     ParsedStatement,
+    break_transition,
     candidate_references,
     entry_row_id,
     normalize_iban,
     normalize_reference,
     reconcile,
+    suspense_release_transfer_id,
     suspense_transfer_id,
     transfer_id,
     validate_expectation,
@@ -61,6 +68,7 @@ from paykeep.gateway.statements.model import (
 from paykeep.gateway.statements.parser import parse
 from paykeep.gateway.statements.repository import (
     BankAccount,
+    BounceCandidate,
     StatementRepository,
     StoredBreak,
     StoredMatch,
@@ -81,6 +89,7 @@ from paykeep.security.fields import FieldCipher
 
 __all__ = [
     "BankAccount",
+    "BounceCandidate",
     "ImportReport",
     "ReturnableLine",
     "StatementOutcome",
@@ -144,6 +153,7 @@ def _resolution_text(value: object, name: str, limit: int) -> str:
 def break_json(b: StoredBreak) -> dict[str, Any]:
     return {
         "id": b.id,
+        "state": b.state.value,
         "account": b.account,
         "statement_id": b.statement_id,
         "line": b.line,
@@ -156,6 +166,10 @@ def break_json(b: StoredBreak) -> dict[str, Any]:
         "resolution": b.resolution,
         "resolved_by": b.resolved_by,
         "resolution_note": b.resolution_note,
+        "return_attempts": b.return_attempts,
+        "return_attempts_max": limits.STATEMENT_RETURN_ATTEMPTS_MAX,
+        "return_payout_id": b.return_payout_id,
+        "return_failure": b.return_failure,
     }
 
 
@@ -493,41 +507,82 @@ class StatementService:
         note: str,
         match_reference: str | None = None,
     ) -> StoredBreak:
-        """Close an open break, once, with who and why. With ``match_reference`` the operator
-        names the expectation the line really was (a payer's typo, a reference left out): the
-        line is matched to it exactly as an import would — same checks of account, direction,
-        currency and amount, same deterministic ledger ids — and its legs are posted."""
+        """Close a break that waits for a person (``open``, or ``return_failed``), once, with
+        who and why. With ``match_reference`` the operator names the expectation the line
+        really was (a payer's typo, a reference left out): the line is matched to it exactly as
+        an import would — same checks of account, direction, currency and amount, same
+        deterministic ledger ids — and its legs are posted. Without it the break is
+        ``explained``: a note, and the line stays outside the ledger.
+
+        A ``return_failed`` break's line sits in ``suspense:unidentified`` (its return came
+        back). It leaves suspense in the resolution's own transaction (``suspense:unidentified
+        -> bank:safeguarding:<bank>``, code 44, :func:`model.suspense_release_transfer_id`):
+        an explained line is then outside the ledger like any explained line, and a matched
+        one is posted from the bank like any match; suspense never keeps it."""
         actor = _resolution_text(actor, "actor", limits.STATEMENT_ACTOR_LENGTH_MAX)
         note = _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
         if type(break_id) is not int or break_id <= 0:
             raise BreakNotFound(f"no break {break_id!r}", param="break_id")
         with self.database.read() as conn:
             seen = StatementRepository(conn).break_by_id(break_id)
-        if seen is not None and not seen[1] and seen[0].line > 0 and self._in_suspense(seen[0]):
-            # A return began (its ledger leg is written) and did not finish: explaining the
-            # break would strand the money in suspense, matching it would post the line twice.
+        if (
+            seen is not None
+            and seen.state is BreakState.OPEN
+            and seen.line > 0
+            and self._in_suspense(seen)
+        ):
+            # A return began (its ledger leg is written) and did not finish (a return made
+            # before migration 0015, which was not one transaction): explaining the break would
+            # strand the money in suspense, matching it would post the line twice.
             raise BreakReturnPending(
                 f"break {break_id}'s line is in {SUSPENSE_ACCOUNT} on its way back to its "
                 "sender; run `statements return` again to finish it"
             )
+        action = BreakAction.EXPLAIN if match_reference is None else BreakAction.MATCH
         posting_row: int | None = None
+        now = self.clock.now_ns()
         with self.database.write() as conn:
             repo = StatementRepository(conn)
             repo.lock_imports()
-            b = _open_break(repo, break_id)
-            resolution = "explained"
+            b = _find_break(repo, break_id, for_update=True)
+            to_state = break_transition(b.state, action)
+            detail = note
             if match_reference is not None:
                 self._match_by_hand(repo, b, match_reference)
-                resolution, posting_row = "matched", b.statement_row_id
-            repo.resolve_break(
-                break_id, now_ns=self.clock.now_ns(), resolution=resolution, actor=actor, note=note
+                posting_row = b.statement_row_id
+                detail += f" [matched to {normalize_reference(match_reference)}]"
+            if b.state is BreakState.RETURN_FAILED:
+                released = self._release_within(conn, repo, b)
+                detail += f" [left {SUSPENSE_ACCOUNT}: ledger transfer {released}]"
+            changed = repo.set_break_state(
+                break_id, from_state=b.state, to_state=to_state, now_ns=now, actor=actor, note=note
             )
+            assert changed, f"break {break_id} changed under its lock"
+            repo.add_break_event(
+                break_id, at_ns=now, from_state=b.state, to_state=to_state, actor=actor,
+                detail=detail,
+            )  # fmt: skip
         if posting_row is not None:
             self._post_and_settle(posting_row)
-        with self.database.read() as conn:
-            again = StatementRepository(conn).break_by_id(break_id)
-        assert again is not None
-        return again[0]
+        return self.get_break(break_id)
+
+    def _release_within(self, conn: Connection, repo: StatementRepository, b: StoredBreak) -> int:
+        """Take a parked line back out of suspense, in the caller's transaction."""
+        account = repo.bank_account(normalize_iban(b.account))
+        assert account is not None, "a parked line's account is registered"
+        transfer = NewTransfer(
+            id=suspense_release_transfer_id(b.account, b.statement_id, b.line),
+            debit_account_id=self._ledger_account(SUSPENSE_ACCOUNT, b.currency),
+            credit_account_id=self._ledger_account(account.ledger_account_name, b.currency),
+            amount_minor=b.amount_minor,
+            currency=b.currency,
+            code=SUSPENSE_RELEASE_TRANSFER_CODE,
+            metadata={"statement": b.statement_id[:128], "line": b.line, "break": b.id},
+        )
+        (result,) = self.ledger.create_transfers_within(conn, [transfer])
+        if not result.applied_or_exists:
+            raise transfer_error(result.result, transfer.id)
+        return transfer.id
 
     def _match_by_hand(self, repo: StatementRepository, b: StoredBreak, reference: str) -> None:
         if b.reason not in _MATCHABLE_BY_HAND:
@@ -568,25 +623,35 @@ class StatementService:
 
     # ------------------------------------------------------------------ return to sender
 
-    def returnable_line(self, break_id: int, *, actor: str, note: str) -> ReturnableLine:
-        """Check that ``break_id`` may be returned to its sender and open the sender's name
-        and IBAN. Checks in a fixed order — shape (actor, note, id), identity (the break
-        exists), state (still open; its line not already matched), then the line itself
-        (a returnable reason, a booked credit of a registered account, a sealed counterparty
-        IBAN and name) — and writes nothing. Payouts' ``return_break`` is the caller."""
+    def break_for_return(self, break_id: int, *, actor: str, note: str) -> StoredBreak:
+        """The first checks of a return, in their fixed order — shape (actor, note, id), then
+        identity (the break exists) — writing nothing. The break comes back in whatever state
+        it is: which states may be returned is payouts' ``return_break``'s to say, as it
+        knows whether a return payout is still on its way."""
         _resolution_text(actor, "actor", limits.STATEMENT_ACTOR_LENGTH_MAX)
         _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
         if type(break_id) is not int or break_id <= 0:
             raise BreakNotFound(f"no break {break_id!r}", param="break_id")
         with self.database.read() as conn:
+            return _find_break(StatementRepository(conn), break_id)
+
+    def returnable_line(self, b: StoredBreak) -> ReturnableLine:
+        """Check that the line of ``b`` (a break waiting for a person) may go back to its
+        sender and open the sender's name and IBAN: a returnable reason, a line not matched, a
+        booked credit of a registered account that does not carry one of our own payouts'
+        references, a sealed counterparty IBAN and name. Writes nothing."""
+        with self.database.read() as conn:
             repo = StatementRepository(conn)
-            b = _open_break(repo, break_id)
             line = repo.line(b.statement_row_id, b.line) if b.line > 0 else None
             matched = b.line > 0 and repo.line_matched(b.statement_row_id, b.line)
             account = repo.bank_account(normalize_iban(b.account))
+            ours = (
+                b.expectation_id is not None
+                and repo.expectation_direction(b.expectation_id) == "debit"
+            )
 
         def refuse(why: str) -> BreakNotReturnable:
-            return BreakNotReturnable(f"break {break_id} cannot be returned: {why}")
+            return BreakNotReturnable(f"break {b.id} cannot be returned: {why}")
 
         if b.reason not in RETURNABLE_REASONS:
             raise refuse(f"a {b.reason} break is not unidentified money to send back")
@@ -595,6 +660,14 @@ class StatementService:
             raise refuse("its line was matched to an expectation")
         if line.status != EntryStatus.BOOKED.value or line.amount_minor <= 0:
             raise refuse("only a booked incoming (credit) line can go back to its sender")
+        if ours:
+            # A credit carrying the reference of one of our own payments (a `duplicate` of a
+            # payout already confirmed) is that payment coming back from the payee's bank:
+            # sending it "back" would send it to the account that just refused it.
+            raise refuse(
+                f"it carries {b.reference or 'the reference'} of one of our own payouts: it is "
+                "most likely that payout coming back"
+            )
         if account is None:
             raise refuse(f"{b.account} is not a registered bank account")
         if line.counterparty_iban_enc is None:
@@ -633,69 +706,158 @@ class StatementService:
             )
         return account.id
 
-    def post_to_suspense(self, line: ReturnableLine) -> int:
-        """Bring a line being returned into the ledger: ``bank:safeguarding:<bank> ->
-        suspense:unidentified`` for its amount, under :func:`model.suspense_transfer_id`, so a
-        repeat (a retry after a crash) is answered ``exists`` and never posts twice. Creates
-        the suspense account on first use. Returns the transfer id."""
-        if self.suspense_account(line.currency) is None:
-            (created,) = self.ledger.create_accounts(
-                [
-                    NewAccount(
-                        # Derived: two processes creating it at once create the same account.
-                        id=derived_id("account", SUSPENSE_ACCOUNT),
-                        currency=line.currency,
-                        code=SUSPENSE_ACCOUNT_CODE,
-                        flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
-                        name=SUSPENSE_ACCOUNT,
-                    )
-                ]
-            )
-            ok = (CreateAccountResult.OK, CreateAccountResult.EXISTS)
-            assert created.result in ok, created.result
-        b = line.break_
-        (result,) = self.ledger.create_transfers(
+    def ensure_suspense_account(self, currency: str) -> int:
+        """``suspense:unidentified``, created on first use (a liability that can never go
+        negative, under a derived id: two processes creating it at once create the same
+        account). Its own transaction: an account is nobody's money until a transfer moves
+        some."""
+        found = self.suspense_account(currency)
+        if found is not None:
+            return found
+        (created,) = self.ledger.create_accounts(
             [
-                NewTransfer(
-                    id=line.suspense_transfer_id,
-                    debit_account_id=self._ledger_account(line.ledger_account_name, line.currency),
-                    credit_account_id=self._ledger_account(SUSPENSE_ACCOUNT, line.currency),
-                    amount_minor=line.amount_minor,
-                    currency=line.currency,
-                    code=SUSPENSE_TRANSFER_CODE,
-                    metadata={"statement": b.statement_id[:128], "line": b.line, "break": b.id},
+                NewAccount(
+                    id=derived_id("account", SUSPENSE_ACCOUNT),
+                    currency=currency,
+                    code=SUSPENSE_ACCOUNT_CODE,
+                    flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                    name=SUSPENSE_ACCOUNT,
                 )
             ]
         )
-        if not result.applied_or_exists:
-            raise transfer_error(result.result, line.suspense_transfer_id)
-        return line.suspense_transfer_id
+        ok = (CreateAccountResult.OK, CreateAccountResult.EXISTS)
+        assert created.result in ok, created.result
+        found = self.suspense_account(currency)
+        assert found is not None
+        return found
 
-    def mark_returned(self, break_id: int, *, actor: str, note: str, payout_id: int) -> StoredBreak:
-        """Resolve the break as ``returned``, naming the return payout in its note. A break a
-        concurrent run of the same return already marked is answered as it stands (its payout
-        is the same one: the payout's request id derives from the line)."""
+    def park_transfer(self, line: ReturnableLine) -> NewTransfer:
+        """The ledger transfer that brings a line being returned into the ledger:
+        ``bank:safeguarding:<bank> -> suspense:unidentified`` for its amount, under
+        :func:`model.suspense_transfer_id` (derived from the line, so a line is parked once:
+        a later attempt of its return gets ``exists``). Needs the suspense account
+        (:meth:`ensure_suspense_account`); the caller posts it in its transaction."""
+        b = line.break_
+        return NewTransfer(
+            id=line.suspense_transfer_id,
+            debit_account_id=self._ledger_account(line.ledger_account_name, line.currency),
+            credit_account_id=self._ledger_account(SUSPENSE_ACCOUNT, line.currency),
+            amount_minor=line.amount_minor,
+            currency=line.currency,
+            code=SUSPENSE_TRANSFER_CODE,
+            metadata={"statement": b.statement_id[:128], "line": b.line, "break": b.id},
+        )
+
+    def lock_break_within(self, conn: Connection, break_id: int) -> StoredBreak:
+        """The break, read and locked in the caller's write transaction: the return that
+        changes it decides on the state it reads here (a concurrent return or resolution
+        waits, then finds the break changed)."""
+        return _find_break(StatementRepository(conn), break_id, for_update=True)
+
+    def mark_returned_within(
+        self,
+        conn: Connection,
+        b: StoredBreak,
+        *,
+        actor: str,
+        note: str,
+        payout_id: int,
+        attempt: int,
+        detail: str,
+    ) -> None:
+        """Resolve ``b`` (read by :meth:`lock_break_within` in ``conn``) as ``returned`` by
+        return payout ``payout_id``, its ``attempt``-th, in the transaction that made the
+        payout; the trail gets ``detail`` (no personal data: an IBAN's last four at most)."""
         actor = _resolution_text(actor, "actor", limits.STATEMENT_ACTOR_LENGTH_MAX)
         note = _resolution_text(note, "note", limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX)
+        to_state = break_transition(b.state, BreakAction.RETURN)
+        now = self.clock.now_ns()
+        repo = StatementRepository(conn)
+        changed = repo.set_break_state(
+            b.id,
+            from_state=b.state,
+            to_state=to_state,
+            now_ns=now,
+            actor=actor,
+            # The payout id is kept with the resolution too, for a reader of the note alone.
+            note=f"{note} [return payout {payout_id}]",
+            return_attempts=attempt,
+            return_payout_id=payout_id,
+            return_failure=None,
+        )
+        assert changed, f"break {b.id} changed under its lock"
+        repo.add_break_event(
+            b.id, at_ns=now, from_state=b.state, to_state=to_state, actor=actor,
+            detail=f"{note} [{detail}]",
+        )  # fmt: skip
+
+    def bounce_candidates(
+        self, limit: int = limits.STATEMENT_BOUNCE_SCAN_MAX
+    ) -> list[BounceCandidate]:
+        """Open breaks on incoming lines that carry the reference of one of our own payouts:
+        payouts looks among them for its return payouts coming back. Reads only."""
+        limit = max(1, min(limit, limits.STATEMENT_BOUNCE_SCAN_MAX))
+        with self.database.read() as conn:
+            return StatementRepository(conn).bounce_candidates(limit)
+
+    def reclaim_bounced_return(self, candidate: BounceCandidate, *, payout_id: int) -> bool:
+        """``candidate``'s line is return payout ``payout_id`` sent back by the payee's bank
+        (payouts checked the reference, the amount and that it is a return): in one
+        transaction the line enters the ledger into suspense (``bank:safeguarding:<bank> ->
+        suspense:unidentified``, its own :func:`model.suspense_transfer_id`), its break is
+        resolved ``bounced``, and the break that payout returned becomes ``return_failed``,
+        its money back in suspense, to be returned again or resolved. ``False`` (nothing
+        written) when either break changed meanwhile."""
+        bounce = candidate.break_
+        self.ensure_suspense_account(bounce.currency)
+        now = self.clock.now_ns()
         with self.database.write() as conn:
             repo = StatementRepository(conn)
-            repo.lock_imports()
-            b, resolved = _break(repo, break_id)
-            if not resolved:
-                repo.resolve_break(
-                    break_id,
-                    now_ns=self.clock.now_ns(),
-                    resolution="returned",
-                    actor=actor,
-                    # The payout id is kept with the resolution: no new column is needed, and
-                    # the payout is also found by its request id (derived from the line).
-                    note=f"{note} [return payout {payout_id}]",
-                )
-            elif b.resolution != "returned":
-                raise BreakAlreadyResolved(f"break {break_id} is already resolved")
-            again = repo.break_by_id(break_id)
-        assert again is not None
-        return again[0]
+            original = repo.break_by_return_payout(payout_id, for_update=True)
+            current = repo.break_by_id(bounce.id, for_update=True)
+            if (
+                original is None
+                or original.state is not BreakState.RETURNED
+                or current is None
+                or current.state is not BreakState.OPEN
+            ):
+                return False
+            parked = NewTransfer(
+                id=suspense_transfer_id(bounce.account, bounce.statement_id, bounce.line),
+                debit_account_id=self._ledger_account(
+                    candidate.ledger_account_name, bounce.currency
+                ),
+                credit_account_id=self._ledger_account(SUSPENSE_ACCOUNT, bounce.currency),
+                amount_minor=bounce.amount_minor,
+                currency=bounce.currency,
+                code=SUSPENSE_TRANSFER_CODE,
+                metadata={
+                    "statement": bounce.statement_id[:128], "line": bounce.line,
+                    "break": bounce.id, "bounce_of": original.id,
+                },
+            )  # fmt: skip
+            (result,) = self.ledger.create_transfers_within(conn, [parked])
+            if not result.applied_or_exists:
+                raise transfer_error(result.result, parked.id)
+            came_back = (
+                f"return payout {payout_id} of break #{original.id} came back from the payee's "
+                f"bank; its money is in {SUSPENSE_ACCOUNT} for break #{original.id}"
+            )
+            bounced = break_transition(current.state, BreakAction.BOUNCE)
+            assert repo.set_break_state(
+                current.id, from_state=current.state, to_state=bounced, now_ns=now,
+                actor=SYSTEM_ACTOR, note=came_back,
+            )  # fmt: skip
+            repo.add_break_event(
+                current.id, at_ns=now, from_state=current.state, to_state=bounced,
+                actor=SYSTEM_ACTOR, detail=f"{came_back} [ledger transfer {parked.id}]",
+            )  # fmt: skip
+            failure = (
+                f"the payee's bank sent return payout {payout_id} back (statement "
+                f"{bounce.statement_id} line {bounce.line}, break #{bounce.id})"
+            )
+            _fail_return(repo, original, payout_id=payout_id, failure=failure, now_ns=now)
+        return True
 
     def _in_suspense(self, b: StoredBreak) -> bool:
         """Whether a return has parked this break's line in suspense (the ledger is the
@@ -715,6 +877,21 @@ class StatementService:
         with self.database.read() as conn:
             return StatementRepository(conn).posted_references(normalize_iban(iban), wanted)
 
+    def get_break(self, break_id: int) -> StoredBreak:
+        if type(break_id) is not int or break_id <= 0:
+            raise BreakNotFound(f"no break {break_id!r}", param="break_id")
+        with self.database.read() as conn:
+            return _find_break(StatementRepository(conn), break_id)
+
+    def break_trail(self, break_id: int) -> tuple[StoredBreak, list[dict[str, Any]]]:
+        """The break and every change of its state, oldest first: when, from what to what,
+        who (an operator, or ``paykeep`` for the bank's answers) and why."""
+        if type(break_id) is not int or break_id <= 0:
+            raise BreakNotFound(f"no break {break_id!r}", param="break_id")
+        with self.database.read() as conn:
+            repo = StatementRepository(conn)
+            return _find_break(repo, break_id), repo.break_events(break_id)
+
     def open_breaks(self, limit: int = limits.STATEMENT_BREAKS_PAGE_MAX) -> list[StoredBreak]:
         limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
         with self.database.read() as conn:
@@ -723,8 +900,9 @@ class StatementService:
     def breaks(
         self, limit: int = limits.STATEMENT_BREAKS_PAGE_MAX, *, include_resolved: bool = False
     ) -> list[StoredBreak]:
-        """Breaks oldest first: open ones, or with ``include_resolved`` every break with its
-        resolution (``explained``, ``matched``, ``returned``)."""
+        """Breaks oldest first: those waiting for a person (``open``, ``return_failed``), or
+        with ``include_resolved`` every break with its resolution (``explained``, ``matched``,
+        ``returned``, ``bounced``)."""
         limit = max(1, min(limit, limits.STATEMENT_BREAKS_PAGE_MAX))
         with self.database.read() as conn:
             return StatementRepository(conn).breaks(open_only=not include_resolved, limit=limit)
@@ -745,17 +923,47 @@ class StatementService:
             return StatementRepository(conn).count_rows()
 
 
-def _break(repo: StatementRepository, break_id: int) -> tuple[StoredBreak, bool]:
-    """The break and whether it is resolved, or ``statement_break_not_found``."""
-    found = repo.break_by_id(break_id)
+def _find_break(
+    repo: StatementRepository, break_id: int, *, for_update: bool = False
+) -> StoredBreak:
+    """The break, or ``statement_break_not_found``."""
+    found = repo.break_by_id(break_id, for_update=for_update)
     if found is None:
         raise BreakNotFound(f"no break {break_id}", param="break_id")
     return found
 
 
-def _open_break(repo: StatementRepository, break_id: int) -> StoredBreak:
-    """An open break, or its typed error (not found, already resolved)."""
-    b, resolved = _break(repo, break_id)
-    if resolved:
-        raise BreakAlreadyResolved(f"break {break_id} is already resolved")
-    return b
+def _fail_return(
+    repo: StatementRepository, b: StoredBreak, *, payout_id: int, failure: str, now_ns: int
+) -> None:
+    to_state = break_transition(b.state, BreakAction.FAIL_RETURN)
+    failure = failure[: limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX]
+    changed = repo.set_break_state(
+        b.id, from_state=b.state, to_state=to_state, now_ns=now_ns, actor=SYSTEM_ACTOR,
+        note=None, return_failure=failure,
+    )  # fmt: skip
+    assert changed, f"break {b.id} changed under its lock"
+    left = limits.STATEMENT_RETURN_ATTEMPTS_MAX - b.return_attempts
+    repo.add_break_event(
+        b.id, at_ns=now_ns, from_state=b.state, to_state=to_state, actor=SYSTEM_ACTOR,
+        detail=f"return payout {payout_id} failed: {failure}; its money is back in "
+        f"{SUSPENSE_ACCOUNT} ({b.return_attempts} of "
+        f"{limits.STATEMENT_RETURN_ATTEMPTS_MAX} attempts made, {max(left, 0)} left)",
+    )  # fmt: skip
+
+
+def fail_return_within(
+    conn: Connection, *, payout_id: int, failure: str, now_ns: int
+) -> StoredBreak | None:
+    """Return payout ``payout_id`` failed for good (the bank rejected its file): in the
+    caller's transaction — the one that moves its money back to ``suspense:unidentified`` and
+    marks it ``returned`` — the break it was returning becomes ``return_failed`` with
+    ``failure``, waiting for a person again. ``None`` when the payout is not a break's latest
+    return (a merchant's payout: nothing to do). Payouts calls it; it needs no service (no
+    cipher, no ledger), so a payout service without the statements service still records it."""
+    repo = StatementRepository(conn)
+    b = repo.break_by_return_payout(payout_id, for_update=True)
+    if b is None or b.state is not BreakState.RETURNED:
+        return None
+    _fail_return(repo, b, payout_id=payout_id, failure=failure, now_ns=now_ns)
+    return repo.break_by_id(b.id)

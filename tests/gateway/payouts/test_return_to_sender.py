@@ -20,6 +20,7 @@ from paykeep.gateway.statements.errors import (
     BreakNotFound,
     BreakNotReturnable,
     BreakResolutionInvalid,
+    BreakReturnInFlight,
     BreakReturnPending,
 )
 from paykeep.gateway.statements.model import (
@@ -144,8 +145,9 @@ def test_returning_twice_pays_once(world: World) -> None:
     breaks = _import(world, [_stranger()])
     first = world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
     head = world.ledger.head()
-    with pytest.raises(BreakAlreadyResolved):
+    with pytest.raises(BreakReturnInFlight) as caught:
         world.payouts.return_break(breaks[1], actor="ops-2", note="again")
+    assert caught.value.code == "statement_break_return_in_flight"
     assert world.ledger.head() == head
     assert _rows(world, "gateway_payouts") == 1
     assert world.payouts.list()[0].payout_id == first.payout.payout_id
@@ -186,51 +188,63 @@ def _heal(world: World, table: str) -> None:
             conn.execute(sa.text("DROP TRIGGER inject_fault"))
 
 
-def test_a_crash_after_the_suspense_posting_is_finished_by_the_retry(world: World) -> None:
-    """The payout row cannot be written (the ledger already moved the line into suspense; the
-    payout's own transfer to clearing:payout rolls back with its row): the break stays open,
-    cannot be explained away or matched while its money is in suspense, and the retry
-    finishes the return without moving money twice."""
+@pytest.mark.parametrize(
+    ("table", "event"), [("gateway_payouts", "INSERT"), ("stmt_breaks", "UPDATE")]
+)
+def test_a_crash_anywhere_in_a_return_leaves_nothing_and_the_retry_does_it_all(
+    world: World, table: str, event: str
+) -> None:
+    """A return is one transaction: the line entering suspense, the payout's transfer to
+    clearing:payout, the payout row and the break marked returned. A failure at the payout
+    row or at the break (as a process dying there would) leaves none of them; the break is
+    still open and may be returned (or resolved another way), and the return does it all."""
     breaks = _import(world, [_stranger()])
     bank_before = world.balance(BANK_ACCOUNT)
-    _inject_fault(world, "gateway_payouts", "INSERT")
+    head = world.ledger.head()
+    _inject_fault(world, table, event)
     with pytest.raises(sa.exc.DBAPIError, match="injected fault"):
         world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
-    _heal(world, "gateway_payouts")
+    _heal(world, table)
+    assert world.ledger.head() == head
     assert _rows(world, "gateway_payouts") == 0
+    assert _rows(world, "stmt_break_events") == 0
     assert [b.id for b in world.statements.open_breaks()] == [breaks[1]]
+    assert world.balance(BANK_ACCOUNT) == bank_before
+    assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (0, 0)
+
+    returned = world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
+    assert world.ledger.head().last_seq == head.last_seq + 2  # into suspense, on to clearing
+    assert _rows(world, "gateway_payouts") == 1
+    assert returned.payout.amount_minor == AMOUNT
     assert world.balance(BANK_ACCOUNT) == bank_before - AMOUNT
-    # Never money in clearing:payout without a payout to send it.
-    assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (AMOUNT, 0)
+    assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (0, AMOUNT)
+    assert world.statements.open_breaks() == []
+    assert returned.break_.state.value == "returned" and returned.break_.return_attempts == 1
+
+
+def test_a_return_interrupted_before_0015_is_finished_by_the_retry(world: World) -> None:
+    """Before migration 0015 a return was three transactions, and one could stop with the line
+    already in suspense and no payout. Such a break cannot be explained away or matched while
+    its money is in suspense (`statement_break_return_pending`); the return finishes it, the
+    suspense posting answered `exists`."""
+    breaks = _import(world, [_stranger()])
+    b = world.statements.get_break(breaks[1])
+    line = world.statements.returnable_line(b)
+    world.statements.ensure_suspense_account("EUR")
+    (parked,) = world.ledger.create_transfers([world.statements.park_transfer(line)])
+    assert parked.applied_or_exists
+    bank_before = world.balance(BANK_ACCOUNT)
     head = world.ledger.head()
     with pytest.raises(BreakReturnPending):
         world.statements.resolve_break(breaks[1], actor="ops-2", note="explained instead")
     assert world.ledger.head() == head and world.statements.open_breaks() != []
 
     returned = world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
-    # The suspense posting answered `exists`; the payout's transfer commits with its row.
-    assert world.ledger.head().last_seq == head.last_seq + 1
-    assert _rows(world, "gateway_payouts") == 1
-    assert returned.payout.amount_minor == AMOUNT
-    assert world.balance(BANK_ACCOUNT) == bank_before - AMOUNT
+    assert world.ledger.head().last_seq == head.last_seq + 1  # the payout's transfer only
+    assert returned.suspense_transfer_id == line.suspense_transfer_id
+    assert world.balance(BANK_ACCOUNT) == bank_before
     assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (0, AMOUNT)
     assert world.statements.open_breaks() == []
-
-
-def test_a_crash_before_the_break_is_resolved_is_finished_by_the_retry(world: World) -> None:
-    breaks = _import(world, [_stranger()])
-    _inject_fault(world, "stmt_breaks", "UPDATE")
-    with pytest.raises(sa.exc.DBAPIError, match="injected fault"):
-        world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
-    _heal(world, "stmt_breaks")
-    (paid,) = world.payouts.list()
-    assert [b.id for b in world.statements.open_breaks()] == [breaks[1]]
-    head = world.ledger.head()
-    returned = world.payouts.return_break(breaks[1], actor="ops-1", note="unknown payer")
-    assert returned.payout == paid  # the same payout, replayed
-    assert world.ledger.head() == head
-    assert _rows(world, "gateway_payouts") == 1
-    assert returned.break_.resolution == "returned"
 
 
 def test_identified_but_unusable_credits_may_go_back_too(world: World) -> None:
@@ -327,7 +341,7 @@ def test_the_command_line_end_to_end(world: World, settings: Settings) -> None:
     assert world.balance(CLEARING_ACCOUNT) == AMOUNT
 
     for args, needle in [
-        ((str(breaks[1]), "--actor", "ops-1", "--note", "n"), "statement_break_already_resolved"),
+        ((str(breaks[1]), "--actor", "ops-1", "--note", "n"), "statement_break_return_in_flight"),
         ((str(breaks[2]), "--actor", "ops-1", "--note", "n"), "statement_break_not_returnable"),
         (("999999", "--actor", "ops-1", "--note", "n"), "statement_break_not_found"),
         ((str(breaks[2]), "--actor", " ", "--note", "n"), "statement_break_resolution_invalid"),
