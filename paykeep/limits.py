@@ -71,6 +71,10 @@ CARD_REFUND_BATCH: Final = 100
 CARD_REFUND_ATTEMPTS_MAX: Final = 3
 #: Times an operator may send a failed card refund again (each a new round of attempts).
 CARD_REFUND_RETRIES_MAX: Final = 5
+#: A buyer's withdrawal to the card: card refunds (one per capture it goes back to, the
+#: newest that have something left) one withdrawal may be split into. A larger amount spread
+#: over older captures is asked for again, in another withdrawal.
+CARD_WITHDRAWAL_REFUNDS_MAX: Final = 20
 #: Vault: PAN lengths (ISO/IEC 7812), keys (AES-256-GCM, HMAC-SHA256), tokens re-encrypted per
 #: rotation batch.
 PAN_LENGTH_MIN: Final = 12

@@ -120,8 +120,9 @@ class BuyerCodeRateLimited(PaykeepError):
 
 
 class WithdrawalNoSource(Conflict):
-    """The buyer has no credited bank top-up whose sending IBAN is known in this currency:
-    there is no account the money is known to have come from, so none it may go back to."""
+    """Nothing this buyer's money is known to have come from can take it back: for a bank
+    withdrawal, no credited top-up in this currency whose sending IBAN is known; for a
+    withdrawal to the card, no captured card payment of theirs in this currency."""
 
     code = "withdrawal_no_source"
 
@@ -131,3 +132,11 @@ class WithdrawalExceedsSource(Conflict):
     or has been withdrawn to it: money may only go back where it came from, at most as much."""
 
     code = "withdrawal_exceeds_source"
+
+
+class WithdrawalExceedsCardRefundable(Conflict):
+    """More than the buyer's card payments in this currency can still take back: per capture,
+    what it captured less every refund to it that has not failed (orders' card refunds and
+    earlier withdrawals alike). Money goes back to a card at most as much as came from it."""
+
+    code = "withdrawal_exceeds_card_refundable"

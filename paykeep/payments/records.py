@@ -275,6 +275,9 @@ class CardRefund:
     attempts_max: int = 3
     #: How many times an operator sent it again after it failed.
     retries: int = 0
+    #: The buyer's withdrawal to the card it pays out (then ``refund_id`` is None and
+    #: ``order_id`` is the order whose card payment it goes back to).
+    withdrawal_id: str | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -282,6 +285,7 @@ class CardRefund:
             "object": "card_refund",
             "order": self.order_id,
             "refund": self.refund_id,
+            "withdrawal": self.withdrawal_id,
             "merchant": self.merchant_id,
             "amount_minor": self.amount_minor,
             "currency": self.currency,
@@ -409,15 +413,16 @@ class Topup:
 
 @dataclass(frozen=True, slots=True)
 class Withdrawal:
-    """A buyer's withdrawal of wallet money back to the bank account it came from (the IBAN of
-    a credited top-up): a gateway payout debiting the buyer's wallet. Only the IBAN's last four
-    are ever shown."""
+    """A buyer's withdrawal of wallet money back to where it came from: to the bank account
+    of a credited top-up (``source_bank_account``: a gateway payout debiting the buyer's wallet;
+    only the IBAN's last four are ever shown), or to the cards that paid in
+    (``source_card``: card refunds against the buyer's captures, ``card_refunds``)."""
 
     id: str
     buyer_id: str
     merchant_id: str | None
-    source_topup_id: str
-    iban_last4: str
+    source_topup_id: str | None
+    iban_last4: str | None
     amount_minor: int
     currency: str
     state: str
@@ -426,6 +431,28 @@ class Withdrawal:
     fingerprint: str
     created_at_ns: int
     updated_at_ns: int
+    destination: str = "source_bank_account"
+    #: A withdrawal to the card: its card refunds, oldest first (empty for a bank one).
+    card_refunds: tuple[CardRefund, ...] = ()
+
+    def _destination_api(self) -> dict[str, Any]:
+        if self.destination == "source_card":
+            return {
+                "type": "source_card",
+                "card_refunds": [c.to_api() for c in self.card_refunds],
+                # What reached the cards, and what failed and is back in the buyer's wallet.
+                "refunded_to_card_minor": sum(
+                    c.amount_minor for c in self.card_refunds if c.state == "succeeded"
+                ),
+                "returned_to_wallet_minor": sum(
+                    c.amount_minor for c in self.card_refunds if c.state == "failed"
+                ),
+            }
+        return {
+            "type": "source_bank_account",
+            "source_topup": self.source_topup_id,
+            "iban_last4": self.iban_last4,
+        }
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -436,11 +463,7 @@ class Withdrawal:
             "amount_minor": self.amount_minor,
             "currency": self.currency,
             "state": self.state,
-            "destination": {
-                "type": "source_bank_account",
-                "source_topup": self.source_topup_id,
-                "iban_last4": self.iban_last4,
-            },
+            "destination": self._destination_api(),
             "created": _s(self.created_at_ns),
             "updated": _s(self.updated_at_ns),
         }

@@ -9,6 +9,7 @@ writers with ``BEGIN IMMEDIATE``, so the same code is safe on both.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,7 +77,7 @@ REFUND_COLUMNS = (
 CARD_REFUND_COLUMNS = (
     "id, order_id, refund_id, merchant_id, buyer_id, card_payment_id, amount_minor, currency, "
     "state, attempts, reservation_transfer_id, card_brand, card_last4, response_code, "
-    "failure_reason, created_at_ns, updated_at_ns, attempts_max, retries"
+    "failure_reason, created_at_ns, updated_at_ns, attempts_max, retries, withdrawal_id"
 )
 DISPUTE_COLUMNS = (
     "id, order_id, refund_id, merchant_id, state, reason, buyer_share_minor, "
@@ -92,7 +93,7 @@ TOPUP_COLUMNS = (
 )
 WITHDRAWAL_COLUMNS = (
     "id, buyer_id, merchant_id, source_topup_id, iban_last4, amount_minor, currency, state, "
-    "gateway_payout_id, request_id, fingerprint, created_at_ns, updated_at_ns"
+    "gateway_payout_id, request_id, fingerprint, created_at_ns, updated_at_ns, destination"
 )
 SESSION_COLUMNS = "id, merchant_id, order_id, success_url, state, expires_at_ns, created_at_ns"
 
@@ -124,14 +125,14 @@ def _refund(r: Sequence[Any]) -> Refund:
 def _card_refund(r: Sequence[Any]) -> CardRefund:
     return CardRefund(
         r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], int(r[9]), int(r[10]),
-        r[11], r[12], r[13], r[14], int(r[15]), int(r[16]), int(r[17]), int(r[18]),
+        r[11], r[12], r[13], r[14], int(r[15]), int(r[16]), int(r[17]), int(r[18]), r[19],
     )  # fmt: skip
 
 
 def _withdrawal(r: Sequence[Any]) -> Withdrawal:
     return Withdrawal(
         r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7],
-        None if r[8] is None else int(r[8]), r[9], r[10], int(r[11]), int(r[12]),
+        None if r[8] is None else int(r[8]), r[9], r[10], int(r[11]), int(r[12]), r[13],
     )  # fmt: skip
 
 
@@ -442,30 +443,72 @@ class PaymentsRepository:
             + (self._lock if lock else ""),
             {"id": withdrawal_id},
         )
-        return None if row is None else _withdrawal(row)
+        return None if row is None else self._with_card_refunds([_withdrawal(row)])[0]
 
     def withdrawal_by_request(self, request_id: str) -> Withdrawal | None:
         row = self._one(
             f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals WHERE request_id = :r",
             {"r": request_id},
         )
-        return None if row is None else _withdrawal(row)
+        return None if row is None else self._with_card_refunds([_withdrawal(row)])[0]
 
     def withdrawals(
         self, where: dict[str, Any], limit: int, starting_after: str | None
     ) -> list[Withdrawal]:
         rows = self._page("payments_withdrawals", WITHDRAWAL_COLUMNS, where, limit, starting_after)
-        return [_withdrawal(r) for r in rows]
+        return self._with_card_refunds([_withdrawal(r) for r in rows])
+
+    def _with_card_refunds(self, found: list[Withdrawal]) -> list[Withdrawal]:
+        """Withdrawals to the card with their card refunds (one query for a whole page)."""
+        ids = [w.id for w in found if w.destination == "source_card"]
+        if not ids:
+            return found
+        names = {f"w{i}": wid for i, wid in enumerate(ids)}
+        rows = self._all(
+            f"SELECT {CARD_REFUND_COLUMNS} FROM payments_card_refunds "
+            f"WHERE withdrawal_id IN ({', '.join(':' + n for n in names)}) ORDER BY id",
+            names,
+        )
+        by_withdrawal: dict[str, list[CardRefund]] = {}
+        for row in rows:
+            refund = _card_refund(row)
+            assert refund.withdrawal_id is not None
+            by_withdrawal.setdefault(refund.withdrawal_id, []).append(refund)
+        return [
+            replace(w, card_refunds=tuple(by_withdrawal.get(w.id, ())))
+            if w.destination == "source_card"
+            else w
+            for w in found
+        ]
 
     def open_withdrawals(self, limit: int) -> list[Withdrawal]:
-        """Withdrawals the worker still follows, oldest first."""
+        """Bank withdrawals the worker still follows at the gateway, oldest first (a withdrawal
+        to the card follows its card refunds instead: ``send_card_refunds``)."""
         rows = self._all(
             f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals "
             "WHERE state IN ('pending', 'requested', 'batched', 'accepted') "
+            "AND destination = 'source_bank_account' "
             "ORDER BY created_at_ns LIMIT :limit",
             {"limit": limit},
         )
         return [_withdrawal(r) for r in rows]
+
+    def card_captures(self, buyer_id: str, currency: str) -> list[Sequence[Any]]:
+        """The buyer's captured card payments in ``currency`` (approved sales that credited
+        their wallet): ``(payment id, captured at, amount, refunded)``, where refunded is every
+        card refund to it that has not failed (``pending`` or ``succeeded``: orders' and
+        withdrawals' alike). Through the buyer's orders (indexed), then each order's payments
+        and card refunds (indexed by order)."""
+        return self._all(
+            "SELECT p.id, p.created_at_ns, p.amount_minor, "
+            "COALESCE((SELECT SUM(c.amount_minor) FROM payments_card_refunds c "
+            "WHERE c.order_id = p.order_id AND c.card_payment_id = p.id "
+            "AND c.state IN ('pending', 'succeeded')), 0) "
+            "FROM payments_orders o JOIN payments_payments p ON p.order_id = o.id "
+            "WHERE o.buyer_id = :b AND p.currency = :c AND p.method = 'card' "
+            "AND p.state = 'succeeded' ORDER BY p.created_at_ns DESC, p.id DESC",
+            {"b": buyer_id, "c": currency},
+        )
 
     def withdrawal_sources(self, buyer_id: str, currency: str) -> list[Sequence[Any]]:
         """The buyer's credited top-ups in ``currency`` whose statement line names the sending

@@ -130,7 +130,11 @@ from paykeep.payments.withdrawals import (
     IBAN_PURPOSE,
     WITHDRAWAL_ID_PREFIX,
     WITHDRAWAL_PENDING_RECOVERY_S,
+    CardCapture,
+    WithdrawalDestination,
     WithdrawalState,
+    allocate_card_refunds,
+    card_withdrawal_outcome,
     check_amount,
     check_withdrawal,
     compact_iban,
@@ -1340,21 +1344,7 @@ class PaymentsService:
         if intent is None:
             return
         assert intent.amount_minor == amount
-        self._transfers(
-            tx,
-            [
-                NewTransfer(
-                    id=intent.reservation_transfer_id,
-                    debit_account_id=account_id(wallet_name(order.buyer_id, order.currency)),
-                    credit_account_id=self._card_clearing_id(),
-                    amount_minor=amount,
-                    currency=order.currency,
-                    code=CARD_REFUND_HOLD_CODE,
-                    flags=int(TransferFlags.PENDING),
-                    reference=f"card-refund:{intent.id}:hold",
-                )
-            ],
-        )
+        self._transfers(tx, [self._card_refund_reservation(intent)])
 
     def _card_refund_row(
         self, tx: Tx, order: Order, amount: int, refund_id: str | None
@@ -1377,13 +1367,25 @@ class PaymentsService:
         # The first approved sale placed the hold; a second one (paid twice) stayed in the
         # wallet, so the hold's card is the oldest.
         card_payment = min(paid, key=lambda p: (p.created_at_ns, p.id))
+        return self._insert_card_refund(tx, order.buyer_id, card_payment, amount,
+                                        refund_id=refund_id)  # fmt: skip
+
+    def _insert_card_refund(
+        self, tx: Tx, buyer_id: str, card_payment: Payment, amount: int, *,
+        refund_id: str | None = None, withdrawal_id: str | None = None,
+    ) -> CardRefund:  # fmt: skip
+        """Write a ``pending`` card refund of ``amount`` to the card of ``card_payment`` (a
+        succeeded card payment of one of the buyer's orders), answering an order's refund or
+        a buyer's withdrawal; the caller reserves its money in the same transaction."""
+        assert card_payment.method == "card" and card_payment.state == "succeeded"
+        assert refund_id is None or withdrawal_id is None
         intent_id = self.new_id("crf")
         reservation = _card_refund_reservation_id(intent_id, 0)
         intent = CardRefund(
-            intent_id, order.id, refund_id, order.merchant_id, order.buyer_id, card_payment.id,
-            amount, order.currency, "pending", 1, reservation, card_payment.card_brand,
-            card_payment.card_last4, None, None, tx.now_ns, tx.now_ns,
-            limits.CARD_REFUND_ATTEMPTS_MAX, 0,
+            intent_id, card_payment.order_id, refund_id, card_payment.merchant_id, buyer_id,
+            card_payment.id, amount, card_payment.currency, "pending", 1, reservation,
+            card_payment.card_brand, card_payment.card_last4, None, None, tx.now_ns, tx.now_ns,
+            limits.CARD_REFUND_ATTEMPTS_MAX, 0, withdrawal_id,
         )  # fmt: skip
         tx.repo.insert(
             "payments_card_refunds",
@@ -1402,11 +1404,26 @@ class PaymentsService:
                 "card_brand": intent.card_brand,
                 "card_last4": intent.card_last4,
                 "attempts_max": intent.attempts_max,
+                "withdrawal_id": intent.withdrawal_id,
                 "created_at_ns": tx.now_ns,
                 "updated_at_ns": tx.now_ns,
             },
         )
         return intent
+
+    def _card_refund_reservation(self, intent: CardRefund) -> NewTransfer:
+        """The pending transfer wallet -> ``clearing:card:<acquirer>`` that keeps a card
+        refund's money from being spent until the gateway posts it (or its failure voids it)."""
+        return NewTransfer(
+            id=intent.reservation_transfer_id,
+            debit_account_id=account_id(wallet_name(intent.buyer_id, intent.currency)),
+            credit_account_id=self._card_clearing_id(),
+            amount_minor=intent.amount_minor,
+            currency=intent.currency,
+            code=CARD_REFUND_HOLD_CODE,
+            flags=int(TransferFlags.PENDING),
+            reference=f"card-refund:{intent.id}:hold",
+        )
 
     def card_refund(self, tx: Tx, scope: str | None, card_refund_id: str) -> CardRefund:
         found = tx.repo.card_refund(card_refund_id)
@@ -1522,6 +1539,27 @@ class PaymentsService:
             assert done is not None
             kind = "succeeded" if state == "succeeded" else "failed"
             self._event(tx, intent.merchant_id, f"refund.card_refund_{kind}", done.to_api())
+            if done.withdrawal_id is not None:
+                self._follow_card_withdrawal(tx, done.withdrawal_id)
+
+    def _follow_card_withdrawal(self, tx: Tx, withdrawal_id: str) -> None:
+        """In the transaction that records one of its card refunds' outcomes: once the last
+        has one, the withdrawal to the card takes its final state (``settled``,
+        ``partially_settled`` or ``failed``), with ``withdrawal.<state>``. The withdrawal row
+        is locked (PostgreSQL) before its card refunds are read, so of two workers finishing
+        two of them at once the second sees the first's outcome."""
+        current = tx.repo.withdrawal(withdrawal_id, lock=True)
+        assert current is not None and current.card_refunds
+        outcome = card_withdrawal_outcome(c.state for c in current.card_refunds)
+        if outcome == current.state:
+            return  # still pending, or (cannot happen: outcomes are recorded once) done
+        nxt = withdrawal_transition(
+            WithdrawalState(current.state), outcome, WithdrawalDestination.SOURCE_CARD
+        )
+        tx.repo.update("payments_withdrawals", current.id,
+                       {"state": nxt.value, "updated_at_ns": tx.now_ns})  # fmt: skip
+        done = replace(current, state=nxt.value, updated_at_ns=tx.now_ns)
+        self._event(tx, done.merchant_id, f"withdrawal.{nxt.value}", done.to_api())
 
     def retry_card_refund(self, tx: Tx, card_refund_id: str, operator_key: str) -> CardRefund:
         """The operator sends a failed card refund again (the buyer's card was blocked and is
@@ -1533,6 +1571,13 @@ class PaymentsService:
         intent = tx.repo.card_refund(card_refund_id, lock=True)
         if intent is None:
             raise ResourceMissing(f"no card refund {card_refund_id!r}", param="card_refund")
+        if intent.withdrawal_id is not None:
+            # The buyer asked for it and its withdrawal is over; the money is back in their
+            # wallet, and whether it goes to the card again is theirs to ask (a new withdrawal).
+            raise IllegalTransition(
+                "this card refund paid out a buyer's withdrawal: only the buyer withdraws again",
+                param="card_refund",
+            )
         if intent.state != "failed":
             raise IllegalTransition(
                 f"this card refund is {intent.state}; only a failed one can be sent again",
@@ -1590,12 +1635,15 @@ class PaymentsService:
     def card_refunds(
         self, tx: Tx, scope: str | None, limit: int, starting_after: str | None,
         *, order_id: str | None = None, state: str | None = None,
+        withdrawal_id: str | None = None,
     ) -> list[CardRefund]:  # fmt: skip
         where: dict[str, Any] = {}
         if scope is not None:
             where["merchant_id"] = scope
         if order_id is not None:
             where["order_id"] = order_id
+        if withdrawal_id is not None:
+            where["withdrawal_id"] = withdrawal_id
         if state is not None:
             where["state"] = state
         return tx.repo.card_refunds(where, limit, starting_after)
@@ -2360,11 +2408,14 @@ class PaymentsService:
         request_id: str,
         *,
         source_topup: str | None = None,
+        destination: str = WithdrawalDestination.SOURCE_BANK_ACCOUNT.value,
     ) -> Withdrawal:
         """The signed-in buyer of checkout ``token`` takes ``amount_minor`` out of their
         ``currency`` wallet, back to a bank account their money came from: the sending IBAN of
         top-up ``source_topup`` (one of theirs, credited), or by default of their newest
         credited top-up whose IBAN the statement named. See ``withdrawals`` for the bound.
+        With ``destination`` ``source_card``, back to the cards that paid in instead
+        (:meth:`_request_card_withdrawal`).
 
         Order: shape → identity (the buyer session) → idempotency (``request_id``, per buyer:
         a replay returns the original, other details are ``payout_request_id_reused``) →
@@ -2374,6 +2425,14 @@ class PaymentsService:
         ``requested`` with ``withdrawal.created``. Anything refused before the gateway's
         payout exists leaves nothing behind (a reservation the gateway refused is deleted).
         """
+        if destination == WithdrawalDestination.SOURCE_CARD:
+            return self._request_card_withdrawal(
+                token, buyer_session, amount_minor, currency, request_id, source_topup
+            )
+        if destination != WithdrawalDestination.SOURCE_BANK_ACCOUNT:
+            raise PaymentsInputInvalid(
+                "destination is source_bank_account or source_card", param="destination"
+            )
         if self.payouts is None:
             raise PayoutNotAllowed("payouts are not configured", param="amount_minor")
         amount = check_amount(amount_minor)
@@ -2425,6 +2484,7 @@ class PaymentsService:
                     "fingerprint": fingerprint,
                     "buyer_id": buyer_id,
                     "merchant_id": buyer_row[1],
+                    "destination": WithdrawalDestination.SOURCE_BANK_ACCOUNT.value,
                     "source_topup_id": topup_id,
                     "iban_enc": self.cipher.seal(iban, purpose=IBAN_PURPOSE, row_id=withdrawal_id),
                     "iban_last4": iban[-4:],
@@ -2447,6 +2507,123 @@ class PaymentsService:
                 tx.repo.delete_pending_withdrawal(withdrawal_id)
             raise
         return self._withdrawal_requested(reserved, payout.payout_id)
+
+    def _request_card_withdrawal(
+        self, token: str, buyer_session: str | None, amount_minor: int, currency: str,
+        request_id: str, source_topup: str | None,
+    ) -> Withdrawal:  # fmt: skip
+        """A withdrawal back to the cards that paid in: card refunds against the buyer's
+        captured card payments in ``currency``, newest first, each at most what its capture
+        has left (``allocate_card_refunds``), through the card refund machinery (the worker
+        pass sends them; their outcomes settle the withdrawal, ``_follow_card_withdrawal``).
+
+        Order: shape → identity (the buyer session) → idempotency (``request_id``, per buyer,
+        shared with bank withdrawals) → references (the wallet) → limits (a capture exists,
+        the captures' room, the wallet) → the risk controls → **one transaction** under a
+        lock on the buyer: the same checks again, the withdrawal row, its card refunds and
+        their reservations (pending transfers wallet -> ``clearing:card``), and
+        ``withdrawal.created``. Nothing is written unless all of it is: the whole amount
+        leaves the buyer's spendable balance at once, or none of it does."""
+        amount = check_amount(amount_minor)
+        if not is_currency(currency):
+            raise PaymentsInputInvalid("currency is an ISO 4217 code", param="currency")
+        if source_topup is not None:
+            raise PaymentsInputInvalid(
+                "source_topup names a bank account: a withdrawal to the card takes none",
+                param="source_topup",
+            )
+        if self.cards is None:
+            raise PaymentMethodUnavailable("card payments are not configured",
+                                           param="destination")  # fmt: skip
+        fingerprint = hashlib.sha256(
+            f"{amount}|{currency}|{WithdrawalDestination.SOURCE_CARD.value}".encode()
+        ).hexdigest()
+        with self.reading() as tx:
+            buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
+            self._require_buyer(tx, buyer_id, buyer_session)
+            request = f"{buyer_id}:{request_id}"
+            existing = tx.repo.withdrawal_by_request(request)
+            if existing is not None:
+                return _withdrawal_replay(existing, fingerprint)
+            self._card_withdrawal_parts(tx, buyer_id, amount, currency)
+            buyer_row = tx.repo.buyer_row(buyer_id)
+            assert buyer_row is not None
+        context = {
+            "event_id": f"withdrawal:{request}",
+            "buyer": buyer_id,
+            "buyer_since_ns": int(buyer_row[4]),
+            "amount_minor": amount,
+            "currency": currency,
+        }
+        # Decided before anything is written, like a bank withdrawal: going back to the card
+        # that paid in is still money leaving the platform at the buyer's request.
+        if self.risk.decide(None, "withdrawal", context) != "allow":
+            raise RiskDeclined("this withdrawal was stopped by our risk controls")
+        withdrawal_id = self.new_id(WITHDRAWAL_ID_PREFIX)
+        with self.transaction() as tx:
+            self._require_buyer(tx, buyer_id, buyer_session)
+            tx.repo.lock_buyer(buyer_id)
+            existing = tx.repo.withdrawal_by_request(request)
+            if existing is not None:  # a concurrent replay wrote it first
+                return _withdrawal_replay(existing, fingerprint)
+            parts = self._card_withdrawal_parts(tx, buyer_id, amount, currency)
+            tx.repo.insert(
+                "payments_withdrawals",
+                {
+                    "id": withdrawal_id,
+                    "request_id": request,
+                    "fingerprint": fingerprint,
+                    "buyer_id": buyer_id,
+                    "merchant_id": buyer_row[1],
+                    "destination": WithdrawalDestination.SOURCE_CARD.value,
+                    "source_topup_id": None,
+                    "iban_enc": None,
+                    "iban_last4": None,
+                    "amount_minor": amount,
+                    "currency": currency,
+                    "state": WithdrawalState.PENDING.value,
+                    "gateway_payout_id": None,
+                    "created_at_ns": tx.now_ns,
+                    "updated_at_ns": tx.now_ns,
+                },
+            )
+            reservations = []
+            for payment_id, part in parts:
+                payment = tx.repo.payment(payment_id)
+                assert payment is not None
+                intent = self._insert_card_refund(tx, buyer_id, payment, part,
+                                                  withdrawal_id=withdrawal_id)  # fmt: skip
+                reservations.append(self._card_refund_reservation(intent))
+            # The ledger has the last word on the wallet: short, and all of it rolls back.
+            self._transfers(tx, reservations)
+            done = tx.repo.withdrawal(withdrawal_id)
+            assert done is not None
+            self._event(tx, done.merchant_id, "withdrawal.created", done.to_api())
+        return done
+
+    def _card_withdrawal_parts(
+        self, tx: Tx, buyer_id: str, amount: int, currency: str
+    ) -> list[tuple[str, int]]:
+        """References and limits of a withdrawal to the card: ``(card payment id, amount)`` of
+        each card refund it takes, or the first broken rule as a typed error."""
+        wallet = tx.conn.execute(
+            _q_wallet, {"id": account_id(wallet_name(buyer_id, currency))}
+        ).first()
+        if wallet is None:
+            raise PaymentsInputInvalid(f"the buyer has no {currency} wallet", param="currency")
+        # A bank withdrawal reserved but not yet at the gateway has not left the wallet in the
+        # ledger: its money is spoken for all the same.
+        reserved = int(
+            tx.conn.execute(
+                _q_reserved_bank_withdrawals, {"b": buyer_id, "c": currency}
+            ).scalar_one()
+        )
+        available = int(wallet[0]) - int(wallet[1]) - int(wallet[2]) - reserved
+        captures = [
+            CardCapture(str(r[0]), int(r[1]), int(r[2]), int(r[3]))
+            for r in tx.repo.card_captures(buyer_id, currency)
+        ]
+        return allocate_card_refunds(amount, captures, available)
 
     def _withdrawal_source(
         self, tx: Tx, buyer_id: str, amount: int, currency: str, source_topup: str | None
@@ -2796,6 +2973,11 @@ _q_named = sa.text(
     "WHERE name LIKE :p"
 )
 _q_withdrawal_iban = sa.text("SELECT iban_enc FROM payments_withdrawals WHERE id = :id")
+_q_reserved_bank_withdrawals = sa.text(
+    "SELECT COALESCE(SUM(amount_minor), 0) FROM payments_withdrawals "
+    "WHERE buyer_id = :b AND currency = :c AND state = 'pending' "
+    "AND destination = 'source_bank_account'"
+)
 _q_wallet = sa.text(
     "SELECT credits_posted, debits_posted, debits_pending FROM ledger_accounts WHERE id = :id"
 )

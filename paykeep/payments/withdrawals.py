@@ -1,14 +1,24 @@
-"""Buyer withdrawals, the pure part: the state machine and the return-to-source bound.
-No database, clock or randomness here.
+"""Buyer withdrawals, the pure part: the state machines, the return-to-source bounds and how
+a withdrawal to the card is split over the card payments it goes back to. No database, clock
+or randomness here.
 
 Why "return to source": a wallet that pays out to any account the buyer names is a
 layering tool (money in from one account, out to another, through a payment platform). A
-buyer's withdrawal may only go to an IBAN their money came from — the counterparty IBAN of a
-credited top-up — and, per IBAN, the withdrawals still standing (not ``returned`` or
-``failed``) never add up to more than the credited top-ups from that IBAN. The wallet's
-balance is the other bound (the ledger enforces it; it is checked first for a typed error).
+buyer's withdrawal may only go back where their money came from, at most as much:
 
-A withdrawal's life (the gateway's payout states after ``requested``)::
+- **to a bank account** (``source_bank_account``): an IBAN their money came from — the
+  counterparty IBAN of a credited top-up — and, per IBAN, the withdrawals still standing (not
+  ``returned`` or ``failed``) never add up to more than the credited top-ups from that IBAN;
+- **to the card** (``source_card``): refunds to the buyer's captured card payments in the
+  currency, newest first, each at most what its capture has left to refund (captured less
+  every refund to it that has not failed: orders' card refunds and earlier withdrawals
+  alike), so what goes back to a card never exceeds what came from it
+  (:func:`allocate_card_refunds`).
+
+The wallet's balance is the other bound (the ledger enforces it; it is checked after the
+source for a typed error).
+
+A bank withdrawal's life (the gateway's payout states after ``requested``)::
 
     pending --gateway payout made--> requested --> batched --> accepted --> settled
        \\--wallet no longer covers it (recovery)--> failed      \\--> returned (money back
@@ -18,18 +28,29 @@ A withdrawal's life (the gateway's payout states after ``requested``)::
 gateway is asked, so two concurrent requests cannot both use the same headroom. The states
 after ``requested`` are copied from the gateway, which may move several steps between two
 syncs: a transition goes to any state reachable from the current one.
+
+A withdrawal to the card is ``pending`` from the transaction that writes it, its card refunds
+and their reservations (pending ledger transfers wallet -> ``clearing:card``) until the last
+of its card refunds has an outcome; then one step to its final state::
+
+    pending --every card refund succeeded--> settled
+       |----some succeeded, some failed----> partially_settled  (the failed part is back in
+       \\----every card refund failed------> failed              the wallet, the buyer's)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from paykeep import limits
 from paykeep.payments.errors import (
     IllegalTransition,
     InsufficientFunds,
     PaymentsInputInvalid,
+    WithdrawalExceedsCardRefundable,
     WithdrawalExceedsSource,
     WithdrawalNoSource,
 )
@@ -45,6 +66,13 @@ WITHDRAWAL_PENDING_RECOVERY_S: Final = 30
 IBAN_PURPOSE: Final = "withdrawal.iban"
 
 
+class WithdrawalDestination(StrEnum):
+    """Where a withdrawal goes: always back to where the money came from."""
+
+    SOURCE_BANK_ACCOUNT = "source_bank_account"
+    SOURCE_CARD = "source_card"
+
+
 class WithdrawalState(StrEnum):
     PENDING = "pending"
     REQUESTED = "requested"
@@ -53,11 +81,14 @@ class WithdrawalState(StrEnum):
     SETTLED = "settled"
     RETURNED = "returned"
     FAILED = "failed"
+    #: A withdrawal to the card whose card refunds partly succeeded: the rest is back in the
+    #: wallet (final).
+    PARTIALLY_SETTLED = "partially_settled"
 
 
 W = WithdrawalState
 
-#: state -> the states it may move to next (one step).
+#: A bank withdrawal: state -> the states it may move to next (one step).
 WITHDRAWAL_TRANSITIONS: Final[Mapping[WithdrawalState, frozenset[WithdrawalState]]] = {
     W.PENDING: frozenset({W.REQUESTED, W.FAILED}),
     W.REQUESTED: frozenset({W.BATCHED}),
@@ -66,30 +97,64 @@ WITHDRAWAL_TRANSITIONS: Final[Mapping[WithdrawalState, frozenset[WithdrawalState
     W.SETTLED: frozenset(),
     W.RETURNED: frozenset(),
     W.FAILED: frozenset(),
+    W.PARTIALLY_SETTLED: frozenset(),  # never a bank withdrawal's
 }
-#: Withdrawals whose money has not come back: they use up their source's headroom.
-STANDING: Final = frozenset({W.PENDING, W.REQUESTED, W.BATCHED, W.ACCEPTED, W.SETTLED})
+#: A withdrawal to the card: one step, when the last of its card refunds has an outcome.
+CARD_WITHDRAWAL_TRANSITIONS: Final[Mapping[WithdrawalState, frozenset[WithdrawalState]]] = {
+    state: frozenset() for state in W
+} | {W.PENDING: frozenset({W.SETTLED, W.PARTIALLY_SETTLED, W.FAILED})}
+TRANSITIONS: Final = {
+    WithdrawalDestination.SOURCE_BANK_ACCOUNT: WITHDRAWAL_TRANSITIONS,
+    WithdrawalDestination.SOURCE_CARD: CARD_WITHDRAWAL_TRANSITIONS,
+}
+#: Withdrawals whose money has not (all) come back: a bank withdrawal's use up their source's
+#: headroom.
+STANDING: Final = frozenset(
+    {W.PENDING, W.REQUESTED, W.BATCHED, W.ACCEPTED, W.SETTLED, W.PARTIALLY_SETTLED}
+)
 #: States the worker still follows at the gateway.
 OPEN: Final = frozenset({W.PENDING, W.REQUESTED, W.BATCHED, W.ACCEPTED})
 
 
-def _reachable(state: WithdrawalState) -> frozenset[WithdrawalState]:
+def _reachable(
+    state: WithdrawalState, table: Mapping[WithdrawalState, frozenset[WithdrawalState]]
+) -> frozenset[WithdrawalState]:
     seen: set[WithdrawalState] = set()
-    todo = list(WITHDRAWAL_TRANSITIONS[state])
+    todo = list(table[state])
     while todo:
         nxt = todo.pop()
         if nxt not in seen:
             seen.add(nxt)
-            todo.extend(WITHDRAWAL_TRANSITIONS[nxt])
+            todo.extend(table[nxt])
     return frozenset(seen)
 
 
-def withdrawal_transition(current: WithdrawalState, target: WithdrawalState) -> WithdrawalState:
-    """``target`` if the table reaches it from ``current`` (the gateway may have moved more
-    than one step since the last sync), else :class:`IllegalTransition`."""
-    if target not in _reachable(current):
+def withdrawal_transition(
+    current: WithdrawalState,
+    target: WithdrawalState,
+    destination: WithdrawalDestination = WithdrawalDestination.SOURCE_BANK_ACCOUNT,
+) -> WithdrawalState:
+    """``target`` if the destination's table reaches it from ``current`` (the gateway may have
+    moved a bank withdrawal more than one step since the last sync), else
+    :class:`IllegalTransition`."""
+    if target not in _reachable(current, TRANSITIONS[destination]):
         raise IllegalTransition(f"a {current} withdrawal cannot become {target}", param="state")
     return target
+
+
+def card_withdrawal_outcome(card_refund_states: Iterable[str]) -> WithdrawalState:
+    """What a withdrawal to the card has become, from its card refunds' states (``pending``,
+    ``succeeded``, ``failed``): ``pending`` while any is, else ``settled`` (all succeeded),
+    ``failed`` (all failed) or ``partially_settled``."""
+    states = set(card_refund_states)
+    assert states and states <= {"pending", "succeeded", "failed"}, states
+    if "pending" in states:
+        return W.PENDING
+    if states == {"succeeded"}:
+        return W.SETTLED
+    if states == {"failed"}:
+        return W.FAILED
+    return W.PARTIALLY_SETTLED
 
 
 def check_amount(amount_minor: object) -> int:
@@ -149,3 +214,68 @@ def check_withdrawal(
     if amount_minor > wallet_available:
         raise InsufficientFunds("the wallet's balance does not cover this withdrawal",
                                 param="amount_minor")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CardCapture:
+    """One captured card payment of the buyer (a sale that credited their wallet), as a
+    withdrawal to the card sees it."""
+
+    payment_id: str
+    captured_at_ns: int
+    captured_minor: int
+    #: Refunds to this capture that have not failed (``pending`` or ``succeeded``): orders'
+    #: card refunds and earlier withdrawals' alike.
+    refunded_minor: int
+
+    @property
+    def refundable_minor(self) -> int:
+        return max(self.captured_minor - self.refunded_minor, 0)
+
+
+def allocate_card_refunds(
+    amount_minor: int,
+    captures: Iterable[CardCapture],
+    wallet_available: int,
+    *,
+    refunds_max: int = limits.CARD_WITHDRAWAL_REFUNDS_MAX,
+) -> list[tuple[str, int]]:
+    """Split a withdrawal to the card over the buyer's captures: ``(payment id, amount)``
+    pairs, newest capture first (by capture time, then id), each at most what that capture
+    has left to refund, summing exactly to ``amount_minor``; a capture takes something only
+    once every newer one is full. At most ``refunds_max`` captures (the newest that have
+    something left) share one withdrawal: a larger amount is asked for again.
+
+    The limits, in order: a capture exists (:class:`WithdrawalNoSource`), the captures can
+    take it all (:class:`WithdrawalExceedsCardRefundable`), the wallet's balance
+    (:class:`InsufficientFunds`)."""
+    listed = list(captures)
+    if not listed:
+        raise WithdrawalNoSource(
+            "this buyer has paid no card in this currency: nothing can go back to a card",
+            param="destination",
+        )
+    open_ = sorted(
+        (c for c in listed if c.refundable_minor > 0),
+        key=lambda c: (c.captured_at_ns, c.payment_id),
+        reverse=True,
+    )[:refunds_max]
+    room = sum(c.refundable_minor for c in open_)
+    if amount_minor > room:
+        raise WithdrawalExceedsCardRefundable(
+            f"at most {room} more can go back to the cards this buyer paid with",
+            param="amount_minor",
+        )
+    if amount_minor > wallet_available:
+        raise InsufficientFunds("the wallet's balance does not cover this withdrawal",
+                                param="amount_minor")  # fmt: skip
+    parts: list[tuple[str, int]] = []
+    left = amount_minor
+    for capture in open_:
+        if left == 0:
+            break
+        take = min(left, capture.refundable_minor)
+        parts.append((capture.payment_id, take))
+        left -= take
+    assert left == 0 and sum(a for _, a in parts) == amount_minor
+    return parts

@@ -1,22 +1,29 @@
 """Payments test wiring: the service on a fake clock over a real database (both backends), a
 stand-in for wallet top-ups, and the checks every test ends with (the ledger audit, and
-debits = credits per currency)."""
+debits = credits per currency); and the same service with the real card gateway and a real
+banksim card network over TCP (``cw``: card refunds, withdrawals to the card)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
+from stdnum import luhn
 
+from paykeep.bench.gateway import BanksimProcess
 from paykeep.buyer_mailbox import latest_code
 from paykeep.clock import FakeClock
 from paykeep.config import Settings
 from paykeep.db import Database
+from paykeep.gateway.cards.client import CardNetworkClient
+from paykeep.gateway.cards.service import CardGateway
 from paykeep.gateway.vault.keys import VaultKeys
+from paykeep.gateway.vault.service import CardVault
 from paykeep.ids import derived_id
 from paykeep.ledger.audit import verify
 from paykeep.ledger.model import Account, AccountFlags, NewAccount, NewTransfer
@@ -279,3 +286,101 @@ def world(database: Database, settings: Settings) -> Iterator[World]:
     w = make_world(database, settings.data_dir)
     yield w
     w.check_books()
+
+
+# -- the card side: the real gateway and banksim's card network ---------------------------------
+
+TIMEOUT_S = 0.4
+
+
+@pytest.fixture(scope="module")
+def banksim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BanksimProcess]:
+    process = BanksimProcess(tmp_path_factory.mktemp("banksim"))
+    yield process
+    process.stop()
+
+
+class CardPaid(NamedTuple):
+    merchant: Merchant
+    buyer: Buyer
+    pan: str
+    token: str  # the card's token at banksim's issuer
+    order: Order
+
+
+@dataclass
+class CardWorld:
+    world: World
+    gateway: CardGateway
+    banksim: BanksimProcess
+
+    @property
+    def svc(self) -> PaymentsService:
+        return self.world.svc
+
+    def card(self, balance: int = 100_000) -> tuple[str, str]:
+        """(pan, banksim token) of a fresh card at the issuer."""
+        body = "4" + "".join(str(secrets.randbelow(10)) for _ in range(14))
+        pan = body + luhn.calc_check_digit(body)
+        with self.banksim.http() as http:
+            card = {"pan": pan, "expiry": "3012", "cvv": "321", "balance_minor": balance,
+                    "currency": "EUR"}  # fmt: skip
+            added = http.post("/cards", json=card)
+        assert added.status_code == 201, added.text
+        return pan, str(added.json()["token"])
+
+    def issuer(self, token: str) -> dict[str, int]:
+        with self.banksim.http() as http:
+            view: dict[str, int] = http.get(f"/cards/{token}").json()
+            return view
+
+    def faults(self, *rules: dict[str, object]) -> None:
+        with self.banksim.http() as http:
+            http.post("/faults/cards", json={"faults": list(rules)}).raise_for_status()
+
+    def card_order(self, merchant: Merchant, buyer: Buyer, pan: str, amount: int) -> Order:
+        _order, token = self.world.order(merchant, buyer, amount)
+        paid, payment = self.svc.pay_with_card(token, pan, 12, 2030, "321")
+        assert payment.state == "succeeded"
+        return paid
+
+    def card_paid(self, amount: int, merchant: Merchant | None = None) -> CardPaid:
+        """A fresh buyer of ``merchant`` (default: a new one) whose order of ``amount`` was
+        paid with a fresh card at the issuer."""
+        merchant = merchant or self.world.merchant()
+        buyer = self.world.buyer(merchant)
+        pan, token = self.card()
+        return CardPaid(merchant, buyer, pan, token, self.card_order(merchant, buyer, pan, amount))
+
+    def card_refund_rows(self, order: Order) -> list[tuple[str, int, int, str | None]]:
+        """(state, amount, attempts, refund id) of the order's card refunds."""
+        with self.svc.reading() as tx:
+            rows = tx.repo.card_refunds({"order_id": order.id}, 10, None)
+        return [(r.state, r.amount_minor, r.attempts, r.refund_id) for r in rows]
+
+    def clearing(self) -> tuple[int, int]:
+        account = self.world.ledger.account(self.gateway.clearing_account_id())
+        return account.debits_posted, account.credits_posted
+
+
+@pytest.fixture
+def cw(banksim: BanksimProcess, database: Database, settings: Settings) -> Iterator[CardWorld]:
+    from paykeep.clock import FakeClock
+
+    clock = FakeClock()
+    ledger = Ledger(database, clock)
+    keys = VaultKeys.from_directory(settings.data_dir / "keys", create=True)
+    vault = CardVault.open(database, settings.data_dir)
+    client = CardNetworkClient("127.0.0.1", banksim.card_port, pool_size=2, timeout_s=TIMEOUT_S)
+    # The gateway keeps the real clock: field 7 (with the STAN) names a message at the network.
+    gateway = CardGateway(database, ledger, vault, client, timeout_s=TIMEOUT_S,
+                          reversal_timeout_s=TIMEOUT_S)  # fmt: skip
+    svc = PaymentsService(database, ledger, FieldCipher(keys), clock=clock, cards=gateway,
+                          vault=vault, mailer=DirectoryMailer(settings.data_dir / "mail",
+                                                              clock=clock))  # fmt: skip
+    world = World(database, clock, ledger, svc, settings.data_dir)
+    yield CardWorld(world, gateway, banksim)
+    with banksim.http() as http:
+        http.post("/faults/cards", json={"faults": []})
+    client.close()
+    assert_books_balance(database)

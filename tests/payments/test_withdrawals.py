@@ -1,6 +1,7 @@
 """Buyer withdrawals, the pure part (``paykeep.payments.withdrawals``): the return-to-source
-bound as a Hypothesis property against an independent reference, the order in which the
-limits are checked, the amount's shape and the state machine."""
+bounds as Hypothesis properties against independent references (per IBAN for the bank, per
+capture for the card, where the amount is split newest capture first), the order in which the
+limits are checked, the amount's shape and the state machines."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ from paykeep.payments.errors import (
     IllegalTransition,
     InsufficientFunds,
     PaymentsInputInvalid,
+    WithdrawalExceedsCardRefundable,
     WithdrawalExceedsSource,
     WithdrawalNoSource,
 )
 from paykeep.payments.withdrawals import (
     STANDING,
     WITHDRAWAL_AMOUNT_MAX_MINOR,
+    CardCapture,
+    WithdrawalDestination,
     WithdrawalState,
+    allocate_card_refunds,
+    card_withdrawal_outcome,
     check_amount,
     check_withdrawal,
     compact_iban,
@@ -141,3 +147,123 @@ def test_the_state_machine_follows_the_gateway_forward_only() -> None:
                     withdrawal_transition(current, target)
     # Only money that came back frees its source's headroom.
     assert set(W) - STANDING == {W.RETURNED, W.FAILED}
+
+
+def test_the_card_state_machine_is_one_step_to_an_outcome() -> None:
+    card = WithdrawalDestination.SOURCE_CARD
+    allowed = {(W.PENDING, W.SETTLED), (W.PENDING, W.PARTIALLY_SETTLED), (W.PENDING, W.FAILED)}
+    for current in W:
+        for target in W:
+            if (current, target) in allowed:
+                assert withdrawal_transition(current, target, card) is target
+            else:
+                with pytest.raises(IllegalTransition):
+                    withdrawal_transition(current, target, card)
+    # A bank withdrawal never becomes partially settled (the gateway pays all or returns).
+    for current in W:
+        with pytest.raises(IllegalTransition):
+            withdrawal_transition(current, W.PARTIALLY_SETTLED)
+
+
+@pytest.mark.parametrize(
+    ("states", "outcome"),
+    [
+        (["pending"], W.PENDING),
+        (["succeeded", "pending"], W.PENDING),
+        (["failed", "pending", "succeeded"], W.PENDING),
+        (["succeeded"], W.SETTLED),
+        (["succeeded", "succeeded"], W.SETTLED),
+        (["failed"], W.FAILED),
+        (["failed", "failed"], W.FAILED),
+        (["succeeded", "failed"], W.PARTIALLY_SETTLED),
+    ],
+)
+def test_a_card_withdrawal_ends_when_its_last_card_refund_does(
+    states: list[str], outcome: WithdrawalState
+) -> None:
+    assert card_withdrawal_outcome(states) is outcome
+
+
+# -- withdrawals to the card: the allocation over captures --------------------------------------
+
+#: Captures of one buyer: distinct ids, capture times that may tie (then the id decides),
+#: refunds that may already have used some, all or (never in practice) more than captured.
+captures_st = st.lists(
+    st.tuples(st.integers(0, 30), st.integers(1, 5_000), st.integers(0, 6_000)),
+    max_size=30,
+).map(
+    lambda rows: [
+        CardCapture(f"pay_{i:04d}", at, captured, min(refunded, captured + 10))
+        for i, (at, captured, refunded) in enumerate(rows)
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(
+    captures_st,
+    st.integers(1, 60_000),
+    st.integers(0, 80_000),
+    st.integers(1, 25),
+)
+def test_a_card_withdrawal_splits_exactly_newest_first_within_each_capture(
+    captures: list[CardCapture], amount: int, wallet: int, refunds_max: int
+) -> None:
+    # The reference, computed independently: the newest captures with room, in order.
+    left = {c.payment_id: max(c.captured_minor - c.refunded_minor, 0) for c in captures}
+    # Ties on capture time: the larger id is the newer (ids are time-ordered).
+    newest = sorted(
+        (c for c in captures if left[c.payment_id] > 0),
+        key=lambda c: (c.captured_at_ns, c.payment_id),
+        reverse=True,
+    )[:refunds_max]
+    room = sum(left[c.payment_id] for c in newest)
+    try:
+        parts = allocate_card_refunds(amount, captures, wallet, refunds_max=refunds_max)
+    except WithdrawalNoSource:
+        assert captures == []
+        return
+    except WithdrawalExceedsCardRefundable:
+        assert captures and amount > room
+        return
+    except InsufficientFunds:
+        assert captures and amount <= room and amount > wallet
+        return
+    assert captures and amount <= room and amount <= wallet
+    # Sums exactly; every part positive and within what its capture has left.
+    assert sum(a for _, a in parts) == amount
+    assert all(0 < a <= left[pid] for pid, a in parts)
+    assert len({pid for pid, _ in parts}) == len(parts) <= refunds_max
+    # Newest first, and greedy: every part but the last fills its capture, and a capture
+    # takes something only after every newer one with room is full.
+    order = [c.payment_id for c in newest]
+    assert [pid for pid, _ in parts] == order[: len(parts)]
+    assert all(a == left[pid] for pid, a in parts[:-1])
+
+
+def test_the_card_allocation_walks_from_the_newest_capture() -> None:
+    captures = [
+        CardCapture("pay_a", 10, 1_000, 0),  # oldest
+        CardCapture("pay_b", 20, 2_000, 2_000),  # fully refunded already
+        CardCapture("pay_c", 30, 1_500, 500),  # newest: 1,000 left
+    ]
+    assert allocate_card_refunds(800, captures, 10_000) == [("pay_c", 800)]
+    assert allocate_card_refunds(1_600, captures, 10_000) == [("pay_c", 1_000), ("pay_a", 600)]
+    assert allocate_card_refunds(2_000, captures, 10_000) == [("pay_c", 1_000), ("pay_a", 1_000)]
+    # The first broken limit wins: no capture, then the captures' room, then the wallet.
+    table: list[tuple[list[CardCapture], int, int, type[Exception]]] = [
+        ([], 1, 10_000, WithdrawalNoSource),
+        ([], 1, 0, WithdrawalNoSource),
+        (captures, 2_001, 0, WithdrawalExceedsCardRefundable),
+        ([CardCapture("pay_b", 20, 2_000, 2_000)], 1, 10_000, WithdrawalExceedsCardRefundable),
+        (captures, 2_000, 1_999, InsufficientFunds),
+    ]
+    for found, amount, wallet, expected in table:
+        with pytest.raises(expected):
+            allocate_card_refunds(amount, found, wallet)
+    # At most refunds_max captures share one withdrawal: the newest with room.
+    many = [CardCapture(f"pay_{i:02d}", i, 100, 0) for i in range(5)]
+    assert allocate_card_refunds(300, many, 10_000, refunds_max=3) == [
+        ("pay_04", 100), ("pay_03", 100), ("pay_02", 100)]  # fmt: skip
+    with pytest.raises(WithdrawalExceedsCardRefundable):
+        allocate_card_refunds(301, many, 10_000, refunds_max=3)

@@ -298,13 +298,20 @@ class WithdrawalIn(BaseModel):
     currency: str = Field(
         min_length=3, max_length=3, pattern=r"^[A-Z]{3}$", description="The wallet's currency."
     )
+    destination: Literal["source_bank_account", "source_card"] = Field(
+        default="source_bank_account",
+        description="Where the money goes back to: the bank account it came from "
+        "(`source_bank_account`, the default) or the cards that paid in (`source_card`: refunds "
+        "to this buyer's card payments in the currency, newest first, each at most what that "
+        "payment has left to refund). The same word as the answer's `destination.type`.",
+    )
     source_topup: str | None = Field(
         default=None,
         max_length=ID_MAX_LENGTH,
         pattern=CURSOR_PATTERN,
-        description="The top-up (`top_...`, one of this buyer's, credited) whose sending bank "
-        "account receives the money. Omitted: the newest credited top-up whose sending IBAN "
-        "the bank statement named.",
+        description="`source_bank_account` only: the top-up (`top_...`, one of this buyer's, "
+        "credited) whose sending bank account receives the money. Omitted: the newest "
+        "credited top-up whose sending IBAN the bank statement named.",
     )
 
 
@@ -965,8 +972,10 @@ def get_refund(refund_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeD
     tags=["refunds"],
     summary="Refunds to the card, newest first.",
     description="Money of a card-paid order that a refund (or the unshipped-order timer) "
-    "returned, on its way back to the card that paid: `pending`, `succeeded` or `failed` (the "
-    "money then stays in the buyer's wallet; the operator may send it again).",
+    "returned, on its way back to the card that paid, and the card refunds of buyers' "
+    "withdrawals to the card (`withdrawal`): `pending`, `succeeded` or `failed` (the money "
+    "then stays in the buyer's wallet; the operator may send an order's again, the buyer "
+    "withdraws again).",
 )
 def list_card_refunds(
     principal: CurrentPrincipal,
@@ -977,12 +986,16 @@ def list_card_refunds(
         Query(max_length=ID_MAX_LENGTH, pattern=CURSOR_PATTERN, description="An order id."),
     ] = None,
     state: Annotated[Literal["pending", "succeeded", "failed"] | None, Query()] = None,
+    withdrawal: Annotated[
+        str | None,
+        Query(max_length=ID_MAX_LENGTH, pattern=CURSOR_PATTERN, description="A withdrawal id."),
+    ] = None,
 ) -> Response:
     payments = runtime.payments
     with payments.reading() as tx:
         rows = payments.card_refunds(
             tx, owner_filter(principal), page.fetch, page.starting_after,
-            order_id=order, state=state,
+            order_id=order, state=state, withdrawal_id=withdrawal,
         )  # fmt: skip
     return page_response(page, rows, lambda r: r.to_api())
 
@@ -1009,7 +1022,8 @@ def get_card_refund(
     description="The money, back in the buyer's wallet since the failure, is reserved again "
     "and a new round of attempts starts on the next worker pass. `insufficient_funds` (409) "
     "if the buyer has spent it meanwhile; `illegal_transition` unless the card refund "
-    "`failed`; `card_refund_retries_exhausted` after the limit of retries.",
+    "`failed` (or if it paid out a buyer's withdrawal: the buyer withdraws again); "
+    "`card_refund_retries_exhausted` after the limit of retries.",
     responses=_NOT_FOUND,
 )
 def retry_card_refund(
@@ -1188,17 +1202,27 @@ def get_payout(payout_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeD
     "/v1/checkout/{token}/withdrawals",
     tags=["checkout", "withdrawals"],
     status_code=201,
-    summary="The buyer takes wallet money back to the bank account it came from.",
+    summary="The buyer takes wallet money back to the bank account or the cards it came from.",
     description="No API key: the checkout token names the buyer (any checkout of theirs). "
-    "The money goes only to the sending IBAN of one of the buyer's credited bank top-ups "
-    "(`source_topup`, default the newest), and per IBAN the withdrawals not returned never "
-    "exceed what that IBAN sent in (`409 withdrawal_exceeds_source`); no such top-up: "
-    "`409 withdrawal_no_source`; beyond the wallet's balance: `409 insufficient_funds`. "
-    "Decided by the risk controls first (`403 risk_blocked`). The amount leaves the wallet "
-    "now and is paid in the next payout batch; `state` follows the bank (`requested`, "
-    "`batched`, `accepted`, `settled`, or `returned` — then the money is back in the "
-    "wallet). Only the IBAN's last four are shown. The Idempotency-Key is the withdrawal's "
-    "request id: a retry returns the same withdrawal." + _SIGNED_IN_NOTE,
+    "**To the bank** (`destination: source_bank_account`, the default): the money goes only "
+    "to the sending IBAN of one of the buyer's credited bank top-ups (`source_topup`, default "
+    "the newest), and per IBAN the withdrawals not returned never exceed what that IBAN sent "
+    "in (`409 withdrawal_exceeds_source`); no such top-up: `409 withdrawal_no_source`. The "
+    "amount leaves the wallet now and is paid in the next payout batch; `state` follows the "
+    "bank (`requested`, `batched`, `accepted`, `settled`, or `returned` — then the money is "
+    "back in the wallet). Only the IBAN's last four are shown. "
+    "**To the card** (`destination: source_card`): refunds to the buyer's captured card "
+    "payments in the currency, newest first, each at most what that payment has left to "
+    "refund (captured less its refunds that have not failed); more than they can take "
+    "together: `409 withdrawal_exceeds_card_refundable`; no card payment: "
+    "`409 withdrawal_no_source`. The whole amount is reserved in the wallet at once, as "
+    "card refunds (`destination.card_refunds`, also in `GET /v1/card_refunds`) that the "
+    "workers send; `state` is `pending` until each has an outcome, then `settled`, "
+    "`partially_settled` or `failed` — a failed card refund's money is back in the wallet "
+    "(`destination.returned_to_wallet_minor`). "
+    "Either way: beyond the wallet's balance, `409 insufficient_funds`; decided by the risk "
+    "controls first (`403 risk_blocked`); a refusal changes nothing. The Idempotency-Key is "
+    "the withdrawal's request id: a retry returns the same withdrawal." + _SIGNED_IN_NOTE,
     responses={
         **_BUYER_AUTH_REQUIRED,
         **_error_example(409, "withdrawal_exceeds_source",
@@ -1220,7 +1244,7 @@ def create_withdrawal(
     def effect() -> tuple[int, bytes, bytes]:
         withdrawal = runtime.payments.request_withdrawal(
             token, buyer_session, body.amount_minor, body.currency, request_id,
-            source_topup=body.source_topup,
+            source_topup=body.source_topup, destination=body.destination,
         )  # fmt: skip
         out = json_bytes(withdrawal.to_api())
         return 201, out, out
