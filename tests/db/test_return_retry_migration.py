@@ -106,7 +106,7 @@ def at_0013(database: Database) -> Database:
 
 def test_upgrade_gives_states_a_trail_and_reopens_the_rejected_return(at_0013: Database) -> None:
     database = at_0013
-    upgrade(database)
+    upgrade(database, "0015")
     assert current_revision(database) == "0015"
     breaks = _rows(
         database,
@@ -147,7 +147,7 @@ def test_upgrade_gives_states_a_trail_and_reopens_the_rejected_return(at_0013: D
 
 def test_downgrade_takes_the_states_and_the_trail_away(at_0013: Database) -> None:
     database = at_0013
-    upgrade(database)
+    upgrade(database, "0015")
     downgrade(database, "0013")
     assert current_revision(database) == "0013"
     assert not {"state", "return_attempts", "return_payout_id", "return_failure"} & _columns(

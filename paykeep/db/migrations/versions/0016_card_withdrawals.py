@@ -9,8 +9,8 @@ says that some of its card refunds failed (their money is back in the wallet).
 ``payments_card_refunds.withdrawal_id`` names the withdrawal a card refund pays out (NULL for an
 order's; never both a refund and a withdrawal).
 
-Revision ID: 0014
-Revises: 0012
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-06
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0012"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
@@ -89,7 +89,7 @@ def downgrade() -> None:
     if cards:
         # Their rows cannot live in the old table (no IBAN, no top-up), and deleting them
         # would forget money that moved.
-        raise RuntimeError(f"{cards} withdrawals to the card exist: cannot downgrade past 0014")
+        raise RuntimeError(f"{cards} withdrawals to the card exist: cannot downgrade past 0016")
     op.drop_index("ix_payments_card_refunds_withdrawal", table_name="payments_card_refunds")
     with op.batch_alter_table("payments_card_refunds") as batch:
         batch.drop_constraint("ck_payments_card_refunds_one_cause", type_="check")
