@@ -146,12 +146,28 @@ class Database:
         with self.engine.connect() as conn:
             if self.is_sqlite:
                 conn.exec_driver_sql("BEGIN")
-            else:
-                conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    yield conn
+                finally:
+                    conn.rollback()
+                return
+            # The driver opens the transaction itself (its own BEGIN) at the first statement, so
+            # the snapshot's level is set on the connection before it, not by a statement of
+            # ours (which came second: a round trip and a "transaction in progress" warning
+            # each time). The pool puts both characteristics back when the connection returns.
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            conn.begin()
             try:
                 yield conn
-            finally:
+            except BaseException:
                 conn.rollback()
+                raise
+            # COMMIT, not ROLLBACK: the same for a read-only transaction, but psycopg drops every
+            # prepared statement of the connection after a ROLLBACK (one DEALLOCATE ALL round
+            # trip, and each statement prepared again later).
+            conn.commit()
 
     @staticmethod
     def driver_connection(conn: Connection) -> Any:
