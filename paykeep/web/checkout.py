@@ -406,6 +406,10 @@ DONE_WORDS: Final[Mapping[str, str]] = {
     "return": "Thank you, the return shipment was recorded.",
     "signed_in": "Thank you, you are signed in. You can continue now.",
     "signed_out": "You are signed out. To act on this order again, we will email you a new code.",
+    "withdrawn_to_bank": "We are sending your money back to the bank account it came from. "
+    "Transfers usually arrive within one working day.",
+    "withdrawn_to_card": "We are refunding your money to the card it came from. Card refunds "
+    "usually show on your statement within a few days.",
 }
 
 
@@ -489,6 +493,34 @@ PROBLEMS_BY_PARAM: Final[Mapping[str, Problem]] = {
     ),
 }
 
+#: The withdrawal form's destinations -> the ``done`` word of the page after it.
+WITHDRAW_DESTINATIONS: Final[Mapping[str, str]] = {
+    "source_bank_account": "withdrawn_to_bank",
+    "source_card": "withdrawn_to_card",
+}
+WITHDRAW_REQUEST_PREFIX: Final = "p"
+_WITHDRAW_REQUEST = re.compile(WITHDRAW_REQUEST_PREFIX + "[0-9a-f]{32}")
+
+#: Errors whose words depend on the buyer withdrawing their balance rather than paying.
+WITHDRAW_PROBLEMS: Final[Mapping[str, Problem]] = {
+    "insufficient_funds": Problem(409, "Your Paykeep balance is less than this amount."),
+    "withdrawal_no_source": Problem(
+        409,
+        "We can only send money back to where it came from, and none of your money came from "
+        "there. Please choose the other option.",
+    ),
+    "withdrawal_exceeds_source": Problem(
+        409, "That is more than came from that bank account. Please enter a smaller amount."
+    ),
+    "withdrawal_exceeds_card_refundable": Problem(
+        409, "That is more than your card payments can take back. Please enter a smaller amount."
+    ),
+    "risk_blocked": Problem(
+        402, "We could not send this money now. Please contact Paykeep's support."
+    ),
+    "amount_minor": Problem(422, "Please enter an amount more than zero, like 12.50."),
+}
+
 #: An illegal transition, by the page action that met it.
 CONFLICT_WORDS: Final[Mapping[str, str]] = {
     "pay": "This order can no longer be paid here. Its status is shown below.",
@@ -510,6 +542,10 @@ def problem_for(exc: PaykeepError, action: str) -> Problem:
         return Problem(404, NOT_FOUND_WORDS)
     if isinstance(exc, IllegalTransition):
         return Problem(409, CONFLICT_WORDS.get(action, CONFLICT_WORDS["refund_action"]))
+    if action == "withdraw":
+        withdrawing = WITHDRAW_PROBLEMS.get(exc.code) or WITHDRAW_PROBLEMS.get(exc.param or "")
+        if withdrawing is not None:
+            return withdrawing
     known = PROBLEMS_BY_CODE.get(exc.code)
     if known is not None:
         return known
@@ -729,7 +765,15 @@ class CheckoutPages:
             ],
             # A move that needs the buyer signed in is on offer: the sign-in form goes first.
             needs_sign_in=bool(actions & BUYER_SIGNED_IN_ACTIONS)
-            or any(BUYER_SIGNED_IN_ACTIONS & refund_actions(r.state) for r in page.refunds),
+            or any(BUYER_SIGNED_IN_ACTIONS & refund_actions(r.state) for r in page.refunds)
+            or view.wallet_available_minor > 0,
+            # Money left in the buyer's Paykeep balance (a refund of a bank transfer, a card
+            # refund that could not reach the card) goes back where it came from, from here.
+            wallet_balance=format_money(view.wallet_available_minor, order.currency)
+            if view.wallet_available_minor > 0
+            else None,
+            # One id per rendered form: a double submit is one withdrawal, a new page a new one.
+            withdraw_request=WITHDRAW_REQUEST_PREFIX + secrets.token_hex(16),
             shipments=[
                 {
                     "direction": "Return" if s.direction == "return" else "Delivery",
@@ -957,6 +1001,33 @@ class CheckoutPages:
         return "refund_requested"
 
     @staticmethod
+    def withdraw(
+        service: PaymentsService, token: str, form: dict[str, str], buyer_session: str | None
+    ) -> str:
+        """The signed-in buyer sends (part of) their balance back to its source: the bank
+        account a transfer came from, or the card a payment came from."""
+        request_id = form.get("request", "")
+        if not _WITHDRAW_REQUEST.fullmatch(request_id):
+            raise CheckoutFormInvalid("the withdrawal form is incomplete; reload the page")
+        destination = form.get("destination", "")
+        if destination not in WITHDRAW_DESTINATIONS:
+            raise PaymentsInputInvalid("choose where the money goes", param="destination")
+        amount_text = form.get("amount", "").strip()
+        with service.reading() as tx:
+            session = service.session_for_token(tx, token)
+            order = service.order(tx, None, session.order_id)
+            currency = order.currency
+            if amount_text:
+                amount = Money.parse(amount_text, currency).amount_minor
+            else:  # empty: the whole balance
+                balances = service.buyer_balances(tx, None, order.buyer_id)
+                amount = sum(b.available_minor for b in balances if b.currency == currency)
+        service.request_withdrawal(
+            token, buyer_session, amount, currency, request_id, destination=destination
+        )
+        return WITHDRAW_DESTINATIONS[destination]
+
+    @staticmethod
     def refund_action(
         service: PaymentsService, token: str, refund_id: str, page_action: BuyerAction,
         form: dict[str, str], buyer_session: str | None,
@@ -991,6 +1062,7 @@ def _urls(request: Request, token: str) -> dict[str, str]:
         "sign_in": "checkout_sign_in",
         "sign_in_verify": "checkout_sign_in_verify",
         "sign_out": "checkout_sign_out",
+        "withdraw": "checkout_withdraw",
     }
     urls = {key: request.url_for(name, token=token).path for key, name in names.items()}
     # Refund actions: the template appends "<refund id>/<action>".
@@ -1054,6 +1126,7 @@ def checkout_router(payments_provider: Callable[[], PaymentsService]) -> APIRout
     )
     form_route("/checkout/{token}/confirm", "checkout_confirm", "confirm", pages.confirm)
     form_route("/checkout/{token}/refund", "checkout_refund", "refund", pages.request_refund)
+    form_route("/checkout/{token}/withdraw", "checkout_withdraw", "withdraw", pages.withdraw)
 
     def sign_in_route(path: str, name: str, *, verify: bool) -> None:
         async def endpoint(request: Request, token: str) -> Response:

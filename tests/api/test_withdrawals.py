@@ -12,6 +12,7 @@ mail folder (``paykeep.buyer_mailbox``).
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from paykeep.db import field_cipher, open_database
 from paykeep.gateway.payouts.service import PayoutService
 from paykeep.ledger.audit import verify
 from paykeep.ledger.service import Ledger
-from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
+from paykeep.payments.buyer_auth import BUYER_SESSION_COOKIE, BUYER_SESSION_HEADER
 from tests.api.test_money_routes import (
     SAFEGUARDING_IBAN,
     Shop,
@@ -198,6 +199,85 @@ def test_a_refunded_bank_transfer_goes_back_to_the_account_it_came_from(shop: Sh
         assert clearing.debits_posted >= 2_000  # the statement's leg emptied what came in
     finally:
         database.dispose()
+    assert ADA_IBAN not in shop.server.log()
+
+
+def _withdraw_form(page: httpx.Response) -> dict[str, str]:
+    """The hidden fields of the checkout page's withdrawal form, as the browser would post."""
+    found = re.search(r'name="request" value="(p[0-9a-f]{32})"', page.text)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None and csrf is not None, "the page has no withdrawal form"
+    return {"csrf": csrf.group(1), "request": found.group(1)}
+
+
+def test_the_buyer_sends_their_balance_back_from_the_checkout_page(shop: Shop) -> None:
+    buyer = shop.buyer()
+    order, token = pay_by_bank_transfer(shop, buyer, 3_000)
+    refund = shop.http.post(f"/v1/orders/{order['id']}/refunds", json={"reason": "no stock"})
+    assert refund.status_code == 201, refund.text
+    page_path = f"/checkout/{token}/result"
+    withdraw_path = f"/checkout/{token}/withdraw"
+
+    # Not signed in: the balance is shown with the way to sign in, and no form.
+    anonymous = shop.buyer_http.get(page_path)
+    assert anonymous.status_code == 200
+    assert "30.00 EUR" in anonymous.text and f'action="{withdraw_path}"' not in anonymous.text
+    assert "sign in with the code we email you" in anonymous.text
+
+    session = shop.as_buyer(token)[BUYER_SESSION_HEADER]
+    origin = str(shop.buyer_http.base_url).rstrip("/")
+    # The signed-in buyer's browser: its session cookie, and the page's own origin on posts.
+    with httpx.Client(
+        base_url=origin, cookies={BUYER_SESSION_COOKIE: session}, headers={"Origin": origin}
+    ) as browser:
+        page = browser.get(page_path)
+        assert f'action="{withdraw_path}"' in page.text
+        form = _withdraw_form(page)
+
+        def post(**fields: str) -> httpx.Response:
+            return browser.post(withdraw_path, data={**form, **fields})
+
+        # More than the account sent in, and a card that never paid in: the buyer's words,
+        # and nothing moved.
+        too_much = post(destination="source_bank_account", amount="40.00")
+        assert too_much.status_code == 409, too_much.text
+        assert "more than came from that bank account" in too_much.text
+        no_card = post(destination="source_card", amount="5.00")
+        assert no_card.status_code == 409
+        assert "none of your money came from there" in no_card.text
+        assert post(destination="the_moon", amount="5.00").status_code == 422
+        assert shop.wallet(buyer["id"]) == (3_000, 0)
+
+        sent = post(destination="source_bank_account", amount="20.00")
+        assert sent.status_code == 303, sent.text
+        assert sent.headers["location"] == f"{page_path}?done=withdrawn_to_bank"
+        assert shop.wallet(buyer["id"]) == (1_000, 0)
+        # The same rendered form posted again (a double click): still one withdrawal.
+        assert post(destination="source_bank_account", amount="20.00").status_code == 303
+        assert shop.wallet(buyer["id"]) == (1_000, 0)
+        listed = shop.http.get("/v1/withdrawals", params={"buyer": buyer["id"]}).json()["data"]
+        assert [(w["amount_minor"], w["destination"]["type"]) for w in listed] == [
+            (2_000, "source_bank_account")
+        ]
+        done = browser.get(sent.headers["location"])
+        assert "back to the bank account it came from" in done.text
+        assert "10.00 EUR" in done.text  # what is left
+        # A new page is a new form: an empty amount sends all that is left.
+        rest = browser.post(
+            withdraw_path,
+            data={**_withdraw_form(done), "destination": "source_bank_account", "amount": ""},
+        )
+        assert rest.status_code == 303, rest.text
+        assert shop.wallet(buyer["id"]) == (0, 0)
+        assert f'action="{withdraw_path}"' not in browser.get(page_path).text
+    # Without the session cookie the post is refused and moves nothing.
+    signed_out = shop.buyer_http.post(
+        withdraw_path,
+        data={**form, "destination": "source_bank_account", "amount": "1.00"},
+        headers={"Origin": origin},
+    )
+    assert signed_out.status_code == 401
+    assert len(shop.http.get("/v1/withdrawals", params={"buyer": buyer["id"]}).json()["data"]) == 2
     assert ADA_IBAN not in shop.server.log()
 
 

@@ -36,6 +36,9 @@ from paykeep.payments.errors import (
     PaymentsInputInvalid,
     ResourceMissing,
     RiskDeclined,
+    WithdrawalExceedsCardRefundable,
+    WithdrawalExceedsSource,
+    WithdrawalNoSource,
 )
 from paykeep.payments.model import (
     DECLINE_FALLBACK,
@@ -345,6 +348,23 @@ def test_a_session_marked_expired_is_expired_before_its_time() -> None:
         ),
         (BuyerCodeRateLimited("internal wording"), "sign_in", 429, "several codes"),
         (MailUnavailable("internal wording"), "sign_in", 503, "could not send the email"),
+        # The same errors read differently when the buyer sends their balance back.
+        (InsufficientFunds("internal wording"), "withdraw", 409, "less than this amount"),
+        (RiskDeclined("internal wording"), "withdraw", 402, "could not send this money"),
+        (WithdrawalNoSource("internal wording"), "withdraw", 409, "choose the other option"),
+        (WithdrawalExceedsSource("internal wording"), "withdraw", 409, "from that bank account"),
+        (
+            WithdrawalExceedsCardRefundable("internal wording"),
+            "withdraw",
+            409,
+            "card payments can take back",
+        ),
+        (
+            PaymentsInputInvalid("internal wording", param="amount_minor"),
+            "withdraw",
+            422,
+            "more than zero",
+        ),
     ],
 )
 def test_typed_errors_become_words(
