@@ -33,12 +33,14 @@ forgets nothing, and an operator can see what is parked.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 
 from paykeep import limits
@@ -70,6 +72,11 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         return True  # connection refused or lost, lock or statement timeout, SQLite busy
+    # The same from the drivers themselves (the ledger's bulk paths use their cursors).
+    if isinstance(exc, (sqlite3.OperationalError, sqlite3.InterfaceError)):
+        return True
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return True
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
@@ -79,11 +86,11 @@ def error_code(exc: BaseException) -> str:
     values)."""
     if isinstance(exc, PaykeepError):
         code = exc.code
-    elif isinstance(exc, sa.exc.IntegrityError):
+    elif isinstance(exc, (sa.exc.IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)):
         code = "database_integrity_error"
-    elif isinstance(exc, sa.exc.DataError):
+    elif isinstance(exc, (sa.exc.DataError, sqlite3.DataError, psycopg.DataError)):
         code = "database_data_error"  # e.g. a value too long for its column
-    elif isinstance(exc, sa.exc.DBAPIError):
+    elif isinstance(exc, (sa.exc.DBAPIError, sqlite3.DatabaseError, psycopg.DatabaseError)):
         code = "database_error"
     else:
         code = f"unexpected:{type(exc).__name__}"
