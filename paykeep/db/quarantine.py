@@ -311,6 +311,14 @@ class PassItems:
         #: Items parked, before or in this run.
         self.parked = {i for i, f in known.items() if f.parked}
 
+    def blocked_at(self, now_ns: int) -> frozenset[str]:
+        """The items left alone at ``now_ns`` (for a caller that keeps this view a while)."""
+        return frozenset(i for i, f in self._known.items() if f.blocks(now_ns))
+
+    def knows(self, item_id: str) -> bool:
+        """Whether the item has a failure on record (as this view last saw it)."""
+        return item_id in self._known
+
     @property
     def fetch(self) -> int:
         """How many more candidates to read than the pass handles, so that items left alone

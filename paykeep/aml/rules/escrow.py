@@ -38,7 +38,7 @@ log = logging.getLogger("paykeep.aml.escrow")
 #: Decisions waiting to be recorded after their transaction rolled back.
 PENDING_RECORDS_MAX: Final = 10_000
 #: The flush's name among the workers' passes (its items are event ids).
-FLUSH_PASS: Final = "aml.flush"
+FLUSH_ITEMS: Final = "aml.flush"
 
 KINDS: Final = {
     "top_up": EventKind.TOP_UP,
@@ -160,7 +160,7 @@ class EscrowRisk:
         recorded = 0
         left = dict(pending)
         try:
-            items = self._quarantine.open(FLUSH_PASS)
+            items = self._quarantine.open(FLUSH_ITEMS)
             for event_id, event in pending.items():
                 if event_id in items.blocked:
                     if event_id in items.parked:
