@@ -331,14 +331,17 @@ class PassItems:
         return [c for c in candidates if key(c) not in self.blocked][:limit]
 
     @contextmanager
-    def isolated(self, item_id: str) -> Iterator[None]:
+    def isolated(self, item_id: str, expected: tuple[type[Exception], ...] = ()) -> Iterator[None]:
         """Handle one item. An unexpected exception in the block is the item's failure:
         recorded, logged, suppressed — the pass goes on with the next item. The database
-        being unavailable propagates (the pass stops). Wrap the item's whole transaction,
-        so it has rolled back before the failure is recorded."""
+        being unavailable propagates (the pass stops), and so do the typed business outcomes
+        the pass handles itself (``expected``: a decline, insufficient funds, ...). Wrap the
+        item's whole transaction, so it has rolled back before the failure is recorded."""
         assert 1 <= len(item_id) <= ITEM_ID_LENGTH_MAX
         try:
             yield
+        except expected:
+            raise
         except Exception as exc:
             if is_database_unavailable(exc):
                 raise

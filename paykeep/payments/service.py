@@ -1675,7 +1675,10 @@ class PaymentsService:
         paid = 0
         for order_id in waiting:
             try:
-                with items.isolated(order_id), self.transaction() as tx:
+                with (
+                    items.isolated(order_id, expected=(InsufficientFunds,)),
+                    self.transaction() as tx,
+                ):
                     order = self.order(tx, None, order_id, lock=True)
                     if order.state is not OrderState.CREATED:
                         continue
@@ -2185,7 +2188,10 @@ class PaymentsService:
             due = items.due(tx.repo.due_orders(tx.now_ns, limit + items.fetch), limit)
         for order_id in due:
             try:
-                with items.isolated(order_id), self.transaction() as tx:
+                with (
+                    items.isolated(order_id, expected=(IllegalTransition, InsufficientFunds)),
+                    self.transaction() as tx,
+                ):
                     locked = tx.repo.order(order_id, skip_locked=True)
                     if locked is None:
                         continue  # another worker holds it
@@ -2230,7 +2236,10 @@ class PaymentsService:
         for refund_id, state in idle:
             action = CLAIM_TIMEOUT_ACTIONS[RefundState(state)]
             try:
-                with items.isolated(refund_id), self.transaction() as tx:
+                with (
+                    items.isolated(refund_id, expected=(IllegalTransition,)),
+                    self.transaction() as tx,
+                ):
                     refund = tx.repo.refund(refund_id, lock=True)
                     if refund is None or refund.state.value != state:
                         continue

@@ -177,9 +177,11 @@ def _imported_statement_ids(runtime: Runtime, ids: list[str]) -> set[str]:
 
 
 def housekeeping_pass(runtime: Runtime) -> None:
-    """Idempotency records are kept 24 h: delete the expired ones, in bounded batches."""
+    """Idempotency records are kept 24 h: delete the expired ones, in bounded batches. Forget
+    the worker items' failures not repeated for a week (parked ones stay)."""
     from paykeep.api.idempotency import IDEMPOTENCY_PURGE_BATCH, purge_expired
 
+    runtime.payments.quarantine.purge_stale()
     for _ in range(HOUSEKEEPING_BATCHES_MAX):
         if purge_expired(runtime.database) < IDEMPOTENCY_PURGE_BATCH:
             return

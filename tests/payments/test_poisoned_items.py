@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from paykeep import limits
 from paykeep.clock import NS_PER_S
+from paykeep.config import Settings
 from paykeep.db.errors import DatabaseUnavailable
 from paykeep.db.quarantine import ItemFailure, error_code, is_database_unavailable
 from paykeep.payments.model import OrderState, TimerSettings
@@ -333,3 +334,46 @@ def test_a_card_refund_whose_outcome_cannot_be_recorded_stalls_no_other(
     assert cw.card_refund_rows(paid[0].order)[0][0] == "succeeded"
     assert [cw.issuer(p.token)["refunded_minor"] for p in paid] == [2_000] * 3
     assert w.event_types_since(0).count("refund.card_refund_succeeded") == 3
+
+
+# --- what an operator sees ------------------------------------------------------------------
+
+
+def test_an_operator_lists_and_releases_parked_items_and_stale_ones_are_purged(
+    world: World, settings: Settings
+) -> None:
+    import json
+
+    from tests.support import paykeep
+
+    w = world
+    m = w.merchant()
+    order, _token = w.order(m, w.buyer(m))
+    w.clock.advance(TIMERS.unpaid_close_s)
+    refuse_row(w.database, "payments_events", "object_id", order.id, on=True)
+    try:
+        assert w.svc.run_timers() == {"isolated": 1}
+        drive_to_parked(w, w.svc.run_timers, "payments.timers", order.id)
+    finally:
+        refuse_row(w.database, "payments_events", "object_id", order.id, on=False)
+    items = w.svc.quarantine.open("payments.timers")
+    items.failure("ord_elsewhere", KeyError("x"))  # backed off, then never seen again
+
+    listed = paykeep("worker-items", "list", "--json", settings=settings)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["item"], r["parked_at_ns"] is not None) for r in rows] == [
+        (order.id, True), ("ord_elsewhere", False),
+    ]  # fmt: skip
+    assert rows[0]["failures"] == limits.WORKER_ITEM_FAILURES_MAX
+
+    # A week on, the failure not repeated is forgotten; the parked one is kept.
+    w.clock.advance(limits.WORKER_ITEM_FAILURE_KEEP_S + 1)
+    assert w.svc.quarantine.purge_stale() == 1
+    assert [f.item_id for f in w.svc.quarantine.failures()] == [order.id]
+
+    released = paykeep("worker-items", "release", "payments.timers", order.id, settings=settings)
+    assert released.returncode == 0, released.stderr
+    again = paykeep("worker-items", "release", "payments.timers", order.id, settings=settings)
+    assert again.returncode == 2 and "no failure recorded" in again.stderr
+    assert w.svc.run_timers() == {"close_unpaid": 1}
