@@ -5,6 +5,8 @@ purge of expired idempotency records.
 Each loop calls idempotent service methods on an interval, so several worker processes may
 run it at once (timers claim orders with ``SKIP LOCKED`` on PostgreSQL; every step names its
 ledger transfers by a derived id). An error in one pass is logged and the loop goes on.
+Within a pass, one item that fails unexpectedly is backed off and then parked instead of
+failing the pass (``paykeep.db.quarantine``); the database being unavailable still fails it.
 """
 
 from __future__ import annotations
