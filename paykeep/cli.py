@@ -33,11 +33,15 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: print JSON figures with a same-run baseline.")
 db_app = typer.Typer(help="Database schema.")
+worker_items_app = typer.Typer(
+    help="Items the background passes could not handle: backed off, or parked for you."
+)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(audit_app, name="audit")
 app.add_typer(aml_app, name="aml")
 app.add_typer(bench_app, name="bench")
 app.add_typer(db_app, name="db")
+app.add_typer(worker_items_app, name="worker-items")
 app.add_typer(statements_app, name="statements")
 app.add_typer(payouts_app, name="payouts")
 app.add_typer(keys_app, name="keys")
@@ -53,6 +57,51 @@ def db_upgrade(data_dir: DataDirOption = None, database_url: DatabaseUrlOption =
     with typed_errors():
         database = open_database(settings_from(data_dir, database_url))
         typer.echo(f"schema at revision {current_revision(database)}")
+
+
+def _quarantine(data_dir: Path | None, database_url: str | None) -> Any:
+    from paykeep.clock import SystemClock
+    from paykeep.db import open_database
+    from paykeep.db.quarantine import Quarantine
+
+    return Quarantine(open_database(settings_from(data_dir, database_url)), SystemClock())
+
+
+@worker_items_app.command("list")
+def worker_items_list(
+    pass_name: Annotated[
+        str | None, typer.Option("--pass", help="Only this pass (e.g. payments.card_refunds).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000)] = 100,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Items whose handling failed unexpectedly: parked ones first (left alone until
+    released), then those backed off (tried again by themselves)."""
+    with typed_errors():
+        failures = _quarantine(data_dir, database_url).failures(pass_name, limit=limit)
+    if as_json:
+        print_json([f.to_json() for f in failures])
+        return
+    for f in failures:
+        state = "parked" if f.parked else "backed off"
+        typer.echo(f"{f.pass_name}\t{f.item_id}\t{state}\t{f.failures}\t{f.error_code}")
+
+
+@worker_items_app.command("release")
+def worker_items_release(
+    pass_name: Annotated[str, typer.Argument(help="The pass, as listed.")],
+    item_id: Annotated[str, typer.Argument(help="The item, as listed.")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """The cause is fixed: the pass tries the item again on its next run."""
+    with typed_errors():
+        released = _quarantine(data_dir, database_url).release(pass_name, item_id)
+    if not released:
+        fail(f"no failure recorded for {item_id} in {pass_name}")
+    typer.echo(f"released {item_id} ({pass_name})")
 
 
 @app.command("demo")

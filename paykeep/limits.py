@@ -150,3 +150,16 @@ STATEMENT_RESOLUTION_NOTE_LENGTH_MAX: Final = 2_000
 STATEMENT_RETURN_ATTEMPTS_MAX: Final = 3
 #: Open breaks one payouts pass examines for a return payout the payee's bank sent back.
 STATEMENT_BOUNCE_SCAN_MAX: Final = 1_000
+#: Worker passes, one item at a time (``paykeep.db.quarantine``): an item whose handling fails
+#: unexpectedly is tried again after each of these waits, and parked for an operator at the
+#: failure after the last (``WORKER_ITEM_FAILURES_MAX``, the wait list's length + 1).
+WORKER_ITEM_BACKOFF_S: Final = (30, 120, 600, 1_800)
+WORKER_ITEM_FAILURES_MAX: Final = len(WORKER_ITEM_BACKOFF_S) + 1
+#: Failure records one pass loads (the items it leaves alone); more parked items than this is
+#: an incident an operator is already being told about.
+WORKER_ITEM_FAILURES_LOADED_MAX: Final = 1_000
+#: How often a pass with parked items says so again in the log.
+WORKER_PARKED_REPORT_S: Final = 300
+#: A failure record of an item not seen failing again for this long is purged (the item was
+#: handled by another worker, or left the pass's query): parked ones are kept.
+WORKER_ITEM_FAILURE_KEEP_S: Final = 7 * 24 * 3600

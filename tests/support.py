@@ -146,3 +146,34 @@ def raw_traces(settings: Settings, needles: dict[str, set[str]]) -> list[str]:
     finally:
         database.dispose()
     return sorted(set(found))
+
+
+def refuse_row(database: Any, table: str, column: str, value: str, *, on: bool) -> None:
+    """Fault injection for one row only: while on, every INSERT or UPDATE of ``table`` whose
+    new ``column`` is ``value`` fails in the database (its transaction rolls back); every
+    other row is written as usual. ``database`` is a :class:`paykeep.db.Database`."""
+    trigger = f"test_refuse_row_{table}_{column}"
+    with database.engine.begin() as conn:
+        if database.is_postgres:
+            if on:
+                conn.exec_driver_sql(
+                    f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
+                )
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
+                    f"FOR EACH ROW WHEN (NEW.{column} = '{value}') "
+                    f"EXECUTE FUNCTION {trigger}()"
+                )
+            else:
+                conn.exec_driver_sql(f"DROP TRIGGER {trigger} ON {table}")
+                conn.exec_driver_sql(f"DROP FUNCTION {trigger}()")
+        elif on:
+            for op in ("INSERT", "UPDATE"):
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER {trigger}_{op.lower()} BEFORE {op} ON {table} "
+                    f"WHEN NEW.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                )
+        else:
+            for op in ("insert", "update"):
+                conn.exec_driver_sql(f"DROP TRIGGER {trigger}_{op}")

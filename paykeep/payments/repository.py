@@ -629,14 +629,25 @@ class PaymentsRepository:
         )
         return [CheckoutSession(*r) for r in rows]
 
-    def due_reserves(self, now_ns: int, limit: int) -> list[Sequence[Any]]:
-        """Called in a write transaction: claims the rows (SKIP LOCKED on PostgreSQL)."""
-        skip = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+    def due_reserves(self, now_ns: int, limit: int, *, lock: bool = True) -> list[Sequence[Any]]:
+        """(id, merchant, currency, amount) of reserves due for release; with ``lock`` (in a
+        write transaction) the rows are claimed (SKIP LOCKED on PostgreSQL)."""
+        skip = " FOR UPDATE SKIP LOCKED" if self.postgres and lock else ""
         return self._all(
             "SELECT id, merchant_id, currency, amount_minor FROM payments_reserves "
             "WHERE released_at_ns IS NULL AND release_at_ns <= :now "
             f"ORDER BY release_at_ns LIMIT :limit{skip}",
             {"now": now_ns, "limit": limit},
+        )
+
+    def due_reserve(self, reserve_id: str, now_ns: int) -> Sequence[Any] | None:
+        """One due reserve, claimed for this write transaction (SKIP LOCKED on PostgreSQL:
+        None if another worker holds it), or None if it is released already."""
+        skip = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        return self._one(
+            "SELECT id, merchant_id, currency, amount_minor FROM payments_reserves "
+            f"WHERE id = :id AND released_at_ns IS NULL AND release_at_ns <= :now{skip}",
+            {"id": reserve_id, "now": now_ns},
         )
 
     def events(

@@ -30,6 +30,7 @@ from paykeep import limits
 from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
 from paykeep.db.group import GroupWriter
+from paykeep.db.quarantine import Quarantine
 from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
 from paykeep.gateway.statements.model import (
     COUNTERPARTY_IBAN_PURPOSE,
@@ -356,6 +357,8 @@ class PaymentsService:
         self.risk: RiskCheck = risk or AllowAll()
         self._postgres = database.is_postgres
         self.writer = GroupWriter(database)
+        #: The worker passes' items that failed unexpectedly: backed off, then parked.
+        self.quarantine = Quarantine(database, self.clock)
         #: ``with payments.transaction() as tx:`` — and, for callers that can hand over a
         #: unit of work (the API's idempotent POSTs), ``payments.transaction.group_run(op)``.
         self.transaction = Transactions(self._transaction, self.run)
@@ -630,10 +633,16 @@ class PaymentsService:
         the transaction that records it. A held one stays in clearing:bank-in (a visible
         reconciliation item) until an operator releases it (:meth:`release_topup`)."""
         counts: dict[str, int] = {}
+        items = self.quarantine.open("payments.credit_topups")
         with self.reading() as tx:
-            arrived = tx.repo.arrived_topups(limit)
+            arrived = items.due(
+                tx.repo.arrived_topups(limit + items.fetch), limit, key=_statement_line_key
+            )
         for row_id, line, buyer_id, merchant_id, amount, currency, buyer_since in arrived:
-            with self.transaction() as tx:
+            with (
+                items.isolated(_statement_line_key((row_id, line))),
+                self.transaction() as tx,
+            ):
                 if tx.conn.execute(_q_topup_seen, {"r": row_id, "l": line}).first():
                     continue
                 topup_id = self.new_id("top")
@@ -1301,32 +1310,35 @@ class PaymentsService:
             return 0
         from paykeep.gateway.cards.errors import CardPaymentNotFound
 
+        batch = 100
+        items = self.quarantine.open("payments.recover_card_payments")
         with self.reading() as tx:
             stale = [
                 p
-                for p in tx.repo.payments({"state": "processing"}, 100, None)
+                for p in tx.repo.payments({"state": "processing"}, batch + items.fetch, None)
                 if p.method == "card" and tx.now_ns - p.created_at_ns > min_age_s * NS_PER_S
             ]
         done = 0
-        for payment in stale:
-            try:
-                result = self.cards.payment(payment.id)
-            except CardPaymentNotFound:
-                with self.transaction() as tx:
-                    self._finish_payment(
-                        tx, payment, "failed", "processing_error",
-                        "The payment could not be processed. Please try again.", None, None,
-                    )  # fmt: skip
-                done += 1
-                continue
-            if result.outcome.value in ("approved", "declined", "unavailable",
-                                        "timed_out_reversed"):  # fmt: skip
-                with contextlib.suppress(PaymentDeclined, PaymentProcessorUnavailable):
-                    self._card_outcome(
-                        payment, result.approved, result.response_code, result.outcome.value,
-                        result.brand, result.last4, None,
-                    )  # fmt: skip
-                done += 1
+        for payment in items.due(stale, batch, key=lambda p: p.id):
+            with items.isolated(payment.id):
+                try:
+                    result = self.cards.payment(payment.id)
+                except CardPaymentNotFound:
+                    with self.transaction() as tx:
+                        self._finish_payment(
+                            tx, payment, "failed", "processing_error",
+                            "The payment could not be processed. Please try again.", None, None,
+                        )  # fmt: skip
+                    done += 1
+                    continue
+                if result.outcome.value in ("approved", "declined", "unavailable",
+                                            "timed_out_reversed"):  # fmt: skip
+                    with contextlib.suppress(PaymentDeclined, PaymentProcessorUnavailable):
+                        self._card_outcome(
+                            payment, result.approved, result.response_code,
+                            result.outcome.value, result.brand, result.last4, None,
+                        )  # fmt: skip
+                    done += 1
         return done
 
     # ------------------------------------------------------------------ refunds to the card
@@ -1452,59 +1464,65 @@ class PaymentsService:
         # so their attempts below find a final answer.
         gateway.recover_refunds()
         counts: dict[str, int] = {}
+        # One card refund whose outcome cannot be recorded (a value the database refuses, a
+        # row in a state nothing expects) is backed off and then parked; the rest go on.
+        items = self.quarantine.open("payments.card_refunds")
         with self.reading() as tx:
-            due = tx.repo.pending_card_refunds(limit)
+            due = items.due(tx.repo.pending_card_refunds(limit + items.fetch), limit)
         for intent_id in due:
-            with self.reading() as tx:
-                intent = tx.repo.card_refund(intent_id)
-            if intent is None or intent.state != "pending":
-                continue
-            try:
-                result = gateway.refund(
-                    f"{intent.id}-{intent.attempts}",
-                    intent.card_payment_id,
-                    intent.amount_minor,
-                    intent.currency,
-                    account_id(wallet_name(intent.buyer_id, intent.currency)),
-                    pending_transfer_id=intent.reservation_transfer_id,
-                )
-            except (CardRefundInProgress, CardLedgerPostingFailed):
-                counts["in_progress"] = counts.get("in_progress", 0) + 1
-                continue  # another worker's call, or the gateway's sweep, finishes it
-            except (InvalidInput, NotFound, Conflict) as exc:
-                # Refused before anything was sent (over the captured amount, payment not
-                # refundable, ...): a typed, final answer — the money stays in the wallet.
-                self._finish_card_refund(intent, "failed", None, exc.code)
-                counts["failed"] = counts.get("failed", 0) + 1
-                continue
-            except PaykeepError as exc:
-                # The exchange broke off (e.g. a malformed answer): the refund may be on the
-                # wire, so it stays pending; the gateway's sweep reverses it and the next
-                # pass finds that final answer.
-                log.warning("card refund %s: %s; left for the next pass", intent.id, exc.code)
-                counts["error"] = counts.get("error", 0) + 1
-                continue
-            if result.approved:
-                self._finish_card_refund(intent, "succeeded", result.response_code, None)
-                counts["succeeded"] = counts.get("succeeded", 0) + 1
-            elif result.outcome is CardOutcome.REVERSAL_PENDING:
-                counts["in_progress"] = counts.get("in_progress", 0) + 1  # the sweep's job
-            elif result.outcome is CardOutcome.DECLINED:
-                self._finish_card_refund(intent, "failed", result.response_code, "declined")
-                counts["failed"] = counts.get("failed", 0) + 1
-            elif intent.attempts < intent.attempts_max:
-                # Unavailable, or timed out and reversed: nothing applied; another attempt
-                # (a new gateway refund id) on the next pass.
-                with self.transaction() as tx:
-                    tx.conn.execute(
-                        _q_card_refund_retry,
-                        {"id": intent.id, "attempts": intent.attempts, "now": tx.now_ns},
+            with items.isolated(intent_id):
+                with self.reading() as tx:
+                    intent = tx.repo.card_refund(intent_id)
+                if intent is None or intent.state != "pending":
+                    continue
+                try:
+                    result = gateway.refund(
+                        f"{intent.id}-{intent.attempts}",
+                        intent.card_payment_id,
+                        intent.amount_minor,
+                        intent.currency,
+                        account_id(wallet_name(intent.buyer_id, intent.currency)),
+                        pending_transfer_id=intent.reservation_transfer_id,
                     )
-                counts["retry"] = counts.get("retry", 0) + 1
-            else:
-                self._finish_card_refund(intent, "failed", result.response_code,
-                                         result.outcome.value)  # fmt: skip
-                counts["failed"] = counts.get("failed", 0) + 1
+                except (CardRefundInProgress, CardLedgerPostingFailed):
+                    counts["in_progress"] = counts.get("in_progress", 0) + 1
+                    continue  # another worker's call, or the gateway's sweep, finishes it
+                except (InvalidInput, NotFound, Conflict) as exc:
+                    # Refused before anything was sent (over the captured amount, payment not
+                    # refundable, ...): a typed, final answer — the money stays in the wallet.
+                    self._finish_card_refund(intent, "failed", None, exc.code)
+                    counts["failed"] = counts.get("failed", 0) + 1
+                    continue
+                except PaykeepError as exc:
+                    # The exchange broke off (e.g. a malformed answer): the refund may be on the
+                    # wire, so it stays pending; the gateway's sweep reverses it and the next
+                    # pass finds that final answer.
+                    log.warning("card refund %s: %s; left for the next pass", intent.id, exc.code)
+                    counts["error"] = counts.get("error", 0) + 1
+                    continue
+                if result.approved:
+                    self._finish_card_refund(intent, "succeeded", result.response_code, None)
+                    counts["succeeded"] = counts.get("succeeded", 0) + 1
+                elif result.outcome is CardOutcome.REVERSAL_PENDING:
+                    counts["in_progress"] = counts.get("in_progress", 0) + 1  # the sweep's job
+                elif result.outcome is CardOutcome.DECLINED:
+                    self._finish_card_refund(intent, "failed", result.response_code, "declined")
+                    counts["failed"] = counts.get("failed", 0) + 1
+                elif intent.attempts < intent.attempts_max:
+                    # Unavailable, or timed out and reversed: nothing applied; another attempt
+                    # (a new gateway refund id) on the next pass.
+                    with self.transaction() as tx:
+                        tx.conn.execute(
+                            _q_card_refund_retry,
+                            {"id": intent.id, "attempts": intent.attempts, "now": tx.now_ns},
+                        )
+                    counts["retry"] = counts.get("retry", 0) + 1
+                else:
+                    self._finish_card_refund(intent, "failed", result.response_code,
+                                             result.outcome.value)  # fmt: skip
+                    counts["failed"] = counts.get("failed", 0) + 1
+        if items.failed:
+            counts["isolated"] = len(items.failed)
         return counts
 
     def _finish_card_refund(
@@ -1651,12 +1669,16 @@ class PaymentsService:
     def settle_bank_transfers(self, limit: int = TIMER_SWEEP_BATCH) -> int:
         """Orders waiting for a bank transfer are paid from the wallet once the statement
         has credited enough."""
+        items = self.quarantine.open("payments.settle_bank_transfers")
         with self.reading() as tx:
-            waiting = tx.repo.bank_transfer_orders(limit)
+            waiting = items.due(tx.repo.bank_transfer_orders(limit + items.fetch), limit)
         paid = 0
         for order_id in waiting:
             try:
-                with self.transaction() as tx:
+                with (
+                    items.isolated(order_id, expected=(InsufficientFunds,)),
+                    self.transaction() as tx,
+                ):
                     order = self.order(tx, None, order_id, lock=True)
                     if order.state is not OrderState.CREATED:
                         continue
@@ -2161,11 +2183,15 @@ class PaymentsService:
         in its own transaction; safe with several workers (PostgreSQL: ``SKIP LOCKED``; the
         optimistic version check makes a double fire a no-op on either database)."""
         fired: dict[str, int] = {}
+        items = self.quarantine.open("payments.timers")
         with self.reading() as tx:
-            due = tx.repo.due_orders(tx.now_ns, limit)
+            due = items.due(tx.repo.due_orders(tx.now_ns, limit + items.fetch), limit)
         for order_id in due:
             try:
-                with self.transaction() as tx:
+                with (
+                    items.isolated(order_id, expected=(IllegalTransition, InsufficientFunds)),
+                    self.transaction() as tx,
+                ):
                     locked = tx.repo.order(order_id, skip_locked=True)
                     if locked is None:
                         continue  # another worker holds it
@@ -2190,6 +2216,8 @@ class PaymentsService:
                     fired[timer.value] = fired.get(timer.value, 0) + 1
             except (IllegalTransition, InsufficientFunds) as exc:
                 fired[f"skipped:{exc.code}"] = fired.get(f"skipped:{exc.code}", 0) + 1
+        if items.failed:
+            fired["isolated"] = len(items.failed)
         return fired
 
     def expire_claims(self, limit: int = TIMER_SWEEP_BATCH) -> dict[str, int]:
@@ -2198,12 +2226,20 @@ class PaymentsService:
         buyer abandons (refused and never escalated, agreed but never sent back) lapses and
         the order's timer restarts."""
         moved: dict[str, int] = {}
+        items = self.quarantine.open("payments.expire_claims")
         with self.reading() as tx:
-            idle = tx.repo.idle_refunds(tx.now_ns, CLAIM_IDLE_S, limit)
+            idle = items.due(
+                tx.repo.idle_refunds(tx.now_ns, CLAIM_IDLE_S, limit + items.fetch),
+                limit,
+                key=lambda r: str(r[0]),
+            )
         for refund_id, state in idle:
             action = CLAIM_TIMEOUT_ACTIONS[RefundState(state)]
             try:
-                with self.transaction() as tx:
+                with (
+                    items.isolated(refund_id, expected=(IllegalTransition,)),
+                    self.transaction() as tx,
+                ):
                     refund = tx.repo.refund(refund_id, lock=True)
                     if refund is None or refund.state.value != state:
                         continue
@@ -2217,13 +2253,28 @@ class PaymentsService:
                     moved[action.value] = moved.get(action.value, 0) + 1
             except IllegalTransition:
                 continue
+        if items.failed:
+            moved["isolated"] = len(items.failed)
         return moved
 
     def release_reserves(self, limit: int = TIMER_SWEEP_BATCH) -> int:
         """Move reserves whose hold period has passed back to the merchant's available."""
         released = 0
-        with self.transaction() as tx:
-            for rid, merchant_id, currency, amount in tx.repo.due_reserves(tx.now_ns, limit):
+        # Each reserve in its own transaction: one the ledger or the database refuses is
+        # backed off (then parked), and releases no other merchant's reserve any later.
+        items = self.quarantine.open("payments.release_reserves")
+        with self.reading() as tx:
+            due = items.due(
+                tx.repo.due_reserves(tx.now_ns, limit + items.fetch, lock=False),
+                limit,
+                key=lambda r: str(r[0]),
+            )
+        for reserve in due:
+            with items.isolated(str(reserve[0])), self.transaction() as tx:
+                claimed = tx.repo.due_reserve(str(reserve[0]), tx.now_ns)
+                if claimed is None:
+                    continue  # released meanwhile, or another worker holds it
+                rid, merchant_id, currency, amount = claimed
                 self._transfers(
                     tx,
                     [
@@ -2366,9 +2417,15 @@ class PaymentsService:
                 _q_unrecorded_payouts,
                 {"since": before - 86_400 * NS_PER_S, "before": before, "n": TIMER_SWEEP_BATCH},
             ).all()
+        items = self.quarantine.open("payments.adopt_payouts")
+        adopted = 0
         for gateway_id, merchant_id, amount, currency, state in rows:
-            self._record_payout(merchant_id, int(gateway_id), int(amount), currency, state)
-        return len(rows)
+            if str(gateway_id) in items.blocked:
+                continue
+            with items.isolated(str(gateway_id)):
+                self._record_payout(merchant_id, int(gateway_id), int(amount), currency, state)
+                adopted += 1
+        return adopted
 
     def sync_payouts(self, unrecorded_min_age_s: float = PAYOUT_RECORD_RECOVERY_S) -> int:
         """Copy the gateway's payout states (batched, accepted, settled, returned) onto the
@@ -2377,15 +2434,20 @@ class PaymentsService:
         if self.payouts is None:
             return 0
         changed = self._adopt_unrecorded_payouts(unrecorded_min_age_s)
+        items = self.quarantine.open("payments.sync_payouts")
         with self.reading() as tx:
             open_ = [
-                p for p in tx.repo.payouts({}, 500, None) if p.state not in ("settled", "returned")
+                p
+                for p in tx.repo.payouts({}, 500 + items.fetch, None)
+                if p.state not in ("settled", "returned") and p.id not in items.blocked
             ]
         for record in open_:
             if record.gateway_payout_id is None:
                 continue
-            state = self.payouts.get(record.gateway_payout_id).state
-            if state != record.state:
+            with items.isolated(record.id):
+                state = self.payouts.get(record.gateway_payout_id).state
+                if state == record.state:
+                    continue
                 with self.transaction() as tx:
                     tx.repo.update(
                         "payments_payouts", record.id, {"state": state, "updated_at_ns": tx.now_ns}
@@ -2771,32 +2833,36 @@ class PaymentsService:
         idempotent on the request id): ``requested``, or ``failed`` if it refuses now."""
         if self.payouts is None:
             return 0
+        items = self.quarantine.open("payments.sync_withdrawals")
         with self.reading() as tx:
-            open_ = tx.repo.open_withdrawals(limit)
+            open_ = items.due(
+                tx.repo.open_withdrawals(limit + items.fetch), limit, key=lambda w: w.id
+            )
             now_ns = tx.now_ns
         changed = 0
         for record in open_:
-            if record.state == WithdrawalState.PENDING:
-                if now_ns - record.created_at_ns >= pending_age_s * NS_PER_S:
-                    changed += self._recover_withdrawal(record)
-                continue
-            assert record.gateway_payout_id is not None
-            state = WithdrawalState(self.payouts.get(record.gateway_payout_id).state)
-            if state == record.state:
-                continue
-            with self.transaction() as tx:
-                current = tx.repo.withdrawal(record.id, lock=True)
-                assert current is not None
-                if current.state == state:
-                    continue  # another worker copied it
-                nxt = withdrawal_transition(WithdrawalState(current.state), state)
-                tx.repo.update("payments_withdrawals", current.id,
-                               {"state": nxt.value, "updated_at_ns": tx.now_ns})  # fmt: skip
-                self._event(
-                    tx, current.merchant_id, f"withdrawal.{nxt.value}",
-                    replace(current, state=nxt.value, updated_at_ns=tx.now_ns).to_api(),
-                )  # fmt: skip
-            changed += 1
+            with items.isolated(record.id):
+                if record.state == WithdrawalState.PENDING:
+                    if now_ns - record.created_at_ns >= pending_age_s * NS_PER_S:
+                        changed += self._recover_withdrawal(record)
+                    continue
+                assert record.gateway_payout_id is not None
+                state = WithdrawalState(self.payouts.get(record.gateway_payout_id).state)
+                if state == record.state:
+                    continue
+                with self.transaction() as tx:
+                    current = tx.repo.withdrawal(record.id, lock=True)
+                    assert current is not None
+                    if current.state == state:
+                        continue  # another worker copied it
+                    nxt = withdrawal_transition(WithdrawalState(current.state), state)
+                    tx.repo.update("payments_withdrawals", current.id,
+                                   {"state": nxt.value, "updated_at_ns": tx.now_ns})  # fmt: skip
+                    self._event(
+                        tx, current.merchant_id, f"withdrawal.{nxt.value}",
+                        replace(current, state=nxt.value, updated_at_ns=tx.now_ns).to_api(),
+                    )  # fmt: skip
+                changed += 1
         return changed
 
     def _recover_withdrawal(self, record: Withdrawal) -> int:
@@ -3004,6 +3070,13 @@ _q_unrecorded_payouts = sa.text(
     "WHERE g.created_at_ns > :since AND g.created_at_ns <= :before AND p.id IS NULL "
     "ORDER BY g.id LIMIT :n"
 )
+
+
+def _statement_line_key(arrived: Sequence[Any]) -> str:
+    """A top-up's item id in its worker pass: the statement line that brought it."""
+    return f"stmt:{int(arrived[0])}:{int(arrived[1])}"
+
+
 _q_topup_seen = sa.text("SELECT 1 FROM payments_topups WHERE statement_row_id = :r AND line = :l")
 _q_carrier = sa.text("SELECT secret_enc FROM payments_carriers WHERE name = :n")
 

@@ -5,6 +5,8 @@ purge of expired idempotency records.
 Each loop calls idempotent service methods on an interval, so several worker processes may
 run it at once (timers claim orders with ``SKIP LOCKED`` on PostgreSQL; every step names its
 ledger transfers by a derived id). An error in one pass is logged and the loop goes on.
+Within a pass, one item that fails unexpectedly is backed off and then parked instead of
+failing the pass (``paykeep.db.quarantine``); the database being unavailable still fails it.
 """
 
 from __future__ import annotations
@@ -177,9 +179,11 @@ def _imported_statement_ids(runtime: Runtime, ids: list[str]) -> set[str]:
 
 
 def housekeeping_pass(runtime: Runtime) -> None:
-    """Idempotency records are kept 24 h: delete the expired ones, in bounded batches."""
+    """Idempotency records are kept 24 h: delete the expired ones, in bounded batches. Forget
+    the worker items' failures not repeated for a week (parked ones stay)."""
     from paykeep.api.idempotency import IDEMPOTENCY_PURGE_BATCH, purge_expired
 
+    runtime.payments.quarantine.purge_stale()
     for _ in range(HOUSEKEEPING_BATCHES_MAX):
         if purge_expired(runtime.database) < IDEMPOTENCY_PURGE_BATCH:
             return

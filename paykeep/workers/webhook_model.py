@@ -72,6 +72,14 @@ LAST_ERROR_LENGTH_MAX: Final = 500
 RESPONSE_BODY_READ_BYTES_MAX: Final = 4 * 1024
 #: Events read per ``fan_out`` call, deliveries claimed per ``deliver_due`` call.
 FAN_OUT_BATCH_MAX: Final = 1_000
+#: An event whose deliveries cannot be written (``fan_out``, one event at a time) is tried
+#: again after each of these waits — every event behind it waits too: the cursor keeps
+#: order — and after the last it is passed over without deliveries, parked for an operator
+#: (``worker_item_failures``; ``replay`` delivers it once the cause is fixed).
+FAN_OUT_BACKOFF_S: Final = (1, 2, 5, 10)
+#: How long a delivery pump reuses the list of deliveries whose result could not be recorded
+#: (backed off or parked: left out of its claims) before reading it again.
+RECORD_BLOCKED_REFRESH_S: Final = 5.0
 DELIVER_BATCH_MAX: Final = 32
 #: Deliveries of one endpoint claimed per ``deliver_due`` call: a slow or hanging endpoint
 #: occupies at most this many of the call's slots, the others go to other endpoints. Also a

@@ -48,6 +48,7 @@ from sqlalchemy import Connection
 from paykeep.clock import NS_PER_S, Clock, SystemClock, monotonic_s
 from paykeep.db import Database
 from paykeep.db.errors import DatabaseUnavailable
+from paykeep.db.quarantine import PassItems, Quarantine, error_code, is_database_unavailable
 from paykeep.ids import IdGenerator
 from paykeep.security.errors import FieldDecryptionFailed
 from paykeep.security.fields import FieldCipher
@@ -79,6 +80,9 @@ DELIVERY_ID_PREFIX: Final = "whd_"
 SECRET_PURPOSE: Final = "webhook_endpoint.secret"  # noqa: S105 (a label)
 ERROR_ENDPOINT_DISABLED: Final = "endpoint disabled"
 ERROR_UNSEALABLE: Final = "signing secret cannot be opened (vault key missing?)"
+#: The passes' names among the workers' items (``paykeep.db.quarantine``).
+FAN_OUT_ITEMS: Final = "webhooks.fan_out"
+RECORD_ITEMS: Final = "webhooks.record"
 
 _ENDPOINT_COLUMNS = "id, merchant_id, url, event_types, enabled, created_at_ns"
 _DELIVERY_COLUMNS = (
@@ -244,6 +248,9 @@ class WebhookService:
                 model.format_allowed_networks(self.allowed_networks),
             )
         self._ids = IdGenerator(self.clock)
+        #: Events and deliveries that failed unexpectedly: backed off, then parked.
+        self.quarantine = Quarantine(database, self.clock)
+        self._record_items: tuple[float, PassItems] | None = None
         # The gap in the outbox the cursor waits at, if any (PostgreSQL; see outbox_gaps).
         self._gap_watch: outbox_gaps.GapWatch | None = None
         self._gap_warned_ns = 0
@@ -428,8 +435,67 @@ class WebhookService:
 
     def fan_out(self, limit: int = model.FAN_OUT_BATCH_MAX) -> int:
         """Turn up to ``limit`` events after the cursor into deliveries; returns the number of
-        events consumed (0: nothing new, or another worker holds the cursor)."""
+        events consumed (0: nothing new, or another worker holds the cursor).
+
+        One event whose deliveries cannot be written (an unexpected error, not the database
+        being unavailable, which propagates) must not hold the cursor for ever: the batch is
+        done again one event at a time up to that event, which is tried again after each of
+        ``FAN_OUT_BACKOFF_S`` (the events behind it wait: the cursor keeps order) and then
+        passed over without deliveries — parked in ``worker_item_failures``, logged as an
+        error, for an operator to ``replay`` once the cause is fixed."""
         model.check_limit(limit, model.FAN_OUT_BATCH_MAX)
+        try:
+            return self._fan_out(limit)
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                raise
+            log.warning(
+                "webhooks: fanning out up to %d events failed (%s); one at a time",
+                limit, error_code(exc),
+            )  # fmt: skip
+        return self._fan_out_singly(limit)
+
+    def _fan_out_singly(self, limit: int) -> int:
+        items = self.quarantine.open(FAN_OUT_ITEMS, backoff=model.FAN_OUT_BACKOFF_S)
+        done = 0
+        while done < limit:
+            event_id = self._next_event_id()
+            if event_id is None or (event_id in items.blocked and event_id not in items.parked):
+                break  # nothing left, or the first waits out its backoff
+            consumed = 0
+            if event_id not in items.parked:
+                with items.isolated(event_id):
+                    consumed = self._fan_out(1, first=event_id)
+                if event_id in items.failed and event_id not in items.parked:
+                    break
+            if event_id in items.parked:
+                consumed = self._fan_out(1, first=event_id, pass_over=True)
+                if consumed:
+                    log.error(
+                        "webhooks: event %s passed over without deliveries after repeated "
+                        "failures; replay it once the cause is fixed",
+                        event_id,
+                    )
+            if not consumed:
+                break
+            done += consumed
+        return done
+
+    def _next_event_id(self) -> str | None:
+        with self.database.read() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT id FROM payments_events WHERE seq > COALESCE((SELECT seq FROM "
+                    "payments_outbox_cursor WHERE name = :name), 0) ORDER BY seq LIMIT 1"
+                ),
+                {"name": CURSOR_NAME},
+            ).first()
+        return None if row is None else str(row[0])
+
+    def _fan_out(self, limit: int, *, first: str | None = None, pass_over: bool = False) -> int:
+        """:meth:`fan_out`'s transaction. ``first``: only if the next event is that one (else
+        0); ``pass_over``: move the cursor over it without deliveries."""
+        assert not pass_over or (first is not None and limit == 1)
         now_ns = self.clock.now_ns()
         with self.database.write() as conn:
             cursor_seq = self._lock_cursor(conn)
@@ -446,7 +512,7 @@ class WebhookService:
                 {"cursor": cursor_seq, "limit": limit},
             ).all()
             events = self._without_gaps(events, cursor_seq, snapshot, now_ns)
-            if not events:
+            if not events or (first is not None and events[0].id != first):
                 return 0
             merchant_ids = sorted({e.merchant_id for e in events if e.merchant_id is not None})
             endpoints: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {}
@@ -471,7 +537,7 @@ class WebhookService:
                 }
                 for event in events
                 for endpoint_id, types in endpoints.get(event.merchant_id, ())
-                if model.subscribes(types, event.type)
+                if model.subscribes(types, event.type) and not pass_over
             ]
             if deliveries:
                 conn.execute(_INSERT_DELIVERY, deliveries)
@@ -560,7 +626,7 @@ class WebhookService:
         model.check_limit(limit, model.DELIVER_BATCH_MAX)
         claims = self._claim(limit, model.DELIVERIES_PER_ENDPOINT_PER_CALL_MAX)
         if len(claims) == 1:  # no thread hop for a lone delivery
-            self._record(claims, [self._attempt(claims[0])])
+            self._record(claims, [self._attempt_isolated(claims[0])])
             return 1
         in_flight = {self._start(claim): claim for claim in claims}
         while in_flight:
@@ -569,7 +635,48 @@ class WebhookService:
         return len(claims)
 
     def _start(self, claim: _Claim) -> Future[AttemptResult]:
-        return self._pool.submit(self._attempt, claim)
+        return self._pool.submit(self._attempt_isolated, claim)
+
+    def _lease(
+        self,
+        conn: sa.Connection,
+        rows: Sequence[sa.Row[Any]],
+        lease_until_ns: int,
+        now_ns: int,
+        refused: list[tuple[str, Exception]],
+    ) -> list[sa.Row[Any]]:
+        """Lease ``rows`` (one statement); if the database refuses it (not by being
+        unavailable), one row at a time, each in a savepoint, so that one delivery whose row
+        takes no update is left out (added to ``refused``) rather than every claim failing
+        with it. Returns the rows leased."""
+        lease = sa.text(
+            "UPDATE payments_webhook_deliveries SET next_attempt_at_ns = :lease, "
+            "updated_at_ns = :now WHERE id IN :ids"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        ids = [str(r.id) for r in rows]
+        at = {"lease": lease_until_ns, "now": now_ns}
+        if not isinstance(_in_savepoint(conn, lease, {"ids": ids, **at}), Exception):
+            return list(rows)
+        leased = []
+        for row in rows:
+            outcome = _in_savepoint(conn, lease, {"ids": [str(row.id)], **at})
+            if isinstance(outcome, Exception):
+                refused.append((str(row.id), outcome))
+            else:
+                leased.append(row)
+        return leased
+
+    def _attempt_isolated(self, claim: _Claim) -> AttemptResult:
+        """An attempt that raised something unexpected (a payload or secret nothing foresaw)
+        is a failed attempt like any other — retried on schedule, then ``dead`` —, never an
+        exception: one in a future stayed in the pump and failed every later round."""
+        try:
+            return self._attempt(claim)
+        except Exception as exc:
+            code = error_code(exc)
+            log.warning("webhook %s: attempt failed unexpectedly (%s)", claim.delivery_id, code)
+            log.debug("webhook %s: attempt failed", claim.delivery_id, exc_info=exc)
+            return AttemptResult(None, model.bounded_error(f"internal error ({code})"))
 
     def _record_ended(self, in_flight: MutableMapping[Future[AttemptResult], _Claim]) -> int:
         """Record the attempts of ``in_flight`` that have ended (one transaction) and remove
@@ -600,15 +707,23 @@ class WebhookService:
             return 0, []
         finished = set(ended)
         busy = Counter(c.endpoint_id for f, c in in_flight.items() if f not in finished)
+        avoid = self._record_blocked() if free else frozenset()
         now_ns = self.clock.now_ns()
+        refused: list[tuple[str, Exception]] = []
         with self.database.write() as conn:
             if ended:
-                self._record_in(
+                refused = self._record_in(
                     conn, [in_flight[f] for f in ended], [f.result() for f in ended], now_ns
                 )
-            claims = self._claim_in(conn, free, per_endpoint_max, busy, now_ns) if free else []
+            claims = (
+                self._claim_in(conn, free, per_endpoint_max, busy, now_ns, avoid, refused)
+                if free
+                else []
+            )
+        recorded = [in_flight[f] for f in ended]
         for future in ended:
             del in_flight[future]
+        self._record_recorded(recorded, refused)
         return len(ended), claims
 
     def _claim(
@@ -619,9 +734,15 @@ class WebhookService:
         by endpoint). An endpoint with its share busy is left out of the scan itself: a slow
         endpoint's backlog is the longest due, so it would fill the scan and starve the
         rest."""
+        avoid = self._record_blocked()
         now_ns = self.clock.now_ns()
+        refused: list[tuple[str, Exception]] = []
         with self.database.write() as conn:
-            return self._claim_in(conn, limit, per_endpoint_max, busy or {}, now_ns)
+            claims = self._claim_in(
+                conn, limit, per_endpoint_max, busy or {}, now_ns, avoid, refused
+            )
+        self._record_refused(refused)
+        return claims
 
     def _claim_in(
         self,
@@ -630,8 +751,15 @@ class WebhookService:
         per_endpoint_max: int,
         busy: Mapping[str, int],
         now_ns: int,
+        avoid: frozenset[str] = frozenset(),
+        refused: list[tuple[str, Exception]] | None = None,
     ) -> list[_Claim]:
-        """:meth:`_claim` inside the caller's write transaction."""
+        """:meth:`_claim` inside the caller's write transaction; ``avoid``: deliveries whose
+        result could not be recorded or leased, backed off or parked (left out of the scan
+        itself, so they never fill it); ``refused`` collects the deliveries whose lease the
+        database refused (see :meth:`_lease`)."""
+        if refused is None:
+            refused = []
         full = sorted(e for e, n in busy.items() if n >= per_endpoint_max)
         lease_until_ns = now_ns + model.lease_s(self.http_timeout_s) * NS_PER_S
         postgres = self.database.is_postgres
@@ -639,12 +767,16 @@ class WebhookService:
             "SELECT id, endpoint_id FROM payments_webhook_deliveries "
             "WHERE state = 'pending' AND next_attempt_at_ns <= :now"
             + (" AND endpoint_id NOT IN :full" if full else "")
+            + (" AND id NOT IN :avoid" if avoid else "")
             + " ORDER BY next_attempt_at_ns, id LIMIT :scan"
         )
         params: dict[str, Any] = {"now": now_ns, "scan": model.CLAIM_SCAN_MAX}
         if full:
             scan = scan.bindparams(sa.bindparam("full", expanding=True))
             params["full"] = full
+        if avoid:
+            scan = scan.bindparams(sa.bindparam("avoid", expanding=True))
+            params["avoid"] = sorted(avoid)
         due = conn.execute(scan, params).all()
         picked: list[str] = []
         per_endpoint: dict[str, int] = dict(busy)
@@ -681,13 +813,7 @@ class WebhookService:
                 {"ids": disabled, "error": ERROR_ENDPOINT_DISABLED, "now": now_ns},
             )
         if claimed:
-            conn.execute(
-                sa.text(
-                    "UPDATE payments_webhook_deliveries SET next_attempt_at_ns = :lease, "
-                    "updated_at_ns = :now WHERE id IN :ids"
-                ).bindparams(sa.bindparam("ids", expanding=True)),
-                {"ids": [row.id for row in claimed], "lease": lease_until_ns, "now": now_ns},
-            )
+            claimed = self._lease(conn, claimed, lease_until_ns, now_ns, refused)
         return [
             _Claim(
                 delivery_id=row.id,
@@ -755,7 +881,43 @@ class WebhookService:
     def _record(self, claims: Sequence[_Claim], results: Sequence[AttemptResult]) -> None:
         now_ns = self.clock.now_ns()
         with self.database.write() as conn:
-            self._record_in(conn, claims, results, now_ns)
+            refused = self._record_in(conn, claims, results, now_ns)
+        self._record_recorded(claims, refused)
+
+    def _record_view(self) -> PassItems:
+        """The failures of deliveries whose lease or result the database refused (read again
+        every ``RECORD_BLOCKED_REFRESH_S``, and after each new failure)."""
+        cached = self._record_items
+        if cached is None or monotonic_s() - cached[0] >= model.RECORD_BLOCKED_REFRESH_S:
+            cached = self._record_items = (monotonic_s(), self.quarantine.open(RECORD_ITEMS))
+        return cached[1]
+
+    def _record_blocked(self) -> frozenset[str]:
+        """Deliveries left out of the claims now: backed off or parked."""
+        return self._record_view().blocked_at(self.clock.now_ns())
+
+    def _record_recorded(
+        self, claims: Sequence[_Claim], refused: Sequence[tuple[str, Exception]]
+    ) -> None:
+        """After the recording transaction: a delivery recorded after earlier failures has
+        them forgotten; each one refused is backed off, then parked."""
+        view = self._record_view()
+        left_out = {delivery_id for delivery_id, _ in refused}
+        for claim in claims:
+            if claim.delivery_id not in left_out and view.knows(claim.delivery_id):
+                view.success(claim.delivery_id)
+        self._record_refused(refused)
+
+    def _record_refused(self, refused: Sequence[tuple[str, Exception]]) -> None:
+        """After the recording transaction: each delivery whose result the database refused
+        is backed off, then parked (its result is dropped; its lease runs out and it is sent
+        again once its backoff allows)."""
+        if not refused:
+            return
+        items = self.quarantine.open(RECORD_ITEMS)
+        for delivery_id, exc in refused:
+            items.failure(delivery_id, exc)
+        self._record_items = None  # read again before the next claim
 
     def _record_in(
         self,
@@ -763,24 +925,29 @@ class WebhookService:
         claims: Sequence[_Claim],
         results: Sequence[AttemptResult],
         now_ns: int,
-    ) -> None:
-        """:meth:`_record` inside the caller's write transaction."""
+    ) -> list[tuple[str, Exception]]:
+        """:meth:`_record` inside the caller's write transaction. Each result is written in a
+        savepoint: one the database refuses (not the database being unavailable, which
+        propagates) rolls back alone and is returned (delivery id, error) for the caller to
+        back off once the transaction has ended; the others are recorded."""
+        refused: list[tuple[str, Exception]] = []
         for claim, result in zip(claims, results, strict=True):
             step = model.after_attempt(claim.attempts, result, now_ns)
-            written = conn.execute(
-                _RECORD_ATTEMPT,
-                {
-                    "id": claim.delivery_id,
-                    "state": step.state.value,
-                    "attempts": step.attempts,
-                    "next_attempt_at_ns": step.next_attempt_at_ns,
-                    "last_status": result.status,
-                    "last_error": result.error,
-                    "now": now_ns,
-                    "attempts_before": claim.attempts,
-                    "lease_until_ns": claim.lease_until_ns,
-                },
-            ).rowcount
+            params = {
+                "id": claim.delivery_id,
+                "state": step.state.value,
+                "attempts": step.attempts,
+                "next_attempt_at_ns": step.next_attempt_at_ns,
+                "last_status": result.status,
+                "last_error": result.error,
+                "now": now_ns,
+                "attempts_before": claim.attempts,
+                "lease_until_ns": claim.lease_until_ns,
+            }
+            written = _in_savepoint(conn, _RECORD_ATTEMPT, params)
+            if isinstance(written, Exception):
+                refused.append((claim.delivery_id, written))
+                continue
             if not written:
                 log.warning(
                     "webhook %s: lease lost (taken over or endpoint disabled); attempt %d "
@@ -795,6 +962,7 @@ class WebhookService:
                     step.attempts,
                     result.error,
                 )
+        return refused
 
     # --- Replay and the delivery log ------------------------------------------------------
 
@@ -1067,6 +1235,25 @@ class DeliveryPump:
         if self._owner is None:
             self._owner = me
         assert self._owner == me, "a DeliveryPump is driven by one thread"
+
+
+def _in_savepoint(
+    conn: sa.Connection, statement: sa.TextClause, params: Mapping[str, Any]
+) -> int | Exception:
+    """Run ``statement`` in a savepoint of ``conn``'s transaction: the rows it changed, or
+    the error it raised, its changes rolled back alone. The database being unavailable
+    propagates (the whole transaction is lost anyway)."""
+    conn.exec_driver_sql("SAVEPOINT paykeep_webhook_row")
+    try:
+        changed = conn.execute(statement, dict(params)).rowcount
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT paykeep_webhook_row")
+        conn.exec_driver_sql("RELEASE SAVEPOINT paykeep_webhook_row")
+        return exc
+    conn.exec_driver_sql("RELEASE SAVEPOINT paykeep_webhook_row")
+    return int(changed)
 
 
 def run_webhook_worker(

@@ -398,3 +398,50 @@ def test_a_refund_whose_release_is_held_reports_nothing(world: World, risk: Escr
     (figures,) = [f for rule, _party, f in _alerts(w, full) if rule == "refund_abuse"]
     assert '"refunds":1' in figures
     assert w.get_order(order.id).state is S.REFUNDED and w.wallet(b) == (2_500, 0)
+
+
+def test_a_decision_that_cannot_be_recorded_is_backed_off_then_parked_not_a_wall(
+    world: World, risk: EscrowRisk
+) -> None:
+    """One rolled-back decision whose record the database refuses (a trigger, on both
+    databases) no longer fails every flush — which ran first in the escrow pass, so the
+    timers, card refunds and top-ups behind it stalled too: the others are recorded, it is
+    kept and tried again after each backoff, then parked and dropped from the queue."""
+    from paykeep import limits
+    from paykeep.aml.rules.escrow import FLUSH_ITEMS
+    from tests.support import refuse_row
+
+    w = world
+    orders = []
+    for i in range(3):
+        listed = w.merchant("Silverlake Shipping Holding GmbH")
+        b = w.buyer(listed, email=f"s{i}@example.com")
+        w.fund(b, 5_000)
+        order, token = w.order(listed, b)
+        with pytest.raises(RiskDeclined), w.svc.transaction() as tx:
+            w.svc.pay_from_wallet(tx, token, w.bs(token))
+        orders.append(order)
+    poisoned = f"payment:{orders[0].id}"  # the first in the queue
+    refuse_row(w.database, "aml_decisions", "event_id", poisoned, on=True)
+    try:
+        assert risk.flush() == 2
+        with w.database.read() as conn:
+            recorded = set(conn.execute(sa.text("SELECT event_id FROM aml_decisions")).scalars())
+        assert recorded == {f"payment:{o.id}" for o in orders[1:]}
+        for failures, wait_s in enumerate(limits.WORKER_ITEM_BACKOFF_S, start=1):
+            (failure,) = risk._quarantine.failures(FLUSH_ITEMS)
+            assert (failure.item_id, failure.failures, failure.parked) == (
+                poisoned, failures, False,
+            )  # fmt: skip
+            assert poisoned in risk._pending  # kept for a later flush
+            w.clock.advance(wait_s - 1)
+            assert risk.flush() == 0  # backed off
+            assert risk._quarantine.failures(FLUSH_ITEMS) == [failure]
+            w.clock.advance(1)
+            assert risk.flush() == 0
+        (failure,) = risk._quarantine.failures(FLUSH_ITEMS)
+        assert (failure.failures, failure.parked) == (limits.WORKER_ITEM_FAILURES_MAX, True)
+        assert poisoned not in risk._pending  # dropped: parked, for an operator
+    finally:
+        refuse_row(w.database, "aml_decisions", "event_id", poisoned, on=False)
+    assert _count(w, "aml_decisions") == 2

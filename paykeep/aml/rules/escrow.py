@@ -30,12 +30,15 @@ from paykeep.aml.rules.errors import RuleEventIdReused
 from paykeep.aml.rules.model import EventKind, MoneyEvent, Outcome, Party
 from paykeep.aml.rules.repository import RulesRepository
 from paykeep.aml.rules.service import DecisionEngine
+from paykeep.db.quarantine import Quarantine
 from paykeep.money import Money
 
 log = logging.getLogger("paykeep.aml.escrow")
 
 #: Decisions waiting to be recorded after their transaction rolled back.
 PENDING_RECORDS_MAX: Final = 10_000
+#: The flush's name among the workers' passes (its items are event ids).
+FLUSH_ITEMS: Final = "aml.flush"
 
 KINDS: Final = {
     "top_up": EventKind.TOP_UP,
@@ -110,6 +113,7 @@ class EscrowRisk:
         self.engine = engine
         self._pending: dict[str, MoneyEvent] = {}
         self._lock = threading.Lock()
+        self._quarantine = Quarantine(engine.database, engine.clock)
 
     def decide(self, conn: Any, kind: str, context: dict[str, Any]) -> str:
         event = money_event(kind, context, self.engine.clock.now_ns())
@@ -144,19 +148,33 @@ class EscrowRisk:
         return str(stored.outcome.value)
 
     def flush(self) -> int:
-        """Record the decisions whose movement's transaction rolled back."""
+        """Record the decisions whose movement's transaction rolled back. One whose record
+        fails unexpectedly is kept and tried again after a while (``paykeep.db.quarantine``),
+        and dropped from the queue once parked (named in the log and in
+        ``worker_item_failures``); the others are recorded meanwhile. The database being
+        unavailable stops the flush: what is left waits for the next one."""
         with self._lock:
             pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
         recorded = 0
+        left = dict(pending)
         try:
-            for event in pending.values():
-                self.engine.decide(event)
-                recorded += 1
+            items = self._quarantine.open(FLUSH_ITEMS)
+            for event_id, event in pending.items():
+                if event_id in items.blocked:
+                    if event_id in items.parked:
+                        del left[event_id]
+                    continue
+                with items.isolated(event_id):
+                    self.engine.decide(event)
+                    recorded += 1
+                if event_id not in items.failed or event_id in items.parked:
+                    del left[event_id]
         finally:
-            # What was not recorded (the database failed) waits for the next flush.
-            left = list(pending.items())[recorded:]
+            # What was not recorded (the database failed, or backed off) waits.
             if left:
                 with self._lock:
-                    for event_id, event in left:
+                    for event_id, event in left.items():
                         self._pending.setdefault(event_id, event)
         return recorded
