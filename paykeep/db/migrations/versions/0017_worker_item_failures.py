@@ -7,7 +7,7 @@ last stable error code, when it may be tried again, and — after
 touched (its transaction rolled back), so this works the same for every pass; no personal
 data is stored (ids and error codes only).
 
-Revision ID: 0018
+Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-07
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018"
+revision = "0017"
 down_revision = "0016"
 branch_labels = None
 depends_on = None
