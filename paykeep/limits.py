@@ -150,3 +150,6 @@ STATEMENT_RESOLUTION_NOTE_LENGTH_MAX: Final = 2_000
 STATEMENT_RETURN_ATTEMPTS_MAX: Final = 3
 #: Open breaks one payouts pass examines for a return payout the payee's bank sent back.
 STATEMENT_BOUNCE_SCAN_MAX: Final = 1_000
+#: A statement line's return reason (camt ``RtrInf/Rsn``: an ISO code is 4 characters, a
+#: bank's proprietary one at most 35).
+STATEMENT_RETURN_REASON_LENGTH_MAX: Final = 35
