@@ -109,6 +109,11 @@ PAYOUT_REMITTANCE_LENGTH_MAX: Final = 140
 PAYOUT_SUBMIT_TIMEOUT_S: Final = 10.0
 #: Size of a bank's answer we are willing to read.
 PAYOUT_BANK_RESPONSE_BYTES_MAX: Final = 1_048_576
+#: A settled payout the payee's bank sends back is applied by Paykeep when the credit is the
+#: whole amount or short by at most this much (the fee the payee's bank kept: a few euros for
+#: a SEPA return; 25.00 of a two-decimal currency, the only kind payouts use). A larger
+#: shortfall, or more than was paid, stays a statement break for a person.
+PAYOUT_RETURN_FEE_MAX_MINOR: Final = 2_500
 #: banksim bank: largest request body (a payment file), transactions per file, accounts,
 #: entries in one statement, text fields (names, references).
 BANK_REQUEST_BYTES_MAX: Final = 5 * 1_048_576
