@@ -109,6 +109,11 @@ PAYOUT_REMITTANCE_LENGTH_MAX: Final = 140
 PAYOUT_SUBMIT_TIMEOUT_S: Final = 10.0
 #: Size of a bank's answer we are willing to read.
 PAYOUT_BANK_RESPONSE_BYTES_MAX: Final = 1_048_576
+#: A settled payout the payee's bank sends back is applied by Paykeep when the credit is the
+#: whole amount or short by at most this much (the fee the payee's bank kept: a few euros for
+#: a SEPA return; 25.00 of a two-decimal currency, the only kind payouts use). A larger
+#: shortfall, or more than was paid, stays a statement break for a person.
+PAYOUT_RETURN_FEE_MAX_MINOR: Final = 2_500
 #: banksim bank: largest request body (a payment file), transactions per file, accounts,
 #: entries in one statement, text fields (names, references).
 BANK_REQUEST_BYTES_MAX: Final = 5 * 1_048_576
@@ -163,3 +168,6 @@ WORKER_PARKED_REPORT_S: Final = 300
 #: A failure record of an item not seen failing again for this long is purged (the item was
 #: handled by another worker, or left the pass's query): parked ones are kept.
 WORKER_ITEM_FAILURE_KEEP_S: Final = 7 * 24 * 3600
+#: A statement line's return reason (camt ``RtrInf/Rsn``: an ISO code is 4 characters, a
+#: bank's proprietary one at most 35).
+STATEMENT_RETURN_REASON_LENGTH_MAX: Final = 35

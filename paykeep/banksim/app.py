@@ -124,7 +124,7 @@ class CardSettlement(BaseModel):
 
 
 def create_app(
-    network: CardNetwork, data_dir: Path, bank_faults: dict[str, bool] | None = None
+    network: CardNetwork, data_dir: Path, bank_faults: dict[str, Any] | None = None
 ) -> FastAPI:
     app = FastAPI(title="banksim", docs_url=None, redoc_url=None)
     app.include_router(create_card_router(network))

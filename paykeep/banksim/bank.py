@@ -20,7 +20,9 @@ HTTP (mounted under ``/bank`` by the banksim app; :func:`create_router`):
   today, valued the next business day when it arrived after the cut-off;
 - ``POST /accounts/{iban}/close-day``; ``GET /statements/{id}?format=camt053|mt940&version=02|08``;
 - ``GET|POST /faults``: ``unknown_reference_line`` (close-day adds a credit line whose reference
-  nobody expects), ``reject_payment_files`` (every payment file is rejected, reason AG01).
+  nobody expects), ``reject_payment_files`` (every payment file is rejected, reason AG01),
+  ``return_after_settlement`` (the payee's bank sends every credit transfer of a file executed
+  while it is on back, a business day later, with an ISO reason and perhaps less a fee).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from paykeep.clock import Clock, SystemClock, ns_to_datetime
 from paykeep.money import UnknownCurrency, currency_exponent
 
 DB_FILE_NAME = "bank.sqlite3"
-FAULTS = ("unknown_reference_line", "reject_payment_files")
+FAULTS = ("unknown_reference_line", "reject_payment_files", "return_after_settlement")
+#: What ``return_after_settlement: true`` means: the account is closed, nothing is kept.
+DEFAULT_RETURN: dict[str, Any] = {"reason": "AC04", "fee_minor": 0}
 
 T = TypeVar("T")
 
@@ -116,6 +120,14 @@ CREATE TABLE IF NOT EXISTS bank_statements (
     UNIQUE (iban, sequence)
 );
 CREATE TABLE IF NOT EXISTS bank_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- A credit transfer the payee's bank will send back (the return_after_settlement fault): its
+-- own table, so data directories kept from before need no ALTER of bank_entries.
+CREATE TABLE IF NOT EXISTS bank_returns (
+    payout_entry_id INTEGER PRIMARY KEY REFERENCES bank_entries(id),
+    reason TEXT NOT NULL,
+    fee_minor INTEGER NOT NULL CHECK (fee_minor >= 0),
+    return_entry_id INTEGER UNIQUE REFERENCES bank_entries(id)
+);
 """
 
 
@@ -173,16 +185,30 @@ class BankStore:
 
     # ------------------------------------------------------------------ faults
 
-    def faults(self) -> dict[str, bool]:
+    def faults(self) -> dict[str, Any]:
         with self._tx() as cur:
             return self._faults(cur)
 
-    def _faults(self, cur: sqlite3.Cursor) -> dict[str, bool]:
+    def _faults(self, cur: sqlite3.Cursor) -> dict[str, Any]:
+        """Each fault by name: ``False`` when off; ``True`` (on) for the two switches, and for
+        ``return_after_settlement`` its terms ``{"reason", "fee_minor"}``."""
         row = cur.execute("SELECT value FROM bank_meta WHERE key = 'faults'").fetchone()
         stored = json.loads(row[0]) if row else {}
-        return {name: bool(stored.get(name, False)) for name in FAULTS}
+        faults: dict[str, Any] = {}
+        for name in FAULTS:
+            value = stored.get(name, False)
+            faults[name] = value if isinstance(value, dict) else bool(value)
+        return faults
 
-    def set_faults(self, changes: dict[str, bool]) -> dict[str, bool]:
+    def set_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Turn faults on or off; ``return_after_settlement`` takes ``True`` (reason AC04, no
+        fee), its terms, or ``False``."""
+        changes = dict(changes)
+        returns = changes.get("return_after_settlement")
+        if returns is True:
+            changes["return_after_settlement"] = dict(DEFAULT_RETURN)
+        elif isinstance(returns, dict):
+            changes["return_after_settlement"] = {**DEFAULT_RETURN, **returns}
         with self._tx() as cur:
             faults = self._faults(cur)
             faults.update(changes)
@@ -416,8 +442,11 @@ class BankStore:
             return answer
 
     def _execute(self, cur: sqlite3.Cursor, payment_file: PaymentFile) -> dict[str, Any]:
-        if self._faults(cur)["reject_payment_files"]:
+        faults = self._faults(cur)
+        if faults["reject_payment_files"]:
             return _answer(payment_file, "RJCT", "AG01", "fault injected: transaction forbidden")
+        # Our bank executes the file either way; the payee's bank sends the money back later.
+        sent_back: dict[str, Any] | None = faults["return_after_settlement"] or None
         accounts: dict[str, dict[str, Any]] = {}
         for block in payment_file.blocks:
             account = accounts.get(block.debtor_iban) or self._account(cur, block.debtor_iban)
@@ -435,7 +464,7 @@ class BankStore:
                     raise PaymentFileInvalid(
                         "AM04", f"insufficient funds on {block.debtor_iban} for the file"
                     )
-                self._book(
+                booked = self._book(
                     cur,
                     account,
                     -transfer.amount_minor,
@@ -447,7 +476,47 @@ class BankStore:
                     message_id=payment_file.message_id,
                     payment_info_id=block.payment_info_id,
                 )
+                if sent_back is not None:
+                    cur.execute(
+                        "INSERT INTO bank_returns (payout_entry_id, reason, fee_minor) "
+                        "VALUES (?, ?, ?)",
+                        (booked["entry_id"], sent_back["reason"], sent_back["fee_minor"]),
+                    )
         return _answer(payment_file, "ACCP", None, None)
+
+    def _book_returns(self, cur: sqlite3.Cursor, account: dict[str, Any]) -> None:
+        """The payee's bank sends back the credit transfers marked by ``return_after_settlement``
+        once they are on a statement (so the return is on a later one: after settlement): one
+        incoming entry each, with the original end-to-end id and remittance, the payee as its
+        debtor, the amount less the fee the payee's bank kept (a fee of the whole amount
+        returns nothing). Booked on the business date being closed."""
+        due = cur.execute(
+            "SELECT r.payout_entry_id, r.fee_minor, e.amount_minor, e.end_to_end_id, "
+            "e.remittance, e.counterparty_name, e.counterparty_iban FROM bank_returns r "
+            "JOIN bank_entries e ON e.id = r.payout_entry_id "
+            "WHERE e.iban = ? AND e.statement_id IS NOT NULL AND r.return_entry_id IS NULL "
+            "ORDER BY r.payout_entry_id",
+            (account["iban"],),
+        ).fetchall()
+        for entry_id, fee, amount, e2e, remittance, name, iban in due:
+            back = -amount - fee
+            if back <= 0:
+                # The payee's bank kept everything: nothing comes back (return_entry_id stays
+                # NULL but the payout is never looked at again: mark it with itself).
+                cur.execute(
+                    "UPDATE bank_returns SET return_entry_id = payout_entry_id "
+                    "WHERE payout_entry_id = ?",
+                    (entry_id,),
+                )
+                continue
+            booked = self._book(
+                cur, account, back, "incoming", end_to_end_id=e2e, remittance=remittance,
+                counterparty_name=name, counterparty_iban=iban,
+            )  # fmt: skip
+            cur.execute(
+                "UPDATE bank_returns SET return_entry_id = ? WHERE payout_entry_id = ?",
+                (booked["entry_id"], entry_id),
+            )
 
     # ------------------------------------------------------------------ statements
 
@@ -457,6 +526,7 @@ class BankStore:
         with self._tx() as cur:
             account = self._require(cur, iban)
             day = dt.date.fromisoformat(account["business_date"])
+            self._book_returns(cur, account)
             if self._faults(cur)["unknown_reference_line"]:
                 (n,) = cur.execute("SELECT COUNT(*) FROM bank_entries").fetchone()
                 self._book(
@@ -539,11 +609,18 @@ class BankStore:
                     counterparty_iban=e[7],
                     message_id=e[8],
                     payment_info_id=e[9],
+                    return_reason=e[10],
+                    original_amount_minor=None if e[11] is None else -int(e[11]),
                 )
                 for e in cur.execute(
-                    "SELECT id, amount_minor, booking_date, value_date, end_to_end_id, "
-                    "remittance, counterparty_name, counterparty_iban, message_id, "
-                    "payment_info_id FROM bank_entries WHERE statement_id = ? ORDER BY id",
+                    "SELECT e.id, e.amount_minor, e.booking_date, e.value_date, "
+                    "e.end_to_end_id, e.remittance, e.counterparty_name, e.counterparty_iban, "
+                    "e.message_id, e.payment_info_id, r.reason, o.amount_minor "
+                    "FROM bank_entries e "
+                    "LEFT JOIN bank_returns r ON r.return_entry_id = e.id "
+                    "AND r.return_entry_id <> r.payout_entry_id "
+                    "LEFT JOIN bank_entries o ON o.id = r.payout_entry_id "
+                    "WHERE e.statement_id = ? ORDER BY e.id",
                     (statement_id,),
                 )
             )
@@ -616,9 +693,19 @@ class Incoming(_Body):
     after_cutoff: bool = False
 
 
+class ReturnAfterSettlement(_Body):
+    """The payee's bank's terms: an ISO 20022 return reason (AC04 account closed, AC01 wrong
+    account number, MD07 holder deceased, ...) and the fee it keeps out of the amount."""
+
+    reason: Annotated[str, Field(pattern=r"^[A-Z0-9]{4}$")] = "AC04"
+    fee_minor: Minor = 0
+
+
 class Faults(_Body):
     unknown_reference_line: bool | None = None
     reject_payment_files: bool | None = None
+    #: ``true`` (AC04, no fee), the terms, or ``false`` to stop.
+    return_after_settlement: bool | ReturnAfterSettlement | None = None
 
 
 B = TypeVar("B", bound=BaseModel)
@@ -662,9 +749,10 @@ def _date(text: str | None) -> dt.date | None:
         raise BankError(400, "request_invalid", f"not a date: {text!r}") from None
 
 
-def bank_faults_from_json(document: Any) -> dict[str, bool]:
-    """The ``"bank"`` part of the ``--faults`` file, e.g. ``{"unknown_reference_line": true}``;
-    ``ValueError`` names what is wrong."""
+def bank_faults_from_json(document: Any) -> dict[str, Any]:
+    """The ``"bank"`` part of the ``--faults`` file, e.g. ``{"unknown_reference_line": true}``
+    or ``{"return_after_settlement": {"reason": "AC01", "fee_minor": 250}}``; ``ValueError``
+    names what is wrong."""
     try:
         faults = Faults.model_validate(document)
     except pydantic.ValidationError as exc:
@@ -675,7 +763,7 @@ def bank_faults_from_json(document: Any) -> dict[str, bool]:
 def create_router(
     data_dir: Path,
     clock: Clock | None = None,
-    faults: dict[str, bool] | None = None,
+    faults: dict[str, Any] | None = None,
     store: BankStore | None = None,
 ) -> fastapi.APIRouter:
     """The bank's HTTP API; the banksim app mounts it under ``/bank``. ``faults`` (from the

@@ -9,6 +9,14 @@ MT940 ``:86:`` uses the German structured layout (transaction code, ``?nn`` sub-
 library reads. ``:61:``'s reference for the account owner is the end-to-end id of our own
 payment or the remittance reference of one received when it fits in 16 characters, else
 ``NONREF``; the bank's own reference follows ``//``.
+
+A payout the payee's bank sent back (an R-transaction) is a credit carrying the payout's
+end-to-end id: in camt.053 with bank transaction code PMNT/ICDT/RRTN (an issued credit
+transfer reversed by a return), the ISO return reason in ``RtrInf/Rsn/Cd`` and, when the
+payee's bank kept a fee, the original amount in ``AmtDtls/InstdAmt`` and the fee in ``Chrgs``;
+in MT940 with GVC 159 (return of a credit transfer) and ``OAMT+``/``COAM+`` (original amount,
+fee). MT940 has no field for the ISO reason code (the German layout's ``?34`` is a numeric key
+of its own), so there the reason is only in the posting text (``?00RETOURE AC04``).
 """
 
 from __future__ import annotations
@@ -45,6 +53,17 @@ class StatementEntry:
     counterparty_iban: str | None
     message_id: str | None
     payment_info_id: str | None
+    #: A payout the payee's bank sent back: its ISO 20022 return reason and the amount it had
+    #: (the entry's is less the fee the payee's bank kept).
+    return_reason: str | None = None
+    original_amount_minor: int | None = None
+
+    @property
+    def fee_minor(self) -> int:
+        """What the payee's bank kept of a payout it sent back (0 for any other entry)."""
+        if self.original_amount_minor is None:
+            return 0
+        return self.original_amount_minor - self.amount_minor
 
     @property
     def bank_reference(self) -> str:
@@ -152,7 +171,8 @@ def camt053(statement: Statement, version: str = "02") -> bytes:
         el(el(ntry, "BookgDt"), "Dt", entry.booking_date.isoformat())
         el(el(ntry, "ValDt"), "Dt", entry.value_date.isoformat())
         el(ntry, "AcctSvcrRef", entry.bank_reference)
-        _bank_code(el, ntry, incoming)
+        returned = entry.return_reason is not None
+        _bank_code(el, ntry, incoming, returned)
         details = el(el(ntry, "NtryDtls"), "TxDtls")
         refs = el(details, "Refs")
         if entry.message_id:
@@ -162,8 +182,19 @@ def camt053(statement: Statement, version: str = "02") -> bytes:
             el(refs, "PmtInfId", entry.payment_info_id)
         el(refs, "EndToEndId", entry.end_to_end_id or "NOTPROVIDED")
         amounts = el(details, "AmtDtls")
+        if entry.fee_minor:
+            assert entry.original_amount_minor is not None
+            el(el(amounts, "InstdAmt"), "Amt", _amount(entry.original_amount_minor, ccy), Ccy=ccy)
         el(el(amounts, "TxAmt"), "Amt", _amount(entry.amount_minor, ccy), Ccy=ccy)
-        _bank_code(el, details, incoming)
+        _bank_code(el, details, incoming, returned)
+        if entry.fee_minor:
+            # The payee's bank's fee, deducted from the amount (v08 nests it in a record).
+            charges = el(details, "Chrgs")
+            record = el(charges, "Rcrd") if v8 else charges
+            el(record, "Amt", _amount(entry.fee_minor, ccy), Ccy=ccy)
+            el(record, "CdtDbtInd", "DBIT")
+            if v8:
+                el(record, "ChrgInclInd", "true")
         if entry.counterparty_name or entry.counterparty_iban:
             parties = el(details, "RltdPties")
             party_role, account_role = ("Dbtr", "DbtrAcct") if incoming else ("Cdtr", "CdtrAcct")
@@ -176,18 +207,23 @@ def camt053(statement: Statement, version: str = "02") -> bytes:
                 el(el(el(parties, account_role), "Id"), "IBAN", entry.counterparty_iban)
         if entry.remittance:
             el(el(details, "RmtInf"), "Ustrd", _xml_text(entry.remittance, 140))
+        if entry.return_reason is not None:
+            el(el(el(details, "RtrInf"), "Rsn"), "Cd", entry.return_reason)
     return bytes(
         etree.tostring(document, xml_declaration=True, encoding="UTF-8", pretty_print=True)
     )
 
 
-def _bank_code(el: _Factory, parent: etree._Element, incoming: bool) -> None:
-    """Bank transaction code: PMNT / RCDT (received) or ICDT (issued) / ESCT (SEPA)."""
+def _bank_code(
+    el: _Factory, parent: etree._Element, incoming: bool, returned: bool = False
+) -> None:
+    """Bank transaction code: PMNT / RCDT (received) or ICDT (issued) / ESCT (SEPA); an issued
+    credit transfer the payee's bank sent back is PMNT / ICDT / RRTN."""
     domain = el(el(parent, "BkTxCd"), "Domn")
     el(domain, "Cd", "PMNT")
     family = el(domain, "Fmly")
-    el(family, "Cd", "RCDT" if incoming else "ICDT")
-    el(family, "SubFmlyCd", "ESCT")
+    el(family, "Cd", "RCDT" if incoming and not returned else "ICDT")
+    el(family, "SubFmlyCd", "RRTN" if returned else "ESCT")
 
 
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -255,22 +291,34 @@ def _subfield(text: str) -> str:
     return swift_text(text).replace("?", ".").replace(":", ".")
 
 
-def _details(entry: StatementEntry) -> str:
+def _details(entry: StatementEntry, currency: str) -> str:
     """:86: in the German structured layout (GVC + ``?nn`` sub-fields) that the ``mt-940``
     library reads: ``?20``-``?29`` purpose lines of 27 characters carrying ``EREF+`` (end-to-end
     id), ``KREF+`` (a received payment's reference) and ``SVWZ+`` (remittance text), ``?31``
     the counterparty IBAN, ``?32``/``?33`` its name. The purpose lines hold 270 characters and
     the field 6 lines of 65: longer texts are cut (camt.053 carries them whole)."""
     incoming = entry.amount_minor > 0
+    returned = entry.return_reason is not None
     purpose = ""
     if entry.end_to_end_id and entry.end_to_end_id != "NOTPROVIDED":
         purpose += f"EREF+{_subfield(entry.end_to_end_id)}"
+    if returned and entry.fee_minor:
+        assert entry.original_amount_minor is not None
+        purpose += f"OAMT+{mt940_amount(entry.original_amount_minor, currency)}"
+        purpose += f"COAM+{mt940_amount(entry.fee_minor, currency)}"
     if entry.remittance:
         remittance = _subfield(entry.remittance)
-        if incoming:
+        if incoming and not returned:
             purpose += f"KREF+{remittance}"
         purpose += f"SVWZ+{remittance}"
-    parts = ["166" if incoming else "116", "?00SEPA-GUTSCHRIFT" if incoming else "?00SEPA-UEBERW"]
+    if returned:
+        # GVC 159: a credit transfer returned; the ISO reason only in the posting text.
+        parts = ["159", f"?00RETOURE {_subfield(entry.return_reason or '')}"]
+    else:
+        parts = [
+            "166" if incoming else "116",
+            "?00SEPA-GUTSCHRIFT" if incoming else "?00SEPA-UEBERW",
+        ]
     for index in range(10):
         chunk = purpose[index * 27 : (index + 1) * 27]
         if not chunk:
@@ -303,7 +351,7 @@ def mt940(statement: Statement) -> bytes:
             f"{mt940_amount(entry.amount_minor, ccy)}NTRF{_owner_reference(entry)}"
             f"//{entry.bank_reference[:16]}"
         )
-        wrapped = list(_wrap(_details(entry), 65, 6))
+        wrapped = list(_wrap(_details(entry, ccy), 65, 6))
         lines.append(f":86:{wrapped[0]}")
         lines.extend(wrapped[1:])
     lines.append(_mt_balance("62F", s.closing_booked_minor, s.date, ccy))

@@ -20,6 +20,36 @@ def _s(ns: int | None) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
+class PayoutReturn:
+    """Why a payout (a merchant's, or a buyer's withdrawal to the bank) came back, copied from
+    the payout gateway: ``kind`` ``rejected`` (the bank refused the payment file: the money
+    never left) or ``sent_back`` (the payee's bank sent it back after it settled — the account
+    closed, the IBAN wrong), the bank's reason code (ISO 20022, e.g. ``AC04``; ``None`` when
+    the statement gave none) and words, and what the payee's bank kept (``fee_minor``)."""
+
+    kind: str
+    reason_code: str | None
+    reason: str | None
+    fee_minor: int
+
+    @classmethod
+    def of(
+        cls, kind: str | None, code: str | None, reason: str | None, fee: int | None
+    ) -> PayoutReturn | None:
+        return None if kind is None else cls(kind, code, reason, int(fee or 0))
+
+    def to_api(self, amount_minor: int) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reason_code": self.reason_code,
+            "reason": self.reason,
+            "fee_minor": self.fee_minor,
+            # What came back to the balance or wallet it left (less the payee's bank's fee).
+            "returned_minor": amount_minor - self.fee_minor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Merchant:
     id: str
     legal_name: str
@@ -342,6 +372,8 @@ class MerchantPayout:
     state: str
     created_at_ns: int
     updated_at_ns: int
+    #: Once ``returned``: how and why (None before).
+    returned: PayoutReturn | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -351,6 +383,7 @@ class MerchantPayout:
             "amount_minor": self.amount_minor,
             "currency": self.currency,
             "state": self.state,
+            "return": None if self.returned is None else self.returned.to_api(self.amount_minor),
             "created": _s(self.created_at_ns),
             "updated": _s(self.updated_at_ns),
         }
@@ -434,6 +467,8 @@ class Withdrawal:
     destination: str = "source_bank_account"
     #: A withdrawal to the card: its card refunds, oldest first (empty for a bank one).
     card_refunds: tuple[CardRefund, ...] = ()
+    #: A bank withdrawal once ``returned``: how and why (None before, and for the card).
+    returned: PayoutReturn | None = None
 
     def _destination_api(self) -> dict[str, Any]:
         if self.destination == "source_card":
@@ -464,6 +499,7 @@ class Withdrawal:
             "currency": self.currency,
             "state": self.state,
             "destination": self._destination_api(),
+            "return": None if self.returned is None else self.returned.to_api(self.amount_minor),
             "created": _s(self.created_at_ns),
             "updated": _s(self.updated_at_ns),
         }

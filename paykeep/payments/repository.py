@@ -27,6 +27,7 @@ from paykeep.payments.records import (
     MerchantPayout,
     Order,
     Payment,
+    PayoutReturn,
     Refund,
     Shipment,
     Topup,
@@ -85,7 +86,7 @@ DISPUTE_COLUMNS = (
 )
 PAYOUT_COLUMNS = (
     "id, merchant_id, gateway_payout_id, amount_minor, currency, state, created_at_ns, "
-    "updated_at_ns"
+    "updated_at_ns, return_kind, return_reason_code, return_reason, return_fee_minor"
 )
 TOPUP_COLUMNS = (
     "id, buyer_id, merchant_id, amount_minor, currency, state, risk_outcome, created_at_ns, "
@@ -93,7 +94,8 @@ TOPUP_COLUMNS = (
 )
 WITHDRAWAL_COLUMNS = (
     "id, buyer_id, merchant_id, source_topup_id, iban_last4, amount_minor, currency, state, "
-    "gateway_payout_id, request_id, fingerprint, created_at_ns, updated_at_ns, destination"
+    "gateway_payout_id, request_id, fingerprint, created_at_ns, updated_at_ns, destination, "
+    "return_kind, return_reason_code, return_reason, return_fee_minor"
 )
 SESSION_COLUMNS = "id, merchant_id, order_id, success_url, state, expires_at_ns, created_at_ns"
 
@@ -133,6 +135,14 @@ def _withdrawal(r: Sequence[Any]) -> Withdrawal:
     return Withdrawal(
         r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7],
         None if r[8] is None else int(r[8]), r[9], r[10], int(r[11]), int(r[12]), r[13],
+        returned=PayoutReturn.of(r[14], r[15], r[16], r[17]),
+    )  # fmt: skip
+
+
+def _payout(r: Sequence[Any]) -> MerchantPayout:
+    return MerchantPayout(
+        r[0], r[1], None if r[2] is None else int(r[2]), int(r[3]), r[4], r[5], int(r[6]),
+        int(r[7]), PayoutReturn.of(r[8], r[9], r[10], r[11]),
     )  # fmt: skip
 
 
@@ -418,17 +428,41 @@ class PaymentsRepository:
         rows = self._page("payments_disputes", DISPUTE_COLUMNS, where, limit, starting_after)
         return [Dispute(*r) for r in rows]
 
-    def payout(self, payout_id: str) -> MerchantPayout | None:
+    def payout(self, payout_id: str, *, lock: bool = False) -> MerchantPayout | None:
         row = self._one(
-            f"SELECT {PAYOUT_COLUMNS} FROM payments_payouts WHERE id = :id", {"id": payout_id}
+            f"SELECT {PAYOUT_COLUMNS} FROM payments_payouts WHERE id = :id"
+            + (self._lock if lock else ""),
+            {"id": payout_id},
         )
-        return None if row is None else MerchantPayout(*row)
+        return None if row is None else _payout(row)
+
+    def payout_by_gateway(
+        self, gateway_payout_id: int, *, lock: bool = False
+    ) -> MerchantPayout | None:
+        row = self._one(
+            f"SELECT {PAYOUT_COLUMNS} FROM payments_payouts WHERE gateway_payout_id = :g"
+            + (self._lock if lock else ""),
+            {"g": gateway_payout_id},
+        )
+        return None if row is None else _payout(row)
 
     def payouts(
         self, where: dict[str, Any], limit: int, starting_after: str | None
     ) -> list[MerchantPayout]:
         rows = self._page("payments_payouts", PAYOUT_COLUMNS, where, limit, starting_after)
-        return [MerchantPayout(*r) for r in rows]
+        return [_payout(r) for r in rows]
+
+    def payouts_sent_back_unrecorded(self, limit: int) -> list[MerchantPayout]:
+        """Settled payout records whose gateway payout the payee's bank has since sent back
+        (``returned``), oldest first: the return was applied by a process that had no payments
+        service listening (``paykeep payouts settle``), and the record is still to follow."""
+        rows = self._all(
+            f"SELECT {PAYOUT_COLUMNS} FROM payments_payouts WHERE state = 'settled' "
+            "AND gateway_payout_id IN (SELECT id FROM gateway_payouts WHERE state = 'returned') "
+            "ORDER BY id LIMIT :limit",
+            {"limit": limit},
+        )
+        return [_payout(r) for r in rows]
 
     # ------------------------------------------------------------------ withdrawals
 
@@ -444,6 +478,28 @@ class PaymentsRepository:
             {"id": withdrawal_id},
         )
         return None if row is None else self._with_card_refunds([_withdrawal(row)])[0]
+
+    def withdrawal_by_gateway(
+        self, gateway_payout_id: int, *, lock: bool = False
+    ) -> Withdrawal | None:
+        row = self._one(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals WHERE gateway_payout_id = :g"
+            + (self._lock if lock else ""),
+            {"g": gateway_payout_id},
+        )
+        return None if row is None else _withdrawal(row)
+
+    def withdrawals_sent_back_unrecorded(self, limit: int) -> list[Withdrawal]:
+        """Settled bank withdrawals whose gateway payout has since been sent back
+        (``returned``): as :meth:`payouts_sent_back_unrecorded`, for buyers."""
+        rows = self._all(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals WHERE state = 'settled' "
+            "AND destination = 'source_bank_account' "
+            "AND gateway_payout_id IN (SELECT id FROM gateway_payouts WHERE state = 'returned') "
+            "ORDER BY created_at_ns LIMIT :limit",
+            {"limit": limit},
+        )
+        return [_withdrawal(r) for r in rows]
 
     def withdrawal_by_request(self, request_id: str) -> Withdrawal | None:
         row = self._one(

@@ -121,6 +121,7 @@ from paykeep.payments.records import (
     MerchantPayout,
     Order,
     Payment,
+    PayoutReturn,
     Refund,
     Shipment,
     Topup,
@@ -147,7 +148,7 @@ from paykeep.security.fields import FieldCipher, mask_email
 if TYPE_CHECKING:
     from paykeep.gateway.cards.service import CardGateway
     from paykeep.gateway.payouts.model import Payout
-    from paykeep.gateway.payouts.service import PayoutService
+    from paykeep.gateway.payouts.service import PayoutService, ReturnedPayout
     from paykeep.gateway.statements.service import StatementService
     from paykeep.gateway.vault.service import CardVault
 
@@ -362,6 +363,11 @@ class PaymentsService:
         #: ``with payments.transaction() as tx:`` — and, for callers that can hand over a
         #: unit of work (the API's idempotent POSTs), ``payments.transaction.group_run(op)``.
         self.transaction = Transactions(self._transaction, self.run)
+        if payouts is not None:
+            # The merchants' payouts and buyers' withdrawals are gateway payouts: when one
+            # comes back (rejected, or sent back by the payee's bank after it settled), the
+            # record, its event and the merchant's IBAN commit in the gateway's transaction.
+            payouts.on_returned(self.payout_returned_within)
 
     # ------------------------------------------------------------------ transactions
 
@@ -2369,7 +2375,13 @@ class PaymentsService:
         )
 
     def _record_payout(
-        self, merchant_id: str, gateway_payout_id: int, amount: int, currency: str, state: str
+        self,
+        merchant_id: str,
+        gateway_payout_id: int,
+        amount: int,
+        currency: str,
+        state: str,
+        returned: PayoutReturn | None = None,
     ) -> MerchantPayout:
         """The merchant's record of a gateway payout, with ``payout.created``: written once
         (a unique index on the gateway payout), by the request or, if it died first, by the
@@ -2381,7 +2393,7 @@ class PaymentsService:
                     return existing[0]
                 record = MerchantPayout(
                     self.new_id("po"), merchant_id, gateway_payout_id, amount, currency, state,
-                    tx.now_ns, tx.now_ns,
+                    tx.now_ns, tx.now_ns, returned,
                 )  # fmt: skip
                 tx.repo.insert(
                     "payments_payouts",
@@ -2394,6 +2406,7 @@ class PaymentsService:
                         "state": state,
                         "created_at_ns": tx.now_ns,
                         "updated_at_ns": tx.now_ns,
+                        **({} if returned is None else _return_columns(returned)),
                     },
                 )
                 self._event(tx, merchant_id, "payout.created", record.to_api())
@@ -2423,14 +2436,22 @@ class PaymentsService:
             if str(gateway_id) in items.blocked:
                 continue
             with items.isolated(str(gateway_id)):
-                self._record_payout(merchant_id, int(gateway_id), int(amount), currency, state)
+                returned = None
+                if state == "returned":
+                    returned = _payout_return(self.payouts.get(int(gateway_id)))
+                self._record_payout(
+                    merchant_id, int(gateway_id), int(amount), currency, state, returned
+                )
                 adopted += 1
         return adopted
 
     def sync_payouts(self, unrecorded_min_age_s: float = PAYOUT_RECORD_RECOVERY_S) -> int:
         """Copy the gateway's payout states (batched, accepted, settled, returned) onto the
         merchants' payout records, with an event for each change; first record the payouts a
-        request made and died before recording (older than ``unrecorded_min_age_s``)."""
+        request made and died before recording (older than ``unrecorded_min_age_s``). A
+        return is normally recorded in the gateway's own transaction
+        (:meth:`payout_returned_within`); a settled payout sent back by a process without
+        this service listening (``paykeep payouts settle``) is caught up here."""
         if self.payouts is None:
             return 0
         changed = self._adopt_unrecorded_payouts(unrecorded_min_age_s)
@@ -2441,23 +2462,102 @@ class PaymentsService:
                 for p in tx.repo.payouts({}, 500 + items.fetch, None)
                 if p.state not in ("settled", "returned") and p.id not in items.blocked
             ]
+            open_ += [
+                p
+                for p in tx.repo.payouts_sent_back_unrecorded(TIMER_SWEEP_BATCH)
+                if p.id not in items.blocked
+            ]
         for record in open_:
             if record.gateway_payout_id is None:
                 continue
             with items.isolated(record.id):
-                state = self.payouts.get(record.gateway_payout_id).state
-                if state == record.state:
+                gateway = self.payouts.get(record.gateway_payout_id)
+                if gateway.state == record.state:
                     continue
                 with self.transaction() as tx:
-                    tx.repo.update(
-                        "payments_payouts", record.id, {"state": state, "updated_at_ns": tx.now_ns}
-                    )
-                    self._event(
-                        tx, record.merchant_id, f"payout.{state}",
-                        replace(record, state=state, updated_at_ns=tx.now_ns).to_api(),
-                    )  # fmt: skip
+                    current = tx.repo.payout(record.id, lock=True)
+                    assert current is not None
+                    if current.state == gateway.state:
+                        continue  # the gateway's transaction (or another worker) recorded it
+                    if gateway.state == "returned":
+                        self._payout_returned(tx, current, gateway)
+                    else:
+                        state = gateway.state.value
+                        tx.repo.update(
+                            "payments_payouts", current.id,
+                            {"state": state, "updated_at_ns": tx.now_ns},
+                        )  # fmt: skip
+                        self._event(
+                            tx, current.merchant_id, f"payout.{state}",
+                            replace(current, state=state, updated_at_ns=tx.now_ns).to_api(),
+                        )  # fmt: skip
                 changed += 1
         return changed
+
+    def payout_returned_within(self, conn: Connection, returned: ReturnedPayout) -> None:
+        """The payout gateway returned one of its payouts (``PayoutService.on_returned``), in
+        ``conn``, its transaction: if the payout is a merchant's payout or a buyer's bank
+        withdrawal, its record becomes ``returned`` with the bank's reason, with its event
+        (``payout.returned`` / ``withdrawal.returned``), in that same transaction — and a
+        merchant's payout IBAN the reason puts in doubt is unverified (:meth:`_payout_returned`).
+        Any other payout (an operator's, a return to sender) is not ours: nothing."""
+        tx = Tx(conn, self.clock.now_ns(), PaymentsRepository(conn, postgres=self._postgres))
+        gateway_id = returned.payout.payout_id
+        record = tx.repo.payout_by_gateway(gateway_id, lock=True)
+        if record is not None:
+            if record.state != "returned":
+                self._payout_returned(tx, record, returned.payout)
+            return
+        withdrawal = tx.repo.withdrawal_by_gateway(gateway_id, lock=True)
+        if withdrawal is not None and withdrawal.state != WithdrawalState.RETURNED:
+            self._withdrawal_returned(tx, withdrawal, returned.payout)
+
+    def _payout_returned(self, tx: Tx, record: MerchantPayout, gateway: Payout) -> None:
+        """``record`` (read locked) follows its gateway payout to ``returned``: state, how and
+        why, ``payout.returned``. Sent back by the payee's bank for a reason that puts the
+        account in doubt (closed, wrong, blocked, another holder; or no reason we can read:
+        ``account_needs_checking``), the merchant's payout IBAN — if it is still the account
+        the payout went to — is unverified (``merchant.updated``): the next payout is refused
+        (``payout_not_allowed``) until an operator verifies it again, or the merchant gives a
+        new one and it is verified. The money is back in ``available`` already (the gateway's
+        transfers), less what the payee's bank kept."""
+        from paykeep.gateway.payouts.model import ReturnKind, account_needs_checking
+
+        returned = _payout_return(gateway)
+        done = replace(record, state="returned", updated_at_ns=tx.now_ns, returned=returned)
+        tx.repo.update("payments_payouts", record.id, {"state": "returned",
+                       "updated_at_ns": tx.now_ns, **_return_columns(returned)})  # fmt: skip
+        self._event(tx, record.merchant_id, "payout.returned", done.to_api())
+        if gateway.return_kind is not ReturnKind.SENT_BACK or not account_needs_checking(
+            gateway.return_reason_code
+        ):
+            return
+        merchant = tx.repo.merchant(record.merchant_id)
+        iban_enc = tx.repo.merchant_iban(record.merchant_id)
+        if merchant is None or iban_enc is None or not merchant.payout_iban_verified:
+            return
+        assert self.payouts is not None
+        current = self.cipher.open(iban_enc, purpose="merchant.iban", row_id=merchant.id)
+        if compact_iban(current) != compact_iban(
+            self.payouts.creditor_iban_within(tx.conn, gateway.payout_id)
+        ):
+            return  # the merchant has moved to another account since: that one stands
+        tx.repo.update("payments_merchants", merchant.id, {"payout_iban_verified": False})
+        unverified = replace(merchant, payout_iban_verified=False)
+        self._event(tx, merchant.id, "merchant.updated", unverified.to_api())
+
+    def _withdrawal_returned(self, tx: Tx, withdrawal: Withdrawal, gateway: Payout) -> None:
+        """``withdrawal`` (read locked) follows its gateway payout to ``returned`` — rejected
+        by the bank, or sent back by the buyer's bank after it settled (``settled ->
+        returned``, :data:`withdrawals.WITHDRAWAL_TRANSITIONS`) — with how and why and
+        ``withdrawal.returned``. Its money is back in the wallet (the gateway's transfers,
+        less a fee the buyer's bank kept) and its source's headroom is free again."""
+        nxt = withdrawal_transition(WithdrawalState(withdrawal.state), WithdrawalState.RETURNED)
+        returned = _payout_return(gateway)
+        tx.repo.update("payments_withdrawals", withdrawal.id, {"state": nxt.value,
+                       "updated_at_ns": tx.now_ns, **_return_columns(returned)})  # fmt: skip
+        done = replace(withdrawal, state=nxt.value, updated_at_ns=tx.now_ns, returned=returned)
+        self._event(tx, withdrawal.merchant_id, "withdrawal.returned", done.to_api())
 
     # ------------------------------------------------------------------ buyer withdrawals
 
@@ -2838,6 +2938,11 @@ class PaymentsService:
             open_ = items.due(
                 tx.repo.open_withdrawals(limit + items.fetch), limit, key=lambda w: w.id
             )
+            # Sent back after they settled, by a process without this service listening.
+            open_ += items.due(
+                tx.repo.withdrawals_sent_back_unrecorded(limit + items.fetch), limit,
+                key=lambda w: w.id,
+            )  # fmt: skip
             now_ns = tx.now_ns
         changed = 0
         for record in open_:
@@ -2847,7 +2952,8 @@ class PaymentsService:
                         changed += self._recover_withdrawal(record)
                     continue
                 assert record.gateway_payout_id is not None
-                state = WithdrawalState(self.payouts.get(record.gateway_payout_id).state)
+                gateway = self.payouts.get(record.gateway_payout_id)
+                state = WithdrawalState(gateway.state)
                 if state == record.state:
                     continue
                 with self.transaction() as tx:
@@ -2855,13 +2961,18 @@ class PaymentsService:
                     assert current is not None
                     if current.state == state:
                         continue  # another worker copied it
-                    nxt = withdrawal_transition(WithdrawalState(current.state), state)
-                    tx.repo.update("payments_withdrawals", current.id,
-                                   {"state": nxt.value, "updated_at_ns": tx.now_ns})  # fmt: skip
-                    self._event(
-                        tx, current.merchant_id, f"withdrawal.{nxt.value}",
-                        replace(current, state=nxt.value, updated_at_ns=tx.now_ns).to_api(),
-                    )  # fmt: skip
+                    if state == WithdrawalState.RETURNED:
+                        self._withdrawal_returned(tx, current, gateway)
+                    else:
+                        nxt = withdrawal_transition(WithdrawalState(current.state), state)
+                        tx.repo.update(
+                            "payments_withdrawals", current.id,
+                            {"state": nxt.value, "updated_at_ns": tx.now_ns},
+                        )  # fmt: skip
+                        self._event(
+                            tx, current.merchant_id, f"withdrawal.{nxt.value}",
+                            replace(current, state=nxt.value, updated_at_ns=tx.now_ns).to_api(),
+                        )  # fmt: skip
                 changed += 1
         return changed
 
@@ -2985,6 +3096,24 @@ def _card_refund_reservation_id(card_refund_id: str, retries: int) -> int:
 def _card_refund_void_id(card_refund_id: str, retries: int) -> int:
     """The void of a round's reservation when that round fails (one per round, like it)."""
     return derived_id("card-refund-void", card_refund_id + _round_suffix(retries))
+
+
+def _payout_return(gateway: Payout) -> PayoutReturn:
+    """How and why a returned gateway payout came back, as the payments records keep it."""
+    assert gateway.return_kind is not None, gateway
+    return PayoutReturn(
+        gateway.return_kind.value, gateway.return_reason_code, gateway.return_reason,
+        gateway.return_fee_minor or 0,
+    )  # fmt: skip
+
+
+def _return_columns(returned: PayoutReturn) -> dict[str, Any]:
+    return {
+        "return_kind": returned.kind,
+        "return_reason_code": returned.reason_code,
+        "return_reason": returned.reason,
+        "return_fee_minor": returned.fee_minor,
+    }
 
 
 def _withdrawal_replay(existing: Withdrawal, fingerprint: str) -> Withdrawal:

@@ -21,8 +21,12 @@ source for a typed error).
 A bank withdrawal's life (the gateway's payout states after ``requested``)::
 
     pending --gateway payout made--> requested --> batched --> accepted --> settled
-       \\--wallet no longer covers it (recovery)--> failed      \\--> returned (money back
-                                                                      in the wallet)
+       \\--wallet no longer covers it (recovery)--> failed
+    batched --the bank rejects the file--> returned
+    settled --the buyer's bank sends it back (an account closed, ...)--> returned
+
+``returned``: the money is back in the wallet (less a fee the buyer's bank kept, when it sent
+a settled withdrawal back short) and the source's headroom is free again.
 
 ``pending`` is the reservation of the bound: written, under a lock on the buyer, before the
 gateway is asked, so two concurrent requests cannot both use the same headroom. The states
@@ -94,7 +98,8 @@ WITHDRAWAL_TRANSITIONS: Final[Mapping[WithdrawalState, frozenset[WithdrawalState
     W.REQUESTED: frozenset({W.BATCHED}),
     W.BATCHED: frozenset({W.ACCEPTED, W.RETURNED}),
     W.ACCEPTED: frozenset({W.SETTLED}),
-    W.SETTLED: frozenset(),
+    # The buyer's bank may send a settled withdrawal back (an R-transaction).
+    W.SETTLED: frozenset({W.RETURNED}),
     W.RETURNED: frozenset(),
     W.FAILED: frozenset(),
     W.PARTIALLY_SETTLED: frozenset(),  # never a bank withdrawal's

@@ -84,7 +84,9 @@ def bank_cycle_pass(runtime: Runtime) -> None:
     """Take the acquirer's card settlement, batch requested payouts into a pain.001 for the
     bank, close the bank's day on the safeguarding account and import the statements it
     produced (top-ups credit wallets, card settlements empty the clearing account, payouts
-    settle), then copy payout states onto the merchants' payouts and the buyers' withdrawals."""
+    settle, payouts the payee's bank sent back return to where they came from — with the
+    merchant's or buyer's record and event in that same transaction), then copy payout states
+    onto the merchants' payouts and the buyers' withdrawals."""
 
     from paykeep.gateway.payouts.errors import PayoutNothingToBatch
     from paykeep.gateway.payouts.model import Debtor
@@ -114,7 +116,8 @@ def bank_cycle_pass(runtime: Runtime) -> None:
         body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
         body.raise_for_status()
         runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
-    payouts.settle()  # resume() + mark settled what the statement confirmed
+    # resume() + mark settled what the statement confirmed + return what was sent back
+    payouts.settle()
     runtime.payments.sync_payouts()
     # Buyers' withdrawals are gateway payouts too: the same pass copies their states (a
     # returned one's money is back in the wallet) and finishes reservations a crash left.

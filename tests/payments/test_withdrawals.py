@@ -137,6 +137,8 @@ def test_the_state_machine_follows_the_gateway_forward_only() -> None:
         (W.REQUESTED, W.BATCHED), (W.REQUESTED, W.ACCEPTED), (W.REQUESTED, W.SETTLED),
         (W.REQUESTED, W.RETURNED), (W.BATCHED, W.ACCEPTED), (W.BATCHED, W.SETTLED),
         (W.BATCHED, W.RETURNED), (W.ACCEPTED, W.SETTLED),
+        # the buyer's bank sends a settled withdrawal back (an account closed)
+        (W.SETTLED, W.RETURNED), (W.ACCEPTED, W.RETURNED),
     }  # fmt: skip
     for current in W:
         for target in W:

@@ -1153,8 +1153,15 @@ def payout_request_id(key: str | None) -> str:
     summary="Withdraw from the available balance to the merchant's verified IBAN.",
     description="Merchant keys only. The amount leaves `available` now and is paid in the "
     "next payout batch; `state` follows the bank (`requested`, `batched`, `accepted`, "
-    "`settled`, or `returned`). The Idempotency-Key is the payout's request id in the "
-    "payout gateway: a retry returns the same payout.",
+    "`settled`, or `returned`: the bank rejected the file, or the payee's bank sent a settled "
+    "payout back — an account closed, a wrong IBAN — and the money is back in `available`, "
+    "less any fee the payee's bank kept; `return` says which (`kind` `rejected` | "
+    "`sent_back`), the bank's `reason_code` and `reason`, `fee_minor` and `returned_minor`, "
+    "with the `payout.returned` event). A payout sent back because the account is closed, "
+    "invalid or not the merchant's (or for no reason the statement gave) unverifies the payout "
+    "IBAN: payouts are refused (`409 payout_not_allowed`) until the operator verifies it "
+    "again. The Idempotency-Key is the payout's request id in the payout gateway: a retry "
+    "returns the same payout.",
 )
 def create_payout(
     body: PayoutIn, principal: CurrentPrincipal, runtime: RuntimeDep, idem: IdempotencyMeta
@@ -1209,8 +1216,10 @@ def get_payout(payout_id: IdPath, principal: CurrentPrincipal, runtime: RuntimeD
     "the newest), and per IBAN the withdrawals not returned never exceed what that IBAN sent "
     "in (`409 withdrawal_exceeds_source`); no such top-up: `409 withdrawal_no_source`. The "
     "amount leaves the wallet now and is paid in the next payout batch; `state` follows the "
-    "bank (`requested`, `batched`, `accepted`, `settled`, or `returned` — then the money is "
-    "back in the wallet). Only the IBAN's last four are shown. "
+    "bank (`requested`, `batched`, `accepted`, `settled`, or `returned` — the bank rejected "
+    "it, or the buyer's bank sent it back after it settled; then the money is back in the "
+    "wallet, less any fee the buyer's bank kept, and `return` says how and why). Only the "
+    "IBAN's last four are shown. "
     "**To the card** (`destination: source_card`): refunds to the buyer's captured card "
     "payments in the currency, newest first, each at most what that payment has left to "
     "refund (captured less its refunds that have not failed); more than they can take "

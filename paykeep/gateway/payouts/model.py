@@ -7,7 +7,10 @@ A payout request moves money at once in the ledger (``merchant:<id>:available`` 
 ``open -> generated -> submitted -> accepted | rejected``, and ``accepted -> settled`` once the
 bank statement has confirmed every line. A payout follows its batch:
 ``requested -> batched -> accepted -> settled``, or ``batched -> returned`` when the bank
-rejects the file (the money goes back from ``clearing:payout`` to the merchant).
+rejects the file (the money goes back from ``clearing:payout`` to the merchant), or
+``settled -> returned`` when the payee's bank sends it back after it settled (a credit on our
+statement carrying its end-to-end id: the money goes back to the account it was drawn from,
+less the fee the payee's bank kept, which is charged there explicitly).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -40,10 +44,16 @@ CLEARING_ACCOUNT: Final = "clearing:payout"
 #: Ledger account code of an asset (as in the ledger demo's chart) for the clearing account.
 ASSET_ACCOUNT_CODE: Final = 1
 #: Ledger transfer codes: the request (merchant -> clearing), the return after a rejection
-#: (clearing -> merchant), and the settlement leg the statement posts (clearing -> bank).
+#: or after the payee's bank sent it back (clearing -> merchant), and the settlement leg the
+#: statement posts (clearing -> bank).
 REQUEST_TRANSFER_CODE: Final = 40
 RETURN_TRANSFER_CODE: Final = 41
 SETTLEMENT_TRANSFER_CODE: Final = 42
+#: A settled payout the payee's bank sent back: its statement credit enters clearing:payout
+#: (bank -> clearing), and the fee the payee's bank kept is charged to the account the payout
+#: was drawn from (that account -> clearing). Codes 43/44 are the statements context's.
+SENT_BACK_TRANSFER_CODE: Final = 45
+RETURN_FEE_TRANSFER_CODE: Final = 46
 #: pain.001 versions we write; .03 is the default.
 SCHEMAS: Final = ("pain.001.001.03", "pain.001.001.09")
 DEFAULT_SCHEMA: Final = "pain.001.001.03"
@@ -89,8 +99,21 @@ class BatchAction(StrEnum):
 class PayoutAction(StrEnum):
     BATCH = "batch"
     ACCEPT = "accept"
+    #: The bank rejected the file: the money never left.
     RETURN = "return"
     SETTLE = "settle"
+    #: The payee's bank sent a settled payout back (an R-transaction on our statement).
+    SEND_BACK = "send_back"
+
+
+class ReturnKind(StrEnum):
+    """How a ``returned`` payout's money came back to the account it was drawn from."""
+
+    #: Our bank rejected the payment file (pain.002 ``RJCT``): nothing left the bank.
+    REJECTED = "rejected"
+    #: The payee's bank sent it back after it settled (an account closed, a wrong IBAN found
+    #: later): a credit on our statement carrying the payout's end-to-end id.
+    SENT_BACK = "sent_back"
 
 
 BATCH_TRANSITIONS: Final[dict[tuple[BatchState, BatchAction], BatchState]] = {
@@ -106,6 +129,7 @@ PAYOUT_TRANSITIONS: Final[dict[tuple[PayoutState, PayoutAction], PayoutState]] =
     (PayoutState.BATCHED, PayoutAction.ACCEPT): PayoutState.ACCEPTED,
     (PayoutState.BATCHED, PayoutAction.RETURN): PayoutState.RETURNED,
     (PayoutState.ACCEPTED, PayoutAction.SETTLE): PayoutState.SETTLED,
+    (PayoutState.SETTLED, PayoutAction.SEND_BACK): PayoutState.RETURNED,
 }
 
 
@@ -186,6 +210,13 @@ class Payout:
     expected: bool
     created_at_ns: int
     updated_at_ns: int
+    #: Once ``returned``: how (:class:`ReturnKind`), the bank's reason code (an ISO 20022
+    #: code such as ``AC04``; ``None`` when the bank gave none, e.g. an MT940 statement), its
+    #: meaning in words, and what the payee's bank kept (0 but for a payout sent back short).
+    return_kind: ReturnKind | None = None
+    return_reason_code: str | None = None
+    return_reason: str | None = None
+    return_fee_minor: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -202,6 +233,14 @@ class Payout:
             "batch_id": self.batch_id,
             "request_transfer_id": self.request_transfer_id,
             "return_transfer_id": self.return_transfer_id,
+            "return": None
+            if self.return_kind is None
+            else {
+                "kind": self.return_kind.value,
+                "reason_code": self.return_reason_code,
+                "reason": self.return_reason,
+                "fee_minor": self.return_fee_minor,
+            },
             "created_at_ns": self.created_at_ns,
             "updated_at_ns": self.updated_at_ns,
         }
@@ -446,3 +485,95 @@ def default_remittance(request: PayoutRequest) -> str:
     """The remittance text the merchant's bank shows: theirs, else ``Payout <merchant ref>``."""
     text = request.remittance or f"Payout {request.merchant_ref}"
     return text[: limits.PAYOUT_REMITTANCE_LENGTH_MAX]
+
+
+# ---------------------------------------------------------------------------------------------
+# A settled payout sent back by the payee's bank
+# ---------------------------------------------------------------------------------------------
+
+
+def sent_back_fee(
+    payout_amount_minor: int,
+    payout_currency: str,
+    line_amount_minor: int,
+    line_currency: str,
+    *,
+    fee_max_minor: int = limits.PAYOUT_RETURN_FEE_MAX_MINOR,
+) -> int | None:
+    """The fee the payee's bank kept, if a credit line of ``line_amount_minor`` (positive: money
+    in) can be a payout of ``payout_amount_minor`` coming back: ``0`` when it came back whole,
+    the shortfall when that is at most ``fee_max_minor`` (SEPA lets the payee's bank deduct
+    its charges from a return). ``None`` when it cannot be applied by Paykeep — another
+    currency, nothing, more than was paid (never a fee: something else is going on), or short
+    by more than a fee — and stays a statement break for a person."""
+    if line_currency != payout_currency or line_amount_minor <= 0:
+        return None
+    fee = payout_amount_minor - line_amount_minor
+    if fee < 0 or fee > fee_max_minor:
+        return None
+    return fee
+
+
+#: ISO 20022 external return reason codes a payee's bank gives for a credit transfer it sends
+#: back (the EPC's SCT R-transaction codes and their neighbours), in words.
+RETURN_REASONS: Final[Mapping[str, str]] = {
+    "AC01": "the account number is incorrect",
+    "AC03": "the creditor account number is invalid",
+    "AC04": "the account is closed",
+    "AC06": "the account is blocked",
+    "AG01": "transactions are forbidden on this account",
+    "AG02": "invalid bank operation code",
+    "AM05": "duplicate payment",
+    "BE01": "the name does not match the account holder",
+    "BE04": "the creditor's address is missing",
+    "CNOR": "the creditor's bank is not registered",
+    "DNOR": "the debtor's bank is not registered",
+    "FOCR": "returned after a cancellation request",
+    "MD07": "the account holder is deceased",
+    "MS02": "refused by the payee",
+    "MS03": "no reason given by the bank",
+    "RC01": "the bank identifier is incorrect",
+    "RR01": "regulatory: the debtor's account or identification is missing",
+    "RR02": "regulatory: the debtor's name or address is missing",
+    "RR03": "regulatory: the creditor's name or address is missing",
+    "RR04": "regulatory reason",
+}
+
+#: Reasons that say the payee's account itself cannot take the money — wrong, invalid,
+#: closed or blocked, not for payments, not the holder's name, a deceased holder — so paying
+#: it again would only come back again: the account needs checking before the next payout.
+ACCOUNT_UNUSABLE_REASONS: Final = frozenset(
+    {"AC01", "AC03", "AC04", "AC06", "AG01", "BE01", "MD07"}
+)
+
+
+_ANSWER_CODE = re.compile(r"^([A-Za-z0-9]{1,35}):")
+
+
+def bank_answer_code(reason: str | None) -> str | None:
+    """The reason code of a recorded bank answer (``BankAnswer.reason``, ``"AM04: text"``)."""
+    found = _ANSWER_CODE.match(reason or "")
+    return found.group(1) if found else None
+
+
+def return_reason_text(code: str | None) -> str:
+    """The bank's reason in words, code first: ``AC04: the account is closed``."""
+    if code is None:
+        return "the statement gave no reason"
+    meaning = RETURN_REASONS.get(code)
+    return code if meaning is None else f"{code}: {meaning}"
+
+
+def account_needs_checking(code: str | None) -> bool:
+    """Whether a payout sent back for ``code`` says the payee's account must be checked before
+    anything is paid to it again: a reason in :data:`ACCOUNT_UNUSABLE_REASONS`, or one we
+    cannot read — none on the statement (MT940), ``MS03`` ("not specified"), a code not in
+    :data:`RETURN_REASONS` (a bank's own) — since assuming the account is fine risks a second
+    return and a second fee. A known reason about the payment rather than the account
+    (``AM05`` a duplicate, ``FOCR`` a recall, ``MS02`` the payee refused it, ...) keeps it."""
+    return (
+        code is None
+        or code == "MS03"
+        or code in ACCOUNT_UNUSABLE_REASONS
+        or code not in RETURN_REASONS
+    )

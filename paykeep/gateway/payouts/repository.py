@@ -1,6 +1,7 @@
 """Persistence of payouts and batches: SQLAlchemy Core over the tables of migrations 0004,
-0011 and 0013 (the creditor's name and IBAN, the remittance text and the batch's file copy are
-sealed bytes here: the service seals and opens them, the repository only moves them).
+0011, 0013 and 0017 (the creditor's name and IBAN, the remittance text and the batch's file
+copy are sealed bytes here: the service seals and opens them, the repository only moves them;
+0017 says how and why a payout was returned).
 
 A repository wraps one open transaction (a ``Connection`` from ``Database.write()`` or
 ``.read()``); it never commits. Rows about to change are read ``FOR UPDATE`` (PostgreSQL;
@@ -22,6 +23,7 @@ from paykeep.gateway.payouts.model import (
     Debtor,
     Payout,
     PayoutState,
+    ReturnKind,
 )
 
 _meta = sa.MetaData()
@@ -48,6 +50,10 @@ payouts = sa.Table(
     sa.Column("expected", sa.Boolean),
     sa.Column("created_at_ns", sa.BigInteger),
     sa.Column("updated_at_ns", sa.BigInteger),
+    sa.Column("return_kind", sa.String(16)),
+    sa.Column("return_reason_code", sa.String(35)),
+    sa.Column("return_reason", sa.Text),
+    sa.Column("return_fee_minor", sa.BigInteger),
 )
 batches = sa.Table(
     "gateway_payout_batches",
@@ -103,6 +109,10 @@ def _payout(row: sa.Row[Any]) -> Payout:
         expected=bool(row.expected),
         created_at_ns=row.created_at_ns,
         updated_at_ns=row.updated_at_ns,
+        return_kind=None if row.return_kind is None else ReturnKind(row.return_kind),
+        return_reason_code=row.return_reason_code,
+        return_reason=row.return_reason,
+        return_fee_minor=None if row.return_fee_minor is None else int(row.return_fee_minor),
     )
 
 

@@ -2,15 +2,20 @@
 
 Transaction boundaries live here (``Database.write()``). Where money moves together with our
 rows — a request's transfer and its payout row, a rejected payout's return and its state (and
-its statement break's), a return to sender — the ledger posts inside the same transaction
-(``Ledger.create_transfers_within``): all of it or nothing. Ledger transfer ids are still
-derived from what they answer to (``paykeep.ids.derived_id``), so a retry gets ``exists`` and
-never moves money twice, and :meth:`PayoutService.resume` finishes whatever a crash left undone.
+its statement break's), a return to sender, a settled payout the payee's bank sent back (its
+statement line and break too) — the ledger posts inside the same transaction
+(``Ledger.create_transfers_within``): all of it or nothing. Whoever owns payouts (payments:
+merchants' payouts, buyers' withdrawals) hears of each return inside that transaction
+(:meth:`PayoutService.on_returned`), so its own record and events commit with it. Ledger
+transfer ids are still derived from what they answer to (``paykeep.ids.derived_id``), so a
+retry gets ``exists`` and never moves money twice, and :meth:`PayoutService.resume` finishes
+whatever a crash left undone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -48,8 +53,10 @@ from paykeep.gateway.payouts.model import (
     REMITTANCE_PURPOSE,
     REQUEST_FINGERPRINT_PURPOSE,
     REQUEST_TRANSFER_CODE,
+    RETURN_FEE_TRANSFER_CODE,
     RETURN_TRANSFER_CODE,
     SCHEMAS,
+    SENT_BACK_TRANSFER_CODE,
     SETTLEMENT_TRANSFER_CODE,
     Batch,
     BatchAction,
@@ -59,6 +66,8 @@ from paykeep.gateway.payouts.model import (
     PayoutAction,
     PayoutRequest,
     PayoutState,
+    ReturnKind,
+    bank_answer_code,
     batch_transition,
     check_currency,
     check_limits,
@@ -68,8 +77,10 @@ from paykeep.gateway.payouts.model import (
     message_id,
     normalize_iban,
     payout_transition,
+    return_reason_text,
     return_remittance,
     return_request_id,
+    sent_back_fee,
     validate_creditor_name,
     validate_debtor,
     validate_request,
@@ -78,13 +89,21 @@ from paykeep.gateway.payouts.repository import PayoutRepository
 from paykeep.gateway.statements.model import normalize_reference
 from paykeep.ids import IdGenerator
 from paykeep.ledger.errors import AccountNotFound, transfer_error
-from paykeep.ledger.model import Account, CreateTransferResult, NewAccount, NewTransfer
+from paykeep.ledger.model import (
+    Account,
+    CreateTransferResult,
+    NewAccount,
+    NewTransfer,
+    TransferFlags,
+)
 from paykeep.ledger.service import Ledger
 from paykeep.security.fields import FieldCipher
 
 if TYPE_CHECKING:
-    from paykeep.gateway.statements.repository import StoredBreak
+    from paykeep.gateway.statements.repository import BounceCandidate, StoredBreak
     from paykeep.gateway.statements.service import ReturnableLine, StatementService
+
+log = logging.getLogger("paykeep.gateway.payouts")
 
 _EXISTS = CreateTransferResult.EXISTS
 _REUSED = frozenset(
@@ -150,6 +169,33 @@ class ReturnedBreak:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ReturnedPayout:
+    """A payout whose money just came back to the account it was drawn from, as the
+    transaction that moved it recorded it: the payout (now ``returned``, with its
+    ``return_kind``, reason and fee), what came back (``returned_minor``: the payout's amount
+    less ``fee_minor``, what the payee's bank kept) and, for a payout sent back after
+    settlement, the statement line that brought it (``statement_id``, ``line``, its break)."""
+
+    payout: Payout
+    returned_minor: int
+    fee_minor: int
+    statement_id: str | None = None
+    line: int | None = None
+    break_id: int | None = None
+
+    @property
+    def kind(self) -> ReturnKind:
+        assert self.payout.return_kind is not None
+        return self.payout.return_kind
+
+
+#: Told of every returned payout, inside the transaction that returns it (its connection, the
+#: return): the owner's records and events commit with the money or not at all. A typed
+#: error it raises rolls the return back.
+ReturnListener = Callable[[Connection, ReturnedPayout], None]
+
+
 class _BreakChanged(Exception):
     """Raised inside a return's transaction (rolling it back) when the locked break is not in
     the state the checks saw: a concurrent return or resolution won."""
@@ -202,6 +248,20 @@ class PayoutService:
         self.ledger = ledger or Ledger(database, self.clock)
         self.ids = IdGenerator(self.clock)
         self.statements = statements
+        self._return_listeners: list[ReturnListener] = []
+
+    def on_returned(self, listener: ReturnListener) -> None:
+        """Tell ``listener`` of every payout returned from now on — rejected by the bank or
+        sent back by the payee's bank after it settled — inside the transaction that returns
+        it. The payments context registers here for its merchants' payouts and buyers'
+        withdrawals (a payout it does not own is its to ignore). Registering the same listener
+        twice tells it once."""
+        if listener not in self._return_listeners:
+            self._return_listeners.append(listener)
+
+    def _tell_returned(self, conn: Connection, returned: ReturnedPayout) -> None:
+        for listener in self._return_listeners:
+            listener(conn, returned)
 
     # ------------------------------------------------------------------ request
 
@@ -563,6 +623,19 @@ class PayoutService:
             self.cipher.open(line.creditor_iban_enc, purpose=CREDITOR_IBAN_PURPOSE, row_id=row_id),
         )
 
+    def creditor_iban_within(self, conn: Connection, payout_id: int) -> str:
+        """The IBAN ``payout_id`` was paid to, opened, read in the caller's transaction: the
+        payments context compares it with a merchant's payout IBAN when a payout comes back
+        (is the account it doubts still the merchant's?). Never logged or returned by an API."""
+        sealed = PayoutRepository(conn).sealed_lines([payout_id])
+        if payout_id not in sealed:
+            raise PayoutNotFound(f"no payout {payout_id}", param="payout_id")
+        return self.cipher.open(
+            sealed[payout_id].creditor_iban_enc,
+            purpose=CREDITOR_IBAN_PURPOSE,
+            row_id=str(payout_id),
+        )
+
     def _statements_for_returns(self) -> StatementService:
         if self.statements is None:
             # Without it the return's outgoing line could never be expected or settled.
@@ -895,8 +968,15 @@ class PayoutService:
                 payout.payout_id,
                 state=nxt.value,
                 return_transfer_id=transfer_id,
+                return_kind=ReturnKind.REJECTED.value,
+                return_reason_code=bank_answer_code(batch.bank_reason),
+                return_reason=batch.bank_reason or "the bank gave no reason",
+                return_fee_minor=0,
                 updated_at_ns=now,
             )
+            returned = repo.payout(payout.payout_id)
+            assert returned is not None
+            self._tell_returned(conn, ReturnedPayout(returned, payout.amount_minor, 0))
             if current.debit_account_name == SUSPENSE_ACCOUNT:
                 fail_return_within(
                     conn,
@@ -940,7 +1020,167 @@ class PayoutService:
             return 0  # only the statements service knows what the bank confirmed
         settled = self._settle_confirmed()
         self.reclaim_bounced_returns()
+        self.return_sent_back_payouts()
         return settled
+
+    def return_sent_back_payouts(self) -> int:
+        """A settled payout the payee's bank sends back (an account closed, a wrong IBAN found
+        later: an R-transaction) arrives on our statement as a credit carrying the payout's
+        end-to-end id, and reconciles as a break (``duplicate`` once the payout's own debit
+        line matched, ``wrong_direction`` if it came first). For each such open break whose
+        payout — a merchant's payout or a buyer's withdrawal, not a return to sender (those are
+        :meth:`reclaim_bounced_returns`') — is ``settled``, in the same currency, and whose
+        credit is the payout's amount or short by at most ``PAYOUT_RETURN_FEE_MAX_MINOR`` (the
+        payee's bank's fee: :func:`model.sent_back_fee`), one transaction each
+        (:meth:`_apply_sent_back`): the money goes back to the account the payout was drawn
+        from, the fee is charged there, the payout is ``returned`` with the bank's reason, the
+        line is matched and its break resolved, and the owners are told. Anything else — more
+        than was paid, short by more than a fee, a payout not yet settled (it is looked at
+        again on the next pass) or already returned — stays a break for a person. Returns how
+        many were applied; safe to run again and from several processes."""
+        from paykeep.gateway.statements.model import SUSPENSE_ACCOUNT, BreakReason
+
+        if self.statements is None:
+            return 0
+        candidates = self.statements.bounce_candidates()
+        if not candidates:
+            return 0
+        with self.database.read() as conn:
+            repo = PayoutRepository(conn)
+            found = {c.reference: repo.payout_by_end_to_end_id(c.reference) for c in candidates}
+        ours = (BreakReason.DUPLICATE.value, BreakReason.WRONG_DIRECTION.value)
+        applied = 0
+        for candidate in candidates:
+            payout = found.get(candidate.reference)
+            b = candidate.break_
+            if (
+                payout is None
+                or payout.debit_account_name == SUSPENSE_ACCOUNT
+                or payout.state is not PayoutState.SETTLED
+                or b.reason not in ours
+            ):
+                continue
+            fee = sent_back_fee(payout.amount_minor, payout.currency, b.amount_minor, b.currency)
+            if fee is None:
+                continue
+            try:
+                if self._apply_sent_back(candidate, payout, fee):
+                    applied += 1
+            except PaykeepError as error:
+                # Nothing of it was written (one transaction); the break stays open for a
+                # person, and the next pass tries again. The other candidates go on.
+                log.warning(
+                    "payout %s sent back (break %s) not applied: %s %s",
+                    payout.payout_id, b.id, error.code, error.message,
+                )  # fmt: skip
+        return applied
+
+    def _apply_sent_back(self, candidate: BounceCandidate, payout: Payout, fee: int) -> bool:
+        """Apply one payout sent back, in one transaction with the payout's row and then its
+        break locked (the order every return takes):
+
+        - ledger, one linked chain: the statement's credit enters ``clearing:payout`` from the
+          bank account (code 45, the id an import would give the line's first leg); the
+          payout's whole amount goes back to the account it was drawn from (code 41, the one
+          return id a payout has: the ledger itself refuses a second return); the fee the
+          payee's bank kept goes from that account to ``clearing:payout`` (code 46), so the
+          clearing account is back at zero and the fee is its own transfer;
+        - the payout ``settled -> returned`` (``sent_back``, the statement's reason, the fee);
+        - the statement line matched under the payout's expectation, its break ``matched`` by
+          ``paykeep`` with a trail entry;
+        - the owners told (:meth:`on_returned`): their records and events.
+
+        ``False`` (nothing written) when the payout or the break changed meanwhile."""
+        statements = self.statements
+        assert statements is not None
+        from paykeep.gateway.statements.model import BreakState, transfer_id
+
+        b = candidate.break_
+        bank = self._account(candidate.ledger_account_name)
+        drawn_from = self._account(payout.debit_account_name)
+        clearing = self._clearing(payout.currency)
+        linked = int(TransferFlags.LINKED)
+        where = {"statement": b.statement_id[:128], "line": b.line, "payout": payout.payout_id}
+        chain = [
+            NewTransfer(
+                id=transfer_id(b.account, b.statement_id, b.line, 0),
+                debit_account_id=bank.id,
+                credit_account_id=clearing.id,
+                amount_minor=b.amount_minor,
+                currency=b.currency,
+                code=SENT_BACK_TRANSFER_CODE,
+                flags=linked,
+                metadata=where,
+            ),
+            NewTransfer(
+                id=derived_id("payout-return", str(payout.payout_id)),
+                debit_account_id=clearing.id,
+                credit_account_id=drawn_from.id,
+                amount_minor=payout.amount_minor,
+                currency=payout.currency,
+                code=RETURN_TRANSFER_CODE,
+                flags=linked if fee else 0,
+                reference=f"payout-return:{payout.request_id}",
+                metadata=where,
+            ),
+        ]
+        if fee:
+            chain.append(
+                NewTransfer(
+                    id=derived_id("payout-return-fee", str(payout.payout_id)),
+                    debit_account_id=drawn_from.id,
+                    credit_account_id=clearing.id,
+                    amount_minor=fee,
+                    currency=payout.currency,
+                    code=RETURN_FEE_TRANSFER_CODE,
+                    reference=f"payout-return-fee:{payout.request_id}",
+                    metadata=where,
+                )
+            )
+        code = candidate.return_reason
+        reason = return_reason_text(code)
+        shown_fee = f", the payee's bank kept {fee}" if fee else ""
+        now = self.clock.now_ns()
+        with self.database.write() as conn:
+            repo = PayoutRepository(conn)
+            current = repo.payout(payout.payout_id, for_update=True)
+            if current is None or current.state is not PayoutState.SETTLED:
+                return False  # another process applied it, or it changed
+            locked = statements.lock_break_within(conn, b.id)
+            if locked.state is not BreakState.OPEN:
+                return False  # a person resolved the break meanwhile
+            nxt = payout_transition(current.state, PayoutAction.SEND_BACK)
+            results = self.ledger.create_transfers_within(conn, chain)
+            for transfer, result in zip(chain, results, strict=True):
+                if not result.applied_or_exists:
+                    raise transfer_error(result.result, transfer.id)
+            repo.update_payout(
+                payout.payout_id,
+                state=nxt.value,
+                return_transfer_id=chain[1].id,
+                return_kind=ReturnKind.SENT_BACK.value,
+                return_reason_code=code,
+                return_reason=reason,
+                return_fee_minor=fee,
+                updated_at_ns=now,
+            )
+            what = (
+                f"payout {payout.payout_id} ({payout.end_to_end_id}) sent back by the payee's "
+                f"bank ({reason}{shown_fee}): {payout.amount_minor - fee} of "
+                f"{payout.amount_minor} {payout.currency} back to {payout.debit_account_name}"
+            )
+            statements.match_sent_back_within(
+                conn, locked, transfer_ids=[t.id for t in chain], note=what, detail=what
+            )
+            returned = repo.payout(payout.payout_id)
+            assert returned is not None
+            self._tell_returned(
+                conn,
+                ReturnedPayout(
+                    returned, payout.amount_minor - fee, fee, b.statement_id, b.line, b.id
+                ),
+            )
+        return True
 
     def reclaim_bounced_returns(self) -> int:
         """A return payout the payee's bank sends back (an R-transaction: the account is
@@ -949,9 +1189,9 @@ class PayoutService:
         debit line matched, ``wrong_direction`` before). For each such break whose amount and
         currency are the payout's, the statements service brings the line into
         ``suspense:unidentified`` and reopens the break the payout was returning as
-        ``return_failed`` — one transaction. Anything else (another amount: the payee's bank
-        kept a fee; a merchant's payout coming back) stays a break for a person. Returns how
-        many were taken back."""
+        ``return_failed`` — one transaction. Another amount (the payee's bank kept a fee) stays
+        a break for a person; a merchant's payout or a buyer's withdrawal coming back is
+        :meth:`return_sent_back_payouts`'. Returns how many were taken back."""
         from paykeep.gateway.statements.model import SUSPENSE_ACCOUNT
 
         if self.statements is None:
@@ -1012,7 +1252,13 @@ class PayoutService:
             for batch_id in sorted(touched):
                 batch = self._load_batch(repo, batch_id)
                 states = {p.state for p in repo.batch_payouts(batch_id)}
-                if batch.state is BatchState.ACCEPTED and states == {PayoutState.SETTLED}:
+                # Every payout settled; one may have been sent back by its payee's bank since
+                # (``returned``: in an accepted batch nothing else returns a payout).
+                if (
+                    batch.state is BatchState.ACCEPTED
+                    and PayoutState.SETTLED in states
+                    and (states <= {PayoutState.SETTLED, PayoutState.RETURNED})
+                ):
                     final = batch_transition(batch.state, BatchAction.SETTLE)
                     repo.update_batch(batch_id, state=final.value, updated_at_ns=now)
                     repo.add_event(batch_id, now, batch.state, final, "statement confirmed all")

@@ -306,7 +306,7 @@ def _entry(r: _Reader, ntry: etree._Element, statement_id: str, index: int) -> E
     # Only a single-transaction line carries references that describe the whole line; a
     # batch line (several TxDtls) is matched on nothing and reconciles as a break.
     tx = details[0] if len(details) == 1 else None
-    end_to_end = reference = remittance = name = iban = uetr = None
+    end_to_end = reference = remittance = name = iban = uetr = return_reason = None
     bank_reference = r.text(ntry, "AcctSvcrRef")
     if tx is not None:
         end_to_end = r.text(tx, "Refs/EndToEndId")
@@ -327,6 +327,13 @@ def _entry(r: _Reader, ntry: etree._Element, statement_id: str, index: int) -> E
             tx, f"RltdPties/{party}/Nm", limit=limits.STATEMENT_TEXT_LENGTH_MAX
         ) or r.text(tx, f"RltdPties/{party}/Pty/Nm", limit=limits.STATEMENT_TEXT_LENGTH_MAX)
         iban = r.text(tx, f"RltdPties/{party}Acct/Id/IBAN")
+        # A payment sent back (an R-transaction): why, as the ISO code or the bank's own.
+        longest = limits.STATEMENT_RETURN_REASON_LENGTH_MAX
+        return_reason = r.text(tx, "RtrInf/Rsn/Cd", limit=longest) or r.text(
+            tx, "RtrInf/Rsn/Prtry", limit=longest
+        )
+        if return_reason is not None and not return_reason.isprintable():
+            raise StatementMalformed(f"{where}: the return reason is not printable text")
     if remittance is None:
         remittance = r.text(ntry, "AddtlNtryInf", limit=limits.STATEMENT_TEXT_LENGTH_MAX)
     return Entry(
@@ -342,6 +349,7 @@ def _entry(r: _Reader, ntry: etree._Element, statement_id: str, index: int) -> E
         counterparty_name=name,
         counterparty_iban=iban,
         uetr=uetr,
+        return_reason=return_reason,
     )
 
 

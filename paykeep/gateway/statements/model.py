@@ -77,6 +77,10 @@ class Entry:
     counterparty_name: str | None = None
     counterparty_iban: str | None = None
     uetr: str | None = None
+    #: Why a payment came back, when the line is a return (camt ``RtrInf/Rsn``: an ISO 20022
+    #: external return reason code such as ``AC04``, or the bank's proprietary one). MT940
+    #: has no field for it.
+    return_reason: str | None = None
 
     @property
     def direction(self) -> Direction:
@@ -160,6 +164,10 @@ class ParsedStatement:
                     e.counterparty_iban or "", e.uetr or "",
                 )
             )  # fmt: skip
+            if e.return_reason is not None:
+                # Only when present: statements imported before it was read keep their
+                # fingerprints (a re-import of one is still `already_imported`).
+                parts.append(f"return_reason:{e.return_reason}")
         digest = hashlib.sha256()
         for part in parts:
             encoded = part.encode("utf-8", "surrogatepass")

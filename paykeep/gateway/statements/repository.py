@@ -113,11 +113,13 @@ class StoredLine:
 @dataclass(frozen=True, slots=True)
 class BounceCandidate:
     """An open break on an incoming line that carries the reference of one of our own
-    outgoing payments (a debit expectation): most likely that payment coming back."""
+    outgoing payments (a debit expectation): most likely that payment coming back.
+    ``return_reason`` is the line's (camt ``RtrInf/Rsn``), when the statement said why."""
 
     break_: StoredBreak
     reference: str
     ledger_account_name: str
+    return_reason: str | None = None
 
 
 _BREAK_COLUMNS = (
@@ -334,8 +336,8 @@ class StatementRepository:
                 "INSERT INTO stmt_entries (statement_row_id, line, amount_minor, currency, "
                 "status, booking_date, value_date, bank_reference, end_to_end_id, reference, "
                 "remittance_info_enc, counterparty_name_enc, counterparty_iban_enc, "
-                "counterparty_iban_last4, uetr) VALUES "
-                "(:s, :l, :a, :c, :st, :bd, :vd, :br, :e2e, :r, :ri, :cn, :ci, :c4, :u)"
+                "counterparty_iban_last4, uetr, return_reason) VALUES "
+                "(:s, :l, :a, :c, :st, :bd, :vd, :br, :e2e, :r, :ri, :cn, :ci, :c4, :u, :rr)"
             ),
             [
                 {
@@ -348,7 +350,7 @@ class StatementRepository:
                     "cn": seal(e.counterparty_name, COUNTERPARTY_NAME_PURPOSE, line),
                     "ci": seal(e.counterparty_iban, COUNTERPARTY_IBAN_PURPOSE, line),
                     "c4": e.counterparty_iban[-4:] if e.counterparty_iban else None,
-                    "u": e.uetr,
+                    "u": e.uetr, "rr": e.return_reason,
                 }
                 for line, e in enumerate(entries, 1)
             ],
@@ -413,6 +415,20 @@ class StatementRepository:
             ),
             [_break_row(row_id, statement, b, now_ns) for b in breaks],
         )  # fmt: skip
+
+    def insert_posted_match(
+        self, row_id: int, line: int, expectation_id: int, transfer_ids: Sequence[int]
+    ) -> None:
+        """A line matched and posted in one go, by whoever posted its ledger transfers in the
+        same transaction (a payout the payee's bank sent back): ``ledger_result`` is ``ok``
+        from the start, so an import's posting step never looks at it."""
+        self.conn.execute(
+            sa.text(
+                "INSERT INTO stmt_matches (statement_row_id, line, expectation_id, transfer_ids, "
+                "ledger_result) VALUES (:s, :l, :e, :t, 'ok')"
+            ),
+            {"s": row_id, "l": line, "e": expectation_id, "t": json.dumps(list(transfer_ids))},
+        )
 
     def matches(self, row_id: int) -> list[StoredMatch]:
         rows = self._all(
@@ -582,16 +598,24 @@ class StatementRepository:
         """Open breaks on incoming booked lines of registered accounts whose reference named
         a debit expectation (one of our payouts), oldest first."""
         rows = self._all(
-            f"SELECT {_BREAK_COLUMNS}, x.reference, a.ledger_account_name FROM stmt_breaks b "
+            f"SELECT {_BREAK_COLUMNS}, x.reference, a.ledger_account_name, e.return_reason "
+            "FROM stmt_breaks b "
             "JOIN stmt_statements s ON s.id = b.statement_row_id "
             "JOIN stmt_expectations x ON x.id = b.expectation_id "
             "JOIN stmt_bank_accounts a ON a.iban = x.iban "
+            "LEFT JOIN stmt_entries e ON e.statement_row_id = b.statement_row_id "
+            "AND e.line = b.line "
             "WHERE b.state = 'open' AND b.amount_minor > 0 AND b.line > 0 "
             "AND x.direction = 'debit' ORDER BY b.id LIMIT :lim",
             lim=limit,
         )
         return [
-            BounceCandidate(_stored_break(r), str(r[_BREAK_FIELDS]), str(r[_BREAK_FIELDS + 1]))
+            BounceCandidate(
+                _stored_break(r),
+                reference=str(r[_BREAK_FIELDS]),
+                ledger_account_name=str(r[_BREAK_FIELDS + 1]),
+                return_reason=r[_BREAK_FIELDS + 2],
+            )
             for r in rows
         ]
 

@@ -791,6 +791,39 @@ class StatementService:
             detail=f"{note} [{detail}]",
         )  # fmt: skip
 
+    def match_sent_back_within(
+        self,
+        conn: Connection,
+        b: StoredBreak,
+        *,
+        transfer_ids: Sequence[int],
+        note: str,
+        detail: str,
+    ) -> None:
+        """Resolve ``b`` — open, read by :meth:`lock_break_within` in ``conn`` — as ``matched``
+        by Paykeep: its line is one of our payouts that the payee's bank sent back, and the
+        caller (payouts, which owns the transaction) has just posted its ledger transfers
+        ``transfer_ids`` in ``conn``. The line gets its match row, posted (``ok``) from the
+        start, under the payout's own expectation (the reference it carries); the break gets
+        ``note`` and a trail entry. A line already matched, or a break not open, is a
+        programmer's error here: the caller checked both under the lock."""
+        assert b.expectation_id is not None and b.line > 0, b
+        repo = StatementRepository(conn)
+        assert not repo.line_matched(b.statement_row_id, b.line), b
+        to_state = break_transition(b.state, BreakAction.MATCH)
+        now = self.clock.now_ns()
+        repo.insert_posted_match(b.statement_row_id, b.line, b.expectation_id, transfer_ids)
+        changed = repo.set_break_state(
+            b.id, from_state=b.state, to_state=to_state, now_ns=now, actor=SYSTEM_ACTOR,
+            note=note[: limits.STATEMENT_RESOLUTION_NOTE_LENGTH_MAX],
+        )  # fmt: skip
+        assert changed, f"break {b.id} changed under its lock"
+        ids = ", ".join(str(t) for t in transfer_ids)
+        repo.add_break_event(
+            b.id, at_ns=now, from_state=b.state, to_state=to_state, actor=SYSTEM_ACTOR,
+            detail=f"{detail} [ledger transfers {ids}]",
+        )  # fmt: skip
+
     def bounce_candidates(
         self, limit: int = limits.STATEMENT_BOUNCE_SCAN_MAX
     ) -> list[BounceCandidate]:

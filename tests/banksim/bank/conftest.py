@@ -23,8 +23,10 @@ def http(bank: BanksimProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=bank.base_url, timeout=10) as client:
         yield client
         client.post(
-            "/bank/faults", json={"unknown_reference_line": False, "reject_payment_files": False}
-        )
+            "/bank/faults",
+            json={"unknown_reference_line": False, "reject_payment_files": False,
+                  "return_after_settlement": False},
+        )  # fmt: skip
 
 
 @pytest.fixture

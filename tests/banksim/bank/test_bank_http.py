@@ -10,6 +10,7 @@ import pytest
 from lxml import etree
 
 from paykeep.bench.gateway import BanksimProcess
+from paykeep.gateway.statements import parse
 from tests.banksim.bank.helpers import (
     FIXTURES,
     account,
@@ -317,6 +318,7 @@ def test_fault_unknown_reference_line(http: httpx.Client) -> None:
     assert http.post("/bank/faults", json={"unknown_reference_line": True}).json() == {
         "unknown_reference_line": True,
         "reject_payment_files": False,
+        "return_after_settlement": False,
     }
     closed = close_day(http, iban)
     assert closed["entries"] == 2
@@ -326,3 +328,68 @@ def test_fault_unknown_reference_line(http: httpx.Client) -> None:
     extra = closed["closing_booked_minor"] - 1_010
     assert extra > 0 and account(http, iban)["balance_minor"] == closed["closing_booked_minor"]
     assert http.post("/bank/faults", json={"no_such_fault": True}).status_code == 400
+
+
+@pytest.mark.parametrize("fee", [0, 250])
+def test_fault_return_after_settlement(http: httpx.Client, fee: int) -> None:
+    """The payee's bank sends back every credit transfer our bank executed while the fault was
+    on: a business day after the statement that carried it, as a credit with the original
+    end-to-end id and remittance, its ISO reason, less the fee it kept — in camt.053 (.02 and
+    .08: PMNT/ICDT/RRTN, RtrInf, charges) and in MT940 (GVC 159, no field for the reason)."""
+    iban = open_account(http, balance=100_000)
+    terms = {"reason": "MD07", "fee_minor": fee}
+    answer = http.post("/bank/faults", json={"return_after_settlement": terms})
+    assert answer.status_code == 200 and answer.json()["return_after_settlement"] == terms
+    _, document, sent_back = payment_file(iban, [4_000, 1_500])
+    assert http.post("/bank/payment-files", content=document).json()["group_status"] == "ACCP"
+    # Turned off: what was executed meanwhile still comes back, nothing executed after it.
+    assert http.post("/bank/faults", json={"return_after_settlement": False}).status_code == 200
+    _, later, kept = payment_file(iban, [500])
+    assert http.post("/bank/payment-files", content=later).json()["group_status"] == "ACCP"
+
+    settled = close_day(http, iban)
+    assert settled["entries"] == 3  # the three payouts, on their day's statement
+    returned = close_day(http, iban)
+    assert returned["entries"] == 2
+    back = [4_000 - fee, 1_500 - fee]
+    assert returned["closing_booked_minor"] == returned["opening_booked_minor"] + sum(back)
+    assert account(http, iban)["balance_minor"] == 100_000 - 500 - 2 * fee
+    assert close_day(http, iban)["entries"] == 0  # each comes back once
+
+    for version, ns in (("02", CAMT02), ("08", {"c": CAMT02["c"].replace(".02", ".08")})):
+        data = statement(http, returned["statement_id"], "camt053", version)
+        (parsed,) = parse(data)
+        assert [(e.amount_minor, e.end_to_end_id, e.return_reason) for e in parsed.entries] == [
+            (back[0], sent_back[0], "MD07"), (back[1], sent_back[1], "MD07")]  # fmt: skip
+        assert [e.remittance_info for e in parsed.entries] == ["Payout 0", "Payout 1"]
+        assert parsed.entries[0].counterparty_name == "Merchant 0"
+        root = etree.fromstring(data)
+        families = {n.text for n in root.iterfind(".//c:Fmly/c:SubFmlyCd", ns)}
+        assert families == {"RRTN"}
+        assert [n.text for n in root.iterfind(".//c:RtrInf/c:Rsn/c:Cd", ns)] == ["MD07"] * 2
+        charges = [n.text for n in root.iterfind(".//c:Chrgs//c:Amt", ns)]
+        instructed = [n.text for n in root.iterfind(".//c:InstdAmt/c:Amt", ns)]
+        if fee:
+            assert charges == ["2.50", "2.50"] and instructed == ["40.00", "15.00"]
+        else:
+            assert charges == instructed == []
+    text = statement(http, returned["statement_id"], "mt940").decode("ascii")
+    (parsed,) = parse(text.encode("ascii"))
+    assert [(e.amount_minor, e.end_to_end_id, e.return_reason) for e in parsed.entries] == [
+        (back[0], sent_back[0], None), (back[1], sent_back[1], None)]  # fmt: skip
+    assert ":86:159?00RETOURE MD07?20EREF+" in text
+    purposes = re.sub(r"\?2\d", "", text.replace("\r\n", ""))  # the ?20-?29 lines joined
+    assert ("OAMT+40,00COAM+2,50SVWZ+Payout 0" in purposes) is bool(fee)
+    # The payout executed without the fault never came back.
+    assert kept[0] not in text
+
+
+def test_the_return_fault_takes_only_its_terms(http: httpx.Client) -> None:
+    on = http.post("/bank/faults", json={"return_after_settlement": True})
+    assert on.json()["return_after_settlement"] == {"reason": "AC04", "fee_minor": 0}
+    for bad in ({"reason": "ac04"}, {"reason": "AC0"}, {"fee_minor": -1}, {"fee_minor": "1"},
+                {"other": 1}, "AC04", 1):  # fmt: skip
+        refused = http.post("/bank/faults", json={"return_after_settlement": bad})
+        assert refused.status_code == 400, bad
+    assert http.get("/bank/faults").json()["return_after_settlement"] == {
+        "reason": "AC04", "fee_minor": 0}  # fmt: skip

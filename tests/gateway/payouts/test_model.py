@@ -25,12 +25,16 @@ from paykeep.gateway.payouts.model import (
     PayoutAction,
     PayoutRequest,
     PayoutState,
+    account_needs_checking,
+    bank_answer_code,
     batch_transition,
     check_limits,
     derived_id,
     end_to_end_id,
     message_id,
     payout_transition,
+    return_reason_text,
+    sent_back_fee,
     validate_request,
 )
 
@@ -56,6 +60,8 @@ EXPECTED_PAYOUT = {
     ("batched", "accept"): "accepted",
     ("batched", "return"): "returned",
     ("accepted", "settle"): "settled",
+    # the payee's bank sends a settled payout back; nothing else may be sent back
+    ("settled", "send_back"): "returned",
 }
 
 
@@ -167,3 +173,48 @@ def test_derived_ids_are_positive_63_bit(a: str, b: str) -> None:
     value = derived_id(a, b)
     assert 0 < value < 2**63
     assert value == derived_id(a, b)
+
+
+FEE_MAX = limits.PAYOUT_RETURN_FEE_MAX_MINOR
+
+
+@pytest.mark.parametrize(
+    ("payout", "currency", "line", "line_currency", "fee"),
+    [
+        (10_000, "EUR", 10_000, "EUR", 0),  # back whole
+        (10_000, "EUR", 9_750, "EUR", 250),  # less the payee's bank's fee
+        (10_000, "EUR", 10_000 - FEE_MAX, "EUR", FEE_MAX),  # the largest fee applied
+        (10_000, "EUR", 10_000 - FEE_MAX - 1, "EUR", None),  # short by more than a fee
+        (10_000, "EUR", 10_001, "EUR", None),  # more than was paid: never applied
+        (10_000, "EUR", 10_000, "USD", None),  # another currency
+        (10_000, "EUR", 0, "EUR", None),
+        (10_000, "EUR", -10_000, "EUR", None),  # a debit is not money coming back
+        (100, "EUR", 1, "EUR", 99),  # a small payout may come back as little as 0.01
+    ],
+)
+def test_what_is_a_payout_coming_back(
+    payout: int, currency: str, line: int, line_currency: str, fee: int | None
+) -> None:
+    assert sent_back_fee(payout, currency, line, line_currency) == fee
+
+
+@given(st.integers(1, 10**9), st.integers(-(10**9), 10**9))
+def test_a_fee_is_never_negative_nor_more_than_the_bound(payout: int, line: int) -> None:
+    fee = sent_back_fee(payout, "EUR", line, "EUR")
+    if fee is not None:
+        assert 0 <= fee <= FEE_MAX and line + fee == payout and line > 0
+
+
+def test_what_a_return_reason_says() -> None:
+    assert return_reason_text("AC04") == "AC04: the account is closed"
+    assert return_reason_text("ZZ99") == "ZZ99"
+    assert return_reason_text(None) == "the statement gave no reason"
+    # The account needs checking before it is paid again: closed, wrong, blocked, not the
+    # holder's, a deceased holder — or a reason we cannot read (none, unspecified, unknown).
+    for code in ("AC01", "AC03", "AC04", "AC06", "AG01", "BE01", "MD07", "MS03", None, "ZZ99"):
+        assert account_needs_checking(code), code
+    for code in ("AM05", "FOCR", "MS02", "RR04", "CNOR"):
+        assert not account_needs_checking(code), code
+    assert bank_answer_code("AM04: insufficient funds") == "AM04"
+    assert bank_answer_code("no code here") is None
+    assert bank_answer_code(None) is None

@@ -24,6 +24,9 @@ class Line:
     counterparty_iban: str | None = None
     #: The bank's own reference of the entry (``AcctSvcrRef``).
     bank_reference: str | None = None
+    #: A payment sent back: ``RtrInf/Rsn/Cd`` (an ISO code), or ``Prtry`` (the bank's own).
+    return_reason: str | None = None
+    return_reason_proprietary: str | None = None
 
 
 def _amount(minor: int, exponent: int) -> str:
@@ -103,6 +106,12 @@ def camt053(
                 el(rmt, "Ustrd", line.remittance)
             if line.creditor_reference is not None:
                 el(el(el(rmt, "Strd"), "CdtrRefInf"), "Ref", line.creditor_reference)
+        if line.return_reason is not None or line.return_reason_proprietary is not None:
+            reason = el(el(tx, "RtrInf"), "Rsn")
+            if line.return_reason is not None:
+                el(reason, "Cd", line.return_reason)
+            else:
+                el(reason, "Prtry", line.return_reason_proprietary)
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
