@@ -2608,27 +2608,15 @@ class PaymentsService:
         fingerprint = hashlib.sha256(
             f"{amount}|{currency}|{source_topup or ''}".encode()
         ).hexdigest()
-        with self.reading() as tx:
-            buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
-            self._require_buyer(tx, buyer_id, buyer_session)
-            gateway_request = f"{buyer_id}:{request_id}"
-            existing = tx.repo.withdrawal_by_request(gateway_request)
-            if existing is not None:
-                return _withdrawal_replay(existing, fingerprint)
-            source = self._withdrawal_source(tx, buyer_id, amount, currency, source_topup)
-            buyer_row = tx.repo.buyer_row(buyer_id)
-            assert buyer_row is not None
-        context = {
-            "event_id": f"withdrawal:{gateway_request}",
-            "buyer": buyer_id,
-            "buyer_since_ns": int(buyer_row[4]),
-            "amount_minor": amount,
-            "currency": currency,
-        }
-        # Decided before anything is written, like a merchant's payout; a declined one
-        # leaves only the rules' own record of the decision.
-        if self.risk.decide(None, "withdrawal", context) != "allow":
-            raise RiskDeclined("this withdrawal was stopped by our risk controls")
+        opened = self._open_withdrawal(
+            token, buyer_session, request_id, fingerprint, amount, currency,
+            lambda tx, buyer_id: self._withdrawal_source(
+                tx, buyer_id, amount, currency, source_topup
+            ),
+        )  # fmt: skip
+        if isinstance(opened, Withdrawal):
+            return opened
+        buyer_id, gateway_request, merchant_id = opened
         withdrawal_id = self.new_id(WITHDRAWAL_ID_PREFIX)
         with self.transaction() as tx:
             self._require_buyer(tx, buyer_id, buyer_session)
@@ -2645,7 +2633,7 @@ class PaymentsService:
                     "request_id": gateway_request,
                     "fingerprint": fingerprint,
                     "buyer_id": buyer_id,
-                    "merchant_id": buyer_row[1],
+                    "merchant_id": merchant_id,
                     "destination": WithdrawalDestination.SOURCE_BANK_ACCOUNT.value,
                     "source_topup_id": topup_id,
                     "iban_enc": self.cipher.seal(iban, purpose=IBAN_PURPOSE, row_id=withdrawal_id),
@@ -2700,27 +2688,15 @@ class PaymentsService:
         fingerprint = hashlib.sha256(
             f"{amount}|{currency}|{WithdrawalDestination.SOURCE_CARD.value}".encode()
         ).hexdigest()
-        with self.reading() as tx:
-            buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
-            self._require_buyer(tx, buyer_id, buyer_session)
-            request = f"{buyer_id}:{request_id}"
-            existing = tx.repo.withdrawal_by_request(request)
-            if existing is not None:
-                return _withdrawal_replay(existing, fingerprint)
-            self._card_withdrawal_parts(tx, buyer_id, amount, currency)
-            buyer_row = tx.repo.buyer_row(buyer_id)
-            assert buyer_row is not None
-        context = {
-            "event_id": f"withdrawal:{request}",
-            "buyer": buyer_id,
-            "buyer_since_ns": int(buyer_row[4]),
-            "amount_minor": amount,
-            "currency": currency,
-        }
-        # Decided before anything is written, like a bank withdrawal: going back to the card
-        # that paid in is still money leaving the platform at the buyer's request.
-        if self.risk.decide(None, "withdrawal", context) != "allow":
-            raise RiskDeclined("this withdrawal was stopped by our risk controls")
+        # The risk controls decide as for a bank withdrawal: going back to the card that
+        # paid in is still money leaving the platform at the buyer's request.
+        opened = self._open_withdrawal(
+            token, buyer_session, request_id, fingerprint, amount, currency,
+            lambda tx, buyer_id: self._card_withdrawal_parts(tx, buyer_id, amount, currency),
+        )  # fmt: skip
+        if isinstance(opened, Withdrawal):
+            return opened
+        buyer_id, request, merchant_id = opened
         withdrawal_id = self.new_id(WITHDRAWAL_ID_PREFIX)
         with self.transaction() as tx:
             self._require_buyer(tx, buyer_id, buyer_session)
@@ -2736,7 +2712,7 @@ class PaymentsService:
                     "request_id": request,
                     "fingerprint": fingerprint,
                     "buyer_id": buyer_id,
-                    "merchant_id": buyer_row[1],
+                    "merchant_id": merchant_id,
                     "destination": WithdrawalDestination.SOURCE_CARD.value,
                     "source_topup_id": None,
                     "iban_enc": None,
@@ -2762,6 +2738,37 @@ class PaymentsService:
             assert done is not None
             self._event(tx, done.merchant_id, "withdrawal.created", done.to_api())
         return done
+
+    def _open_withdrawal(
+        self, token: str, buyer_session: str | None, request_id: str, fingerprint: str,
+        amount: int, currency: str, check: Callable[[Tx, str], object],
+    ) -> Withdrawal | tuple[str, str, str | None]:  # fmt: skip
+        """What both kinds of withdrawal do before writing anything: identity (the buyer
+        session) → idempotency (a replay of ``request_id`` returns the original withdrawal)
+        → ``check(tx, buyer id)``, the destination's references and limits (it raises) → the
+        risk controls (a declined one leaves only the rules' own record of the decision).
+        Returns the replayed withdrawal, or ``(buyer id, gateway request id, merchant id)``."""
+        with self.reading() as tx:
+            buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
+            self._require_buyer(tx, buyer_id, buyer_session)
+            gateway_request = f"{buyer_id}:{request_id}"
+            existing = tx.repo.withdrawal_by_request(gateway_request)
+            if existing is not None:
+                return _withdrawal_replay(existing, fingerprint)
+            check(tx, buyer_id)
+            buyer_row = tx.repo.buyer_row(buyer_id)
+            assert buyer_row is not None
+        context = {
+            "event_id": f"withdrawal:{gateway_request}",
+            "buyer": buyer_id,
+            "buyer_since_ns": int(buyer_row[4]),
+            "amount_minor": amount,
+            "currency": currency,
+        }
+        if self.risk.decide(None, "withdrawal", context) != "allow":
+            raise RiskDeclined("this withdrawal was stopped by our risk controls")
+        merchant_id: str | None = buyer_row[1]
+        return buyer_id, gateway_request, merchant_id
 
     def _card_withdrawal_parts(
         self, tx: Tx, buyer_id: str, amount: int, currency: str
