@@ -452,6 +452,18 @@ class PaymentsRepository:
         rows = self._page("payments_payouts", PAYOUT_COLUMNS, where, limit, starting_after)
         return [_payout(r) for r in rows]
 
+    def open_payouts(self, after_id: str, limit: int) -> list[MerchantPayout]:
+        """Payout records still open at the gateway (``requested``, ``batched``,
+        ``accepted``) with an id above ``after_id``, in id order (``OpenItemsWalk``; the
+        partial index ``ix_payments_payouts_open`` names the same states)."""
+        rows = self._all(
+            f"SELECT {PAYOUT_COLUMNS} FROM payments_payouts "
+            "WHERE state IN ('requested', 'batched', 'accepted') AND id > :after "
+            "ORDER BY id LIMIT :limit",
+            {"after": after_id, "limit": limit},
+        )
+        return [_payout(r) for r in rows]
+
     def payouts_sent_back_unrecorded(self, limit: int) -> list[MerchantPayout]:
         """Settled payout records whose gateway payout the payee's bank has since sent back
         (``returned``), oldest first: the return was applied by a process that had no payments
@@ -537,15 +549,18 @@ class PaymentsRepository:
             for w in found
         ]
 
-    def open_withdrawals(self, limit: int) -> list[Withdrawal]:
-        """Bank withdrawals the worker still follows at the gateway, oldest first (a withdrawal
-        to the card follows its card refunds instead: ``send_card_refunds``)."""
+    def open_withdrawals(self, limit: int, after_id: str = "") -> list[Withdrawal]:
+        """Bank withdrawals the worker still follows at the gateway, with an id above
+        ``after_id``, in id order — oldest first, the ids being time-ordered
+        (``OpenItemsWalk``; through ``ix_payments_withdrawals_state``, then sorted: the open
+        ones are few). A withdrawal to the card follows its card refunds instead
+        (``send_card_refunds``)."""
         rows = self._all(
             f"SELECT {WITHDRAWAL_COLUMNS} FROM payments_withdrawals "
             "WHERE state IN ('pending', 'requested', 'batched', 'accepted') "
-            "AND destination = 'source_bank_account' "
-            "ORDER BY created_at_ns LIMIT :limit",
-            {"limit": limit},
+            "AND destination = 'source_bank_account' AND id > :after "
+            "ORDER BY id LIMIT :limit",
+            {"after": after_id, "limit": limit},
         )
         return [_withdrawal(r) for r in rows]
 

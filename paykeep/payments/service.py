@@ -31,6 +31,7 @@ from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
 from paykeep.db.group import GroupWriter
 from paykeep.db.quarantine import Quarantine
+from paykeep.db.walk import OpenItemsWalk
 from paykeep.errors import Conflict, InvalidInput, NotFound, PaykeepError
 from paykeep.gateway.statements.model import (
     COUNTERPARTY_IBAN_PURPOSE,
@@ -191,8 +192,10 @@ _TOPUP_ID = re.compile(r"top_[0-9a-f]{16}")
 #: A merchant payout the gateway holds without a record here is adopted by the worker pass
 #: once this old: its request, if still alive, records it itself well before.
 PAYOUT_RECORD_RECOVERY_S: Final = 30
-#: Open withdrawals one worker pass follows at the gateway.
+#: Open withdrawals one worker pass follows at the gateway (a page of them).
 WITHDRAWAL_SYNC_BATCH: Final = 500
+#: Open merchant payouts ``sync_payouts`` asks the gateway about per pass (a page of them).
+PAYOUT_SYNC_BATCH: Final = 500
 
 
 class RiskCheck(Protocol):
@@ -360,6 +363,10 @@ class PaymentsService:
         self.writer = GroupWriter(database)
         #: The worker passes' items that failed unexpectedly: backed off, then parked.
         self.quarantine = Quarantine(database, self.clock)
+        #: Where ``sync_payouts`` / ``sync_withdrawals`` stopped: each pass reads the next page
+        #: of the open ones, so none is left behind however many stay open (``OpenItemsWalk``).
+        self._open_payouts: OpenItemsWalk[MerchantPayout] = OpenItemsWalk(lambda p: p.id)
+        self._open_withdrawals: OpenItemsWalk[Withdrawal] = OpenItemsWalk(lambda w: w.id)
         #: ``with payments.transaction() as tx:`` — and, for callers that can hand over a
         #: unit of work (the API's idempotent POSTs), ``payments.transaction.group_run(op)``.
         self.transaction = Transactions(self._transaction, self.run)
@@ -2445,13 +2452,19 @@ class PaymentsService:
                 adopted += 1
         return adopted
 
-    def sync_payouts(self, unrecorded_min_age_s: float = PAYOUT_RECORD_RECOVERY_S) -> int:
+    def sync_payouts(
+        self,
+        unrecorded_min_age_s: float = PAYOUT_RECORD_RECOVERY_S,
+        limit: int = PAYOUT_SYNC_BATCH,
+    ) -> int:
         """Copy the gateway's payout states (batched, accepted, settled, returned) onto the
         merchants' payout records, with an event for each change; first record the payouts a
         request made and died before recording (older than ``unrecorded_min_age_s``). A
         return is normally recorded in the gateway's own transaction
         (:meth:`payout_returned_within`); a settled payout sent back by a process without
-        this service listening (``paykeep payouts settle``) is caught up here."""
+        this service listening (``paykeep payouts settle``) is caught up here. Each pass asks
+        the gateway about the next ``limit`` open records (``OpenItemsWalk``), so records that
+        stay open for days never hide the ones behind them."""
         if self.payouts is None:
             return 0
         changed = self._adopt_unrecorded_payouts(unrecorded_min_age_s)
@@ -2459,8 +2472,8 @@ class PaymentsService:
         with self.reading() as tx:
             open_ = [
                 p
-                for p in tx.repo.payouts({}, 500 + items.fetch, None)
-                if p.state not in ("settled", "returned") and p.id not in items.blocked
+                for p in self._open_payouts.page(tx.repo.open_payouts, limit)
+                if p.id not in items.blocked
             ]
             open_ += [
                 p
@@ -2942,9 +2955,13 @@ class PaymentsService:
             return 0
         items = self.quarantine.open("payments.sync_withdrawals")
         with self.reading() as tx:
-            open_ = items.due(
-                tx.repo.open_withdrawals(limit + items.fetch), limit, key=lambda w: w.id
-            )
+            open_ = [
+                w
+                for w in self._open_withdrawals.page(
+                    lambda after, n: tx.repo.open_withdrawals(n, after), limit
+                )
+                if w.id not in items.blocked
+            ]
             # Sent back after they settled, by a process without this service listening.
             open_ += items.due(
                 tx.repo.withdrawals_sent_back_unrecorded(limit + items.fetch), limit,

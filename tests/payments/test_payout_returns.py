@@ -23,7 +23,7 @@ from paykeep.api.runtime import Runtime, RuntimeConfig, open_runtime
 from paykeep.bench.gateway import BanksimProcess
 from paykeep.buyer_mailbox import latest_code
 from paykeep.config import Settings
-from paykeep.gateway.payouts.model import PayoutState
+from paykeep.gateway.payouts.model import Debtor, PayoutState
 from paykeep.ids import derived_id
 from paykeep.ledger.audit import verify
 from paykeep.ledger.model import NewTransfer
@@ -263,4 +263,38 @@ def test_a_return_the_operators_settle_applied_is_caught_up_by_the_sync(
     # The money is back where it came from, less what each payee's bank kept.
     assert cycle.balance(available_name(merchant_id, "EUR")) == FUNDS - 150
     assert cycle.balance(wallet_name(withdrawal.buyer_id, "EUR")) == 3_000 - 150
+    cycle.books_agree_with_the_bank()
+
+
+# --- Following every open payout -------------------------------------------------------------
+
+
+def test_the_sync_follows_every_open_payout_a_page_per_pass(cycle: Cycle) -> None:
+    """Settled payouts are not read at all, and open ones a page per pass, wrapping: five
+    payouts the gateway batched behind the merchants' backs (no sync in between) are all
+    followed within three passes of two — with their events — and the passes after that
+    find nothing to copy."""
+    merchant_id = cycle.merchant()
+    earlier = [cycle.payout(merchant_id, 500, f"old-{n}") for n in range(2)]
+    bank_cycle_pass(cycle.runtime)
+    assert [cycle.record(p).state for p in earlier] == ["settled", "settled"]
+    payouts = [cycle.payout(merchant_id, 1_000 + n, f"p-{n}") for n in range(5)]
+    with cycle.runtime.payments.reading() as tx:
+        assert [p.id for p in tx.repo.open_payouts("", 10)] == sorted(p.id for p in payouts)
+    debtor = Debtor("Paykeep Safeguarding", cycle.iban, cycle.runtime.config.bank_name)
+    batch = cycle.runtime.payouts.batch("EUR", debtor)
+    assert {cycle.record(p).state for p in payouts} == {"requested"}
+
+    sync = cycle.runtime.payments.sync_payouts
+    assert [sync(limit=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert {cycle.record(p).state for p in payouts} == {"batched"}
+    for p in payouts:
+        assert [t for t, _ in cycle.events(p.id)] == ["payout.created", "payout.batched"]
+    # Still open (batched) at the gateway: read again page by page, nothing changed.
+    assert [sync(limit=2) for _ in range(3)] == [0, 0, 0]
+    cycle.runtime.payouts.submit(batch.batch_id, cycle.runtime.config.bank_url or "")
+    bank_cycle_pass(cycle.runtime)
+    assert {cycle.record(p).state for p in payouts} == {"settled"}
+    with cycle.runtime.payments.reading() as tx:
+        assert tx.repo.open_payouts("", 10) == []
     cycle.books_agree_with_the_bank()
