@@ -18,6 +18,9 @@ class PaykeepError(Exception):
     code: ClassVar[str] = "paykeep_error"
     #: The broad family, used by the API's error shape (``invalid_request``, ``conflict``...).
     type: ClassVar[str] = "api_error"
+    #: A race lost to another writer, not a fault of the input or the item: the same call may
+    #: well succeed a moment later (a worker pass just tries the item again next time).
+    transient: ClassVar[bool] = False
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -24,6 +24,9 @@ A pass now opens its items (:meth:`Quarantine.open`) and handles each inside
   by itself, logged as an error, named again in a warning every
   ``limits.WORKER_PARKED_REPORT_S`` while any is parked, listed by ``paykeep worker-items``
   and released by an operator (``paykeep worker-items release``) once the cause is fixed.
+- **A lost race** (a typed error marked ``transient``, such as ``concurrent_update``: another
+  worker or request changed the item between read and write) is neither: nothing is
+  recorded or forgotten, and the next pass reads the item afresh.
 - **Success** forgets an earlier failure of the item.
 
 The record lives in the database, so every worker process sees the same backoff, a restart
@@ -345,6 +348,12 @@ class PassItems:
         except Exception as exc:
             if is_database_unavailable(exc):
                 raise
+            if isinstance(exc, PaykeepError) and exc.transient:
+                # Another worker or request changed the item meanwhile: nothing is wrong with
+                # it, and the next pass reads it afresh. Neither a failure nor a success.
+                log.debug("worker %s: item %s changed meanwhile (%s)", self.pass_name,
+                          item_id, exc.code)  # fmt: skip
+                return
             self.failure(item_id, exc)
             return
         self.success(item_id)

@@ -20,6 +20,7 @@ class ConcurrentUpdate(Conflict):
     """Another request changed the object between read and write; retry."""
 
     code = "concurrent_update"
+    transient = True
 
 
 class InsufficientFunds(Conflict):
