@@ -519,6 +519,13 @@ WITHDRAW_PROBLEMS: Final[Mapping[str, Problem]] = {
         402, "We could not send this money now. Please contact Paykeep's support."
     ),
     "amount_minor": Problem(422, "Please enter an amount more than zero, like 12.50."),
+    # The same rendered form sent again with another amount or destination (the buyer changed
+    # the form while the first answer was on its way): the first one was sent, not this one.
+    "payout_request_id_reused": Problem(
+        409,
+        "We already sent money back from this form, as you first asked. Your balance below is "
+        "up to date; to send more, please enter the amount again.",
+    ),
 }
 
 #: An illegal transition, by the page action that met it.

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
@@ -30,6 +31,7 @@ from paykeep.buyer_mailbox import latest_code
 from paykeep.config import SQLITE_FILE_NAME, Settings
 from paykeep.mail import MAIL_DIR_NAME
 from paykeep.payments.model import LineItem
+from paykeep.payments.records import Withdrawal
 from paykeep.payments.service import NewMerchant, PaymentsService
 from tests.conftest import BACKENDS, _pg_admin, _pg_url
 from tests.web.server_app import build_service
@@ -37,6 +39,8 @@ from tests.web.server_app import build_service
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 BANK_IBAN = "DE89370400440532013000"
+#: The ledger account of that safeguarding account (``PaymentsService.bank_name``: banksim).
+BANK_LEDGER_ACCOUNT = "bank:safeguarding:banksim"
 SERVER_START_TIMEOUT_S = 30.0
 CARD_EXPIRY_YYMM = "3012"  # what banksim stores; the buyer types 12/30
 CARD_CVC = "321"
@@ -196,6 +200,57 @@ class Shop:
     def refunds(self, order_id: str) -> list[dict[str, object]]:
         with self.service.reading() as tx:
             return [r.to_api() for r in tx.repo.refunds({"order_id": order_id}, 50, None)]
+
+    def top_up(self, buyer_id: str, amount_minor: int, debtor_iban: str) -> str:
+        """The buyer sends ``amount_minor`` from ``debtor_iban`` to the safeguarding account at
+        banksim with their reference; the bank closes its day and its camt.053 statement is
+        imported, then the top-up credited, as the worker's bank cycle does. Returns the
+        credited top-up's id."""
+        service = self.service
+        assert service.statements is not None
+        service.ensure_bank_accounts("EUR")
+        service.statements.add_account(BANK_IBAN, "EUR", BANK_LEDGER_ACCOUNT)
+        with service.reading() as tx:
+            buyer = service.buyer(tx, None, buyer_id)
+        service.register_topup_reference(buyer, "EUR")
+        with self.banksim.http() as http:
+            # One account at banksim for both backends (opening it again answers 200).
+            http.post("/bank/accounts", json={
+                "iban": BANK_IBAN, "currency": "EUR", "name": "Paykeep Safeguarding",
+                "opening_balance_minor": 0, "business_date": "2026-01-05",
+            }).raise_for_status()  # fmt: skip
+            http.post(f"/bank/accounts/{BANK_IBAN}/incoming", json={
+                "amount_minor": amount_minor, "remittance": buyer.payment_reference,
+                "debtor_name": "Grace Hopper", "debtor_iban": debtor_iban,
+            }).raise_for_status()  # fmt: skip
+            before = self._statement_ids(http)
+            http.post(f"/bank/accounts/{BANK_IBAN}/close-day").raise_for_status()
+            # Only this day's statement: the other backend's days are not this database's.
+            for statement_id in self._statement_ids(http) - before:
+                body = http.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
+                body.raise_for_status()
+                service.statements.import_file(body.content, filename=f"{statement_id}.xml")
+        service.credit_topups()
+        with service.reading() as tx:
+            topups = service.topups(tx, None, 10, None, buyer_id=buyer_id)
+        [topup] = [t for t in topups if t.amount_minor == amount_minor]
+        assert topup.state == "credited", topup
+        return topup.id
+
+    @staticmethod
+    def _statement_ids(http: httpx.Client) -> set[str]:
+        listed = http.get(f"/bank/accounts/{BANK_IBAN}/statements")
+        listed.raise_for_status()
+        return {s["id"] if isinstance(s, dict) else str(s) for s in listed.json()["statements"]}
+
+    def withdrawals(self, buyer_id: str) -> list[Withdrawal]:
+        with self.service.reading() as tx:
+            return self.service.withdrawals(tx, None, 50, None, buyer_id=buyer_id)
+
+    def wallet_available(self, buyer_id: str) -> int:
+        with self.service.reading() as tx:
+            [balance] = self.service.buyer_balances(tx, None, buyer_id)
+        return balance.available_minor
 
     def count(self, table: str) -> int:
         with self.service.database.read() as conn:

@@ -20,6 +20,8 @@ from paykeep.config import Settings
 from paykeep.db import open_database
 from paykeep.gateway.cards.client import CardNetworkClient
 from paykeep.gateway.cards.service import CardGateway
+from paykeep.gateway.payouts.service import PayoutService
+from paykeep.gateway.statements.service import StatementService
 from paykeep.gateway.vault.keys import VaultKeys
 from paykeep.gateway.vault.service import CardVault
 from paykeep.ledger.service import Ledger
@@ -32,19 +34,24 @@ CARD_CALL_TIMEOUT_S = 5.0
 
 
 def build_service(settings: Settings, card_port: int, bank_iban: str | None) -> PaymentsService:
-    """The payments service wired like production: database, ledger, field cipher, vault and a
-    card gateway to the card network on ``card_port``. The tests use the same function."""
+    """The payments service wired like production: database, ledger, field cipher, vault, a
+    card gateway to the card network on ``card_port``, the bank statements and the payout
+    gateway (a buyer's withdrawal back to their bank account is a gateway payout). The tests
+    use the same function."""
     database = open_database(settings)
     ledger = Ledger(database)
     vault = CardVault.open(database, settings.data_dir)
     client = CardNetworkClient("127.0.0.1", card_port, pool_size=2, timeout_s=CARD_CALL_TIMEOUT_S)
     cards = CardGateway(database, ledger, vault, client, timeout_s=CARD_CALL_TIMEOUT_S)
     cipher = FieldCipher(VaultKeys.load(settings.data_dir))
+    statements = StatementService(database, ledger, cipher=cipher)
+    payouts = PayoutService(database, ledger, cipher=cipher, statements=statements)
     # Buyers' sign-in codes go to <data dir>/mail/ as .eml files (the tests read them there).
     mailer = DirectoryMailer(settings.data_dir / MAIL_DIR_NAME)
     return PaymentsService(
-        database, ledger, cipher, cards=cards, vault=vault, bank_iban=bank_iban, mailer=mailer
-    )
+        database, ledger, cipher, cards=cards, vault=vault, statements=statements,
+        payouts=payouts, bank_iban=bank_iban, mailer=mailer,
+    )  # fmt: skip
 
 
 def _logging() -> None:

@@ -291,10 +291,10 @@ def assert_self_contained(html: str, allowed_link: str | None) -> None:
             if value is None:
                 continue
             assert value.startswith("/checkout/") or value == allowed_link, (tag, name, value)
-    labelled = {attrs.get("for") for tag, attrs in tags if tag == "label"}
+    labelled = {attrs["for"] for tag, attrs in tags if tag == "label" and attrs.get("for")}
     for tag, attrs in tags:
         if tag in ("input", "textarea") and attrs.get("type") != "hidden":
-            assert attrs.get("id") in labelled, attrs  # every field has a label
+            assert attrs.get("id") in labelled, attrs  # every field has a label (for=id)
     assert ("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}) in tags
     assert any(attrs.get("aria-live") for _, attrs in tags)
 

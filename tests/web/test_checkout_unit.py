@@ -19,6 +19,7 @@ from stdnum import luhn
 
 from paykeep.errors import PaykeepError
 from paykeep.gateway.cards.errors import CardNetworkUnavailable, CardSecurityCodeInvalid
+from paykeep.gateway.payouts.errors import PayoutRequestIdReused
 from paykeep.gateway.vault.errors import VaultCardNumberInvalid, VaultExpiryInvalid
 from paykeep.mail import MailUnavailable
 from paykeep.money import InvalidAmount
@@ -365,6 +366,8 @@ def test_a_session_marked_expired_is_expired_before_its_time() -> None:
             422,
             "more than zero",
         ),
+        # A form sent again after the buyer changed it: the first request went through.
+        (PayoutRequestIdReused("internal wording"), "withdraw", 409, "already sent money back"),
     ],
 )
 def test_typed_errors_become_words(
