@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,39 @@ def raw_traces(settings: Settings, needles: dict[str, set[str]]) -> list[str]:
     finally:
         database.dispose()
     return sorted(set(found))
+
+
+def refuse_updates(
+    database: Any, table: str, column: str, values: Sequence[str], *, on: bool
+) -> None:
+    """Fault injection for updates only: while on, every UPDATE of ``table`` whose new
+    ``column`` is one of ``values`` fails in the database (its transaction rolls back); rows
+    are still inserted, and every other row is updated as usual. ``database`` is a
+    :class:`paykeep.db.Database`; switch it off before switching it on with other values."""
+    trigger = f"test_refuse_update_{table}_{column}"
+    listed = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    with database.engine.begin() as conn:
+        if database.is_postgres:
+            if on:
+                conn.exec_driver_sql(
+                    f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
+                )
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER {trigger} BEFORE UPDATE ON {table} "
+                    f"FOR EACH ROW WHEN (NEW.{column} IN ({listed})) "
+                    f"EXECUTE FUNCTION {trigger}()"
+                )
+            else:
+                conn.exec_driver_sql(f"DROP TRIGGER {trigger} ON {table}")
+                conn.exec_driver_sql(f"DROP FUNCTION {trigger}()")
+        elif on:
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {trigger} BEFORE UPDATE ON {table} "
+                f"WHEN NEW.{column} IN ({listed}) BEGIN SELECT RAISE(ABORT, 'injected'); END"
+            )
+        else:
+            conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
 
 
 def refuse_row(database: Any, table: str, column: str, value: str, *, on: bool) -> None:

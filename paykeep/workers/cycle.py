@@ -109,13 +109,15 @@ def bank_cycle_pass(runtime: Runtime) -> None:
     bank.post(f"/bank/accounts/{config.bank_iban}/close-day").raise_for_status()
     listed = bank.get(f"/bank/accounts/{config.bank_iban}/statements").json()
     ids = [s["id"] if isinstance(s, dict) else str(s) for s in listed.get("statements", [])]
-    seen = _imported_statement_ids(runtime, ids)
-    for statement_id in ids:
-        if statement_id in seen:
-            continue
+
+    def fetch(statement_id: str) -> bytes:
         body = bank.get(f"/bank/statements/{statement_id}", params={"format": "camt053"})
         body.raise_for_status()
-        runtime.statements.import_file(body.content, filename=f"{statement_id}.xml")
+        return body.content
+
+    # One file at a time: a refused or failing file stalls neither the others nor what
+    # follows (the settle and sync passes).
+    runtime.statements.import_new(ids, fetch)
     # resume() + mark settled what the statement confirmed + return what was sent back
     payouts.settle()
     runtime.payments.sync_payouts()
@@ -165,20 +167,6 @@ def settle_cards(runtime: Runtime, bank: httpx.Client) -> None:
                 log.warning("card settlement %s does not match our captures", report)
                 return
             time.sleep(SETTLEMENT_MATCH_WAIT_S)
-
-
-def _imported_statement_ids(runtime: Runtime, ids: list[str]) -> set[str]:
-    """Which of the bank's statement ids are imported already (only those are looked up)."""
-    import sqlalchemy as sa
-
-    if not ids:
-        return set()
-    query = sa.text(
-        "SELECT statement_id FROM stmt_statements WHERE statement_id IN :ids"
-    ).bindparams(sa.bindparam("ids", expanding=True))
-    with runtime.database.read() as conn:
-        rows = conn.execute(query, {"ids": ids}).all()
-    return {str(r[0]) for r in rows}
 
 
 def housekeeping_pass(runtime: Runtime) -> None:

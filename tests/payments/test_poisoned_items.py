@@ -13,22 +13,40 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
 from paykeep import limits
-from paykeep.clock import NS_PER_S
+from paykeep.clock import NS_PER_S, FakeClock
 from paykeep.config import Settings
+from paykeep.db import Database
 from paykeep.db.errors import DatabaseUnavailable
 from paykeep.db.quarantine import ItemFailure, error_code, is_database_unavailable
+from paykeep.gateway.payouts.model import Debtor
+from paykeep.gateway.payouts.service import PayoutService
+from paykeep.gateway.statements.service import StatementService
+from paykeep.gateway.vault.keys import VaultKeys
+from paykeep.ids import derived_id
+from paykeep.ledger.model import NewTransfer
+from paykeep.ledger.service import Ledger
+from paykeep.mail import DirectoryMailer
 from paykeep.payments.model import OrderState, TimerSettings
-from paykeep.payments.records import Order
-from paykeep.payments.service import available_name, fees_name, reserve_name, wallet_name
-from tests.payments.conftest import CardWorld, World
-from tests.support import refuse_row
+from paykeep.payments.records import Buyer, Merchant, Order
+from paykeep.payments.service import (
+    PaymentsService,
+    available_name,
+    fees_name,
+    reserve_name,
+    wallet_name,
+)
+from paykeep.security.fields import FieldCipher
+from tests.gateway.statements.builder import Line, camt053
+from tests.payments.conftest import IBAN, CardWorld, World, assert_books_balance
+from tests.support import refuse_row, refuse_updates
 
 S = OrderState
 DAY_S = 24 * 3600
@@ -377,3 +395,252 @@ def test_an_operator_lists_and_releases_parked_items_and_stale_ones_are_purged(
     again = paykeep("worker-items", "release", "payments.timers", order.id, settings=settings)
     assert again.returncode == 2 and "no failure recorded" in again.stderr
     assert w.svc.run_timers() == {"close_unpaid": 1}
+
+
+# --- the bank's passes: top-ups, payouts, withdrawals -----------------------------------------
+
+BANK_IBAN = "DE02120300000000202051"
+BANK_NAME = "poisonbank"
+
+
+@dataclass
+class BankWorld:
+    """The payments service with the real statement and payout gateways on the test clock."""
+
+    world: World
+    statements: StatementService
+    payouts: PayoutService
+    debtor: Debtor
+    statements_imported: int = 0
+
+    @property
+    def svc(self) -> PaymentsService:
+        return self.world.svc
+
+    def failures(self, pass_name: str) -> list[ItemFailure]:
+        return self.svc.quarantine.failures(pass_name)
+
+    def import_credits(self, *lines: tuple[Buyer, int, str]) -> None:
+        """A statement of the bank account: one credit per (buyer, amount, sender IBAN),
+        carrying the buyer's payment reference."""
+        self.statements_imported += 1
+        data = camt053(
+            [Line(amount, remittance=buyer.payment_reference, counterparty_name="Ada Lovelace",
+                  counterparty_iban=iban) for buyer, amount, iban in lines],
+            iban=BANK_IBAN, statement_id=f"STMT-{self.statements_imported}",
+        )  # fmt: skip
+        (outcome,) = self.statements.import_file(data).statements
+        assert outcome.matched == len(lines)
+
+    def buyer(self, merchant: Merchant, email: str) -> tuple[Buyer, str]:
+        """A buyer with a checkout (signed in) whose bank transfers top up their wallet."""
+        buyer = self.world.buyer(merchant, email=email)
+        _order, token = self.world.order(merchant, buyer)
+        self.svc.register_topup_reference(buyer, "EUR")
+        return buyer, token
+
+    def merchant(self, name: str, funds: int) -> Merchant:
+        """A merchant with a verified payout IBAN and ``funds`` available."""
+        merchant = self.world.merchant(name)
+        with self.svc.transaction() as tx:
+            self.svc.verify_payout_iban(tx, merchant.id)
+        ledger = self.world.ledger
+        ledger.create_transfer(
+            NewTransfer(
+                derived_id("test-funding", merchant.id),
+                ledger.account_by_name(f"bank:safeguarding:{BANK_NAME}").id,
+                ledger.account_by_name(available_name(merchant.id, "EUR")).id,
+                funds, "EUR", 1,
+            )
+        )  # fmt: skip
+        return merchant
+
+    def payout_state(self, record_id: str) -> str:
+        with self.svc.reading() as tx:
+            found = tx.repo.payout(record_id)
+        assert found is not None
+        return found.state
+
+    def withdrawal_state(self, withdrawal_id: str) -> str:
+        with self.svc.reading() as tx:
+            found = tx.repo.withdrawal(withdrawal_id)
+        assert found is not None
+        return str(found.state)
+
+
+@pytest.fixture
+def bw(database: Database, settings: Settings) -> Iterator[BankWorld]:
+    clock = FakeClock()
+    ledger = Ledger(database, clock)
+    cipher = FieldCipher(VaultKeys.from_directory(settings.data_dir / "keys", create=True))
+    statements = StatementService(database, ledger, clock, cipher=cipher)
+    payouts = PayoutService(database, ledger, cipher=cipher, clock=clock, statements=statements)
+    svc = PaymentsService(
+        database, ledger, cipher, clock=clock, statements=statements, payouts=payouts,
+        bank_iban=BANK_IBAN, bank_name=BANK_NAME,
+        mailer=DirectoryMailer(settings.data_dir / "mail", clock=clock),
+    )  # fmt: skip
+    svc.ensure_bank_accounts("EUR")
+    statements.add_account(BANK_IBAN, "EUR", f"bank:safeguarding:{BANK_NAME}")
+    world = World(database, clock, ledger, svc, settings.data_dir)
+    debtor = Debtor("Paykeep Safeguarding", BANK_IBAN, BANK_NAME)
+    yield BankWorld(world, statements, payouts, debtor)
+    assert_books_balance(database)
+
+
+def test_a_top_up_that_cannot_be_recorded_stalls_no_other(bw: BankWorld) -> None:
+    w = bw.world
+    m = w.merchant()
+    (first, _), (second, _) = bw.buyer(m, "t1@example.com"), bw.buyer(m, "t2@example.com")
+    bw.import_credits(
+        (first, 1_000, "NL91ABNA0417164300"), (second, 2_000, "GB82WEST12345698765432")
+    )
+    refuse_row(w.database, "payments_topups", "buyer_id", first.id, on=True)
+    try:
+        assert bw.svc.credit_topups() == {"credited": 1}
+        assert [w.wallet(first)[0], w.wallet(second)[0]] == [0, 2_000]
+        (failure,) = bw.failures("payments.credit_topups")
+        assert failure.item_id.startswith("stmt:") and failure.error_code.startswith("database_")
+        assert bw.svc.credit_topups() == {}  # backed off: not tried
+    finally:
+        refuse_row(w.database, "payments_topups", "buyer_id", first.id, on=False)
+    assert bw.svc.credit_topups() == {}  # still backed off
+    w.clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
+    assert bw.svc.credit_topups() == {"credited": 1}
+    assert w.wallet(first)[0] == 1_000
+    assert bw.failures("payments.credit_topups") == []
+
+
+def test_a_payout_whose_state_cannot_be_copied_stalls_no_other(bw: BankWorld) -> None:
+    w = bw.world
+    shops = [bw.merchant(f"Shop {i} GmbH", 10_000) for i in range(2)]
+    records = [bw.svc.request_payout(m.id, m.id, 3_000, f"p-{i}") for i, m in enumerate(shops)]
+    bw.payouts.batch("EUR", bw.debtor)  # the gateway's payouts are batched now
+    poisoned = records[0].id
+    refuse_row(w.database, "payments_payouts", "id", poisoned, on=True)
+    try:
+        assert bw.svc.sync_payouts() == 1
+        assert [bw.payout_state(r.id) for r in records] == ["requested", "batched"]
+        (failure,) = bw.failures("payments.sync_payouts")
+        assert failure.item_id == poisoned and failure.error_code.startswith("database_")
+        assert bw.svc.sync_payouts() == 0  # backed off: not tried
+    finally:
+        refuse_row(w.database, "payments_payouts", "id", poisoned, on=False)
+    assert bw.svc.sync_payouts() == 0  # still backed off
+    w.clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
+    assert bw.svc.sync_payouts() == 1
+    assert bw.payout_state(poisoned) == "batched"
+    assert bw.failures("payments.sync_payouts") == []
+
+
+def test_a_payout_that_cannot_be_adopted_stalls_no_other(bw: BankWorld) -> None:
+    """Gateway payouts whose request died before it recorded them: each is adopted on its own."""
+    w = bw.world
+    shops = [bw.merchant(f"Shop {i} GmbH", 10_000) for i in range(2)]
+    gateway = [
+        bw.payouts.request(
+            m.id,
+            3_000,
+            "EUR",
+            available_name(m.id, "EUR"),
+            "Tea Shop GmbH",
+            IBAN,
+            request_id=f"died-{i}",
+        )
+        for i, m in enumerate(shops)
+    ]
+    w.clock.advance(1)
+    poisoned = str(gateway[0].payout_id)
+
+    def adopted(payout_id: int) -> bool:
+        with bw.svc.reading() as tx:
+            return tx.repo.payout_by_gateway(payout_id) is not None
+
+    # Its record is refused (by merchant: the id is a number, which SQLite's trigger would
+    # not compare with a text literal).
+    refuse_row(w.database, "payments_payouts", "merchant_id", shops[0].id, on=True)
+    try:
+        bw.svc.sync_payouts(unrecorded_min_age_s=0)
+        assert [adopted(g.payout_id) for g in gateway] == [False, True]
+        (failure,) = bw.failures("payments.adopt_payouts")
+        assert failure.item_id == poisoned and failure.error_code.startswith("database_")
+        bw.svc.sync_payouts(unrecorded_min_age_s=0)
+        assert not adopted(gateway[0].payout_id)  # backed off: not tried
+    finally:
+        refuse_row(w.database, "payments_payouts", "merchant_id", shops[0].id, on=False)
+    bw.svc.sync_payouts(unrecorded_min_age_s=0)
+    assert not adopted(gateway[0].payout_id)  # still backed off
+    w.clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
+    bw.svc.sync_payouts(unrecorded_min_age_s=0)
+    assert adopted(gateway[0].payout_id)
+    assert bw.failures("payments.adopt_payouts") == []
+
+
+def test_a_withdrawal_whose_state_cannot_be_copied_stalls_no_other(bw: BankWorld) -> None:
+    w = bw.world
+    m = w.merchant()
+    buyers = [bw.buyer(m, f"w{i}@example.com") for i in range(2)]
+    bw.import_credits(
+        (buyers[0][0], 2_000, "NL91ABNA0417164300"), (buyers[1][0], 2_000, "GB82WEST12345698765432")
+    )
+    assert bw.svc.credit_topups() == {"credited": 2}
+    withdrawals = [
+        bw.svc.request_withdrawal(token, w.bs(token), 1_500, "EUR", f"wd-{buyer.id}")
+        for buyer, token in buyers
+    ]
+    bw.payouts.batch("EUR", bw.debtor)  # the gateway's payouts are batched now
+    poisoned = withdrawals[0].id
+    refuse_row(w.database, "payments_withdrawals", "id", poisoned, on=True)
+    try:
+        assert bw.svc.sync_withdrawals() == 1
+        assert [bw.withdrawal_state(x.id) for x in withdrawals] == ["requested", "batched"]
+        (failure,) = bw.failures("payments.sync_withdrawals")
+        assert failure.item_id == poisoned and failure.error_code.startswith("database_")
+        assert bw.svc.sync_withdrawals() == 0  # backed off: not tried
+    finally:
+        refuse_row(w.database, "payments_withdrawals", "id", poisoned, on=False)
+    assert bw.svc.sync_withdrawals() == 0  # still backed off
+    w.clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
+    assert bw.svc.sync_withdrawals() == 1
+    assert bw.withdrawal_state(poisoned) == "batched"
+    assert bw.failures("payments.sync_withdrawals") == []
+
+
+# --- card payments a crash left processing ----------------------------------------------------
+
+
+def test_a_card_payment_whose_outcome_cannot_be_recorded_stalls_no_other(cw: CardWorld) -> None:
+    w = cw.world
+    m = w.merchant()
+    orders = []
+    for i in range(2):
+        buyer = w.buyer(m, email=f"k{i}@example.com")
+        orders.append((w.order(m, buyer, 2_000), cw.card()[0]))
+    ids = [order.id for (order, _token), _pan in orders]
+    # The issuer approves each; recording the outcome fails as a crash there would: both
+    # payments stay ``processing``, the money in the buyers' wallets.
+    refuse_updates(w.database, "payments_payments", "order_id", ids, on=True)
+    try:
+        for (_order, token), pan in orders:
+            with pytest.raises((sa.exc.DBAPIError, sqlite3.Error, psycopg.Error)):
+                cw.svc.pay_with_card(token, pan, 12, 2030, "321")
+    finally:
+        refuse_updates(w.database, "payments_payments", "order_id", ids, on=False)
+    w.clock.advance(1)
+    refuse_updates(w.database, "payments_payments", "order_id", ids[:1], on=True)
+    try:
+        assert cw.svc.recover_card_payments(min_age_s=0) == 1
+        assert [w.get_order(i).state for i in ids] == [S.CREATED, S.AWAITING_SHIPMENT]
+        (failure,) = w.svc.quarantine.failures("payments.recover_card_payments")
+        assert failure.error_code.startswith("database_")
+        with w.svc.reading() as tx:
+            (payment,) = tx.repo.payments({"order_id": ids[0]}, 5, None)
+        assert failure.item_id == payment.id and payment.state == "processing"
+        assert cw.svc.recover_card_payments(min_age_s=0) == 0  # backed off: not tried
+    finally:
+        refuse_updates(w.database, "payments_payments", "order_id", ids[:1], on=False)
+    assert cw.svc.recover_card_payments(min_age_s=0) == 0  # still backed off
+    w.clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
+    assert cw.svc.recover_card_payments(min_age_s=0) == 1
+    assert w.get_order(ids[0]).state is S.AWAITING_SHIPMENT
+    assert w.svc.quarantine.failures("payments.recover_card_payments") == []

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from paykeep import limits
 from paykeep.clock import NS_PER_S, Clock, SystemClock, ns_to_datetime
 from paykeep.db import Database
+from paykeep.db.quarantine import Quarantine
 from paykeep.gateway.cards import iso8583 as wire
 from paykeep.gateway.cards.client import CardNetworkClient
 from paykeep.gateway.cards.errors import (
@@ -99,6 +100,8 @@ CARD_CAPTURE_TRANSFER_CODE = 30
 CARD_SETTLEMENT_TRANSFER_CODE = 31
 #: A refund to the card: the debit account (the buyer's wallet) -> clearing:card:<acquirer>.
 CARD_REFUND_TRANSFER_CODE = 32
+#: The worker pass that finishes refunds left in flight (``paykeep.db.quarantine``).
+RECOVER_REFUNDS_ITEMS = "gateway.cards.recover_refunds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,7 @@ class CardGateway:
         timeout_s: float = limits.CARD_CALL_TIMEOUT_S,
         reversal_timeout_s: float = limits.CARD_REVERSAL_TIMEOUT_S,
         reversal_attempts: int = limits.CARD_REVERSAL_ATTEMPTS_MAX,
+        quarantine: Quarantine | None = None,
     ) -> None:
         check_acquirer(acquirer)
         check_terminal(terminal_id, acceptor_id)
@@ -245,6 +249,8 @@ class CardGateway:
         self.timeout_s = timeout_s
         self.reversal_timeout_s = reversal_timeout_s
         self.reversal_attempts = reversal_attempts
+        #: Refunds whose recovery failed unexpectedly: backed off, then parked.
+        self.quarantine = quarantine or Quarantine(database, self.clock)
         self._clearing_id: int | None = None
 
     @property
@@ -750,33 +756,38 @@ class CardGateway:
         return self._recover_refunds(self.clock.now_ns() - int(min_age_s * NS_PER_S))
 
     def _recover_refunds(self, before_ns: int) -> tuple[int, int, int]:
-        """Refunds left in flight are reversed, owed reversals retried, approved ones posted."""
+        """Refunds left in flight are reversed, owed reversals retried, approved ones posted.
+        One refund whose recovery fails unexpectedly (a row the database refuses) is backed
+        off, then parked (``paykeep.db.quarantine``); the others go on."""
+        items = self.quarantine.open(RECOVER_REFUNDS_ITEMS)
+        batch = limits.CARD_RECOVERY_BATCH
         with self.database.read() as conn:
             due = CardRepository(conn).due_refunds(
-                (R.REFUNDING, R.REVERSING, R.POSTING), before_ns, limits.CARD_RECOVERY_BATCH
+                (R.REFUNDING, R.REVERSING, R.POSTING), before_ns, batch + items.fetch
             )
         reversed_, pending, posted = 0, 0, 0
-        for refund in due:
-            if refund.state is R.POSTING:
+        for refund in items.due(due, batch, key=lambda r: str(r.pk)):
+            with items.isolated(str(refund.pk)):
+                if refund.state is R.POSTING:
+                    try:
+                        self._post_refund(refund)
+                        posted += 1
+                    except CardLedgerPostingFailed:
+                        log.warning("card refund %s: ledger posting still refused", refund.pk)
+                    continue
                 try:
-                    self._post_refund(refund)
-                    posted += 1
-                except CardLedgerPostingFailed:
-                    log.warning("card refund %s: ledger posting still refused", refund.pk)
-                continue
-            if refund.state is R.REFUNDING:
-                try:
-                    refund = self._move_refund(
-                        refund, R.REVERSING,
-                        outcome=CardOutcome.REVERSAL_PENDING, reason="recovery",
-                    )  # fmt: skip
+                    if refund.state is R.REFUNDING:
+                        refund = self._move_refund(
+                            refund, R.REVERSING,
+                            outcome=CardOutcome.REVERSAL_PENDING, reason="recovery",
+                        )  # fmt: skip
+                    result = self._reverse_refund(refund)
                 except CardRefundInProgress:
                     continue  # someone else moved it meanwhile
-            result = self._reverse_refund(refund)
-            if result.state is R.REVERSED:
-                reversed_ += 1
-            else:
-                pending += 1
+                if result.state is R.REVERSED:
+                    reversed_ += 1
+                else:
+                    pending += 1
         return reversed_, pending, posted
 
     def _refund_trail(self, refund: StoredRefund) -> list[CardMessage]:

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, ns_to_datetime
 from paykeep.db import Database
+from paykeep.db.quarantine import Quarantine
 from paykeep.errors import InvalidInput, PaykeepError
 from paykeep.gateway.payouts import pain001
 from paykeep.gateway.payouts.errors import (
@@ -219,6 +220,14 @@ def _corrected(value: str | None, param: str, check: Callable[[object, str], str
         raise BreakResolutionInvalid(exc.message, param=param) from None
 
 
+#: The worker passes' names among the workers' items (``paykeep.db.quarantine``); the items
+#: are payout ids.
+RESUME_ITEMS = "gateway.payouts.resume"
+SETTLE_ITEMS = "gateway.payouts.settle"
+SENT_BACK_ITEMS = "gateway.payouts.return_sent_back"
+BOUNCED_RETURN_ITEMS = "gateway.payouts.reclaim_bounced_returns"
+
+
 def _unique_violation(exc: BaseException) -> bool:
     cause = getattr(exc, "orig", None)
     return isinstance(cause, sqlite3.IntegrityError | psycopg.errors.UniqueViolation)
@@ -241,6 +250,7 @@ class PayoutService:
         cipher: FieldCipher,
         clock: Clock | None = None,
         statements: StatementService | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.database = database
         self.cipher = cipher
@@ -248,6 +258,8 @@ class PayoutService:
         self.ledger = ledger or Ledger(database, self.clock)
         self.ids = IdGenerator(self.clock)
         self.statements = statements
+        #: The passes' payouts that failed unexpectedly: backed off, then parked.
+        self.quarantine = quarantine or Quarantine(database, self.clock)
         self._return_listeners: list[ReturnListener] = []
 
     def on_returned(self, listener: ReturnListener) -> None:
@@ -910,24 +922,32 @@ class PayoutService:
     def resume(self) -> int:
         """Finish what a crash or a missing statements service left undone: return the money
         of rejected batches' payouts, register accepted payouts with the statements service.
-        Safe to run any time, from several processes; returns how many payouts moved on."""
+        Safe to run any time, from several processes; returns how many payouts moved on. One
+        payout that fails unexpectedly is backed off, then parked (``RESUME_ITEMS``); the
+        others go on."""
+        items = self.quarantine.open(RESUME_ITEMS)
+        batch_max = limits.PAYOUT_BATCH_SIZE_MAX
         with self.database.read() as conn:
             repo = PayoutRepository(conn)
-            work = repo.payouts_needing_work(limits.PAYOUT_BATCH_SIZE_MAX)
+            work = items.due(
+                repo.payouts_needing_work(batch_max + items.fetch), batch_max,
+                key=lambda p: str(p.payout_id),
+            )  # fmt: skip
             batches = {
                 b: repo.batch(b) for b in {p.batch_id for p in work if p.batch_id is not None}
             }
         done = 0
         for payout in work:
-            assert payout.batch_id is not None
-            batch = batches.get(payout.batch_id)
-            assert batch is not None
-            if payout.state is PayoutState.BATCHED and batch.state is BatchState.REJECTED:
-                self._return(payout, batch)
-                done += 1
-            elif payout.state is PayoutState.ACCEPTED and self.statements is not None:
-                self._expect(payout, batch)
-                done += 1
+            with items.isolated(str(payout.payout_id)):
+                assert payout.batch_id is not None
+                batch = batches.get(payout.batch_id)
+                assert batch is not None
+                if payout.state is PayoutState.BATCHED and batch.state is BatchState.REJECTED:
+                    self._return(payout, batch)
+                    done += 1
+                elif payout.state is PayoutState.ACCEPTED and self.statements is not None:
+                    self._expect(payout, batch)
+                    done += 1
         return done
 
     def _return(self, payout: Payout, batch: Batch) -> None:
@@ -1049,6 +1069,7 @@ class PayoutService:
             repo = PayoutRepository(conn)
             found = {c.reference: repo.payout_by_end_to_end_id(c.reference) for c in candidates}
         ours = (BreakReason.DUPLICATE.value, BreakReason.WRONG_DIRECTION.value)
+        items = self.quarantine.open(SENT_BACK_ITEMS)
         applied = 0
         for candidate in candidates:
             payout = found.get(candidate.reference)
@@ -1058,21 +1079,23 @@ class PayoutService:
                 or payout.debit_account_name == SUSPENSE_ACCOUNT
                 or payout.state is not PayoutState.SETTLED
                 or b.reason not in ours
+                or str(payout.payout_id) in items.blocked
             ):
                 continue
             fee = sent_back_fee(payout.amount_minor, payout.currency, b.amount_minor, b.currency)
             if fee is None:
                 continue
-            try:
-                if self._apply_sent_back(candidate, payout, fee):
-                    applied += 1
-            except PaykeepError as error:
-                # Nothing of it was written (one transaction); the break stays open for a
-                # person, and the next pass tries again. The other candidates go on.
-                log.warning(
-                    "payout %s sent back (break %s) not applied: %s %s",
-                    payout.payout_id, b.id, error.code, error.message,
-                )  # fmt: skip
+            with items.isolated(str(payout.payout_id)):
+                try:
+                    if self._apply_sent_back(candidate, payout, fee):
+                        applied += 1
+                except PaykeepError as error:
+                    # Nothing of it was written (one transaction); the break stays open for a
+                    # person, and the next pass tries again. The other candidates go on.
+                    log.warning(
+                        "payout %s sent back (break %s) not applied: %s %s",
+                        payout.payout_id, b.id, error.code, error.message,
+                    )  # fmt: skip
         return applied
 
     def _apply_sent_back(self, candidate: BounceCandidate, payout: Payout, fee: int) -> bool:
@@ -1202,6 +1225,7 @@ class PayoutService:
         with self.database.read() as conn:
             repo = PayoutRepository(conn)
             found = {c.reference: repo.payout_by_end_to_end_id(c.reference) for c in candidates}
+        items = self.quarantine.open(BOUNCED_RETURN_ITEMS)
         reclaimed = 0
         for candidate in candidates:
             payout = found.get(candidate.reference)
@@ -1211,58 +1235,69 @@ class PayoutService:
                 or payout.debit_account_name != SUSPENSE_ACCOUNT
                 or payout.state not in (PayoutState.ACCEPTED, PayoutState.SETTLED)
                 or (payout.amount_minor, payout.currency) != (b.amount_minor, b.currency)
+                or str(payout.payout_id) in items.blocked
             ):
                 continue
-            if self.statements.reclaim_bounced_return(candidate, payout_id=payout.payout_id):
-                reclaimed += 1
+            with items.isolated(str(payout.payout_id)):
+                if self.statements.reclaim_bounced_return(candidate, payout_id=payout.payout_id):
+                    reclaimed += 1
         return reclaimed
 
     def _settle_confirmed(self) -> int:
+        """Each accepted payout whose statement line was matched and posted becomes
+        ``settled`` in a transaction of its own — and its batch too, in that transaction,
+        once every payout of it is settled (the batch's row is locked first, so two payouts of
+        one batch settled at once see each other). One payout that fails unexpectedly is
+        backed off, then parked (``SETTLE_ITEMS``); the others go on."""
         assert self.statements is not None
+        items = self.quarantine.open(SETTLE_ITEMS)
+        batch_max = limits.PAYOUT_BATCH_SIZE_MAX
         with self.database.read() as conn:
             repo = PayoutRepository(conn)
-            waiting = repo.accepted_expected(limits.PAYOUT_BATCH_SIZE_MAX)
+            waiting = items.due(
+                repo.accepted_expected(batch_max + items.fetch), batch_max,
+                key=lambda p: str(p.payout_id),
+            )  # fmt: skip
             debtors = {b: repo.batch(b) for b in {p.batch_id for p in waiting if p.batch_id}}
-        confirmed: set[int] = set()
+        confirmed: list[Payout] = []
         for batch_id, batch in debtors.items():
             assert batch is not None
             mine = [p for p in waiting if p.batch_id == batch_id]
             posted = self.statements.posted_references(
                 batch.debtor.iban, [p.end_to_end_id for p in mine]
             )
-            confirmed.update(
-                p.payout_id for p in mine if normalize_reference(p.end_to_end_id) in posted
-            )
-        if not confirmed:
-            return 0
+            confirmed += [p for p in mine if normalize_reference(p.end_to_end_id) in posted]
+        settled = 0
+        for payout in sorted(confirmed, key=lambda p: p.payout_id):
+            with items.isolated(str(payout.payout_id)):
+                settled += self._settle_one(payout)
+        return settled
+
+    def _settle_one(self, payout: Payout) -> int:
+        """``payout`` (its statement line posted) ``settled``, and its batch once all are; 1,
+        or 0 if another process settled it meanwhile."""
+        assert payout.batch_id is not None
         now = self.clock.now_ns()
         with self.database.write() as conn:
             repo = PayoutRepository(conn)
-            settled = 0
-            touched: set[int] = set()
-            for payout_id in sorted(confirmed):
-                current = repo.payout(payout_id, for_update=True)
-                if current is None or current.state is not PayoutState.ACCEPTED:
-                    continue
-                nxt = payout_transition(current.state, PayoutAction.SETTLE)
-                repo.update_payout(payout_id, state=nxt.value, updated_at_ns=now)
-                settled += 1
-                if current.batch_id is not None:
-                    touched.add(current.batch_id)
-            for batch_id in sorted(touched):
-                batch = self._load_batch(repo, batch_id)
-                states = {p.state for p in repo.batch_payouts(batch_id)}
-                # Every payout settled; one may have been sent back by its payee's bank since
-                # (``returned``: in an accepted batch nothing else returns a payout).
-                if (
-                    batch.state is BatchState.ACCEPTED
-                    and PayoutState.SETTLED in states
-                    and (states <= {PayoutState.SETTLED, PayoutState.RETURNED})
-                ):
-                    final = batch_transition(batch.state, BatchAction.SETTLE)
-                    repo.update_batch(batch_id, state=final.value, updated_at_ns=now)
-                    repo.add_event(batch_id, now, batch.state, final, "statement confirmed all")
-        return settled
+            batch = self._load_batch(repo, payout.batch_id)
+            current = repo.payout(payout.payout_id, for_update=True)
+            if current is None or current.state is not PayoutState.ACCEPTED:
+                return 0
+            nxt = payout_transition(current.state, PayoutAction.SETTLE)
+            repo.update_payout(payout.payout_id, state=nxt.value, updated_at_ns=now)
+            states = {p.state for p in repo.batch_payouts(batch.batch_id)}
+            # Every payout settled; one may have been sent back by its payee's bank since
+            # (``returned``: in an accepted batch nothing else returns a payout).
+            if (
+                batch.state is BatchState.ACCEPTED
+                and PayoutState.SETTLED in states
+                and (states <= {PayoutState.SETTLED, PayoutState.RETURNED})
+            ):
+                final = batch_transition(batch.state, BatchAction.SETTLE)
+                repo.update_batch(batch.batch_id, state=final.value, updated_at_ns=now)
+                repo.add_event(batch.batch_id, now, batch.state, final, "statement confirmed all")
+        return 1
 
     # ------------------------------------------------------------------ queries
 

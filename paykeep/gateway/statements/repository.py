@@ -287,6 +287,16 @@ class StatementRepository:
         )
         return StoredStatement(*rows[0])
 
+    def imported_statement_ids(self, statement_ids: Sequence[str]) -> set[str]:
+        """Which of ``statement_ids`` (statements' own ids, any account or kind) are
+        imported already."""
+        if not statement_ids:
+            return set()
+        query = sa.text(
+            "SELECT statement_id FROM stmt_statements WHERE statement_id IN :ids"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        return {str(r[0]) for r in self.conn.execute(query, {"ids": list(statement_ids)})}
+
     def posting_statements(self) -> list[int]:
         rows = self._all("SELECT id FROM stmt_statements WHERE state = 'posting' ORDER BY id")
         return [int(r[0]) for r in rows]

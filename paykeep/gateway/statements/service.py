@@ -16,7 +16,8 @@ A crash between 1 and 3 leaves the statement ``posting``; every later import (or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -25,6 +26,8 @@ from sqlalchemy.engine import Connection
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock
 from paykeep.db import Database
+from paykeep.db.quarantine import Quarantine
+from paykeep.errors import Conflict, InvalidInput
 from paykeep.gateway.statements.errors import (
     BankAccountConflict,
     BankAccountInvalid,
@@ -97,6 +100,17 @@ __all__ = [
 ]
 
 _LINKED = int(TransferFlags.LINKED)
+
+log = logging.getLogger("paykeep.gateway.statements")
+
+#: The worker passes' names among the workers' items (``paykeep.db.quarantine``): the bank's
+#: statements to import (items: the statement ids) and the statements an interrupted import
+#: left ``posting`` (items: their row ids).
+IMPORT_ITEMS: Final = "gateway.statements.import"
+RECOVER_ITEMS: Final = "gateway.statements.recover"
+#: A bank file refused whole — bad format, unbalanced, in conflict with an imported statement
+#: (the typed errors of ``errors.py``): the import pass's own outcome, never an item failure.
+FILE_REFUSALS: Final = (InvalidInput, Conflict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +222,14 @@ class StatementService:
         clock: Clock | None = None,
         *,
         cipher: FieldCipher,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.database = database
         self.cipher = cipher
         self.clock = clock or SystemClock()
         self.ledger = ledger or Ledger(database, self.clock)
+        #: Statements whose import or posting failed unexpectedly: backed off, then parked.
+        self.quarantine = quarantine or Quarantine(database, self.clock)
         # Ledger account name -> (id, currency). Accounts are immutable once created, so a
         # found name never changes meaning; names not found are not cached.
         self._accounts: dict[str, tuple[int, str]] = {}
@@ -305,6 +322,49 @@ class StatementService:
         """
         statements = parse(data, filename=filename, accept_unbalanced=accept_unbalanced)
         return self.import_statements(statements)
+
+    def import_new(
+        self,
+        statement_ids: Sequence[str],
+        fetch: Callable[[str], bytes],
+        *,
+        filename: Callable[[str], str] = lambda statement_id: f"{statement_id}.xml",
+    ) -> dict[str, int]:
+        """The worker's import pass: each of the bank's ``statement_ids`` not imported yet is
+        fetched (``fetch(id)``: the file's bytes) and imported (:meth:`import_file`), one file
+        at a time, so one bad file stalls no other:
+
+        - a file refused whole (``FILE_REFUSALS``: a format the parser refuses, a statement
+          that does not add up, a conflict with an imported statement) is this pass's outcome:
+          nothing written, a warning with its code, ``refused`` in the counts; it is fetched
+          and checked again next time (until an operator imports a corrected file, or one
+          with ``--accept-unbalanced``);
+        - a file whose import fails unexpectedly (a row the database refuses) rolled back, is
+          recorded, backed off and then parked (``IMPORT_ITEMS``, ``paykeep worker-items``);
+        - ``fetch`` failing (the bank unreachable) or the database unavailable stops the pass.
+
+        Returns the counts: ``imported``, ``refused``, ``isolated``."""
+        items = self.quarantine.open(IMPORT_ITEMS)
+        with self.database.read() as conn:
+            seen = StatementRepository(conn).imported_statement_ids(statement_ids)
+        counts: dict[str, int] = {}
+        for statement_id in statement_ids:
+            if statement_id in seen or statement_id in items.blocked:
+                continue
+            data = fetch(statement_id)  # outside the isolation: the bank is not the item
+            try:
+                with items.isolated(statement_id, expected=FILE_REFUSALS):
+                    self.import_file(data, filename=filename(statement_id))
+                    counts["imported"] = counts.get("imported", 0) + 1
+            except FILE_REFUSALS as refused:
+                log.warning(
+                    "bank statement %s refused, nothing imported: %s",
+                    statement_id, refused.code,
+                )  # fmt: skip
+                counts["refused"] = counts.get("refused", 0) + 1
+        if items.failed:
+            counts["isolated"] = len(items.failed)
+        return counts
 
     def import_statements(self, statements: Sequence[ParsedStatement]) -> ImportReport:
         self.recover()
@@ -415,12 +475,21 @@ class StatementService:
         return row_id
 
     def recover(self) -> int:
-        """Finish every statement left ``posting`` by an interrupted import; returns how many."""
+        """Finish every statement left ``posting`` by an interrupted import; returns how many
+        were finished. Every import runs it first: one statement whose posting fails
+        unexpectedly is backed off, then parked (``RECOVER_ITEMS``), instead of failing every
+        later import."""
+        items = self.quarantine.open(RECOVER_ITEMS)
         with self.database.read() as conn:
             pending = StatementRepository(conn).posting_statements()
+        done = 0
         for row_id in pending:
-            self._post_and_settle(row_id)
-        return len(pending)
+            if str(row_id) in items.blocked:
+                continue
+            with items.isolated(str(row_id)):
+                self._post_and_settle(row_id)
+                done += 1
+        return done
 
     def _post_and_settle(self, row_id: int) -> None:
         with self.database.read() as conn:

@@ -293,15 +293,18 @@ def _heal(world: World, table: str) -> None:
 def test_the_money_and_the_break_change_in_one_transaction(world: World, sim: Bank) -> None:
     """If the break cannot be reopened (a database trigger refuses, as a crash there would),
     the money does not move back either: the payout stays batched and clearing:payout keeps
-    it. The next resume does all of it."""
+    it, and resume backs it off (``paykeep.db.quarantine``). The next resume after the wait
+    does all of it."""
     break_id = _unidentified(sim)
     returned = world.payouts.return_break(break_id, actor="ops-1", note="unknown payer")
     _inject_fault(world, "stmt_breaks", "UPDATE")
     sim.reject_files(True)
-    with pytest.raises(sa.exc.DBAPIError, match="injected fault"):
-        sim.pay_out()
+    assert sim.pay_out() is BatchState.REJECTED  # the bank's verdict is recorded all the same
     _heal(world, "stmt_breaks")
     payout = world.payouts.get(returned.payout.payout_id)
+    (failure,) = world.payouts.quarantine.failures("gateway.payouts.resume")
+    assert failure.item_id == str(payout.payout_id)
+    assert failure.error_code.startswith("database_")  # the trigger's refusal
     assert (payout.state, payout.return_transfer_id) == (PayoutState.BATCHED, None)
     assert derived_id("payout-return", str(payout.payout_id)) not in (
         world.ledger.lookup_transfers([derived_id("payout-return", str(payout.payout_id))])
@@ -309,6 +312,8 @@ def test_the_money_and_the_break_change_in_one_transaction(world: World, sim: Ba
     assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (0, AMOUNT)
     assert world.statements.get_break(break_id).state is BreakState.RETURNED
 
+    assert world.payouts.resume() == 0  # backed off
+    world.clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
     assert world.payouts.resume() == 1
     assert world.payouts.get(payout.payout_id).state is PayoutState.RETURNED
     assert (_suspense(world), world.balance(CLEARING_ACCOUNT)) == (AMOUNT, 0)
