@@ -255,6 +255,14 @@ class PayoutRepository:
         )
         return [_payout(r) for r in rows]
 
+    def batch_payout_states(self, batch_id: int) -> set[PayoutState]:
+        """The states the batch's payouts are in (one small row per state, through the batch
+        index): settling a batch's payouts one by one asks this after each."""
+        rows = self.conn.execute(
+            sa.select(payouts.c.state).where(payouts.c.batch_id == batch_id).distinct()
+        )
+        return {PayoutState(r[0]) for r in rows}
+
     def update_payout(self, payout_id: int, **values: Any) -> None:
         self.conn.execute(sa.update(payouts).where(payouts.c.id == payout_id).values(**values))
 

@@ -1286,7 +1286,7 @@ class PayoutService:
                 return 0
             nxt = payout_transition(current.state, PayoutAction.SETTLE)
             repo.update_payout(payout.payout_id, state=nxt.value, updated_at_ns=now)
-            states = {p.state for p in repo.batch_payouts(batch.batch_id)}
+            states = repo.batch_payout_states(batch.batch_id)
             # Every payout settled; one may have been sent back by its payee's bank since
             # (``returned``: in an accepted batch nothing else returns a payout).
             if (
