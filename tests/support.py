@@ -32,32 +32,43 @@ def refuse_inserts(settings: Settings, table: str, on: bool) -> None:
     (its transaction rolls back), as if the process writing it had died at that point."""
     from paykeep.db import open_database
 
-    trigger = f"test_refuse_{table}"
     database = open_database(settings, migrate=False)
     try:
-        with database.engine.begin() as conn:
-            if database.is_postgres:
-                if on:
-                    conn.exec_driver_sql(
-                        f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS "
-                        "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
-                    )
-                    conn.exec_driver_sql(
-                        f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} "
-                        f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"
-                    )
-                else:
-                    conn.exec_driver_sql(f"DROP TRIGGER {trigger} ON {table}")
-                    conn.exec_driver_sql(f"DROP FUNCTION {trigger}()")
-            elif on:
-                conn.exec_driver_sql(
-                    f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} "
-                    "BEGIN SELECT RAISE(ABORT, 'injected'); END"
-                )
-            else:
-                conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
+        _refusing_trigger(database, f"test_refuse_{table}", table, ("INSERT",), None, on=on)
     finally:
         database.dispose()
+
+
+def _refusing_trigger(
+    database: Any, name: str, table: str, ops: Sequence[str], when: str | None, *, on: bool
+) -> None:
+    """Create (``on``) or drop the database triggers behind the ``refuse_*`` helpers: every
+    ``ops`` statement on ``table`` whose new row meets ``when`` (an SQL condition on ``NEW``;
+    None: every row) fails with "injected", so its transaction rolls back."""
+    condition = f"WHEN ({when}) " if when else ""
+    with database.engine.begin() as conn:
+        if database.is_postgres:
+            if on:
+                conn.exec_driver_sql(
+                    f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
+                )
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER {name} BEFORE {' OR '.join(ops)} ON {table} "
+                    f"FOR EACH ROW {condition}EXECUTE FUNCTION {name}()"
+                )
+            else:
+                conn.exec_driver_sql(f"DROP TRIGGER {name} ON {table}")
+                conn.exec_driver_sql(f"DROP FUNCTION {name}()")
+            return
+        for op in ops:  # SQLite: one trigger per statement kind
+            if on:
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER {name}_{op.lower()} BEFORE {op} ON {table} "
+                    f"{condition}BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                )
+            else:
+                conn.exec_driver_sql(f"DROP TRIGGER {name}_{op.lower()}")
 
 
 def server_settings(server: Any) -> Settings:
@@ -156,58 +167,15 @@ def refuse_updates(
     ``column`` is one of ``values`` fails in the database (its transaction rolls back); rows
     are still inserted, and every other row is updated as usual. ``database`` is a
     :class:`paykeep.db.Database`; switch it off before switching it on with other values."""
-    trigger = f"test_refuse_update_{table}_{column}"
     listed = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-    with database.engine.begin() as conn:
-        if database.is_postgres:
-            if on:
-                conn.exec_driver_sql(
-                    f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
-                )
-                conn.exec_driver_sql(
-                    f"CREATE TRIGGER {trigger} BEFORE UPDATE ON {table} "
-                    f"FOR EACH ROW WHEN (NEW.{column} IN ({listed})) "
-                    f"EXECUTE FUNCTION {trigger}()"
-                )
-            else:
-                conn.exec_driver_sql(f"DROP TRIGGER {trigger} ON {table}")
-                conn.exec_driver_sql(f"DROP FUNCTION {trigger}()")
-        elif on:
-            conn.exec_driver_sql(
-                f"CREATE TRIGGER {trigger} BEFORE UPDATE ON {table} "
-                f"WHEN NEW.{column} IN ({listed}) BEGIN SELECT RAISE(ABORT, 'injected'); END"
-            )
-        else:
-            conn.exec_driver_sql(f"DROP TRIGGER {trigger}")
+    name = f"test_refuse_update_{table}_{column}"
+    _refusing_trigger(database, name, table, ("UPDATE",), f"NEW.{column} IN ({listed})", on=on)
 
 
 def refuse_row(database: Any, table: str, column: str, value: str, *, on: bool) -> None:
     """Fault injection for one row only: while on, every INSERT or UPDATE of ``table`` whose
     new ``column`` is ``value`` fails in the database (its transaction rolls back); every
     other row is written as usual. ``database`` is a :class:`paykeep.db.Database`."""
-    trigger = f"test_refuse_row_{table}_{column}"
-    with database.engine.begin() as conn:
-        if database.is_postgres:
-            if on:
-                conn.exec_driver_sql(
-                    f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
-                )
-                conn.exec_driver_sql(
-                    f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
-                    f"FOR EACH ROW WHEN (NEW.{column} = '{value}') "
-                    f"EXECUTE FUNCTION {trigger}()"
-                )
-            else:
-                conn.exec_driver_sql(f"DROP TRIGGER {trigger} ON {table}")
-                conn.exec_driver_sql(f"DROP FUNCTION {trigger}()")
-        elif on:
-            for op in ("INSERT", "UPDATE"):
-                conn.exec_driver_sql(
-                    f"CREATE TRIGGER {trigger}_{op.lower()} BEFORE {op} ON {table} "
-                    f"WHEN NEW.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'injected'); END"
-                )
-        else:
-            for op in ("insert", "update"):
-                conn.exec_driver_sql(f"DROP TRIGGER {trigger}_{op}")
+    name = f"test_refuse_row_{table}_{column}"
+    condition = f"NEW.{column} = '{value}'"
+    _refusing_trigger(database, name, table, ("INSERT", "UPDATE"), condition, on=on)
