@@ -12,7 +12,7 @@ import pytest
 from paykeep.bench.gateway import BanksimProcess
 from paykeep.clock import FakeClock
 from paykeep.db import Database
-from paykeep.gateway.payouts.model import Debtor
+from paykeep.gateway.payouts.model import Debtor, Payout
 from paykeep.gateway.payouts.service import PayoutService
 from paykeep.gateway.statements.service import StatementService
 from paykeep.ledger.model import AccountFlags, NewAccount, NewTransfer
@@ -40,7 +40,7 @@ class World:
         account = self.ledger.account_by_name(name)
         return account.credits_posted - account.debits_posted
 
-    def request(self, request_id: str = "req-1", amount: int = 12_345, **kw: object) -> object:
+    def request(self, request_id: str = "req-1", amount: int = 12_345, **kw: object) -> Payout:
         fields: dict[str, object] = {
             "merchant_ref": "42",
             "amount_minor": amount,

@@ -10,84 +10,35 @@ cause is gone and its wait is over (the test clock), its failure then forgotten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import sqlalchemy as sa
 
 from paykeep import limits
-from paykeep.clock import FakeClock
-from paykeep.db import Database
 from paykeep.db.quarantine import ItemFailure
-from paykeep.gateway.payouts.model import CLEARING_ACCOUNT, BatchState, Debtor, Payout, PayoutState
-from paykeep.gateway.payouts.service import BankAnswer, PayoutService
+from paykeep.gateway.payouts.model import CLEARING_ACCOUNT, BatchState, PayoutState
+from paykeep.gateway.payouts.service import BankAnswer
 from paykeep.gateway.statements.model import ExpectedMovement, Leg
-from paykeep.gateway.statements.service import StatementService
-from paykeep.ledger.model import AccountFlags, NewAccount, NewTransfer
-from paykeep.ledger.service import Ledger
-from paykeep.security.fields import FieldCipher
+from tests.gateway.payouts.conftest import BANK_ACCOUNT, FUNDED_MINOR, MERCHANT, World
 from tests.gateway.statements.builder import Line, camt053
 from tests.support import refuse_row, refuse_updates
 
-BANK_ACCOUNT = "bank:safeguarding:simbank"
-MERCHANT = "merchant:42:available"
-FUNDED_MINOR = 100_000
-DEBTOR_IBAN = "DE89370400440532013000"
 TOPUP_CODE = 20
 
 
-@dataclass
-class World:
-    database: Database
-    ledger: Ledger
-    clock: FakeClock
-    statements: StatementService
-    payouts: PayoutService
-    debtor: Debtor
-
-    def balance(self, name: str) -> int:
-        """Credit-positive balance (what a liability owes; an asset shows negative)."""
-        account = self.ledger.account_by_name(name)
-        return account.credits_posted - account.debits_posted
-
-    def request(self, request_id: str, amount: int) -> Payout:
-        return self.payouts.request(
-            "42", amount, "EUR", MERCHANT, "Tea Shop GmbH", "NL91ABNA0417164300",
-            request_id=request_id,
-        )  # fmt: skip
-
-    def failure(self, pass_name: str, item_id: str) -> ItemFailure | None:
-        # Every service's quarantine reads the same table; the payouts' one will do.
-        found = [f for f in self.payouts.quarantine.failures(pass_name) if f.item_id == item_id]
-        return found[0] if found else None
-
-    def statement_state(self, statement_id: str) -> str:
-        with self.database.read() as conn:
-            return str(
-                conn.execute(
-                    sa.text("SELECT state FROM stmt_statements WHERE statement_id = :s"),
-                    {"s": statement_id},
-                ).scalar_one()
-            )
+def failure_of(w: World, pass_name: str, item_id: str) -> ItemFailure | None:
+    # Every service's quarantine reads the same table; the payouts' one will do.
+    found = [f for f in w.payouts.quarantine.failures(pass_name) if f.item_id == item_id]
+    return found[0] if found else None
 
 
-@pytest.fixture
-def world(database: Database, cipher: FieldCipher) -> World:
-    clock = FakeClock()
-    ledger = Ledger(database, clock)
-    ledger.create_accounts(
-        [
-            NewAccount(1, "EUR", 1, int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS),
-                       name=BANK_ACCOUNT),
-            NewAccount(2, "EUR", 2, int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
-                       name=MERCHANT),
-        ]
-    )  # fmt: skip
-    ledger.create_transfer(NewTransfer(10, 1, 2, FUNDED_MINOR, "EUR", 1))
-    statements = StatementService(database, ledger, clock, cipher=cipher)
-    payouts = PayoutService(database, ledger, cipher=cipher, clock=clock, statements=statements)
-    debtor = Debtor("Paykeep Safeguarding", DEBTOR_IBAN, "simbank", "COBADEFFXXX")
-    return World(database, ledger, clock, statements, payouts, debtor)
+def statement_state(w: World, statement_id: str) -> str:
+    with w.database.read() as conn:
+        return str(
+            conn.execute(
+                sa.text("SELECT state FROM stmt_statements WHERE statement_id = :s"),
+                {"s": statement_id},
+            ).scalar_one()
+        )
 
 
 def wait_out_backoff(w: World) -> None:
@@ -111,7 +62,7 @@ def test_a_rejected_payout_whose_return_cannot_be_recorded_stalls_no_other(world
         assert w.payouts.get(first.payout_id).state is PayoutState.BATCHED  # rolled back whole
         assert w.balance(CLEARING_ACCOUNT) == 3_000
         assert w.balance(MERCHANT) == FUNDED_MINOR - 3_000
-        failure = w.failure("gateway.payouts.resume", poisoned)
+        failure = failure_of(w, "gateway.payouts.resume", poisoned)
         assert failure is not None and failure.failures == 1
         assert failure.error_code.startswith("database_")
         assert w.payouts.resume() == 0  # backed off: not tried
@@ -122,7 +73,7 @@ def test_a_rejected_payout_whose_return_cannot_be_recorded_stalls_no_other(world
     assert w.payouts.resume() == 1
     assert w.payouts.get(first.payout_id).state is PayoutState.RETURNED
     assert (w.balance(CLEARING_ACCOUNT), w.balance(MERCHANT)) == (0, FUNDED_MINOR)
-    assert w.failure("gateway.payouts.resume", poisoned) is None
+    assert failure_of(w, "gateway.payouts.resume", poisoned) is None
 
 
 def test_a_payout_that_cannot_be_settled_stalls_no_other(world: World) -> None:
@@ -133,7 +84,7 @@ def test_a_payout_that_cannot_be_settled_stalls_no_other(world: World) -> None:
     statement = camt053(
         [Line(-3_000, end_to_end_id=first.end_to_end_id),
          Line(-4_000, end_to_end_id=second.end_to_end_id)],
-        iban=DEBTOR_IBAN, statement_id="STMT-PAID", opening_minor=FUNDED_MINOR,
+        iban=w.debtor.iban, statement_id="STMT-PAID", opening_minor=FUNDED_MINOR,
     )  # fmt: skip
     (outcome,) = w.statements.import_file(statement).statements
     assert outcome.matched == 2
@@ -145,7 +96,7 @@ def test_a_payout_that_cannot_be_settled_stalls_no_other(world: World) -> None:
         assert w.payouts.get(first.payout_id).state is PayoutState.ACCEPTED
         # Not every payout of the batch is settled: the batch is not either.
         assert w.payouts.batch_file(batch.batch_id).batch.state is BatchState.ACCEPTED
-        failure = w.failure("gateway.payouts.settle", poisoned)
+        failure = failure_of(w, "gateway.payouts.settle", poisoned)
         assert failure is not None and failure.error_code.startswith("database_")
     finally:
         refuse_row(w.database, "gateway_payouts", "request_id", "req-a", on=False)
@@ -155,25 +106,25 @@ def test_a_payout_that_cannot_be_settled_stalls_no_other(world: World) -> None:
     assert w.payouts.get(first.payout_id).state is PayoutState.SETTLED
     assert w.payouts.batch_file(batch.batch_id).batch.state is BatchState.SETTLED
     assert w.balance(CLEARING_ACCOUNT) == 0
-    assert w.failure("gateway.payouts.settle", poisoned) is None
+    assert failure_of(w, "gateway.payouts.settle", poisoned) is None
 
 
 # --- statements -------------------------------------------------------------------------------
 
 
-def credit_statement(statement_id: str, reference: str, amount: int) -> bytes:
+def credit_statement(w: World, statement_id: str, reference: str, amount: int) -> bytes:
     """A camt.053 of the debtor's account with one credit carrying ``reference``."""
     return camt053(
-        [Line(amount, creditor_reference=reference)], iban=DEBTOR_IBAN, statement_id=statement_id
+        [Line(amount, creditor_reference=reference)], iban=w.debtor.iban, statement_id=statement_id
     )
 
 
 def expect_credits(w: World, *references: str) -> None:
-    w.statements.add_account(DEBTOR_IBAN, "EUR", BANK_ACCOUNT)
+    w.statements.add_account(w.debtor.iban, "EUR", BANK_ACCOUNT)
     for reference in references:
         w.statements.expect(
             ExpectedMovement(
-                reference=reference, iban=DEBTOR_IBAN, direction="credit", amount_minor=None,
+                reference=reference, iban=w.debtor.iban, direction="credit", amount_minor=None,
                 currency="EUR", standing=True, legs=(Leg(BANK_ACCOUNT, MERCHANT, TOPUP_CODE),),
             )
         )  # fmt: skip
@@ -185,8 +136,8 @@ def test_a_statement_file_that_cannot_be_recorded_stalls_no_other(
     w = world
     expect_credits(w, "REF-A", "REF-B")
     files = {
-        "STMT-A": credit_statement("STMT-A", "REF-A", 1_000),
-        "STMT-B": credit_statement("STMT-B", "REF-B", 2_000),
+        "STMT-A": credit_statement(w, "STMT-A", "REF-A", 1_000),
+        "STMT-B": credit_statement(w, "STMT-B", "REF-B", 2_000),
         "STMT-BAD": b"<not a statement",
     }
     refuse_row(w.database, "stmt_statements", "statement_id", "STMT-A", on=True)
@@ -194,10 +145,10 @@ def test_a_statement_file_that_cannot_be_recorded_stalls_no_other(
         counts = w.statements.import_new(list(files), files.__getitem__)
         assert counts == {"imported": 1, "refused": 1, "isolated": 1}
         assert w.balance(MERCHANT) == FUNDED_MINOR + 2_000  # B's line posted, A's nothing
-        failure = w.failure("gateway.statements.import", "STMT-A")
+        failure = failure_of(w, "gateway.statements.import", "STMT-A")
         assert failure is not None and failure.error_code.startswith("database_")
         # A file the parser refuses is the pass's typed outcome, never an item failure.
-        assert w.failure("gateway.statements.import", "STMT-BAD") is None
+        assert failure_of(w, "gateway.statements.import", "STMT-BAD") is None
         assert any("STMT-BAD" in r.getMessage() and "statement_" in r.getMessage()
                    for r in caplog.records)  # fmt: skip
         assert w.statements.import_new(list(files), files.__getitem__) == {"refused": 1}
@@ -208,7 +159,7 @@ def test_a_statement_file_that_cannot_be_recorded_stalls_no_other(
         "imported": 1, "refused": 1,
     }  # fmt: skip
     assert w.balance(MERCHANT) == FUNDED_MINOR + 3_000
-    assert w.failure("gateway.statements.import", "STMT-A") is None
+    assert failure_of(w, "gateway.statements.import", "STMT-A") is None
     assert w.statements.import_new(["STMT-A", "STMT-B"], files.__getitem__) == {}  # imported
 
 
@@ -216,15 +167,15 @@ def test_a_statement_left_posting_stalls_no_later_import(world: World) -> None:
     w = world
     expect_credits(w, "REF-A", "REF-B")
     files = {
-        "STMT-A": credit_statement("STMT-A", "REF-A", 1_000),
-        "STMT-B": credit_statement("STMT-B", "REF-B", 2_000),
+        "STMT-A": credit_statement(w, "STMT-A", "REF-A", 1_000),
+        "STMT-B": credit_statement(w, "STMT-B", "REF-B", 2_000),
     }
     # A is recorded and its line posted to the ledger, but the statement cannot be marked
     # posted: it stays ``posting``, for every later import to finish first.
     refuse_updates(w.database, "stmt_statements", "statement_id", ["STMT-A"], on=True)
     try:
         assert w.statements.import_new(["STMT-A"], files.__getitem__) == {"isolated": 1}
-        assert w.statement_state("STMT-A") == "posting"
+        assert statement_state(w, "STMT-A") == "posting"
         with w.database.read() as conn:
             row_id = str(
                 conn.execute(
@@ -232,15 +183,15 @@ def test_a_statement_left_posting_stalls_no_later_import(world: World) -> None:
                 ).scalar_one()
             )
         assert w.statements.import_new(list(files), files.__getitem__) == {"imported": 1}
-        assert w.statement_state("STMT-B") == "posted"
-        assert w.statement_state("STMT-A") == "posting"
-        failure = w.failure("gateway.statements.recover", row_id)
+        assert statement_state(w, "STMT-B") == "posted"
+        assert statement_state(w, "STMT-A") == "posting"
+        failure = failure_of(w, "gateway.statements.recover", row_id)
         assert failure is not None and failure.error_code.startswith("database_")
         assert w.statements.recover() == 0  # backed off: not tried
     finally:
         refuse_updates(w.database, "stmt_statements", "statement_id", ["STMT-A"], on=False)
     wait_out_backoff(w)
     assert w.statements.recover() == 1
-    assert w.statement_state("STMT-A") == "posted"
+    assert statement_state(w, "STMT-A") == "posted"
     assert w.balance(MERCHANT) == FUNDED_MINOR + 3_000  # A's line posted once
-    assert w.failure("gateway.statements.recover", row_id) is None
+    assert failure_of(w, "gateway.statements.recover", row_id) is None
