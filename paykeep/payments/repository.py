@@ -549,7 +549,7 @@ class PaymentsRepository:
             for w in found
         ]
 
-    def open_withdrawals(self, limit: int, after_id: str = "") -> list[Withdrawal]:
+    def open_withdrawals(self, after_id: str, limit: int) -> list[Withdrawal]:
         """Bank withdrawals the worker still follows at the gateway, with an id above
         ``after_id``, in id order — oldest first, the ids being time-ordered
         (``OpenItemsWalk``; through ``ix_payments_withdrawals_state``, then sorted: the open

@@ -2957,9 +2957,7 @@ class PaymentsService:
         with self.reading() as tx:
             open_ = [
                 w
-                for w in self._open_withdrawals.page(
-                    lambda after, n: tx.repo.open_withdrawals(n, after), limit
-                )
+                for w in self._open_withdrawals.page(tx.repo.open_withdrawals, limit)
                 if w.id not in items.blocked
             ]
             # Sent back after they settled, by a process without this service listening.

@@ -162,7 +162,7 @@ def test_the_bank_cycle_never_follows_a_withdrawal_to_the_card(cw: CardWorld) ->
     cw.world.clock.advance(3_600)
     assert cw.svc.sync_withdrawals(pending_age_s=0) == 0
     with cw.svc.reading() as tx:
-        assert tx.repo.open_withdrawals(10) == []
+        assert tx.repo.open_withdrawals("", 10) == []
         current = tx.repo.withdrawal(withdrawal.id)
     assert current is not None and current.state == "pending"
     cw.svc.payouts = None
