@@ -188,8 +188,8 @@ class Quarantine:
             if due:
                 oldest = min(parked, key=lambda f: f.parked_at_ns or 0)
                 log.warning(
-                    "worker %s: %d item(s) parked after repeated failures, e.g. %s (%s); "
-                    "see `paykeep worker-items`",
+                    "worker %s: %d item(s) parked (failing again and again, or set aside), "
+                    "e.g. %s (%s); see `paykeep worker-items`",
                     pass_name, len(parked), oldest.item_id, oldest.error_code,
                 )  # fmt: skip
         return PassItems(self, pass_name, known, now_ns, tuple(backoff))
@@ -233,6 +233,14 @@ class Quarantine:
                     ),
                     {"t": before},
                 ).rowcount
+            )
+
+    def forget_parked(self, pass_name: str, item_id: str) -> None:
+        """Drop the item's record, parked or not (see ``PassItems.handled_elsewhere``)."""
+        with self.database.write() as conn:
+            conn.execute(
+                sa.text("DELETE FROM worker_item_failures WHERE pass_name = :p AND item_id = :i"),
+                {"p": pass_name, "i": item_id},
             )
 
     def _forget(self, pass_name: str, item_id: str) -> None:
@@ -364,6 +372,25 @@ class PassItems:
         if earlier is not None and not earlier.parked:
             self.quarantine._forget(self.pass_name, item_id)
             del self._known[item_id]
+
+    def park(self, item_id: str, exc: Exception) -> ItemFailure:
+        """Set the item aside at once, with ``exc``'s code: trying it again cannot change
+        the outcome (a bank file the parser refuses stays refused), so it waits for an
+        operator (``paykeep worker-items``) instead of being fetched and refused every run."""
+        code = error_code(exc)
+        failure = self.quarantine._record(self.pass_name, item_id, code, ())
+        self._known[item_id] = failure
+        self.parked.add(item_id)
+        log.warning("worker %s: item %s set aside (%s); see `paykeep worker-items`",
+                    self.pass_name, item_id, code)  # fmt: skip
+        return failure
+
+    def handled_elsewhere(self, item_id: str) -> None:
+        """The item was done outside the pass (an operator imported a corrected file): its
+        record, parked or not, no longer stands for anything."""
+        if self._known.pop(item_id, None) is not None:
+            self.quarantine.forget_parked(self.pass_name, item_id)
+            self.parked.discard(item_id)
 
     def failure(self, item_id: str, exc: Exception) -> ItemFailure:
         """The item failed with ``exc`` (not the database being unavailable), its work

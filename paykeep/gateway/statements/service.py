@@ -336,9 +336,11 @@ class StatementService:
 
         - a file refused whole (``FILE_REFUSALS``: a format the parser refuses, a statement
           that does not add up, a conflict with an imported statement) is this pass's outcome:
-          nothing written, a warning with its code, ``refused`` in the counts; it is fetched
-          and checked again next time (until an operator imports a corrected file, or one
-          with ``--accept-unbalanced``);
+          nothing written, ``refused`` in the counts, and the file is set aside at once
+          (parked with its code, one warning): the same bytes would be refused again, so it
+          is not fetched again until an operator releases it (``paykeep worker-items
+          release``) or imports a corrected file (or one with ``--accept-unbalanced``), which
+          also drops the record;
         - a file whose import fails unexpectedly (a row the database refuses) rolled back, is
           recorded, backed off and then parked (``IMPORT_ITEMS``, ``paykeep worker-items``);
         - ``fetch`` failing (the bank unreachable) or the database unavailable stops the pass.
@@ -349,7 +351,11 @@ class StatementService:
             seen = StatementRepository(conn).imported_statement_ids(statement_ids)
         counts: dict[str, int] = {}
         for statement_id in statement_ids:
-            if statement_id in seen or statement_id in items.blocked:
+            if statement_id in seen:
+                if items.knows(statement_id):  # set aside, since imported by an operator
+                    items.handled_elsewhere(statement_id)
+                continue
+            if statement_id in items.blocked:
                 continue
             data = fetch(statement_id)  # outside the isolation: the bank is not the item
             try:
@@ -357,11 +363,12 @@ class StatementService:
                     self.import_file(data, filename=filename(statement_id))
                     counts["imported"] = counts.get("imported", 0) + 1
             except FILE_REFUSALS as refused:
-                log.warning(
-                    "bank statement %s refused, nothing imported: %s",
-                    statement_id, refused.code,
-                )  # fmt: skip
                 counts["refused"] = counts.get("refused", 0) + 1
+                if refused.transient:  # a lost race: read afresh next time
+                    log.info("bank statement %s changed meanwhile (%s)", statement_id,
+                             refused.code)  # fmt: skip
+                else:  # logged with its code
+                    items.park(statement_id, refused)
         if items.failed:
             counts["isolated"] = len(items.failed)
         return counts

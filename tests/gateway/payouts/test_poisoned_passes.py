@@ -147,18 +147,35 @@ def test_a_statement_file_that_cannot_be_recorded_stalls_no_other(
         assert w.balance(MERCHANT) == FUNDED_MINOR + 2_000  # B's line posted, A's nothing
         failure = failure_of(w, "gateway.statements.import", "STMT-A")
         assert failure is not None and failure.error_code.startswith("database_")
-        # A file the parser refuses is the pass's typed outcome, never an item failure.
-        assert failure_of(w, "gateway.statements.import", "STMT-BAD") is None
-        assert any("STMT-BAD" in r.getMessage() and "statement_" in r.getMessage()
+        # A file the parser refuses is set aside at once with its code (the same bytes
+        # would be refused again), not backed off like a failure.
+        bad = failure_of(w, "gateway.statements.import", "STMT-BAD")
+        assert bad is not None and bad.parked and bad.failures == 1
+        assert bad.error_code.startswith("statement_")
+        assert any("STMT-BAD" in r.getMessage() and bad.error_code in r.getMessage()
                    for r in caplog.records)  # fmt: skip
-        assert w.statements.import_new(list(files), files.__getitem__) == {"refused": 1}
+        fetched: list[str] = []
+
+        def fetch(statement_id: str) -> bytes:
+            fetched.append(statement_id)
+            return files[statement_id]
+
+        assert w.statements.import_new(list(files), fetch) == {}  # A backed off, BAD aside
+        assert fetched == []
     finally:
         refuse_row(w.database, "stmt_statements", "statement_id", "STMT-A", on=False)
     wait_out_backoff(w)
-    assert w.statements.import_new(list(files), files.__getitem__) == {
-        "imported": 1, "refused": 1,
-    }  # fmt: skip
+    assert w.statements.import_new(list(files), files.__getitem__) == {"imported": 1}
     assert w.balance(MERCHANT) == FUNDED_MINOR + 3_000
+    # An operator sends the file through again: refused again, set aside again.
+    assert w.payouts.quarantine.release("gateway.statements.import", "STMT-BAD")
+    assert w.statements.import_new(list(files), files.__getitem__) == {"refused": 1}
+    assert failure_of(w, "gateway.statements.import", "STMT-BAD") is not None
+    # ... and imports a corrected file under that id by hand: the pass drops the record.
+    w.statements.import_file(credit_statement(w, "STMT-BAD", "REF-A", 5), filename="fixed.xml")
+    assert w.statements.import_new(list(files), files.__getitem__) == {}
+    assert failure_of(w, "gateway.statements.import", "STMT-BAD") is None
+    assert w.balance(MERCHANT) == FUNDED_MINOR + 3_005
     assert failure_of(w, "gateway.statements.import", "STMT-A") is None
     assert w.statements.import_new(["STMT-A", "STMT-B"], files.__getitem__) == {}  # imported
 
