@@ -102,6 +102,8 @@ CARD_SETTLEMENT_TRANSFER_CODE = 31
 CARD_REFUND_TRANSFER_CODE = 32
 #: The worker pass that finishes refunds left in flight (``paykeep.db.quarantine``).
 RECOVER_REFUNDS_ITEMS = "gateway.cards.recover_refunds"
+#: ``recover``'s card payments left in flight or settling (items: their row ids).
+RECOVER_PAYMENTS_ITEMS = "gateway.cards.recover"
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,40 +372,45 @@ class CardGateway:
     def recover(self, min_age_s: float = limits.CARD_RECOVERY_MIN_AGE_S) -> RecoveryReport:
         """Finish what crashed or timed-out calls left: reverse payments left in flight,
         retry owed reversals, post approved captures to the ledger. Safe to run anywhere,
-        any number of times; payments changed in the last ``min_age_s`` are left alone."""
+        any number of times; payments changed in the last ``min_age_s`` are left alone.
+        One payment (or refund) whose recovery fails unexpectedly (a row the database
+        refuses) is backed off, then parked (``paykeep.db.quarantine``); the others go on."""
         before = self.clock.now_ns() - int(min_age_s * NS_PER_S)
+        items = self.quarantine.open(RECOVER_PAYMENTS_ITEMS)
+        batch = limits.CARD_RECOVERY_BATCH
         with self.database.read() as conn:
             due = CardRepository(conn).due(
                 (S.AUTHORISING, S.CAPTURING, S.REVERSING, S.SETTLING),
                 before,
-                limits.CARD_RECOVERY_BATCH,
+                batch + items.fetch,
             )
         reversed_, pending, settled = 0, 0, 0
         refunds = self._recover_refunds(before)
-        for payment in due:
-            if payment.state is S.SETTLING:
-                try:
-                    self._settle(payment)
-                    settled += 1
-                except CardLedgerPostingFailed:
-                    log.warning("card payment %s: ledger posting still refused", payment.pk)
-                continue
-            if payment.state in IN_FLIGHT:
-                try:
-                    payment = self._move(
-                        payment,
-                        payment.state,
-                        S.REVERSING,
-                        outcome=CardOutcome.REVERSAL_PENDING,
-                        reason="recovery",
-                    )
-                except CardPaymentInProgress:
-                    continue  # someone else moved it meanwhile
-            result = self._reverse_all(payment)
-            if result.state is S.REVERSED:
-                reversed_ += 1
-            else:
-                pending += 1
+        for payment in items.due(due, batch, key=lambda p: str(p.pk)):
+            with items.isolated(str(payment.pk)):
+                if payment.state is S.SETTLING:
+                    try:
+                        self._settle(payment)
+                        settled += 1
+                    except CardLedgerPostingFailed:
+                        log.warning("card payment %s: ledger posting still refused", payment.pk)
+                    continue
+                if payment.state in IN_FLIGHT:
+                    try:
+                        payment = self._move(
+                            payment,
+                            payment.state,
+                            S.REVERSING,
+                            outcome=CardOutcome.REVERSAL_PENDING,
+                            reason="recovery",
+                        )
+                    except CardPaymentInProgress:
+                        continue  # someone else moved it meanwhile
+                result = self._reverse_all(payment)
+                if result.state is S.REVERSED:
+                    reversed_ += 1
+                else:
+                    pending += 1
         return RecoveryReport(reversed_, pending, settled, *refunds)
 
     # ------------------------------------------------------------------ refunds

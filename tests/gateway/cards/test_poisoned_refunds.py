@@ -1,4 +1,4 @@
-"""One card refund whose recovery fails must not stall the others (``paykeep.db.quarantine``),
+"""One card refund (or payment) whose recovery fails must not stall the others (``paykeep.db.quarantine``),
 against the session banksim, on SQLite and PostgreSQL.
 
 Two refunds the issuer approved wait in ``posting`` (the ledger refused the debit: the account
@@ -16,7 +16,7 @@ from paykeep import limits
 from paykeep.clock import FakeClock
 from paykeep.db.quarantine import Quarantine
 from paykeep.gateway.cards.errors import CardLedgerPostingFailed
-from paykeep.gateway.cards.model import CardRefundState
+from paykeep.gateway.cards.model import CardPaymentState, CardRefundState
 from paykeep.gateway.cards.repository import CardRepository
 from paykeep.gateway.cards.service import CardGateway
 from paykeep.ledger.model import Account, AccountFlags, NewAccount, NewTransfer
@@ -24,7 +24,9 @@ from tests.gateway.cards.conftest import CALL_TIMEOUT_S, REVERSAL_TIMEOUT_S, Rig
 from tests.support import refuse_row
 
 R = CardRefundState
+S = CardPaymentState
 PASS = "gateway.cards.recover_refunds"
+PAYMENTS_PASS = "gateway.cards.recover"
 
 
 def empty_account(rig: Rig) -> Account:
@@ -80,3 +82,54 @@ def test_a_refund_whose_recovery_cannot_be_recorded_stalls_no_other(rig: Rig) ->
     # The ledger answered ``exists`` to the second posting: each wallet paid once.
     for wallet in refunds.values():
         assert rig.ledger.account(wallet.id).debits_posted == 2_000
+
+
+def test_a_payment_whose_recovery_cannot_be_recorded_stalls_no_other(rig: Rig) -> None:
+    """``recover``'s payments: two authorisations answered by nobody wait in ``reversing``
+    (the network lost the answer and refuses every reversal). Once the network is back, one
+    payment's row is refused by the database: the other is reversed in the same run, the
+    poisoned one is recorded under ``gateway.cards.recover``, left alone while backed off,
+    and reversed — the card's hold released once — when the cause is gone."""
+    clock = FakeClock()
+    gateway = CardGateway(
+        rig.database, rig.ledger, rig.vault, rig.client,
+        timeout_s=CALL_TIMEOUT_S, reversal_timeout_s=REVERSAL_TIMEOUT_S,
+        quarantine=Quarantine(rig.database, clock),
+    )  # fmt: skip
+    cards = {}
+    for payment_id in ("pay-poisoned", "pay-other"):
+        pan, token = rig.new_card(10_000)
+        card = rig.issuer_tokens[pan]
+        with rig.banksim.http() as http:
+            http.post("/faults/cards", json={"faults": [
+                {"kind": "lost", "next": 1, "card": card, "mtis": ["0100"]},
+                {"kind": "unavailable", "card": card, "mtis": ["0400"]},
+            ]}).raise_for_status()  # fmt: skip
+        result = gateway.authorise(token, 1_000, "EUR", payment_id=payment_id)
+        assert result.state is S.REVERSING
+        assert rig.issuer(pan)["held_minor"] == 1_000
+        cards[payment_id] = pan
+    rig.faults()
+    with rig.database.read() as conn:
+        poisoned = CardRepository(conn).get("pay-poisoned")
+    assert poisoned is not None
+
+    refuse_row(rig.database, "card_payments", "payment_id", "pay-poisoned", on=True)
+    try:
+        report = gateway.recover(min_age_s=0)
+        assert (report.reversed, report.reversal_pending) == (1, 0)
+        assert gateway.payment("pay-other").state is S.REVERSED
+        assert gateway.payment("pay-poisoned").state is S.REVERSING
+        (failure,) = gateway.quarantine.failures(PAYMENTS_PASS)
+        assert failure.item_id == str(poisoned.pk)
+        assert failure.error_code.startswith("database_")
+        assert gateway.recover(min_age_s=0).reversed == 0  # backed off: not tried
+    finally:
+        refuse_row(rig.database, "card_payments", "payment_id", "pay-poisoned", on=False)
+    assert gateway.recover(min_age_s=0).reversed == 0  # still backed off
+    clock.advance(limits.WORKER_ITEM_BACKOFF_S[0])
+    assert gateway.recover(min_age_s=0).reversed == 1
+    assert gateway.payment("pay-poisoned").state is S.REVERSED
+    assert gateway.quarantine.failures(PAYMENTS_PASS) == []
+    for pan in cards.values():
+        assert (rig.issuer(pan)["balance_minor"], rig.issuer(pan)["held_minor"]) == (10_000, 0)
