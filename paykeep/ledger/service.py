@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, monotonic_s
@@ -403,6 +403,15 @@ class Ledger:
             seq, ts, digest = reader.cur.fetchone()
         return JournalHead(seq, ts, digest)
 
+    def postings_lag_rows(self) -> int:
+        """Journal rows not yet in the per-account index (they are read from the journal)."""
+        return self.repo.postings_lag_rows()
+
+    def index_postings(self) -> None:
+        """Bring the per-account index up to the journal head now (SQLite; PostgreSQL merges
+        inline). Safe beside a running indexer: the index file's lock serializes them."""
+        self.repo.index_postings()
+
     def account_transfers(
         self,
         account_id: int,
@@ -420,7 +429,7 @@ class Ledger:
             raise AccountNotFound(f"no account {account_id!r}", param="account_id")
         if starting_after is not None and not _is_valid_id(starting_after):
             raise InvalidCursor(f"starting_after {starting_after!r} is not a transfer id")
-        with self.repo.read() as reader:
+        with self.repo.read_postings() as reader:
             q = reader._q
             below = limits.ID_MAX
             if starting_after is not None:
@@ -436,7 +445,7 @@ class Ledger:
                         param="starting_after",
                     )
                 below = row[0]
-            indexed = _indexed_seq(reader)
+            indexed = reader.indexed_seq
             # Newest first: the unindexed tail (a bounded scan by sequence number), then the
             # per-account index for what the tail did not fill.
             reader.cur.execute(
@@ -447,7 +456,7 @@ class Ledger:
             rows: list[tuple[object, ...]] = list(reader.cur.fetchall())
             if len(rows) <= limit:
                 reader.cur.execute(
-                    q(f"SELECT {_T_COLUMNS} FROM ledger_postings x "
+                    q(f"SELECT {_T_COLUMNS} FROM {reader.postings} x "
                       "JOIN ledger_transfers t ON t.seq = x.seq "
                       "WHERE x.account_id = ? AND x.seq <= ? AND x.seq < ? "
                       "ORDER BY x.seq DESC LIMIT ?"),
@@ -468,13 +477,13 @@ class Ledger:
         if type(as_of_ns) is not int or not 0 <= as_of_ns <= limits.ID_MAX:
             raise InvalidCursor(f"as_of_ns must be nanoseconds since the epoch: {as_of_ns!r}")
         dp = dpo = cp = cpo = 0
-        with self.repo.read() as reader:
-            indexed = _indexed_seq(reader)
+        with self.repo.read_postings() as reader:
+            indexed = reader.indexed_seq
             for column in ("debit_account_id", "credit_account_id"):
                 is_debit = column == "debit_account_id"
                 for sql, args in (
                     (
-                        "FROM ledger_postings x JOIN ledger_transfers t ON t.seq = x.seq "
+                        f"FROM {reader.postings} x JOIN ledger_transfers t ON t.seq = x.seq "
                         "LEFT JOIN ledger_transfers p ON p.id = t.pending_id "
                         f"WHERE x.account_id = ? AND x.seq <= ? AND t.{column} = ? "
                         "AND t.timestamp_ns <= ?",
@@ -502,14 +511,6 @@ class Ledger:
                                 cp += held - released
                                 cpo += posted
         return BalanceAsOf(account_id, as_of_ns, dp, dpo, cp, cpo)
-
-
-def _indexed_seq(reader: Any) -> int:
-    """Journal rows up to this sequence number are in ``ledger_postings``. Rows at or below it
-    stay there forever, so a reader that uses this one value for both the index and the tail
-    sees each row exactly once, whatever writers do meanwhile."""
-    reader.cur.execute("SELECT indexed_seq FROM ledger_journal_head WHERE id = 1")
-    return int(reader.cur.fetchone()[0])
 
 
 #: The journal columns qualified for a join (``t`` is the journal).
