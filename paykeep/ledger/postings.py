@@ -87,7 +87,7 @@ def sidecar_path(main_path: str) -> str:
     return main_path + SIDECAR_SUFFIX
 
 
-def _is_unreadable(exc: sqlite3.DatabaseError) -> bool:
+def is_unreadable(exc: sqlite3.DatabaseError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
@@ -135,8 +135,12 @@ class PostingsIndex:
             conn.execute("PRAGMA px.synchronous=NORMAL")
             conn.execute("PRAGMA temp_store=MEMORY")
             conn.execute("PRAGMA px.cache_size=-32768")
-            for statement in _SCHEMA:
-                conn.execute(statement)
+            made = conn.execute(
+                "SELECT 1 FROM px.sqlite_master WHERE name = 'postings_progress'"
+            ).fetchone()
+            if made is None:  # a new (or emptied) file; writes wait for its write lock
+                for statement in _SCHEMA:
+                    conn.execute(statement)
         except BaseException:
             conn.close()
             raise
@@ -149,10 +153,10 @@ class PostingsIndex:
             self._open.discard(conn)
         conn.close()
 
-    def _reset_file(self) -> None:
+    def reset_file(self) -> None:
         """Remove an index file SQLite cannot read; the next connection starts it anew."""
         log.warning("postings index %s is unreadable: rebuilding it", self.path)
-        with self._lock:
+        with self._indexer_lock, self._lock:
             conns = list(self._open)
             self._open.clear()
             self._idle.clear()
@@ -174,9 +178,9 @@ class PostingsIndex:
                 with self._indexer_lock:
                     return self._step(rows_max)
             except sqlite3.DatabaseError as exc:
-                if attempt or not _is_unreadable(exc):
+                if attempt or not is_unreadable(exc):
                     raise
-                self._reset_file()
+                self.reset_file()
         raise AssertionError("unreachable")
 
     def _step(self, rows_max: int) -> StepResult:
@@ -353,9 +357,9 @@ class PostingsIndex:
                         yield cur, int(indexed)
                         return
             except sqlite3.DatabaseError as exc:
-                if fit or attempt or not _is_unreadable(exc):
+                if fit or attempt or not is_unreadable(exc):
                     raise  # raised by the caller's reads (or twice): not ours to retry
-                self._reset_file()
+                self.reset_file()
             self.catch_up(lag_max=TAIL_HARD_FACTOR * tail_max)
         raise RuntimeError(f"postings index {self.path} does not stay fit to read")
 

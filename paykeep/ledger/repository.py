@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from paykeep.db import Database
 
@@ -33,10 +33,11 @@ from paykeep.ledger.model import (
     StoredPending,
     Transfer,
 )
-from paykeep.ledger.postings import PostingsIndex, postings_index
+from paykeep.ledger.postings import PostingsIndex, is_unreadable, postings_index
 from paykeep.limits import ID_MAX, POSTINGS_TAIL_MAX
 
 log = logging.getLogger("paykeep.ledger")
+_T = TypeVar("_T")
 
 TRANSFER_COLUMNS = (
     "seq, id, debit_account_id, credit_account_id, amount_minor, currency, code, flags, "
@@ -513,6 +514,20 @@ class LedgerRepository:
         """SQLite: index the whole journal now (in this thread). PostgreSQL merges inline."""
         if self.database.is_sqlite:
             self.postings().catch_up()
+
+    def query_postings(self, query: Callable[[PostingsReader], _T]) -> _T:
+        """``query`` in a ``read_postings`` transaction. SQLite: if the index file proves
+        unreadable midway (truncated, overwritten), it is removed and ``query`` runs once more
+        on a rebuilt one."""
+        for attempt in range(2):
+            try:
+                with self.read_postings() as reader:
+                    return query(reader)
+            except sqlite3.DatabaseError as exc:
+                if attempt or not self.database.is_sqlite or not is_unreadable(exc):
+                    raise
+                self.postings().reset_file()
+        raise AssertionError("unreachable")
 
     @contextmanager
     def read_postings(self) -> Iterator[PostingsReader]:

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 from paykeep.ledger.repository import (
     TRANSFER_COLUMNS,
     LedgerRepository,
+    PostingsReader,
     UniqueViolation,
     WriteTx,
     transfer_from_row,
@@ -429,7 +430,9 @@ class Ledger:
             raise AccountNotFound(f"no account {account_id!r}", param="account_id")
         if starting_after is not None and not _is_valid_id(starting_after):
             raise InvalidCursor(f"starting_after {starting_after!r} is not a transfer id")
-        with self.repo.read_postings() as reader:
+
+        # A function, not a block: run again if the index file proved unreadable (it is rebuilt).
+        def read(reader: PostingsReader) -> list[tuple[object, ...]]:
             q = reader._q
             below = limits.ID_MAX
             if starting_after is not None:
@@ -463,6 +466,9 @@ class Ledger:
                     (account_id, indexed, below, limit + 1 - len(rows)),
                 )  # fmt: skip
                 rows.extend(reader.cur.fetchall())
+            return rows
+
+        rows = self.repo.query_postings(read)
         rows.sort(key=lambda r: r[0], reverse=True)  # type: ignore[arg-type,return-value]
         items = [transfer_from_row(r) for r in rows[:limit]]
         return Page(items=items, has_more=len(rows) > limit)
@@ -476,8 +482,9 @@ class Ledger:
         self.account(account_id)
         if type(as_of_ns) is not int or not 0 <= as_of_ns <= limits.ID_MAX:
             raise InvalidCursor(f"as_of_ns must be nanoseconds since the epoch: {as_of_ns!r}")
-        dp = dpo = cp = cpo = 0
-        with self.repo.read_postings() as reader:
+
+        def read(reader: PostingsReader) -> tuple[int, int, int, int]:
+            dp = dpo = cp = cpo = 0
             indexed = reader.indexed_seq
             for column in ("debit_account_id", "credit_account_id"):
                 is_debit = column == "debit_account_id"
@@ -510,7 +517,9 @@ class Ledger:
                             else:
                                 cp += held - released
                                 cpo += posted
-        return BalanceAsOf(account_id, as_of_ns, dp, dpo, cp, cpo)
+            return dp, dpo, cp, cpo
+
+        return BalanceAsOf(account_id, as_of_ns, *self.repo.query_postings(read))
 
 
 #: The journal columns qualified for a join (``t`` is the journal).
