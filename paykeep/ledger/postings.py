@@ -114,6 +114,9 @@ class PostingsIndex:
         self._closed = False
         #: Progress as this process last saw it (a hint for triggering; never for reading).
         self.known_indexed_seq = -1
+        #: The journal head and trigger the last after-commit call reported.
+        self._head_seen = 0
+        self._tail_seen = POSTINGS_TAIL_MAX
         self.steps = 0
 
     # ---------------------------------------------------------------- connections
@@ -262,6 +265,7 @@ class PostingsIndex:
         tail reaches ``tail_max`` rows; index here and now beyond ``4 x tail_max``."""
         if self.known_indexed_seq < 0:
             self.known_indexed_seq = self.progress()[0]
+        self._head_seen, self._tail_seen = head_seq, tail_max
         lag = head_seq - self.known_indexed_seq
         if lag < tail_max:
             return
@@ -287,9 +291,12 @@ class PostingsIndex:
             self._wake.clear()
             if self._closed:
                 return
+            if self._head_seen - self.known_indexed_seq < self._tail_seen:
+                continue  # woken by commits made while the last merge ran: not a tail yet
             try:
-                while not self._closed and self.step().lag_rows > 0:
-                    pass
+                # One merge per wake: what is left is less than a tail, and a short merge
+                # writes almost as many index pages as a long one (they are random accounts).
+                self.step()
             except sqlite3.Error:
                 # Writers and readers keep the tail bounded without us; the next wake retries.
                 log.exception("indexing %s failed", self.path)
