@@ -441,3 +441,39 @@ def test_dispose_stops_the_thread_and_closes_every_connection(data_dir: Path) ->
     database.dispose()
     assert not any(t.name == THREAD_NAME for t in threading.enumerate())
     assert _sidecar_fds(side) == []
+
+
+def test_indexers_of_several_processes_merge_each_row_once(data_dir: Path) -> None:
+    # Two Database objects on one file stand for two processes (API and worker), each with
+    # its own indexer connection; they race in small steps.
+    first, second = _open(data_dir), _open(data_dir)
+    try:
+        for database in (first, second):
+            postings_index(database).background = False
+        ledger = _ledger(first, 32_768)
+        for k in range(4):
+            assert all(r.ok for r in ledger.create_transfers(_plain(90_000 + 500 * k, 500)))
+        errors: list[BaseException] = []
+
+        def index(database: Database) -> None:
+            try:
+                while postings_index(database).step(rows_max=37).lag_rows:
+                    pass
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=index, args=(d,)) for d in (first, second, first)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert postings_index(first).steps > 1 and postings_index(second).steps > 1
+        indexed, _, rows = _index_rows(first)
+        journal = _journal(first)
+        assert indexed == len(journal) == 2_000
+        assert sorted(rows) == sorted(p for r in journal for p in ((r[2], r[0]), (r[3], r[0])))
+        _assert_queries_match_journal(Ledger(second, clock=FakeClock(), postings_tail_max=3))
+    finally:
+        first.dispose()
+        second.dispose()
