@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -44,6 +45,13 @@ if SQLITE_SYNCHRONOUS not in ("FULL", "NORMAL", "EXTRA"):
     )
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=Closeable)
+
+
 class Database:
     """A configured engine plus the one place transactions begin and end."""
 
@@ -66,6 +74,29 @@ class Database:
             f"{path}.writer.lock" if path and path != ":memory:" and not path.startswith("file:")
             else None
         )  # fmt: skip
+        # Per-database helpers other packages attach (the ledger's SQLite postings indexer):
+        # made on first use, closed by ``dispose``.
+        self._attachments: dict[str, Closeable] = {}
+        self._attachments_lock = threading.Lock()
+
+    def attachment(self, key: str, factory: Callable[[], _C]) -> _C:
+        """The helper stored under ``key``, made by ``factory`` on first use (or first use
+        after ``dispose``). One per database object, shared by every user of it."""
+        found = self._attachments.get(key)
+        if found is None:
+            with self._attachments_lock:
+                found = self._attachments.get(key)
+                if found is None:
+                    found = self._attachments[key] = factory()
+        return found  # type: ignore[return-value]
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite database file, or None (PostgreSQL, in-memory or URI databases)."""
+        path = self.engine.url.database if self.is_sqlite else None
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        return path
 
     @property
     def is_sqlite(self) -> bool:
@@ -177,6 +208,11 @@ class Database:
         return raw
 
     def dispose(self) -> None:
+        with self._attachments_lock:
+            attachments = list(self._attachments.values())
+            self._attachments.clear()
+        for helper in attachments:  # before the engine: a helper may still be using it
+            helper.close()
         self.engine.dispose()
         if self._writer_lock_fds is not None:  # a later write opens them again
             for fd in self._writer_lock_fds:

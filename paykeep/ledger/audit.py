@@ -43,6 +43,9 @@ class AuditReport:
     head_hash: str = GENESIS_HASH
     problems: list[AuditProblem] = field(default_factory=list)
     problems_total: int = 0
+    #: SQLite: the postings index file was missing, unreadable or built from another journal
+    #: (derived data: rebuilt from the journal, not a problem; see ``_check_sqlite_postings``).
+    postings_index_rebuilt: bool = False
 
     @property
     def ok(self) -> bool:
@@ -61,6 +64,7 @@ class AuditReport:
             "head_seq": self.head_seq,
             "head_hash": self.head_hash,
             "problems_total": self.problems_total,
+            "postings_index_rebuilt": self.postings_index_rebuilt,
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -244,7 +248,10 @@ def verify(database: Database) -> AuditReport:
             d[1] += posted
             c[2] += held - released
             c[3] += posted
-        _check_postings(report, cur, indexed_seq, rows_indexed)
+        if database.is_postgres:
+            _check_postings(report, cur, "ledger_postings", indexed_seq, rows_indexed)
+    if database.is_sqlite:
+        _check_sqlite_postings(report, database)
 
     if expected_seq != head_seq or last_hash != head_hash or prev_ts != head_ts:
         report.add(
@@ -306,12 +313,36 @@ def _check_accounts(
             )
 
 
-def _check_postings(report: AuditReport, cur: Any, indexed_seq: int, rows_indexed: int) -> None:
-    """``ledger_postings`` must hold exactly (debit, seq) and (credit, seq) of every journal row
-    up to ``indexed_seq``: every posting names its row's debit or credit account, the primary
+def _check_sqlite_postings(report: AuditReport, database: Database) -> None:
+    """The SQLite index file against the journal, in one snapshot of both.
+
+    The file is derived data outside the hash chain. One whose progress row does not match the
+    journal (a restored or copied main database), or that SQLite cannot read, or that is
+    missing, is rebuilt and reported as such -- never trusted, and not tamper evidence: the
+    journal's hash chain is. A posting changed in a file whose progress row matches is reported
+    with its exact row, as for PostgreSQL (queries would otherwise answer wrongly)."""
+    from paykeep.ledger.postings import postings_index
+
+    index = postings_index(database)
+    report.postings_index_rebuilt = index.validate()
+    if report.postings_index_rebuilt:
+        index.catch_up()
+    with index.read() as cur:
+        cur.execute("SELECT indexed_seq FROM px.postings_progress")
+        (indexed_seq,) = cur.fetchone()
+        cur.execute("SELECT COUNT(*) FROM main.ledger_transfers WHERE seq <= ?", (indexed_seq,))
+        (rows_indexed,) = cur.fetchone()
+        _check_postings(report, cur, "px.ledger_postings", indexed_seq, rows_indexed)
+
+
+def _check_postings(
+    report: AuditReport, cur: Any, table: str, indexed_seq: int, rows_indexed: int
+) -> None:
+    """``table`` must hold exactly (debit, seq) and (credit, seq) of every journal row up to
+    ``indexed_seq``: every posting names its row's debit or credit account, the primary
     key forbids duplicates, and there are two per row -- so the set is exactly right."""
     cur.execute(
-        "SELECT x.account_id, x.seq FROM ledger_postings x "
+        f"SELECT x.account_id, x.seq FROM {table} x "
         "LEFT JOIN ledger_transfers t ON t.seq = x.seq "
         f"WHERE t.seq IS NULL OR x.seq > {int(indexed_seq)} "
         "OR (x.account_id <> t.debit_account_id AND x.account_id <> t.credit_account_id) "
@@ -327,7 +358,7 @@ def _check_postings(report: AuditReport, cur: Any, indexed_seq: int, rows_indexe
                 account_id=account_id,
             )
         )
-    cur.execute("SELECT COUNT(*) FROM ledger_postings")
+    cur.execute(f"SELECT COUNT(*) FROM {table}")
     (count,) = cur.fetchone()
     if count != 2 * rows_indexed:
         report.add(

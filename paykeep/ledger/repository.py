@@ -14,10 +14,12 @@ limits hold across processes and no lock cycle can form.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from paykeep.db import Database
 
@@ -31,7 +33,11 @@ from paykeep.ledger.model import (
     StoredPending,
     Transfer,
 )
+from paykeep.ledger.postings import PostingsIndex, is_unreadable, postings_index
 from paykeep.limits import ID_MAX, POSTINGS_TAIL_MAX
+
+log = logging.getLogger("paykeep.ledger")
+_T = TypeVar("_T")
 
 TRANSFER_COLUMNS = (
     "seq, id, debit_account_id, credit_account_id, amount_minor, currency, code, flags, "
@@ -239,6 +245,18 @@ class _Common:
         )
 
 
+class PostingsReader(_Common):
+    """A reader of the per-account index and the journal (``LedgerRepository.read_postings``)."""
+
+    def __init__(self, cur: Any, placeholder: str, indexed_seq: int, postings: str) -> None:
+        self.raw = None
+        self.cur = cur
+        self.placeholder = placeholder
+        self.indexed_seq = indexed_seq
+        #: The index table: ``ledger_postings`` (PostgreSQL), ``px.ledger_postings`` (SQLite).
+        self.postings = postings
+
+
 class _Writer(_Common):
     """A write transaction. Every writer takes the journal-head row first — the one lock all
     writers share, always first, so writers queue and can never deadlock — and only then
@@ -297,6 +315,19 @@ _INSERT_GROUP_SQL = f"INSERT INTO ledger_transfers ({TRANSFER_COLUMNS}) VALUES "
 
 class SqliteTx(_Writer):
     """SQLite: ``BEGIN IMMEDIATE`` already made this connection the only writer."""
+
+    #: The head this transaction wrote (0: none); after commit the repository tells the
+    #: postings indexer (``paykeep.ledger.postings``), which indexes outside this transaction.
+    written_seq = 0
+
+    def _write_head(self, head: JournalHead, indexed_seq: int, tail_max: int) -> None:
+        # No merge here: the index lives in its own file. ``indexed_seq`` stays 0 on SQLite.
+        self.cur.execute(
+            "UPDATE ledger_journal_head SET last_seq = ?, last_timestamp_ns = ?, last_hash = ? "
+            "WHERE id = 1",
+            (head.last_seq, head.last_timestamp_ns, head.last_hash),
+        )
+        self.written_seq = head.last_seq
 
     def write_batch(
         self, sealed: SealedBatch, balances: dict[int, Balances], holds_resolved: Sequence[int]
@@ -450,6 +481,69 @@ class LedgerRepository:
             # The engine mutated cached balances for a batch that did not commit.
             self.cache.drop()
             raise
+        if isinstance(tx, SqliteTx) and tx.written_seq:
+            self.committed(tx.written_seq)
+
+    def postings(self) -> PostingsIndex:
+        """SQLite only: the index file beside the database (one per ``Database``)."""
+        return postings_index(self.database)
+
+    def committed(self, head_seq: int) -> None:
+        """SQLite: a transaction committed the journal up to ``head_seq``. Wakes the indexer;
+        indexes here, after the commit, if the tail is past its hard bound. The commit stands
+        whatever happens here: an indexing failure is logged, and readers bound the tail too."""
+        try:
+            self.postings().after_commit(head_seq, self.postings_tail_max)
+        except sqlite3.Error:
+            log.exception("indexing the postings after a commit failed")
+
+    def postings_lag_rows(self) -> int:
+        """Journal rows not yet in the per-account index."""
+        if self.database.is_sqlite:
+            with self.postings().read() as cur:
+                cur.execute("SELECT indexed_seq FROM px.postings_progress")
+                (indexed,) = cur.fetchone()
+                cur.execute("SELECT last_seq FROM main.ledger_journal_head")
+                (head,) = cur.fetchone()
+            return int(head - indexed)
+        with self.read() as reader:
+            reader.cur.execute("SELECT last_seq - indexed_seq FROM ledger_journal_head")
+            return int(reader.cur.fetchone()[0])
+
+    def index_postings(self) -> None:
+        """SQLite: index the whole journal now (in this thread). PostgreSQL merges inline."""
+        if self.database.is_sqlite:
+            self.postings().catch_up()
+
+    def query_postings(self, query: Callable[[PostingsReader], _T]) -> _T:
+        """``query`` in a ``read_postings`` transaction. SQLite: if the index file proves
+        unreadable midway (truncated, overwritten), it is removed and ``query`` runs once more
+        on a rebuilt one."""
+        for attempt in range(2):
+            try:
+                with self.read_postings() as reader:
+                    return query(reader)
+            except sqlite3.DatabaseError as exc:
+                if attempt or not self.database.is_sqlite or not is_unreadable(exc):
+                    raise
+                self.postings().reset_file()
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def read_postings(self) -> Iterator[PostingsReader]:
+        """A read transaction for per-account queries: journal rows up to ``indexed_seq`` are
+        in the table ``postings`` names, the rest (a bounded tail) only in the journal. Each
+        row is in exactly one of the two, whatever writers and indexers do meanwhile."""
+        if self.database.is_sqlite:
+            with self.postings().read_fit(self.postings_tail_max) as (cur, indexed):
+                yield PostingsReader(cur, "?", indexed, "px.ledger_postings")
+            return
+        with self.database.read() as conn:
+            cur = Database.driver_connection(conn).cursor()
+            # Rows at or below it stay indexed forever, so this one value serves both reads.
+            cur.execute("SELECT indexed_seq FROM ledger_journal_head WHERE id = 1")
+            indexed = int(cur.fetchone()[0])
+            yield PostingsReader(cur, "%s", indexed, "ledger_postings")
 
     def within(self, conn: Connection) -> WriteTx:
         """The engine's view of a write transaction another context opened (``Database.write``)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from paykeep import limits
 from paykeep.clock import Clock, SystemClock, monotonic_s
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 from paykeep.ledger.repository import (
     TRANSFER_COLUMNS,
     LedgerRepository,
+    PostingsReader,
     UniqueViolation,
     WriteTx,
     transfer_from_row,
@@ -403,6 +404,15 @@ class Ledger:
             seq, ts, digest = reader.cur.fetchone()
         return JournalHead(seq, ts, digest)
 
+    def postings_lag_rows(self) -> int:
+        """Journal rows not yet in the per-account index (they are read from the journal)."""
+        return self.repo.postings_lag_rows()
+
+    def index_postings(self) -> None:
+        """Bring the per-account index up to the journal head now (SQLite; PostgreSQL merges
+        inline). Safe beside a running indexer: the index file's lock serializes them."""
+        self.repo.index_postings()
+
     def account_transfers(
         self,
         account_id: int,
@@ -420,7 +430,9 @@ class Ledger:
             raise AccountNotFound(f"no account {account_id!r}", param="account_id")
         if starting_after is not None and not _is_valid_id(starting_after):
             raise InvalidCursor(f"starting_after {starting_after!r} is not a transfer id")
-        with self.repo.read() as reader:
+
+        # A function, not a block: run again if the index file proved unreadable (it is rebuilt).
+        def read(reader: PostingsReader) -> list[tuple[object, ...]]:
             q = reader._q
             below = limits.ID_MAX
             if starting_after is not None:
@@ -436,7 +448,7 @@ class Ledger:
                         param="starting_after",
                     )
                 below = row[0]
-            indexed = _indexed_seq(reader)
+            indexed = reader.indexed_seq
             # Newest first: the unindexed tail (a bounded scan by sequence number), then the
             # per-account index for what the tail did not fill.
             reader.cur.execute(
@@ -447,13 +459,16 @@ class Ledger:
             rows: list[tuple[object, ...]] = list(reader.cur.fetchall())
             if len(rows) <= limit:
                 reader.cur.execute(
-                    q(f"SELECT {_T_COLUMNS} FROM ledger_postings x "
+                    q(f"SELECT {_T_COLUMNS} FROM {reader.postings} x "
                       "JOIN ledger_transfers t ON t.seq = x.seq "
                       "WHERE x.account_id = ? AND x.seq <= ? AND x.seq < ? "
                       "ORDER BY x.seq DESC LIMIT ?"),
                     (account_id, indexed, below, limit + 1 - len(rows)),
                 )  # fmt: skip
                 rows.extend(reader.cur.fetchall())
+            return rows
+
+        rows = self.repo.query_postings(read)
         rows.sort(key=lambda r: r[0], reverse=True)  # type: ignore[arg-type,return-value]
         items = [transfer_from_row(r) for r in rows[:limit]]
         return Page(items=items, has_more=len(rows) > limit)
@@ -467,14 +482,15 @@ class Ledger:
         self.account(account_id)
         if type(as_of_ns) is not int or not 0 <= as_of_ns <= limits.ID_MAX:
             raise InvalidCursor(f"as_of_ns must be nanoseconds since the epoch: {as_of_ns!r}")
-        dp = dpo = cp = cpo = 0
-        with self.repo.read() as reader:
-            indexed = _indexed_seq(reader)
+
+        def read(reader: PostingsReader) -> tuple[int, int, int, int]:
+            dp = dpo = cp = cpo = 0
+            indexed = reader.indexed_seq
             for column in ("debit_account_id", "credit_account_id"):
                 is_debit = column == "debit_account_id"
                 for sql, args in (
                     (
-                        "FROM ledger_postings x JOIN ledger_transfers t ON t.seq = x.seq "
+                        f"FROM {reader.postings} x JOIN ledger_transfers t ON t.seq = x.seq "
                         "LEFT JOIN ledger_transfers p ON p.id = t.pending_id "
                         f"WHERE x.account_id = ? AND x.seq <= ? AND t.{column} = ? "
                         "AND t.timestamp_ns <= ?",
@@ -501,15 +517,9 @@ class Ledger:
                             else:
                                 cp += held - released
                                 cpo += posted
-        return BalanceAsOf(account_id, as_of_ns, dp, dpo, cp, cpo)
+            return dp, dpo, cp, cpo
 
-
-def _indexed_seq(reader: Any) -> int:
-    """Journal rows up to this sequence number are in ``ledger_postings``. Rows at or below it
-    stay there forever, so a reader that uses this one value for both the index and the tail
-    sees each row exactly once, whatever writers do meanwhile."""
-    reader.cur.execute("SELECT indexed_seq FROM ledger_journal_head WHERE id = 1")
-    return int(reader.cur.fetchone()[0])
+        return BalanceAsOf(account_id, as_of_ns, *self.repo.query_postings(read))
 
 
 #: The journal columns qualified for a join (``t`` is the journal).

@@ -86,7 +86,9 @@ def main() -> int:
     parser.add_argument("--ack-delay", type=float, default=0.0)
     args = parser.parse_args()
     settings = Settings(data_dir=Path(args.data_dir), database_url=args.database_url)
-    ledger = Ledger(open_database(settings, migrate=False))
+    # A short postings tail: SQLite's indexer (its thread, or this writer past the hard bound)
+    # runs mid-stream, so kills land in its transactions too.
+    ledger = Ledger(open_database(settings, migrate=False), postings_tail_max=16)
     for k in range(args.start, args.start + args.count):
         items, _, _ = batch_for(k)
         results = ledger.create_transfers(items)
