@@ -17,6 +17,7 @@ from paykeep import limits
 from paykeep.clock import Clock, SystemClock, monotonic_s
 from paykeep.db import Database
 from paykeep.ids import IdGenerator
+from paykeep.ledger import fastpath
 from paykeep.ledger.errors import (
     AccountNotFound,
     BatchTooLarge,
@@ -306,6 +307,14 @@ class Ledger:
         # Idempotency and reference checks need every stored transfer the batch names. These
         # are indexed lookups, read after the locks so no other writer can change the answer.
         stored = tx.load_transfers(t.id for t in transfers)
+        now = self.clock.now_ns()
+        if fastpath.ENABLED and not pendings:
+            # An all-plain batch that is all ok is decided, applied and sealed in one compiled
+            # call; any other batch comes back None, nothing changed, and is decided below.
+            plain = fastpath.plan_plain(transfers, accounts, stored, head, now)
+            if plain is not None:
+                tx.write_plain(plain, accounts)
+                return plain.results, plain.sealed.head
         # Only well-formed references reach SQL (a lone surrogate cannot even be encoded); the
         # engine gives the others their reference_invalid result.
         references = tx.load_references(
@@ -318,7 +327,6 @@ class Ledger:
             pendings.update(tx.load_pendings(i for i in missing if i))
         loaded = [b for i in account_ids if (b := accounts.get(i)) is not None]
         before = net_by_currency(loaded)
-        now = self.clock.now_ns()
         plan = plan_transfers(
             transfers,
             accounts=accounts,
