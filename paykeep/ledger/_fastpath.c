@@ -691,6 +691,9 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyTuple_SET_ITEM(row, 12, Py_NewRef(empty_str));
         PyTuple_SET_ITEM(row, 13, Py_NewRef(ts_o));
         PyTuple_SET_ITEM(row, 14, Py_NewRef(hash_o));
+        /* Ints and strs only: no cycle can pass through it. CPython's collector would untrack
+         * it at its first pass; untracking now keeps a batch's rows out of every pass. */
+        PyObject_GC_UnTrack(row);
         PyList_SET_ITEM(rows, i, row);
         /* TransferResult(i, id, OK, ts): a frozen slotted dataclass, its slots set directly
          * as `model.transfer_results` does through the slot descriptors. */
@@ -698,6 +701,8 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         SLOT(result, r_id) = Py_NewRef(it->id);
         SLOT(result, r_result) = Py_NewRef(ok_code);
         SLOT(result, r_ts) = ts_o;
+        /* Frozen, holding an int, an enum member, an int and an int: no cycle either. */
+        PyObject_GC_UnTrack(result);
         PyList_SET_ITEM(results, i, result);
         last_seq = seq_o;
         last_ts = PyTuple_GET_ITEM(row, 13);
@@ -733,6 +738,7 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             status = FAIL;
             goto done;
         }
+        PyObject_GC_UnTrack(t);
         PyList_SET_ITEM(balance_rows, k, t);
         PyList_SET_ITEM(touched, k, Py_NewRef(a->id));
     }

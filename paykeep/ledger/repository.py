@@ -269,7 +269,7 @@ class _Writer(_Common):
         """Working balances of ``ids`` (call after ``lock_head``); absent ids are unknown."""
         cached = self.cache.balances
         # Mostly every id is cached: test membership first, validate only the rest.
-        missing = [i for i in ids if i not in cached]
+        missing = list(ids.difference(cached))
         if missing:
             missing = _valid_ids(missing)
         if missing:
