@@ -224,6 +224,7 @@ table_cell(const Table *t, int64_t key)
 /* One batch item, its fields held by strong references. */
 typedef struct {
     PyObject *id, *debit, *credit, *amount, *currency, *code;
+    PyObject *debit_balances, *credit_balances; /* accounts[debit], accounts[credit] */
     int64_t id_v, debit_v, credit_v, amount_v, code_v;
     int32_t currency_ix;
 } Item;
@@ -268,6 +269,8 @@ state_free(State *s)
             Py_XDECREF(it->amount);
             Py_XDECREF(it->currency);
             Py_XDECREF(it->code);
+            Py_XDECREF(it->debit_balances);
+            Py_XDECREF(it->credit_balances);
         }
         PyMem_Free(s->items);
     }
@@ -310,19 +313,16 @@ find_currency(State *s, PyObject *cur)
     return -1;
 }
 
-/* 1: account `id` is known with plain-readable balances (its index in *ix); 0: decline;
- * -1: error. */
+/* 1: account `id`, whose balances are `bal`, has plain-readable balances (its index in *ix);
+ * 0: decline; -1: error. */
 static int
-account_for(State *s, PyObject *accounts, PyObject *id, int64_t id_v, int32_t *ix)
+account_for(State *s, PyObject *bal, PyObject *id, int64_t id_v, int32_t *ix)
 {
     size_t cell = table_cell(&s->account_ix, id_v);
     if (s->account_ix.keys[cell] == id_v) {
         *ix = s->account_ix.values[cell];
         return 1;
     }
-    PyObject *bal = PyDict_GetItemWithError(accounts, id); /* borrowed */
-    if (bal == NULL)
-        return PyErr_Occurred() ? -1 : 0;
     if (!Py_IS_TYPE(bal, Balances_t))
         return 0;
     int64_t address = (int64_t)(intptr_t)bal;
@@ -472,7 +472,10 @@ sum_balances(State *s, int from_objects, __int128 *pending, __int128 *posted)
 /*
  * plan_plain(batch, accounts, stored, head_seq, head_ts, head_hash, now_ns,
  *            id_max, amount_max, code_max, balance_max, dmnec, cmned, group_rows)
- * -> None | (rows, insert_groups, balance_rows, touched_ids, results, seq, ts, hash)
+ * -> (rows, insert_groups, balance_rows, touched_ids, results, seq, ts, hash): applied;
+ *    None: declined, nothing changed;
+ *    [account id, ...]: every item is plain, these accounts are not in `accounts` (nothing
+ *    decided or changed): load them and call again.
  */
 static PyObject *
 plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -491,7 +494,7 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     State s;
     memset(&s, 0, sizeof(s));
     PyObject *rows = NULL, *groups = NULL, *balance_rows = NULL, *touched = NULL,
-             *results = NULL, *out = NULL;
+             *results = NULL, *out = NULL, *missing = NULL;
     int status = DECLINE;
     unsigned char prev[32];
 
@@ -564,9 +567,43 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             }
         }
+    }
+    /* Every item is plain. The accounts' balances, each looked up once: the ids absent from
+     * `accounts` are returned (a list) for the caller to load, and then to call again. */
+    for (Py_ssize_t i = 0; i < s.n; i++) {
+        Item *it = &s.items[i];
+        PyObject *pair[2] = {it->debit, it->credit};
+        PyObject **found[2] = {&it->debit_balances, &it->credit_balances};
+        for (int k = 0; k < 2; k++) {
+            PyObject *bal = PyDict_GetItemWithError(accounts, pair[k]); /* borrowed */
+            if (bal != NULL) {
+                *found[k] = Py_NewRef(bal);
+                continue;
+            }
+            if (PyErr_Occurred()) {
+                status = FAIL;
+                goto done;
+            }
+            if (missing == NULL && (missing = PyList_New(0)) == NULL) {
+                status = FAIL;
+                goto done;
+            }
+            if (PyList_Append(missing, pair[k]) < 0) {
+                status = FAIL;
+                goto done;
+            }
+        }
+    }
+    if (missing != NULL) {
+        status = 2;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < s.n; i++) {
+        Item *it = &s.items[i];
+        int r;
         int32_t d_ix, c_ix;
-        if ((r = account_for(&s, accounts, it->debit, it->debit_v, &d_ix)) != 1 ||
-            (r = account_for(&s, accounts, it->credit, it->credit_v, &c_ix)) != 1) {
+        if ((r = account_for(&s, it->debit_balances, it->debit, it->debit_v, &d_ix)) != 1 ||
+            (r = account_for(&s, it->credit_balances, it->credit, it->credit_v, &c_ix)) != 1) {
             status = r;
             goto done;
         }
@@ -784,6 +821,9 @@ done:
         return out;
     }
     Py_XDECREF(out);
+    if (status == 2)
+        return missing;
+    Py_XDECREF(missing);
     if (status == FAIL)
         return NULL;
     batches_declined++;

@@ -28,6 +28,8 @@ def plan_plain(
     group_rows: int,
     /,
 ) -> (
-    tuple[list[Any], list[list[object]], list[Any], list[int], list[Any], int, int, str] | None
+    tuple[list[Any], list[list[object]], list[Any], list[int], list[Any], int, int, str]
+    | list[int]
+    | None
 ): ...
 def counters() -> tuple[int, int]: ...

@@ -16,10 +16,10 @@ hashes, balances and head.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Final
+from typing import Any, Final
 
 from paykeep import limits
 from paykeep.ledger.model import (
@@ -51,6 +51,13 @@ if _core is not None:
         is_currency,
         LedgerInvariantBroken,
     )
+
+#: What the extension's ``plan_plain`` returns (see ``_fastpath.pyi``).
+_core_result = (
+    tuple[list[Any], list[list[object]], list[Any], list[int], list[Any], int, int, str]
+    | list[int]
+    | None
+)
 
 #: The extension is importable.
 AVAILABLE: Final = _core is not None
@@ -88,21 +95,28 @@ def plan_plain(
     stored: Mapping[int, Transfer],
     head: JournalHead,
     now_ns: int,
+    *,
+    load: Callable[[set[int]], Mapping[int, Balances]] | None = None,
 ) -> PlainBatch | None:
     """The compiled decision of ``batch``, or None (nothing changed): not built, or some
     item is not plain or would not be ``ok`` — the pure path then decides the batch.
+
+    ``accounts``: the working balances (mutated when the batch is applied). When every item
+    is plain but names accounts not in it, ``load(ids)`` is asked for them once and returns
+    the mapping to use (``WriteTx.lock_accounts``); without ``load``, or if some are still
+    absent (unknown accounts), the answer is None.
 
     Raises ``LedgerInvariantBroken`` if the applied batch broke double entry (checked from
     the balances as stored, against sums taken before), like the pure path.
     """
     if _core is None:
         return None
-    out = _core.plan_plain(
-        batch, accounts, stored, head.last_seq, head.last_timestamp_ns, head.last_hash,
-        now_ns, limits.ID_MAX, limits.AMOUNT_MAX_MINOR, limits.CODE_MAX,
-        limits.BALANCE_MAX_MINOR, _DMNEC, _CMNED, INSERT_GROUP_ROWS,
-    )  # fmt: skip
-    if out is None:
+    out = _call(batch, accounts, stored, head, now_ns)
+    if type(out) is list:
+        if load is None:
+            return None
+        out = _call(batch, load(set(out)), stored, head, now_ns)
+    if not isinstance(out, tuple):
         return None
     rows, groups, balance_rows, touched_ids, results, seq, ts, digest = out
     rows_typed: list[JournalRow] = rows
@@ -114,6 +128,22 @@ def plan_plain(
         touched_ids,
         results,
     )
+
+
+def _call(
+    batch: Sequence[NewTransfer],
+    accounts: Mapping[int, Balances],
+    stored: Mapping[int, Transfer],
+    head: JournalHead,
+    now_ns: int,
+) -> _core_result:
+    assert _core is not None
+    out: _core_result = _core.plan_plain(
+        batch, accounts, stored, head.last_seq, head.last_timestamp_ns, head.last_hash,
+        now_ns, limits.ID_MAX, limits.AMOUNT_MAX_MINOR, limits.CODE_MAX,
+        limits.BALANCE_MAX_MINOR, _DMNEC, _CMNED, INSERT_GROUP_ROWS,
+    )  # fmt: skip
+    return out
 
 
 def counters() -> tuple[int, int]:

@@ -472,3 +472,36 @@ def test_the_service_writes_the_same_with_the_core_on_and_off(
     assert compiled["holds"] == pure["holds"]
     assert compiled["head"] == pure["head"]
     assert len(compiled["journal"]) > 500
+
+
+@requires_core
+def test_accounts_absent_from_the_working_set_are_loaded_once() -> None:
+    """Every item plain, some accounts not yet loaded: ``load`` is asked for exactly those,
+    once, and the batch is then decided; an account that stays absent (unknown) declines."""
+    everything = {aid: Balances("EUR", 0, 0, 0, 0, 0) for aid in (1, 2, 3, 4)}
+    working = {1: everything[1], 2: everything[2]}
+    asked: list[set[int]] = []
+
+    def load(ids: set[int]) -> dict[int, Balances]:
+        asked.append(ids)
+        working.update({i: everything[i] for i in ids if i in everything})
+        return working
+
+    batch = [NewTransfer(10, 1, 3, 5, "EUR", 1), NewTransfer(11, 4, 2, 5, "EUR", 1)]
+    head = JournalHead(0, 0, GENESIS_HASH)
+    out = fastpath.plan_plain(batch, working, {}, head, 1, load=load)
+    assert out is not None and [r.result for r in out.results] == [OK, OK]
+    assert asked == [{3, 4}]
+    assert everything[3].credits_posted == 5 and everything[4].debits_posted == 5
+
+    asked.clear()
+    unknown = [NewTransfer(12, 1, 99, 5, "EUR", 1)]
+    snap = _snapshot(working)
+    assert fastpath.plan_plain(unknown, working, {}, head, 1, load=load) is None
+    assert asked == [{99}]
+    _assert_untouched(working, snap)
+    # Not every item plain: nothing is loaded, the pure engine reads what it needs.
+    asked.clear()
+    odd = [NewTransfer(13, 1, 98, 5, "EUR", 1, reference="r")]
+    assert fastpath.plan_plain(odd, working, {}, head, 1, load=load) is None
+    assert asked == []
