@@ -29,6 +29,7 @@
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------------------------------
@@ -235,7 +236,7 @@ typedef struct {
     PyObject *balances; /* the Balances object */
     PyObject *dp, *cp;  /* unchanged by plain transfers: reused in the UPDATE parameters */
     PyObject *new_dpo, *new_cpo;
-    int64_t flags, dp_v, dpo_v, cp_v, cpo_v, new_dpo_v, new_cpo_v;
+    int64_t id_v, flags, dp_v, dpo_v, cp_v, cpo_v, new_dpo_v, new_cpo_v;
     int32_t currency_ix;
 } Account;
 
@@ -246,7 +247,20 @@ typedef struct {
 #define FIXED_BYTES (32 + 8 * 5 + 2 + 4 + 8 + 4 + 8 + 8)
 
 typedef struct {
+    int64_t id;
+    int32_t index;
+} IdIndex;
+
+static int
+by_id(const void *a, const void *b)
+{
+    int64_t x = ((const IdIndex *)a)->id, y = ((const IdIndex *)b)->id;
+    return (x > y) - (x < y);
+}
+
+typedef struct {
     Py_ssize_t n;
+    IdIndex *order; /* the accounts by id */
     Item *items;
     Py_ssize_t n_accounts;
     Account *accounts;
@@ -286,6 +300,7 @@ state_free(State *s)
         }
         PyMem_Free(s->accounts);
     }
+    PyMem_Free(s->order);
     table_free(&s->transfer_ids);
     table_free(&s->account_ix);
     table_free(&s->balances_seen);
@@ -345,6 +360,7 @@ account_for(State *s, PyObject *bal, PyObject *id, int64_t id_v, int32_t *ix)
         (r = exact_i64(SLOT(bal, b_cp), &a->cp_v)) != 1 ||
         (r = exact_i64(SLOT(bal, b_cpo), &a->cpo_v)) != 1)
         return r;
+    a->id_v = id_v;
     a->new_dpo_v = a->dpo_v;
     a->new_cpo_v = a->cpo_v;
     a->currency_ix = c;
@@ -767,9 +783,21 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         PyList_SET_ITEM(groups, g, flat);
     }
-    /* (debits_pending, debits_posted, credits_pending, credits_posted, id) per account. */
+    /* (debits_pending, debits_posted, credits_pending, credits_posted, id) per account, by
+     * id: the UPDATEs then walk the accounts' B-tree in order. */
+    s.order = PyMem_Calloc((size_t)s.n_accounts + 1, sizeof(IdIndex));
+    if (s.order == NULL) {
+        PyErr_NoMemory();
+        status = FAIL;
+        goto done;
+    }
     for (Py_ssize_t k = 0; k < s.n_accounts; k++) {
-        Account *a = &s.accounts[k];
+        s.order[k].id = s.accounts[k].id_v;
+        s.order[k].index = (int32_t)k;
+    }
+    qsort(s.order, (size_t)s.n_accounts, sizeof(IdIndex), by_id);
+    for (Py_ssize_t k = 0; k < s.n_accounts; k++) {
+        Account *a = &s.accounts[s.order[k].index];
         PyObject *t = PyTuple_Pack(5, a->dp, a->new_dpo, a->cp, a->new_cpo, a->id);
         if (t == NULL) {
             status = FAIL;
