@@ -51,6 +51,9 @@ static Py_ssize_t b_currency, b_flags, b_dp, b_dpo, b_cp, b_cpo;
 static Py_ssize_t r_index, r_id, r_result, r_ts;
 
 static const EVP_MD *sha256_md = NULL;
+/* Tests only (`_inject_arithmetic_fault`): the next applied batch's first account gets one
+ * minor unit too many, which the zero-sum check must catch. */
+static int arithmetic_fault = 0;
 static unsigned long long batches_applied = 0;
 static unsigned long long batches_declined = 0;
 
@@ -648,6 +651,10 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     /* ---- build everything the caller gets (still nothing visible changed) -------------- */
     __int128 pending_before[CURRENCIES_MAX], posted_before[CURRENCIES_MAX];
     sum_balances(&s, 0, pending_before, posted_before);
+    if (arithmetic_fault && s.n_accounts > 0 && s.accounts[0].new_dpo_v < INT64_MAX) {
+        arithmetic_fault = 0;
+        s.accounts[0].new_dpo_v += 1;
+    }
 
     for (Py_ssize_t k = 0; k < s.n_accounts; k++) {
         Account *a = &s.accounts[k];
@@ -859,6 +866,13 @@ done:
 }
 
 static PyObject *
+inject_arithmetic_fault(PyObject *self, PyObject *unused)
+{
+    arithmetic_fault = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 counters(PyObject *self, PyObject *unused)
 {
     return Py_BuildValue("(KK)", batches_applied, batches_declined);
@@ -871,6 +885,8 @@ static PyMethodDef methods[] = {
      "Decide, apply and seal an all-plain, all-ok batch, or return None having changed "
      "nothing."},
     {"counters", counters, METH_NOARGS, "(batches applied, batches declined) so far."},
+    {"_inject_arithmetic_fault", inject_arithmetic_fault, METH_NOARGS,
+     "Tests only: break the next applied batch's arithmetic by one minor unit."},
     {NULL, NULL, 0, NULL},
 };
 

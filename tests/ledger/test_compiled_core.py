@@ -505,3 +505,28 @@ def test_accounts_absent_from_the_working_set_are_loaded_once() -> None:
     odd = [NewTransfer(13, 1, 98, 5, "EUR", 1, reference="r")]
     assert fastpath.plan_plain(odd, working, {}, head, 1, load=load) is None
     assert asked == []
+
+
+@requires_core
+def test_broken_arithmetic_is_caught_by_the_zero_sum_check(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core checks double entry from the balances as stored, independently of the sums
+    that applied the batch: one minor unit too many raises, and nothing is committed."""
+    from paykeep.ledger import _fastpath
+    from paykeep.ledger.model import LedgerInvariantBroken
+
+    monkeypatch.setattr(fastpath, "ENABLED", True)
+    ledger = Ledger(database, clock=FakeClock())
+    ledger.create_accounts([NewAccount(1, "EUR", 1), NewAccount(2, "EUR", 1)])
+    assert ledger.create_transfers([NewTransfer(10, 1, 2, 5, "EUR", 1)])[0].result is OK
+    before = ledger.lookup_accounts([1, 2])
+    head = ledger.head()
+    _fastpath._inject_arithmetic_fault()
+    with pytest.raises(LedgerInvariantBroken, match="double entry"):
+        ledger.create_transfers([NewTransfer(11, 1, 2, 7, "EUR", 1)])
+    assert ledger.lookup_accounts([1, 2]) == before
+    assert ledger.head() == head
+    # The writer's cache was dropped with the transaction: the next batch reads afresh.
+    assert ledger.create_transfers([NewTransfer(11, 1, 2, 7, "EUR", 1)])[0].result is OK
+    assert ledger.account(2).credits_posted == 12
