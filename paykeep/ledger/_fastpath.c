@@ -533,8 +533,9 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     s.n = PySequence_Fast_GET_SIZE(batch);
+    /* The encoding packs the code in 2 bytes: a wider limit is not this code's to judge. */
     if (s.n == 0 || head_seq < 0 || head_ts < 0 || now_ns < 0 || group_rows <= 0 ||
-        amount_max <= 0 || PyUnicode_GET_LENGTH(head_hash) != 64)
+        amount_max <= 0 || code_max > 0xFFFF || PyUnicode_GET_LENGTH(head_hash) != 64)
         goto done;
     /* Seq and timestamps of the rows: seq + k and max(now, head ts) + k, k = 1..n. */
     int64_t ts0 = now_ns > head_ts ? now_ns : head_ts;
@@ -750,7 +751,7 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyTuple_SET_ITEM(row, 11, Py_NewRef(empty_str));
         PyTuple_SET_ITEM(row, 12, Py_NewRef(empty_str));
         PyTuple_SET_ITEM(row, 13, Py_NewRef(ts_o));
-        PyTuple_SET_ITEM(row, 14, Py_NewRef(hash_o));
+        PyTuple_SET_ITEM(row, 14, hash_o);
         /* Ints and strs only: no cycle can pass through it. CPython's collector would untrack
          * it at its first pass; untracking now keeps a batch's rows out of every pass. */
         PyObject_GC_UnTrack(row);

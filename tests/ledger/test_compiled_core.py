@@ -16,6 +16,8 @@ import copy
 import os
 import random
 import shutil
+import sys
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -530,3 +532,48 @@ def test_broken_arithmetic_is_caught_by_the_zero_sum_check(
     # The writer's cache was dropped with the transaction: the next batch reads afresh.
     assert ledger.create_transfers([NewTransfer(11, 1, 2, 7, "EUR", 1)])[0].result is OK
     assert ledger.account(2).credits_posted == 12
+
+
+@requires_core
+def test_the_core_leaks_no_references_and_no_memory() -> None:
+    """Every object the call keeps or makes is released with its result (refcounts of the
+    inputs return to where they were; traced memory does not grow over repeated batches)."""
+    head = JournalHead(0, 0, GENESIS_HASH)
+
+    def fresh() -> tuple[list[NewTransfer], dict[int, Balances]]:
+        accounts = {aid: Balances("EUR", 0, 0, 0, 0, 10**9) for aid in range(1, 30)}
+        batch = [
+            NewTransfer(10**6 + n, 1 + n % 29, 1 + (n + 1) % 29, 10**6 + n, "EUR", 7)
+            for n in range(300)
+        ]
+        return batch, accounts
+
+    fastpath.plan_plain(*fresh(), {}, head, 1)  # is_currency's own cache keeps "EUR" once
+    batch, accounts = fresh()
+    batch.append(NewTransfer(batch[0].id, 1, 2, 5, "EUR", 1))  # a repeated id: refused
+    probes = [batch[0].id, batch[5].amount_minor, batch[0].currency, accounts[3]]
+    counts = [sys.getrefcount(p) for p in probes]
+    assert fastpath.plan_plain(batch, accounts, {}, head, 1) is None
+    assert fastpath.plan_plain(batch[:10], {}, {}, head, 1) is None  # accounts missing
+    assert [sys.getrefcount(p) for p in probes] == counts
+    out = fastpath.plan_plain(batch[:-1], accounts, {}, head, 1)
+    assert out is not None
+    digest = out.sealed.rows[290][14]  # in no INSERT group, not the head's
+    held = sys.getrefcount(digest)
+    assert held == 3  # the row, this name, the call's argument
+    del out, digest
+    assert [sys.getrefcount(p) for p in probes] == counts
+
+    for _ in range(3):  # warm the allocator's free lists
+        fastpath.plan_plain(*fresh(), {}, head, 1)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            b, a = fresh()
+            assert fastpath.plan_plain(b, a, {}, head, 1) is not None
+            del b, a
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert grown < 64_000, f"{grown} bytes kept after 20 batches of 300"
