@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from paykeep.config import Settings
 from paykeep.db import Database, open_database
 from paykeep.db.engine import SQLITE_SYNCHRONOUS
+from paykeep.ledger import fastpath
 from paykeep.ledger.model import CreateTransferResult, NewAccount, NewTransfer
 from paykeep.ledger.service import GroupCommitter, Ledger
 
@@ -163,6 +164,8 @@ def run_ledger_bench(
         rate = transfers / elapsed
         out: dict[str, Any] = {
             "backend": backend,
+            # Which engine decided plain batches: the compiled core or the pure-Python one.
+            "engine_core": fastpath.engine_core(),
             "transfers": transfers,
             "accounts": accounts,
             "batch_size": batch_size,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -25,6 +25,8 @@ from paykeep.db import Database
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+
+    from paykeep.ledger.fastpath import PlainBatch
 from paykeep.ledger.model import (
     Account,
     Balances,
@@ -117,6 +119,7 @@ class WriteTx(Protocol):
     def write_batch(
         self, sealed: SealedBatch, balances: dict[int, Balances], holds_resolved: Sequence[int]
     ) -> None: ...
+    def write_plain(self, plain: PlainBatch, accounts: Mapping[int, Balances]) -> None: ...
     def due_holds(self, now_ns: int, limit: int) -> list[int]: ...
     def load_accounts(self, ids: Iterable[int]) -> dict[int, Account]: ...
     def load_account_names(self, names: Iterable[str]) -> dict[str, int]: ...
@@ -284,7 +287,7 @@ class _Writer(_Common):
         """Working balances of ``ids`` (call after ``lock_head``); absent ids are unknown."""
         cached = self.cache.balances
         # Mostly every id is cached: test membership first, validate only the rest.
-        missing = [i for i in ids if i not in cached]
+        missing = list(ids.difference(cached))
         if missing:
             missing = _valid_ids(missing)
         if missing:
@@ -372,6 +375,30 @@ class SqliteTx(_Writer):
             )
         self._write_head(sealed.head, self.indexed_seq, self.postings_tail_max)
 
+    def write_plain(self, plain: PlainBatch, accounts: Mapping[int, Balances]) -> None:
+        """``write_batch`` for a batch the compiled core sealed (``fastpath``): the same
+        statements, with the INSERT groups and UPDATE parameters it already built."""
+        import sqlite3
+
+        assert plain.group_rows == _INSERT_GROUP
+        rows = plain.sealed.rows
+        try:
+            if plain.insert_groups:
+                self.cur.executemany(_INSERT_GROUP_SQL, plain.insert_groups)
+            grouped = len(plain.insert_groups) * _INSERT_GROUP
+            if grouped < len(rows):
+                self.cur.executemany(_INSERT_ONE_SQL, rows[grouped:])
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise UniqueViolation(str(exc)) from exc
+            raise
+        self.cur.executemany(
+            "UPDATE ledger_accounts SET debits_pending = ?, debits_posted = ?, "
+            "credits_pending = ?, credits_posted = ? WHERE id = ?",
+            plain.balance_rows,
+        )
+        self._write_head(plain.sealed.head, self.indexed_seq, self.postings_tail_max)
+
 
 class PostgresTx(_Writer):
     """PostgreSQL: the head row is locked ``FOR UPDATE``; account rows are then changed only
@@ -429,6 +456,10 @@ class PostgresTx(_Writer):
                 "DELETE FROM ledger_holds WHERE transfer_id = ANY(%s)", (list(holds_resolved),)
             )
         self._write_head(sealed.head, self.indexed_seq, self.postings_tail_max)
+
+    def write_plain(self, plain: PlainBatch, accounts: Mapping[int, Balances]) -> None:
+        """PostgreSQL takes the rows by COPY, not SQLite's INSERT groups: ``write_batch``."""
+        self.write_batch(plain.sealed, {i: accounts[i] for i in plain.touched_ids}, ())
 
 
 class AccountCache:

@@ -17,6 +17,7 @@ from paykeep import limits
 from paykeep.clock import Clock, SystemClock, monotonic_s
 from paykeep.db import Database
 from paykeep.ids import IdGenerator
+from paykeep.ledger import fastpath
 from paykeep.ledger.errors import (
     AccountNotFound,
     BatchTooLarge,
@@ -279,6 +280,22 @@ class Ledger:
         segment_ends: Sequence[int],
         sweeping: bool,
     ) -> tuple[list[TransferResult], JournalHead]:
+        head: JournalHead | None = None
+        stored: dict[int, Transfer] | None = None
+        if fastpath.ENABLED:
+            # An all-plain batch that is all ok is decided, applied and sealed in one compiled
+            # call (under the head lock, like everything below); any other batch comes back
+            # None, nothing changed, and is decided below with the head and stored transfers
+            # already read.
+            head = tx.lock_head()
+            stored = tx.load_transfers(t.id for t in transfers)
+            accounts = tx.lock_accounts(set())
+            plain = fastpath.plan_plain(
+                transfers, accounts, stored, head, self.clock.now_ns(), load=tx.lock_accounts
+            )
+            if plain is not None:
+                tx.write_plain(plain, accounts)
+                return plain.results, plain.sealed.head
         # One pass over the batch for what must be read before deciding: the accounts it
         # names and the pending transfers it resolves.
         pending_ids: list[int] = []
@@ -301,12 +318,14 @@ class Ledger:
             account_ids.add(p.debit_account_id)
             account_ids.add(p.credit_account_id)
         # The head first: it serializes writers, and it validates the balance cache.
-        head = tx.lock_head()
+        if head is None:
+            head = tx.lock_head()
         accounts = tx.lock_accounts(account_ids)
         resolutions = tx.load_resolutions(pendings) if pendings else {}
         # Idempotency and reference checks need every stored transfer the batch names. These
         # are indexed lookups, read after the locks so no other writer can change the answer.
-        stored = tx.load_transfers(t.id for t in transfers)
+        if stored is None:
+            stored = tx.load_transfers(t.id for t in transfers)
         # Only well-formed references reach SQL (a lone surrogate cannot even be encoded); the
         # engine gives the others their reference_invalid result.
         references = tx.load_references(

@@ -313,12 +313,10 @@ def test_the_postings_index_is_audited(database: Database) -> None:
     assert s.ledger.head().last_seq >= 2
 
 
+# PostgreSQL only: SQLite's index is a derived file beside the database, which audit checks
+# and a mismatch rebuilds (tests/ledger/test_postings_sidecar.py).
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_the_database_refuses_to_change_a_posting(database: Database) -> None:
-    if database.is_sqlite:
-        pytest.skip(
-            "SQLite's index is a derived file beside the database (tests/ledger/"
-            "test_postings_sidecar.py): audit checks it, a mismatch rebuilds it"
-        )
     _indexed_scenario(database)
     refused(database, "DELETE FROM ledger_postings WHERE seq = 1", "append-only")
     refused(database, "UPDATE ledger_postings SET account_id = 3 WHERE seq = 1", "append-only")

@@ -1,5 +1,5 @@
-"""One card refund (or payment) whose recovery fails must not stall the others (``paykeep.db.quarantine``),
-against the session banksim, on SQLite and PostgreSQL.
+"""One card refund (or payment) whose recovery fails must not stall the others
+(``paykeep.db.quarantine``), against the session banksim, on SQLite and PostgreSQL.
 
 Two refunds the issuer approved wait in ``posting`` (the ledger refused the debit: the account
 held nothing yet); once the money is there, the recovery sweep posts them. One refund's row is
