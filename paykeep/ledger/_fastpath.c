@@ -485,13 +485,19 @@ sum_balances(State *s, int from_objects, __int128 *pending, __int128 *posted)
     return 0;
 }
 
+/* The journal row's fields a plain row varies in, in row order: seq, id, debit, credit,
+ * amount, currency, code, timestamp, hash (`repository._PLAIN_VALUES` binds them). */
+static const int PLAIN_COLUMNS[] = {0, 1, 2, 3, 4, 5, 6, 13, 14};
+#define N_PLAIN_COLUMNS ((int)(sizeof(PLAIN_COLUMNS) / sizeof(PLAIN_COLUMNS[0])))
+
 #define DECLINE 0
 #define FAIL (-1)
 
 /*
  * plan_plain(batch, accounts, stored, head_seq, head_ts, head_hash, now_ns,
  *            id_max, amount_max, code_max, balance_max, dmnec, cmned, group_rows)
- * -> (rows, insert_groups, balance_rows, touched_ids, results, seq, ts, hash): applied;
+ * -> (rows, insert_groups, balance_rows, touched_ids, results, seq, ts, hash): applied
+ *    (insert_groups: whole groups of `group_rows` rows, each flattened to PLAIN_COLUMNS);
  *    None: declined, nothing changed;
  *    [account id, ...]: every item is plain, these accounts are not in `accounts` (nothing
  *    decided or changed): load them and call again.
@@ -769,7 +775,9 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         last_ts = PyTuple_GET_ITEM(row, 13);
         last_hash = hash_o;
     }
-    /* Whole groups of `group_rows` rows, flattened: the SQLite multi-row INSERT parameters. */
+    /* Whole groups of `group_rows` rows, flattened: the SQLite multi-row INSERT parameters.
+     * Only the columns a plain row varies in (PLAIN_COLUMNS); the INSERT writes the others
+     * (flags, pending id, timeout, expiry, reference, metadata) as constants. */
     Py_ssize_t n_groups = s.n / (Py_ssize_t)group_rows;
     groups = PyList_New(n_groups);
     if (groups == NULL) {
@@ -777,7 +785,7 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     for (Py_ssize_t g = 0; g < n_groups; g++) {
-        PyObject *flat = PyList_New((Py_ssize_t)group_rows * 15);
+        PyObject *flat = PyList_New((Py_ssize_t)group_rows * N_PLAIN_COLUMNS);
         if (flat == NULL) {
             status = FAIL;
             goto done;
@@ -786,8 +794,8 @@ plan_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         for (Py_ssize_t r = g * (Py_ssize_t)group_rows; r < (g + 1) * (Py_ssize_t)group_rows;
              r++) {
             PyObject *row = PyList_GET_ITEM(rows, r);
-            for (int f = 0; f < 15; f++)
-                PyList_SET_ITEM(flat, pos++, Py_NewRef(PyTuple_GET_ITEM(row, f)));
+            for (int f = 0; f < N_PLAIN_COLUMNS; f++)
+                PyList_SET_ITEM(flat, pos++, Py_NewRef(PyTuple_GET_ITEM(row, PLAIN_COLUMNS[f])));
         }
         PyList_SET_ITEM(groups, g, flat);
     }

@@ -63,8 +63,13 @@ _core_result = (
 AVAILABLE: Final = _core is not None
 #: The service uses it: available and not switched off by ``PAYKEEP_LEDGER_PURE=1``.
 ENABLED: bool = AVAILABLE and os.environ.get("PAYKEEP_LEDGER_PURE", "") != "1"
-#: Journal rows per SQLite multi-row INSERT (``repository._INSERT_GROUP`` checks it).
-INSERT_GROUP_ROWS: Final = 64
+#: Journal rows per SQLite multi-row INSERT of plain rows (``repository._PLAIN_GROUP`` checks
+#: it): 110 x 9 variable columns = 990 variables, within the 999 of SQLite before 3.32.
+INSERT_GROUP_ROWS: Final = 110
+#: The fields of a journal row (``model.JournalRow``) a plain row varies in, in row order:
+#: seq, id, debit, credit, amount, currency, code, timestamp, hash. The others (flags,
+#: pending id, timeout, expiry, reference, metadata) are the same in every plain row.
+PLAIN_COLUMNS: Final = (0, 1, 2, 3, 4, 5, 6, 13, 14)
 
 _DMNEC: Final = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _CMNED: Final = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
@@ -80,7 +85,8 @@ class PlainBatch:
     """An all-plain batch, decided ``ok``, applied to the working balances and sealed."""
 
     sealed: SealedBatch
-    #: ``sealed.rows`` in whole groups of ``group_rows``, each flattened (SQLite's INSERTs).
+    #: ``sealed.rows`` in whole groups of ``group_rows``, each flattened to the row's
+    #: ``PLAIN_COLUMNS`` (SQLite's multi-row INSERTs; the remainder goes row by row).
     insert_groups: list[list[object]]
     group_rows: int
     #: (debits_pending, debits_posted, credits_pending, credits_posted, id) per account.

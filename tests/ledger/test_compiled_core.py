@@ -309,15 +309,16 @@ def test_compiled_equals_pure_or_changes_nothing(
         ),
         key=lambda r: r[4],
     )
+    size = fastpath.INSERT_GROUP_ROWS
     groups = [
-        [v for row in sealed.rows[start : start + 64] for v in row]
-        for start in range(0, len(sealed.rows) - len(sealed.rows) % 64, 64)
+        [row[f] for row in sealed.rows[start : start + size] for f in fastpath.PLAIN_COLUMNS]
+        for start in range(0, len(sealed.rows) - len(sealed.rows) % size, size)
     ]
     assert out.insert_groups == groups
 
 
 @requires_core
-@pytest.mark.parametrize("size", [1, 63, 64, 65, 200, 1000])
+@pytest.mark.parametrize("size", [1, 109, 110, 111, 200, 1000])
 def test_large_batches_group_and_chain_like_the_pure_engine(size: int) -> None:
     rng = random.Random(size)
     accounts = {aid: Balances("EUR", 0, 0, 0, 0, 0) for aid in range(1, 41)}
@@ -334,7 +335,8 @@ def test_large_batches_group_and_chain_like_the_pure_engine(size: int) -> None:
     assert out is not None
     assert out.sealed == sealed and out.results == results
     assert compiled_accounts == pure_accounts
-    assert sum(len(g) for g in out.insert_groups) == (size - size % 64) * 15
+    group = fastpath.INSERT_GROUP_ROWS
+    assert sum(len(g) for g in out.insert_groups) == (size - size % group) * 9
 
 
 @requires_core
