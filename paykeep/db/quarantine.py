@@ -211,14 +211,10 @@ class Quarantine:
     def release(self, pass_name: str, item_id: str) -> bool:
         """An operator fixed the cause: the item is tried again on the pass's next run (with
         a fresh count of failures). False if it had no record."""
-        with self.database.write() as conn:
-            gone = conn.execute(
-                sa.text("DELETE FROM worker_item_failures WHERE pass_name = :p AND item_id = :i"),
-                {"p": pass_name, "i": item_id},
-            ).rowcount
+        gone = self.forget_parked(pass_name, item_id)
         if gone:
             log.warning("worker %s: item %s released by an operator", pass_name, item_id)
-        return bool(gone)
+        return gone
 
     def purge_stale(self) -> int:
         """Forget failures not repeated for ``WORKER_ITEM_FAILURE_KEEP_S`` (the item left the
@@ -235,12 +231,17 @@ class Quarantine:
                 ).rowcount
             )
 
-    def forget_parked(self, pass_name: str, item_id: str) -> None:
-        """Drop the item's record, parked or not (see ``PassItems.handled_elsewhere``)."""
+    def forget_parked(self, pass_name: str, item_id: str) -> bool:
+        """Drop the item's record, parked or not (``release``, ``PassItems.handled_elsewhere``);
+        False if it had none."""
         with self.database.write() as conn:
-            conn.execute(
-                sa.text("DELETE FROM worker_item_failures WHERE pass_name = :p AND item_id = :i"),
-                {"p": pass_name, "i": item_id},
+            return bool(
+                conn.execute(
+                    sa.text(
+                        "DELETE FROM worker_item_failures WHERE pass_name = :p AND item_id = :i"
+                    ),
+                    {"p": pass_name, "i": item_id},
+                ).rowcount
             )
 
     def _forget(self, pass_name: str, item_id: str) -> None:
