@@ -6,6 +6,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from stdnum import luhn
 
 from paykeep.bench.gateway import BanksimProcess
 from paykeep.gateway.cards import iso8583 as wire
@@ -19,6 +20,15 @@ def client(banksim: BanksimProcess) -> Iterator[CardNetworkClient]:
         yield c
 
 
+# Each card's banksim token, by card number. Tests look a card up by its token, never by its last
+# four digits: a session's shared network holds hundreds of cards, so two of them can share those.
+_TOKENS: dict[str, str] = {}
+
+
+def token_of(pan: str) -> str:
+    return _TOKENS[pan]
+
+
 def add_card(banksim: BanksimProcess, balance: int = 10_000, **extra: object) -> str:
     pan = new_pan()
     with banksim.http() as http:
@@ -28,12 +38,13 @@ def add_card(banksim: BanksimProcess, balance: int = 10_000, **extra: object) ->
                   "currency": "EUR", **extra},
         )  # fmt: skip
         assert response.status_code == 201, response.text
+    _TOKENS[pan] = response.json()["token"]
     return pan
 
 
 def card_view(banksim: BanksimProcess, pan: str) -> dict[str, object]:
     with banksim.http() as http:
-        found: dict[str, object] = http.get(f"/cards/{pan[-4:]}").json()
+        found: dict[str, object] = http.get(f"/cards/{token_of(pan)}").json()
         return found
 
 
@@ -222,13 +233,32 @@ def test_control_api_validates_its_input(banksim: BanksimProcess) -> None:
         assert http.get("/faults/cards").json() == {"faults": []}
 
 
+def test_last_four_digits_shared_by_two_cards_are_refused_as_ambiguous(
+    banksim: BanksimProcess,
+) -> None:
+    first = add_card(banksim, 1_000)
+    second = new_pan()
+    while second[-4:] != first[-4:] or second == first:  # same last four, another card
+        second = new_pan()[:12] + first[-4:]
+        second = second if luhn.is_valid(second) else first
+    with banksim.http() as http:
+        added = http.post("/cards", json={"pan": second, "expiry": "3012", "cvv": "321",
+                                          "balance_minor": 2_000, "currency": "EUR"})  # fmt: skip
+        assert added.status_code == 201, added.text
+        ambiguous = http.get(f"/cards/{first[-4:]}")
+        assert ambiguous.status_code == 409 and "token" in ambiguous.json()["detail"]
+        by_token = http.get(f"/cards/{added.json()['token']}").json()
+    assert (by_token["balance_minor"], by_token["last4"]) == (2_000, first[-4:])
+    assert card_view(banksim, first)["balance_minor"] == 1_000
+
+
 def test_authorisations_show_what_the_issuer_saw(
     banksim: BanksimProcess, client: CardNetworkClient
 ) -> None:
     pan = add_card(banksim, 10_000)
     request(client, "0100", pan, 700)
     with banksim.http() as http:
-        seen = http.get("/authorisations", params={"card": pan[-4:]}).json()["authorisations"]
+        seen = http.get("/authorisations", params={"card": token_of(pan)}).json()["authorisations"]
     assert [(a["mti"], a["amount_minor"], a["response_code"], a["effect"]) for a in seen] == [
         ("0100", 700, "00", "hold")
     ]

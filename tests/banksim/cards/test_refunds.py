@@ -14,7 +14,7 @@ from paykeep.banksim.cardnet import PROCESSING_REFUND, CardNetwork
 from paykeep.bench.gateway import BanksimProcess
 from paykeep.gateway.cards import iso8583 as wire
 from paykeep.gateway.cards.client import CardNetworkClient
-from tests.banksim.cards.test_cardnet import add_card, card_view, request
+from tests.banksim.cards.test_cardnet import add_card, card_view, request, token_of
 
 
 @pytest.fixture
@@ -141,12 +141,12 @@ def test_faults_apply_to_refunds(banksim: BanksimProcess, client: CardNetworkCli
     sale, _ = request(client, "0200", pan, 4_000)
     with banksim.http() as http:
         http.post("/faults/cards", json={"faults": [
-            {"kind": "unavailable", "next": 1, "card": pan[-4:], "mtis": ["0200"]}
+            {"kind": "unavailable", "next": 1, "card": token_of(pan), "mtis": ["0200"]}
         ]}).raise_for_status()  # fmt: skip
     assert refund(client, pan, 1_000, sale)[1]["39"] == "91"
     assert card_view(banksim, pan)["balance_minor"] == 6_000  # not applied
     with banksim.http() as http:
-        seen = http.get("/authorisations", params={"card": pan[-4:]}).json()["authorisations"]
+        seen = http.get("/authorisations", params={"card": token_of(pan)}).json()["authorisations"]
     assert seen[-1]["faults"] == ["unavailable"] and seen[-1]["effect"] == "none"
 
 
