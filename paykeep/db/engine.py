@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ from paykeep.limits import DB_LOCK_TIMEOUT_S
 
 if TYPE_CHECKING:
     from paykeep.security.fields import FieldCipher
+
+log = logging.getLogger(__name__)
 
 #: A process waiting for another's write retries after this long, doubling up to the max.
 WRITER_LOCK_POLL_MIN_S: Final = 0.0002
@@ -114,7 +117,7 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A write transaction: commits when the block ends normally, rolls back otherwise."""
         if not self.is_sqlite:
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, _after_commit_hooks(conn) as hooks:
                 conn.begin()
                 try:
                     yield conn
@@ -122,13 +125,18 @@ class Database:
                     conn.rollback()
                     raise
                 conn.commit()
+            _run_after_commit(hooks)
             return
         if not self._sqlite_writer.acquire(timeout=DB_LOCK_TIMEOUT_S):
             raise DatabaseUnavailable(
                 f"another writer held the database for {DB_LOCK_TIMEOUT_S:.0f} s; retry"
             )
         try:
-            with self._other_processes_wait(), self.engine.connect() as conn:
+            with (
+                self._other_processes_wait(),
+                self.engine.connect() as conn,
+                _after_commit_hooks(conn) as hooks,
+            ):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -138,6 +146,23 @@ class Database:
                 conn.commit()
         finally:
             self._sqlite_writer.release()
+        _run_after_commit(hooks)
+
+    @staticmethod
+    def after_commit(conn: Connection, hook: Callable[[], object]) -> bool:
+        """Run ``hook`` once the write transaction ``conn`` belongs to has committed, after
+        the write lock is released; never if it (or the group commit's SAVEPOINT around the
+        caller) rolls back. For work that must see the commit (waking an indexer), never for
+        work the commit depends on: a hook that fails is logged and the commit stands.
+
+        False, and ``hook`` is not kept, when ``conn`` is not in a transaction that
+        :meth:`write` opened (nothing here learns when that one commits), or when it holds
+        ``AFTER_COMMIT_HOOKS_MAX`` hooks already: callers' hooks must be optional."""
+        hooks = conn.info.get(_AFTER_COMMIT_KEY)
+        if hooks is None or len(hooks) >= AFTER_COMMIT_HOOKS_MAX:
+            return False
+        hooks.append(hook)
+        return True
 
     @contextmanager
     def _other_processes_wait(self) -> Iterator[None]:
@@ -316,3 +341,40 @@ def field_cipher(settings: Settings) -> FieldCipher:
     from paykeep.security.fields import FieldCipher
 
     return FieldCipher(VaultKeys.load(settings.data_dir))
+
+
+_AFTER_COMMIT_KEY: Final = "paykeep_after_commit"
+#: Hooks one transaction may register (a group commit of 128 operations, a few each).
+AFTER_COMMIT_HOOKS_MAX: Final = 1_024
+
+
+@contextmanager
+def _after_commit_hooks(conn: Connection) -> Iterator[list[Callable[[], object]]]:
+    """The hook list of one write transaction, on the connection's info while it is open
+    (the info dict outlives the checkout, so it is always removed)."""
+    hooks: list[Callable[[], object]] = []
+    conn.info[_AFTER_COMMIT_KEY] = hooks
+    try:
+        yield hooks
+    finally:
+        conn.info.pop(_AFTER_COMMIT_KEY, None)
+
+
+def _run_after_commit(hooks: list[Callable[[], object]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("an after-commit hook failed (the commit stands)")
+
+
+def after_commit_mark(conn: Connection) -> int:
+    """How many after-commit hooks ``conn``'s transaction holds: a SAVEPOINT's caller keeps
+    this, and on ROLLBACK TO drops the hooks registered since (:func:`drop_after_commit`)."""
+    return len(conn.info.get(_AFTER_COMMIT_KEY, ()))
+
+
+def drop_after_commit(conn: Connection, mark: int) -> None:
+    hooks = conn.info.get(_AFTER_COMMIT_KEY)
+    if hooks is not None:
+        del hooks[mark:]

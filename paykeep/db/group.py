@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection
 
-from paykeep.db.engine import Database
+from paykeep.db.engine import Database, after_commit_mark, drop_after_commit
 from paykeep.db.errors import DatabaseUnavailable
 
 T = TypeVar("T")
@@ -119,10 +119,12 @@ class GroupWriter:
 
 def _in_savepoint(conn: Connection, op: Operation) -> tuple[bool, Any]:
     conn.exec_driver_sql("SAVEPOINT paykeep_op")
+    hooks = after_commit_mark(conn)
     try:
         value = op(conn)
     except BaseException as exc:  # handed to the caller's future
         conn.exec_driver_sql("ROLLBACK TO SAVEPOINT paykeep_op")
+        drop_after_commit(conn, hooks)  # what it asked to run after the commit goes with it
         conn.exec_driver_sql("RELEASE SAVEPOINT paykeep_op")
         return False, exc
     conn.exec_driver_sql("RELEASE SAVEPOINT paykeep_op")

@@ -58,6 +58,7 @@ from paykeep.ledger.repository import (
     TRANSFER_COLUMNS,
     LedgerRepository,
     PostingsReader,
+    SqliteTx,
     UniqueViolation,
     WriteTx,
     transfer_from_row,
@@ -147,12 +148,18 @@ class Ledger:
             raise BatchTooLarge(f"at most {limits.BATCH_SIZE_MAX} transfers per call")
         if not transfers:
             return []
+        tx = self.repo.within(conn)
         try:
-            results, _head = self._decide(self.repo.within(conn), transfers, (), False)
+            results, _head = self._decide(tx, transfers, (), False)
         except UniqueViolation as exc:
             raise LedgerConflict(
                 "a concurrent writer created the same transfer id or reference; retry"
             ) from exc
+        if isinstance(tx, SqliteTx) and tx.written_seq:
+            # As after the ledger's own commits: the indexer of SQLite's postings file learns
+            # of these rows once the caller's transaction has committed them.
+            written = tx.written_seq
+            Database.after_commit(conn, lambda: self.repo.committed(written))
         return results
 
     def _create_accounts(self, accounts: Sequence[NewAccount]) -> list[AccountResult]:

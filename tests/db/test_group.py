@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,3 +88,74 @@ def test_a_unique_violation_in_one_operation_leaves_the_group_committed(database
     writer.close()
     assert sorted(outcomes) == ["dup"] + ["ok"] * 7
     assert _count(database) == 8
+
+
+# --- after-commit hooks ------------------------------------------------------------------------
+
+
+def test_after_commit_hooks_run_after_the_commit_and_never_for_work_rolled_back(
+    database: Database,
+) -> None:
+    ran: list[str] = []
+
+    def seen_committed(name: str) -> None:
+        # Runs after the COMMIT: a fresh read transaction sees the row.
+        with database.read() as conn:
+            found = conn.execute(
+                sa.text("SELECT count(*) FROM payments_outbox_cursor WHERE name = :n"),
+                {"n": name},
+            ).scalar_one()
+        ran.append(f"{name}:{found}")
+
+    with database.write() as conn:
+        conn.execute(_INSERT, {"n": "kept", "s": 1})
+        assert Database.after_commit(conn, lambda: seen_committed("kept"))
+        assert ran == []  # not before the commit
+    assert ran == ["kept:1"]
+
+    def rolled_back() -> None:
+        with database.write() as conn:
+            conn.execute(_INSERT, {"n": "gone", "s": 2})
+            Database.after_commit(conn, lambda: ran.append("rolled back"))
+            raise InvalidInput("no")
+
+    with pytest.raises(InvalidInput):
+        rolled_back()
+    assert ran == ["kept:1"]
+
+    # In a group: the hook of an operation whose SAVEPOINT rolled back is dropped with it;
+    # its neighbours' hooks run once the group has committed.
+    writer = GroupWriter(database)
+
+    def op(i: int) -> None:
+        def body(conn: sa.Connection) -> None:
+            conn.execute(_INSERT, {"n": f"g{i}", "s": i})
+            Database.after_commit(conn, lambda: seen_committed(f"g{i}"))
+            if i % 3 == 0:
+                raise InvalidInput("refused")
+
+        with contextlib.suppress(InvalidInput):
+            writer.run(body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(op, range(30)))
+    writer.close()
+    assert sorted(ran[1:]) == sorted(f"g{i}:1" for i in range(30) if i % 3)
+
+
+def test_a_failing_hook_leaves_the_commit_and_the_other_hooks(database: Database) -> None:
+    ran: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("hook failed")
+
+    with database.write() as conn:
+        conn.execute(_INSERT, {"n": "stands", "s": 1})
+        Database.after_commit(conn, boom)
+        Database.after_commit(conn, lambda: ran.append(1))
+    assert ran == [1] and _count(database) == 1
+    with database.engine.connect() as conn:  # not a transaction Database.write opened
+        assert not Database.after_commit(conn, lambda: ran.append(2))
+    with database.write() as conn:  # and the info dict keeps no hooks across checkouts
+        pass
+    assert ran == [1]

@@ -293,6 +293,33 @@ def test_writers_never_wait_for_the_indexer_and_the_thread_indexes_alone(db: Dat
     _assert_queries_match_journal(ledger)
 
 
+def test_transfers_inside_a_callers_transaction_wake_the_indexer_after_it_commits(
+    db: Database,
+) -> None:
+    tail = 20
+    ledger = _ledger(db, tail)
+    ledger.index_postings()
+    for k in range(2):  # 20 rows, the trigger, each batch in the caller's transaction
+        with db.write() as conn:
+            results = ledger.create_transfers_within(conn, _plain(40_000 + 10 * k, 10))
+            assert all(r.ok for r in results)
+    # No ledger write or read of its own since: the commits alone woke the thread.
+    deadline = time.monotonic() + 10
+    while ledger.postings_lag_rows() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ledger.postings_lag_rows() == 0
+
+    def rolled_back() -> None:
+        with db.write() as conn:
+            ledger.create_transfers_within(conn, _plain(50_000, 30))
+            raise RuntimeError("the caller gives up")
+
+    with pytest.raises(RuntimeError):
+        rolled_back()
+    assert ledger.postings_lag_rows() == 0  # nothing committed, nothing to index
+    _assert_queries_match_journal(ledger)
+
+
 # ------------------------------------------------------------------------ bounds
 
 
