@@ -92,6 +92,10 @@ def is_unreadable(exc: sqlite3.DatabaseError) -> bool:
     return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
+#: (st_dev, st_ino) of an index file: which file a connection attached.
+FileIdentity = tuple[int, int]
+
+
 class PostingsIndex:
     """The index file of one SQLite database, its indexer thread and its reader connections.
 
@@ -106,7 +110,10 @@ class PostingsIndex:
         self.background = background
         self._lock = threading.Lock()  # guards the fields below
         self._idle: list[sqlite3.Connection] = []
-        self._open: set[sqlite3.Connection] = set()
+        #: Every connection this object opened, with the identity of the index file it
+        #: attached: another process may unlink an unreadable file and start a new one, and a
+        #: connection to the old (unlinked) file must not go on reading or indexing it.
+        self._open: dict[sqlite3.Connection, FileIdentity | None] = {}
         self._indexer: sqlite3.Connection | None = None
         self._indexer_lock = threading.Lock()  # one indexing transaction per process at a time
         self._thread: threading.Thread | None = None
@@ -148,12 +155,25 @@ class PostingsIndex:
             conn.close()
             raise
         with self._lock:
-            self._open.add(conn)
+            self._open[conn] = self._file_identity()
         return conn
+
+    def _file_identity(self) -> FileIdentity | None:
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _attached_current_file(self, conn: sqlite3.Connection) -> bool:
+        """Whether ``conn`` attached the index file that is at its path now (one stat)."""
+        with self._lock:
+            attached = self._open.get(conn)
+        return attached is not None and attached == self._file_identity()
 
     def _discard(self, conn: sqlite3.Connection) -> None:
         with self._lock:
-            self._open.discard(conn)
+            self._open.pop(conn, None)
         conn.close()
 
     def reset_file(self) -> None:
@@ -188,6 +208,10 @@ class PostingsIndex:
 
     def _step(self, rows_max: int) -> StepResult:
         conn = self._indexer
+        if conn is not None and not self._attached_current_file(conn):
+            self._indexer = None  # the file was replaced (by another process): not that one
+            self._discard(conn)
+            conn = None
         if conn is None:
             conn = self._indexer = self._connect()
         cur = conn.cursor()
@@ -320,6 +344,9 @@ class PostingsIndex:
             if self._closed:
                 raise RuntimeError("the postings index is closed")
             conn = self._idle.pop() if self._idle else None
+        if conn is not None and not self._attached_current_file(conn):
+            self._discard(conn)  # attached a file since replaced: read the one there now
+            conn = None
         if conn is None:
             conn = self._connect()
         cur = conn.cursor()

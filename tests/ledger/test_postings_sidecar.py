@@ -508,3 +508,37 @@ def test_indexers_of_several_processes_merge_each_row_once(data_dir: Path) -> No
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_a_process_drops_its_connections_to_a_file_another_process_replaced(
+    data_dir: Path,
+) -> None:
+    # "first" has the index file open (a reader and its indexer); "second" finds the file
+    # unreadable, unlinks it and starts a new one. "first" must read and index the new file,
+    # not go on with the unlinked one as a second, private index.
+    first, second = _open(data_dir), _open(data_dir)
+    try:
+        for database in (first, second):
+            postings_index(database).background = False
+        ledger = _ledger(first, 32_768)
+        assert all(r.ok for r in ledger.create_transfers(_plain(95_000, 50)))
+        ledger.index_postings()
+        assert ledger.postings_lag_rows() == 0  # first holds connections to the old file
+        assert first.sqlite_path is not None
+        side = sidecar_path(first.sqlite_path)
+        assert _sidecar_fds(side)
+
+        postings_index(second).reset_file()
+        other = Ledger(second, clock=FakeClock(), postings_tail_max=32_768)
+        head = other.postings_lag_rows()  # the new file, indexed from nothing
+        assert head >= 50
+
+        assert ledger.postings_lag_rows() == head  # first now reads the new file...
+        ledger.index_postings()  # ...and indexes it, which second sees
+        assert other.postings_lag_rows() == 0
+        assert _sidecar_fds(side) and not [t for t in _sidecar_fds(side) if "deleted" in t]
+        _assert_queries_match_journal(ledger)
+        _assert_queries_match_journal(other)
+    finally:
+        first.dispose()
+        second.dispose()
