@@ -176,9 +176,8 @@ class PostingsIndex:
             self._open.pop(conn, None)
         conn.close()
 
-    def reset_file(self) -> None:
-        """Remove an index file SQLite cannot read; the next connection starts it anew."""
-        log.warning("postings index %s is unreadable: rebuilding it", self.path)
+    def _close_connections(self) -> None:
+        """Close every connection this object opened (after any merge running now)."""
         with self._indexer_lock, self._lock:
             conns = list(self._open)
             self._open.clear()
@@ -186,6 +185,11 @@ class PostingsIndex:
             self._indexer = None
         for conn in conns:
             conn.close()
+
+    def reset_file(self) -> None:
+        """Remove an index file SQLite cannot read; the next connection starts it anew."""
+        log.warning("postings index %s is unreadable: rebuilding it", self.path)
+        self._close_connections()
         for suffix in ("", "-wal", "-shm"):
             with suppress(FileNotFoundError):
                 os.unlink(self.path + suffix)
@@ -411,13 +415,7 @@ class PostingsIndex:
         self._wake.set()
         if thread is not None:
             thread.join(timeout=DB_LOCK_TIMEOUT_S)
-        with self._indexer_lock, self._lock:
-            conns = list(self._open)
-            self._open.clear()
-            self._idle.clear()
-            self._indexer = None
-        for conn in conns:
-            conn.close()
+        self._close_connections()
 
 
 def postings_index(database: object) -> PostingsIndex:
