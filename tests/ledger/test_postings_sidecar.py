@@ -285,11 +285,13 @@ def test_writers_never_wait_for_the_indexer_and_the_thread_indexes_alone(db: Dat
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    # No reader, no writer: the thread alone catches up.
+    # No reader, no writer: the thread alone merges until less than a tail is left. (Not
+    # always to 0: a merge that waited for the lock read the journal as it was when it began
+    # waiting, and a rest below the trigger waits for the next commits, by design.)
     deadline = time.monotonic() + 10
-    while ledger.postings_lag_rows() and time.monotonic() < deadline:
+    while ledger.postings_lag_rows() >= tail and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert ledger.postings_lag_rows() == 0
+    assert ledger.postings_lag_rows() < tail
     _assert_queries_match_journal(ledger)
 
 
