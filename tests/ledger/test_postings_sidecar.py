@@ -374,6 +374,16 @@ def _check_reopened(data_dir: Path, *, rebuilt: bool) -> None:
         database.dispose()
 
 
+def _query_first_then_check_reopened(data_dir: Path) -> None:
+    """A query meets the damaged index first (and rebuilds it); the audit then finds it fit."""
+    database = _open(data_dir)
+    try:
+        _assert_queries_match_journal(Ledger(database, clock=FakeClock(), postings_tail_max=3))
+    finally:
+        database.dispose()
+    _check_reopened(data_dir, rebuilt=False)
+
+
 def test_a_deleted_index_file_is_rebuilt(data_dir: Path) -> None:
     _written(data_dir, 40_000, 30)
     side = Path(sidecar_path(str(data_dir / SQLITE_FILE_NAME)))
@@ -391,12 +401,7 @@ def test_a_truncated_index_file_is_rebuilt(data_dir: Path, keep: float) -> None:
     assert size > 8 * 4096
     with open(side, "r+b") as f:
         f.truncate(int(size * keep))
-    database = _open(data_dir)
-    try:
-        _assert_queries_match_journal(Ledger(database, clock=FakeClock(), postings_tail_max=3))
-    finally:
-        database.dispose()
-    _check_reopened(data_dir, rebuilt=False)
+    _query_first_then_check_reopened(data_dir)
 
 
 def test_an_index_ahead_of_a_restored_database_is_rebuilt(data_dir: Path) -> None:
@@ -409,12 +414,7 @@ def test_an_index_ahead_of_a_restored_database_is_rebuilt(data_dir: Path) -> Non
     _check_reopened(data_dir, rebuilt=True)  # audit rebuilds it (and says so), queries agree
     _written(data_dir, 50_000, 20)
     shutil.copyfile(backup, main)  # again, and this time a query finds it first
-    database = _open(data_dir)
-    try:
-        _assert_queries_match_journal(Ledger(database, clock=FakeClock(), postings_tail_max=3))
-    finally:
-        database.dispose()
-    _check_reopened(data_dir, rebuilt=False)
+    _query_first_then_check_reopened(data_dir)
 
 
 def test_an_index_built_from_another_journal_is_rebuilt(data_dir: Path) -> None:
