@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import httpx
+from fastapi import Depends, Request
 
 from paykeep.config import Settings
 from paykeep.workers.webhook_model import (
@@ -251,3 +252,16 @@ def open_runtime(config: RuntimeConfig, *, migrate: bool = True) -> Runtime:
         # The payments clock: case trail times and idempotency records read the same clock.
         cases=CaseService(database, payments.clock),
     )
+
+
+async def runtime_of(request: Request) -> Runtime:
+    """The process's :class:`Runtime`, for a route's ``runtime: RuntimeDep``. async: FastAPI
+    runs a plain-function dependency in its thread pool, a thread hop per request to read
+    one attribute."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if not isinstance(runtime, Runtime):
+        raise RuntimeError("app.state.runtime is not set: build the app with create_app")
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime_of)]

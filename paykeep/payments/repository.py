@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -151,11 +151,18 @@ BUYER_CODE_COLUMNS = (
 )
 
 
+#: Merchants one transaction keeps in memory (a sweep over many merchants reads the rest).
+MERCHANTS_REMEMBERED_MAX: Final = 64
+
+
 class PaymentsRepository:
     def __init__(self, conn: Connection, *, postgres: bool) -> None:
         self.conn = conn
         self.postgres = postgres
         self._lock = " FOR UPDATE" if postgres else ""
+        # Merchants read in this transaction: a money-moving request needs its merchant's
+        # fees, timers and names three times over, and only update() below changes one.
+        self._merchants: dict[str, Merchant] = {}
 
     def _execute(self, sql: str, params: dict[str, Any]) -> Any:
         # A money-moving request runs a dozen of these on the single writer every request
@@ -175,6 +182,8 @@ class PaymentsRepository:
         self._execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", row)
 
     def update(self, table: str, key: str, changes: dict[str, Any]) -> None:
+        if table == "payments_merchants":
+            self._merchants.pop(key, None)
         assignments = ", ".join(f"{c} = :{c}" for c in changes)
         self._execute(
             f"UPDATE {table} SET {assignments} WHERE id = :_key", {**changes, "_key": key}
@@ -183,11 +192,20 @@ class PaymentsRepository:
     # ------------------------------------------------------------------ merchants, buyers
 
     def merchant(self, merchant_id: str) -> Merchant | None:
+        """The merchant as this transaction sees it (read once, then from memory)."""
+        found = self._merchants.get(merchant_id)
+        if found is not None:
+            return found
         row = self._one(
             f"SELECT {MERCHANT_COLUMNS} FROM payments_merchants WHERE id = :id",
             {"id": merchant_id},
         )
-        return None if row is None else _merchant(row)
+        if row is None:
+            return None
+        found = _merchant(row)
+        if len(self._merchants) < MERCHANTS_REMEMBERED_MAX:
+            self._merchants[merchant_id] = found
+        return found
 
     def merchant_iban(self, merchant_id: str) -> bytes | None:
         row = self._one(

@@ -315,6 +315,11 @@ def account_id(name: str) -> int:
     return derived_id("account", name)
 
 
+def _check_not_expired(session: CheckoutSession, now_ns: int) -> None:
+    if session.state == "open" and now_ns >= session.expires_at_ns:
+        raise CheckoutSessionExpired("this checkout session has expired", param="session")
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -888,7 +893,11 @@ class PaymentsService:
         )  # fmt: skip
         changes = {**changes, "state": new_state.value, "timer": timer, "timer_due_ns": due}
         tx.repo.save_order(order, changes, tx.now_ns)
-        updated = self.order(tx, None, order.id)
+        # Read back as stored. No move changes the line items: those already read are kept
+        # (an order read without them, from a list, has none and they are read now).
+        stored = tx.repo.order(order.id)
+        assert stored is not None, "the order was just saved"
+        updated = replace(stored, items=order.items or tx.repo.items(order.id))
         kind = new_state.value if new_state is not order.state else "updated"
         self._event(tx, order.merchant_id, f"order.{kind}", updated.to_api())
         return updated
@@ -956,8 +965,7 @@ class PaymentsService:
 
     def _open_session(self, tx: Tx, token: str) -> tuple[CheckoutSession, Order]:
         session = self.session_for_token(tx, token)
-        if session.state == "open" and tx.now_ns >= session.expires_at_ns:
-            raise CheckoutSessionExpired("this checkout session has expired", param="session")
+        _check_not_expired(session, tx.now_ns)
         order = self.order(tx, None, session.order_id, lock=True)
         return session, order
 
@@ -1087,13 +1095,17 @@ class PaymentsService:
             )
         return found
 
-    def check_buyer_session(self, token: str, buyer_session: str | None) -> BuyerSession:
-        """``_require_buyer`` for the checkout of ``token`` in a read transaction: the edges
-        ask before they start an idempotent request (the use cases check again)."""
+    def check_buyer_session(self, token: str, buyer_session: str | None) -> CheckoutSession:
+        """The checkout of ``token`` if ``buyer_session`` proves its buyer acts
+        (``_require_buyer``), in one read transaction: the edges ask before they start an
+        idempotent request (the use cases check again)."""
         with self.reading() as tx:
             session = self.session_for_token(tx, token)
-            order = self.order(tx, None, session.order_id)
-            return self._require_buyer(tx, order.buyer_id, buyer_session)
+            order = tx.repo.order(session.order_id)  # the buyer alone: no line items
+            if order is None:
+                raise ResourceMissing(f"no order {session.order_id!r}", param="order")
+            self._require_buyer(tx, order.buyer_id, buyer_session)
+            return session
 
     def sign_out_buyer(self, token: str, buyer_session: str | None, *, everywhere: bool) -> int:
         """The buyer ends their session (``everywhere``: every session they have, e.g. after
@@ -1165,9 +1177,10 @@ class PaymentsService:
         live session of the order's buyer."""
         # Who acts (identity) before what state the checkout is in: an expired checkout
         # answers the merchant 401 like any other, the route's early check agrees.
-        buyer_id = self.order(tx, None, self.session_for_token(tx, token).order_id).buyer_id
-        self._require_buyer(tx, buyer_id, buyer_session)
-        session, order = self._open_session(tx, token)
+        session = self.session_for_token(tx, token)
+        order = self.order(tx, None, session.order_id, lock=True)
+        self._require_buyer(tx, order.buyer_id, buyer_session)
+        _check_not_expired(session, tx.now_ns)
         transition(order.state, OrderAction.PAY)
         payment = self._payment_row(tx, order, "wallet", "succeeded")
         order = self._hold(tx, order, "wallet")

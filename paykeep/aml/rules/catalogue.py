@@ -51,8 +51,16 @@ def _window(data: RuleInput, party_id: str, params: Params) -> Sequence[HistoryE
     return in_window(data.entries(party_id), end - _int(params, "window_s") * NS_PER_S + 1, end)
 
 
-def _need(party: Party | None, params: Params, kinds: frozenset[EventKind]) -> list[HistoryNeed]:
-    return [] if party is None else [HistoryNeed(party.party_id, _int(params, "window_s"), kinds)]
+def _need(
+    party: Party | None,
+    params: Params,
+    kinds: frozenset[EventKind],
+    *,
+    firsts_only: bool = False,
+) -> list[HistoryNeed]:
+    if party is None:
+        return []
+    return [HistoryNeed(party.party_id, _int(params, "window_s"), kinds, firsts_only)]
 
 
 def _fmt(amount_minor: int, currency: str) -> str:
@@ -353,7 +361,9 @@ def _is_new(at_ns: int, opened_at_ns: int | None, new_age_s: int) -> bool:
 def fan_in_needs(event: MoneyEvent, params: Params) -> list[HistoryNeed]:
     if event.kind is not EventKind.PAYMENT:
         return []
-    return _need(event.payee, params, frozenset({EventKind.PAYMENT}))
+    # Which buyers paid while new: for one opening time, an account is youngest at its
+    # earliest payment in the window, so the firsts hold every buyer the rule counts.
+    return _need(event.payee, params, frozenset({EventKind.PAYMENT}), firsts_only=True)
 
 
 def fan_in(data: RuleInput, params: Params) -> list[Finding]:

@@ -369,6 +369,39 @@ class HistoryNeed:
     party_id: str
     window_s: int
     kinds: frozenset[EventKind]
+    #: The rule reads only which (kind, direction, counterparty, counterparty's opening time)
+    #: occur in the window, and for each the earliest time: it must find the same in
+    #: :func:`firsts` of the entries as in all of them. The engine then reads one entry per
+    #: key instead of every entry (a busy merchant's day of payments is a few distinct
+    #: buyers, read again for each payment).
+    firsts_only: bool = False
+
+
+class PartyNeed(NamedTuple):
+    """What the engine reads of one party's history for one event: every active rule's
+    needs of that party together."""
+
+    window_s: int
+    kinds: frozenset[EventKind]
+    #: Every need of the party is ``firsts_only``, all with this one window.
+    firsts_only: bool = False
+
+
+def firsts(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
+    """The earliest entry of each (kind, direction, counterparty, counterparty's opening
+    time), oldest first: what a ``firsts_only`` need reads."""
+    earliest: dict[tuple[Any, ...], HistoryEntry] = {}
+    for entry in entries:
+        key = (
+            entry.kind,
+            entry.direction,
+            entry.counterparty_id,
+            entry.counterparty_opened_at_ns,
+        )
+        found = earliest.get(key)
+        if found is None or entry.at_ns < found.at_ns:
+            earliest[key] = entry
+    return sorted(earliest.values(), key=_at_ns)
 
 
 #: A rule's needs for one event under one configuration (none: it reads no history).
@@ -549,12 +582,12 @@ def _run(spec: RuleSpec, config: RuleConfig, data: RuleInput, shadow: bool) -> l
     return alerts
 
 
-def history_needs(
-    event: MoneyEvent, rules: Sequence[ActiveRule]
-) -> dict[str, tuple[int, frozenset[EventKind]]]:
+def history_needs(event: MoneyEvent, rules: Sequence[ActiveRule]) -> dict[str, PartyNeed]:
     """Per party, the widest window and every kind that the enabled live and shadow rule
-    versions will read for ``event``."""
-    wanted: dict[str, tuple[int, frozenset[EventKind]]] = {}
+    versions will read for ``event`` — only the firsts when every need of the party asks for
+    no more, over one window (the earliest entry in a wider window may precede a narrower
+    one that holds a later entry of the same key)."""
+    wanted: dict[str, PartyNeed] = {}
     for active in rules:
         if active.spec.needs is None:
             continue
@@ -562,8 +595,15 @@ def history_needs(
             if config is None or config.params.get("enabled", 1) == 0:
                 continue
             for need in active.spec.needs(event, config.params):
-                window_s, kinds = wanted.get(need.party_id, (0, frozenset()))
-                wanted[need.party_id] = (max(window_s, need.window_s), kinds | need.kinds)
+                prior = wanted.get(need.party_id)
+                if prior is None:
+                    wanted[need.party_id] = PartyNeed(need.window_s, need.kinds, need.firsts_only)
+                    continue
+                wanted[need.party_id] = PartyNeed(
+                    max(prior.window_s, need.window_s),
+                    prior.kinds | need.kinds,
+                    prior.firsts_only and need.firsts_only and prior.window_s == need.window_s,
+                )
     return wanted
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -276,9 +277,13 @@ class RulesRepository:
         until_ns: int,
         limit: int,
         kinds: Iterable[EventKind] | None = None,
+        *,
+        firsts_only: bool = False,
     ) -> Sequence[HistoryEntry]:
         """The party's most recent ``limit`` entries with ``since_ns < at_ns <= until_ns``
-        (of ``kinds`` only, when given), oldest first."""
+        (of ``kinds`` only, when given), oldest first. ``firsts_only``: of those, only the
+        earliest of each (kind, direction, counterparty, counterparty's opening time), as
+        ``model.firsts`` — grouped by the database, which hands over a row per key."""
         # Hot (every decision, for every party): precompiled statements, plain tuples, and
         # enum members looked up in a dict instead of constructed per row.
         params: dict[str, Any] = {
@@ -287,14 +292,15 @@ class RulesRepository:
             "until": until_ns,
             "limit": limit,
         }
-        sql = _HISTORY
+        postgres = self.conn.dialect.name == "postgresql"
+        of_kinds = ""
         if kinds is not None:
             values = sorted(k.value for k in kinds)
             if not values:
                 return []
             params.update({f"k{i}": v for i, v in enumerate(values)})
-            sql = _HISTORY_OF_KINDS[len(values)]
-        postgres = self.conn.dialect.name == "postgresql"
+            of_kinds = _OF_KINDS[len(values)]
+        sql = _history_sql(of_kinds, firsts_only=firsts_only, postgres=postgres)
         rows = driver.fetch_all(self.conn, sql, params, postgres=postgres)
         kind_of, directions = _KINDS, _DIRECTIONS
         return [
@@ -342,20 +348,38 @@ class RulesRepository:
             self.conn.execute(_INSERT_HISTORY, rows)
 
 
-_HISTORY_COLUMNS = (
-    "SELECT at_ns, event_id, kind, direction, amount_minor, currency, counterparty_id, "
-    "counterparty_opened_at_ns, card_approved FROM aml_party_events "
-    "WHERE party_id = :party AND at_ns > :since AND at_ns <= :until "
-)
 # Run on the driver's connection (paykeep.db.driver): read for every decision, for every
 # party whose history an active rule reads.
-_HISTORY = _HISTORY_COLUMNS + "ORDER BY at_ns DESC, id DESC LIMIT :limit"
-_HISTORY_OF_KINDS = {
-    n: _HISTORY_COLUMNS
-    + f"AND kind IN ({', '.join(f':k{i}' for i in range(n))}) "
-    + "ORDER BY at_ns DESC, id DESC LIMIT :limit"
+_ENTRY_COLUMNS = (
+    "event_id, kind, direction, amount_minor, currency, counterparty_id, "
+    "counterparty_opened_at_ns, card_approved"
+)
+_IN_WINDOW = "FROM aml_party_events WHERE party_id = :party AND at_ns > :since AND at_ns <= :until "
+_OF_KINDS = {
+    n: f"AND kind IN ({', '.join(f':k{i}' for i in range(n))}) "
     for n in range(1, len(EventKind) + 1)
 }
+_FIRSTS_KEY = "kind, direction, counterparty_id, counterparty_opened_at_ns"
+_NEWEST_FIRST = "ORDER BY at_ns DESC, id DESC LIMIT :limit"
+
+
+@cache
+def _history_sql(of_kinds: str, *, firsts_only: bool, postgres: bool) -> str:
+    if not firsts_only:
+        return f"SELECT at_ns, {_ENTRY_COLUMNS} {_IN_WINDOW}{of_kinds}{_NEWEST_FIRST}"
+    if postgres:
+        return (
+            f"SELECT at_ns, {_ENTRY_COLUMNS} FROM (SELECT DISTINCT ON ({_FIRSTS_KEY}) id, "
+            f"at_ns, {_ENTRY_COLUMNS} {_IN_WINDOW}{of_kinds}ORDER BY {_FIRSTS_KEY}, at_ns, id) "
+            f"AS firsts {_NEWEST_FIRST}"
+        )
+    # SQLite: with MIN() the other columns are those of the row holding the minimum.
+    return (
+        f"SELECT MIN(at_ns), {_ENTRY_COLUMNS} {_IN_WINDOW}{of_kinds}GROUP BY {_FIRSTS_KEY} "
+        "ORDER BY 1 DESC LIMIT :limit"
+    )
+
+
 # Built once: a statement built per call pays SQLAlchemy's cache-key walk every time (hot:
 # every decision writes one decision row, its alerts and its history entries).
 _INSERT_DECISION = sa.insert(decisions).returning(decisions.c.id)

@@ -338,12 +338,13 @@ class DecisionEngine:
         history = {
             party_id: repo.history(
                 party_id,
-                event.at_ns - window_s * NS_PER_S,
+                event.at_ns - need.window_s * NS_PER_S,
                 event.at_ns,
                 limits.HISTORY_ENTRIES_PER_PARTY_MAX,
-                kinds,
+                need.kinds,
+                firsts_only=need.firsts_only,
             )
-            for party_id, (window_s, kinds) in history_needs(event, active).items()
+            for party_id, need in history_needs(event, active).items()
         }
         hits = self._screen(event, active)
         evaluation = evaluate(RuleInput(event, history, hits), active, self.policy)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, get_args
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -57,7 +57,7 @@ from paykeep.api.idempotency import (
     run_idempotent,
 )
 from paykeep.api.pagination import Page, page_response
-from paykeep.api.runtime import Runtime
+from paykeep.api.runtime import Runtime, RuntimeDep
 from paykeep.payments.service import Tx
 from paykeep.security.api_keys import Principal
 
@@ -86,14 +86,6 @@ ActionName = Literal["investigate", "escalate", "report", "close_false_positive"
 assert set(get_args(ActionName)) == {a.value for a in CaseAction}, "ActionName is stale"
 assert set(get_args(ReportFormat)) == set(REPORT_FORMATS) == set(REPORT_MEDIA)
 
-
-def _runtime(request: Request) -> Runtime:
-    runtime = request.app.state.runtime
-    assert isinstance(runtime, Runtime), "app.state.runtime is set by create_app"
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 CaseId = Annotated[
     int, Path(ge=1, le=CASE_ID_MAX, description="The case id (the number in CASE-000042).")
 ]

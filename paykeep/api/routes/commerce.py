@@ -42,7 +42,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import pydantic
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -72,7 +72,7 @@ from paykeep.api.pagination import (
     PageParams,
     page_response,
 )
-from paykeep.api.runtime import Runtime
+from paykeep.api.runtime import Runtime, RuntimeDep, runtime_of
 from paykeep.clock import NS_PER_S
 from paykeep.errors import ResourceMissing
 from paykeep.payments.errors import CarrierSignatureInvalid
@@ -113,15 +113,6 @@ MERCHANT_KEY_LABEL: Final = "created with the merchant"
 
 # -- dependencies and helpers ---------------------------------------------------------------
 
-
-async def _runtime(request: Request) -> Runtime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if not isinstance(runtime, Runtime):
-        raise RuntimeError("app.state.runtime is not set: build the app with create_app")
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 ObjectId = Annotated[
     str,
     Path(
@@ -1043,7 +1034,7 @@ async def carrier_event(carrier: str, request: Request) -> Response:
     # async to read the raw body (the signature covers its exact bytes); the database work
     # goes to the thread pool like the plain-def routes.
     raw = await request.body()
-    runtime = await _runtime(request)
+    runtime = await runtime_of(request)
     header = request.headers.get(SIGNATURE_HEADER)
     return await run_in_threadpool(_carrier_event, runtime, carrier, header, raw)
 

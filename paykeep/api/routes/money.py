@@ -64,7 +64,7 @@ from dataclasses import replace
 from typing import Annotated, Any, Final, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt
 from starlette.responses import Response
 
@@ -86,7 +86,7 @@ from paykeep.api.idempotency import (
     run_claimed,
 )
 from paykeep.api.pagination import CURSOR_PATTERN, Page, PageParams, page_response
-from paykeep.api.runtime import Runtime
+from paykeep.api.runtime import Runtime, RuntimeDep
 from paykeep.clock import NS_PER_S
 from paykeep.errors import PaykeepError
 from paykeep.gateway.cards.errors import CardSecurityCodeInvalid
@@ -176,15 +176,6 @@ def _merchant_of(principal: Principal) -> str:
     if principal.role != "merchant" or principal.merchant_id is None:
         raise MerchantKeyRequired("this route needs a merchant API key")
     return principal.merchant_id
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime = request.app.state.runtime
-    assert isinstance(runtime, Runtime), "app.state.runtime is set by create_app"
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
 
 
 # -- request bodies -------------------------------------------------------------------------
@@ -455,11 +446,12 @@ def _session(runtime: Runtime, token: str) -> CheckoutSession:
         return payments.session_for_token(tx, token)
 
 
-def _require_buyer_session(runtime: Runtime, token: str, buyer_session: str | None) -> None:
-    """Checked before the idempotency machinery: a 401 is never stored as a key's answer (the
-    buyer retrying with the header and the same key must not be told 401 again). The use case
-    checks again inside its transaction."""
-    runtime.payments.check_buyer_session(token, buyer_session)
+def _signed_in_session(runtime: Runtime, token: str, buyer_session: str | None) -> CheckoutSession:
+    """The checkout of ``token``, its buyer signed in (``buyer_session``) — in one read
+    transaction. Checked before the idempotency machinery: a 401 is never stored as a key's
+    answer (the buyer retrying with the header and the same key must not be told 401 again).
+    The use case checks again inside its transaction."""
+    return runtime.payments.check_buyer_session(token, buyer_session)
 
 
 def _bank_transfer(view_order: Order, reference: str, iban: str | None) -> dict[str, Any]:
@@ -594,8 +586,7 @@ def sign_out(
     body: Annotated[SignOutIn | None, Body()] = None,
     buyer_session: BuyerSessionHeader = None,
 ) -> Response:
-    session = _session(runtime, token)
-    _require_buyer_session(runtime, token, buyer_session)
+    session = _signed_in_session(runtime, token, buyer_session)
     everywhere = body.everywhere if body is not None else False
 
     def effect() -> tuple[int, bytes, bytes]:
@@ -651,13 +642,15 @@ def pay(
     buyer_session: BuyerSessionHeader = None,
 ) -> Response:
     payments = runtime.payments
-    session = _session(runtime, token)
+    if isinstance(body, PayFromWallet):
+        session = _signed_in_session(runtime, token, buyer_session)
+    else:
+        session = _session(runtime, token)
     principal = _buyer_principal(session)
     request = _buyer_request(runtime, idem, session, "pay")
     if isinstance(body, PayByCard):
         return _pay_by_card(runtime, principal, request, token, body.card)
     if isinstance(body, PayFromWallet):
-        _require_buyer_session(runtime, token, buyer_session)
 
         def wallet(tx: Tx) -> tuple[int, dict[str, Any]]:
             order = payments.pay_from_wallet(tx, token, buyer_session)
@@ -724,8 +717,7 @@ def confirm(
     buyer_session: BuyerSessionHeader = None,
 ) -> Response:
     payments = runtime.payments
-    session = _session(runtime, token)
-    _require_buyer_session(runtime, token, buyer_session)
+    session = _signed_in_session(runtime, token, buyer_session)
 
     def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
         order = payments.confirm(tx, session.order_id, token=token, buyer_session=buyer_session)
@@ -775,9 +767,10 @@ def _buyer_refund_action(
     buyer_session: str | None = None,
 ) -> Response:
     payments = runtime.payments
-    session = _session(runtime, token)
     if action in BUYER_SIGNED_IN_REFUND_ACTIONS:
-        _require_buyer_session(runtime, token, buyer_session)
+        session = _signed_in_session(runtime, token, buyer_session)
+    else:
+        session = _session(runtime, token)
 
     def operation(tx: Tx) -> tuple[int, dict[str, Any]]:
         refund = payments.refund_action(
@@ -1246,8 +1239,7 @@ def create_withdrawal(
     idem: IdempotencyMeta,
     buyer_session: BuyerSessionHeader = None,
 ) -> Response:
-    session = _session(runtime, token)
-    _require_buyer_session(runtime, token, buyer_session)
+    session = _signed_in_session(runtime, token, buyer_session)
     request_id = payout_request_id(idem.key)
 
     def effect() -> tuple[int, bytes, bytes]:

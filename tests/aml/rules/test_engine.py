@@ -3,6 +3,8 @@ configuration versions, idempotency."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import sqlalchemy as sa
 
@@ -17,7 +19,14 @@ from paykeep.aml.rules.errors import (
     RuleNoShadow,
     RuleNotFound,
 )
-from paykeep.aml.rules.model import Outcome, SanctionsHit
+from paykeep.aml.rules.model import (
+    NS_PER_S,
+    Direction,
+    HistoryEntry,
+    Outcome,
+    SanctionsHit,
+    firsts,
+)
 from paykeep.aml.rules.repository import RulesRepository
 from paykeep.aml.rules.service import DecisionEngine, RulesService
 from paykeep.clock import FakeClock
@@ -232,3 +241,63 @@ def test_a_party_under_review_has_one_case_until_it_is_closed(
     cases.act(first.case_id, CaseAction.CLOSE_FALSE_POSITIVE, actor="officer:ann", reason="ok")
     third = engine.decide(ev(K.PAYMENT, 270_000, 120, payer_age_s=3720, event_id="big-3"))
     assert third.case_id is not None and third.case_id != first.case_id
+
+
+def test_the_database_reads_the_same_firsts_as_the_model(database: Database) -> None:
+    """``history(..., firsts_only=True)`` groups in SQL (MIN() on SQLite, DISTINCT ON on
+    PostgreSQL); ``model.firsts`` is the definition. Random entries with repeated keys, equal
+    times and unknown counterparties and opening times; every window and limit agrees."""
+    rng = random.Random("firsts")
+    entries: list[tuple[str, HistoryEntry]] = []
+    for n in range(600):
+        kind = rng.choice((K.PAYMENT, K.PAYMENT, K.REFUND, K.TOP_UP))
+        entries.append(
+            (
+                rng.choice(("merchant-1", "merchant-2")),
+                HistoryEntry(
+                    T0 + rng.randrange(0, 50) * NS_PER_S,
+                    f"fe-{n}",
+                    kind,
+                    rng.choice(list(Direction)),
+                    rng.choice((100, 200)),
+                    "EUR",
+                    rng.choice(("buyer-1", "buyer-2", "buyer-3", None)),
+                    rng.choice((T0 - DAY * NS_PER_S, T0, None)),
+                ),
+            )
+        )
+    with database.write() as conn:
+        RulesRepository(conn).append_history(entries)
+
+    def key_and_time(e: HistoryEntry) -> tuple[object, ...]:
+        # Among entries of one key at the same earliest time, either may stand for the key.
+        return (
+            e.at_ns,
+            e.kind.value,
+            e.direction.value,
+            e.counterparty_id or "",
+            -1 if e.counterparty_opened_at_ns is None else e.counterparty_opened_at_ns,
+        )
+
+    checked = 0
+    for party in ("merchant-1", "merchant-2"):
+        mine = sorted((e for p, e in entries if p == party), key=lambda e: e.at_ns)
+        for since_s, until_s, limit, kinds in (
+            (-1, 50, 1_000, None),
+            (10, 30, 1_000, frozenset({K.PAYMENT})),
+            (-1, 50, 5, frozenset({K.PAYMENT, K.REFUND})),
+            (20, 21, 1_000, None),
+        ):
+            since, until = T0 + since_s * NS_PER_S, T0 + until_s * NS_PER_S
+            window = [
+                e for e in mine if since < e.at_ns <= until and (kinds is None or e.kind in kinds)
+            ]
+            expected = firsts(window)[-limit:]
+            with database.read() as conn:
+                read = RulesRepository(conn).history(
+                    party, since, until, limit, kinds, firsts_only=True
+                )
+            assert sorted(map(key_and_time, read)) == sorted(map(key_and_time, expected))
+            assert [e.at_ns for e in read] == [e.at_ns for e in expected]  # oldest first
+            checked += len(expected)
+    assert checked > 50  # not vacuous: many keys per window

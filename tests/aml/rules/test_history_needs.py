@@ -17,8 +17,10 @@ from paykeep.aml.rules.model import (
     EventKind,
     HistoryEntry,
     MoneyEvent,
+    PartyNeed,
     RuleConfig,
     RuleInput,
+    firsts,
     history_entries,
     history_needs,
 )
@@ -74,15 +76,18 @@ def _only_needed(
     event: MoneyEvent, history: dict[str, list[HistoryEntry]], active: Sequence[ActiveRule]
 ) -> dict[str, list[HistoryEntry]]:
     """What the engine would read: per needed party, entries of the needed kinds within the
-    widest needed window (``at - window < t <= at``)."""
-    return {
-        party_id: [
+    widest needed window (``at - window < t <= at``) — only their firsts where the need says
+    so."""
+    read: dict[str, list[HistoryEntry]] = {}
+    for party_id, need in history_needs(event, active).items():
+        entries = [
             e
             for e in history.get(party_id, [])
-            if e.kind in kinds and event.at_ns - window_s * NS_PER_S < e.at_ns <= event.at_ns
+            if e.kind in need.kinds
+            and event.at_ns - need.window_s * NS_PER_S < e.at_ns <= event.at_ns
         ]
-        for party_id, (window_s, kinds) in history_needs(event, active).items()
-    }
+        read[party_id] = firsts(entries) if need.firsts_only else entries
+    return read
 
 
 @pytest.mark.parametrize("rule", sorted(TOUCHY))
@@ -138,8 +143,18 @@ def test_needs_union_takes_the_widest_window_and_every_kind_and_skips_disabled_v
         ActiveRule(fan_in, config("fan_in", 1, window_s=DAY)),
     ]
     needs = history_needs(payment, active)
-    assert needs["buyer-1"] == (7_200, frozenset({K.PAYMENT, K.TOP_UP, K.PAYOUT, K.REFUND}))
-    assert needs["merchant-1"] == (DAY, frozenset({K.PAYMENT}))
+    assert needs["buyer-1"] == PartyNeed(
+        7_200, frozenset({K.PAYMENT, K.TOP_UP, K.PAYOUT, K.REFUND})
+    )
+    # fan_in alone reads the merchant, and only the first payment of each buyer.
+    assert needs["merchant-1"] == PartyNeed(DAY, frozenset({K.PAYMENT}), firsts_only=True)
+    two_windows = [
+        ActiveRule(fan_in, config("fan_in", 1, window_s=DAY), config("fan_in", 2, window_s=600))
+    ]
+    # A first in the wider window may precede the narrower one: every entry is read.
+    assert history_needs(payment, two_windows)["merchant-1"] == PartyNeed(
+        DAY, frozenset({K.PAYMENT}), firsts_only=False
+    )
     disabled = [ActiveRule(fan_in, config("fan_in", 1, enabled=0))]
     assert history_needs(payment, disabled) == {}
     release = ev(K.RELEASE, 1_000, payer="buyer-1", payee="merchant-1")
