@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.telemetry import TelemetryConfig
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,6 +51,12 @@ REQUEST_ID_RANDOM_BYTES: Final = 12
 OPENAPI_URL: Final = "/openapi.json"
 DOCS_URL: Final = "/docs"
 
+_NO_TELEMETRY: Final[TelemetryConfig] = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 _REQUEST_ID_HEADER_BYTES: Final = REQUEST_ID_HEADER.lower().encode()
 _JSON_HEADER: Final = (b"content-type", b"application/json")
 _HTTP_METHODS: Final = ("get", "post", "put", "patch", "delete")
@@ -246,6 +253,11 @@ def build_app(
         docs_url=None,
         redoc_url=None,
         default_response_class=JsonResponse,
+        # Paykeep installs no OpenTelemetry provider. Left on, FastAPI's native telemetry
+        # asks OpenTelemetry for its three global providers on every request (each an
+        # environment look-up) only to find none: 4% of the API process's interpreter time
+        # under the money-moving benchmark.
+        telemetry=_NO_TELEMETRY,
     )
     if api_keys is not None:
         app.state.api_keys = api_keys

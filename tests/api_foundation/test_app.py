@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pytest
+from opentelemetry import _logs as otel_logs
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+from starlette.testclient import TestClient
+
+from paykeep.api.foundation import build_app
 from tests.api_foundation.conftest import ApiServer
 
 
@@ -39,3 +47,25 @@ def test_docs_is_a_self_contained_page(api_server: ApiServer) -> None:
     # Nothing is loaded from elsewhere: no scripts, no external stylesheets or images.
     assert "<script" not in page
     assert not re.search(r"(src|href)=\"https?://", page)
+
+
+def test_a_request_asks_opentelemetry_for_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastAPI's native telemetry is off: with it on, every request asks OpenTelemetry for its
+    global providers (environment look-ups), a cost on the money path for nothing here."""
+    asked: list[str] = []
+    for module, name in (
+        (otel_trace, "get_tracer_provider"),
+        (otel_metrics, "get_meter_provider"),
+        (otel_logs, "get_logger_provider"),
+    ):
+        original = getattr(module, name)
+
+        def recording(original: Any = original, name: str = name) -> Any:
+            asked.append(name)
+            return original()
+
+        monkeypatch.setattr(module, name, recording)
+    client = TestClient(build_app("Telemetry", "1"))
+    for _ in range(3):
+        assert client.get("/docs").status_code == 200
+    assert asked == []
