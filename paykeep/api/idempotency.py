@@ -65,7 +65,7 @@ from paykeep.api.errors import (
     status_for,
 )
 from paykeep.clock import NS_PER_S, Clock, SystemClock
-from paykeep.db import Database
+from paykeep.db import Database, driver
 from paykeep.errors import PaykeepError
 from paykeep.security.api_keys import Principal
 
@@ -193,7 +193,9 @@ IdempotencyMeta = Annotated[IdempotentRequest, Depends(idempotent_request)]
 
 # -- storage --------------------------------------------------------------------------------
 
-_INSERT_IN_FLIGHT = sa.text(
+# claim() and complete() run in every money-moving request, on the single writer: on the
+# driver's connection (paykeep.db.driver), rows read by position.
+_INSERT_IN_FLIGHT = (
     "INSERT INTO payments_idempotency_keys (principal, key, method, path, request_sha256, "
     "status_code, response_body, created_at_ns, expires_at_ns) "
     "VALUES (:principal, :key, :method, :path, :request_sha256, NULL, NULL, :now, :expires) "
@@ -203,18 +205,17 @@ _SELECT = (
     "SELECT request_sha256, status_code, response_body, created_at_ns, expires_at_ns "
     "FROM payments_idempotency_keys WHERE principal = :principal AND key = :key"
 )
-_SELECT_SQLITE = sa.text(_SELECT)
-_SELECT_FOR_UPDATE = sa.text(_SELECT + " FOR UPDATE")
-_TAKE_OVER = sa.text(
+_SELECT_FOR_UPDATE = _SELECT + " FOR UPDATE"
+_TAKE_OVER = (
     "UPDATE payments_idempotency_keys SET method = :method, path = :path, "
     "request_sha256 = :request_sha256, status_code = NULL, response_body = NULL, "
     "created_at_ns = :now, expires_at_ns = :expires WHERE principal = :principal AND key = :key"
 )
-_COMPLETE = sa.text(
+_COMPLETE = (
     "UPDATE payments_idempotency_keys SET status_code = :status, response_body = :body "
     "WHERE principal = :principal AND key = :key"
 )
-_RELEASE = sa.text(
+_RELEASE = (
     "DELETE FROM payments_idempotency_keys WHERE principal = :principal AND key = :key "
     "AND request_sha256 = :request_sha256 AND status_code IS NULL"
 )
@@ -244,29 +245,34 @@ def claim(
         "now": now_ns,
         "expires": now_ns + IDEMPOTENCY_TTL_S * NS_PER_S,
     }
-    select = _SELECT_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_SQLITE
+    postgres = conn.dialect.name == "postgresql"
+    select = _SELECT_FOR_UPDATE if postgres else _SELECT
     for _ in range(_CLAIM_ATTEMPTS):
-        if conn.execute(_INSERT_IN_FLIGHT, params).rowcount == 1:
+        if driver.execute(conn, _INSERT_IN_FLIGHT, params, postgres=postgres).rowcount == 1:
             return None
-        row = conn.execute(select, {"principal": scope, "key": request.key}).first()
-        if row is None:
+        found = driver.execute(
+            conn, select, {"principal": scope, "key": request.key}, postgres=postgres
+        ).fetchone()
+        if found is None:
             continue  # purged between the insert and the select: insert again
-        if row.expires_at_ns <= now_ns:
-            conn.execute(_TAKE_OVER, params)
+        request_sha256, status_code, response_body, created_at_ns, expires_at_ns = found
+        if expires_at_ns <= now_ns:
+            driver.execute(conn, _TAKE_OVER, params, postgres=postgres)
             return None
-        if row.request_sha256 != request.request_sha256:
+        if request_sha256 != request.request_sha256:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with a different request (method, path or body)",
                 param=IDEMPOTENCY_KEY_HEADER,
             )
-        if row.status_code is not None:
-            return IdempotentResult(int(row.status_code), bytes(row.response_body), True)
-        if now_ns - row.created_at_ns < IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S * NS_PER_S:
+        if status_code is not None:
+            return IdempotentResult(int(status_code), bytes(response_body), True)
+        if now_ns - created_at_ns < IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S * NS_PER_S:
             raise IdempotencyKeyInUse(
                 "a request with this Idempotency-Key is still in progress; retry shortly",
                 param=IDEMPOTENCY_KEY_HEADER,
             )
-        conn.execute(_TAKE_OVER, params)  # its request died without an answer
+        # its request died without an answer
+        driver.execute(conn, _TAKE_OVER, params, postgres=postgres)
         return None
     raise IdempotencyKeyInUse(
         "this Idempotency-Key is contended; retry shortly", param=IDEMPOTENCY_KEY_HEADER
@@ -275,17 +281,22 @@ def claim(
 
 def complete(conn: Connection, scope: str, key: str, status: int, body: bytes) -> None:
     """Store the answer to a claimed key (in the transaction of the effect)."""
-    updated = conn.execute(
-        _COMPLETE, {"principal": scope, "key": key, "status": status, "body": body}
+    updated = driver.execute(
+        conn,
+        _COMPLETE,
+        {"principal": scope, "key": key, "status": status, "body": body},
+        postgres=conn.dialect.name == "postgresql",
     ).rowcount
     assert updated == 1, "complete() without a claim in this or an earlier transaction"
 
 
 def release(conn: Connection, scope: str, request: IdempotentRequest) -> None:
     """Give up an unanswered claim (the operation did not happen): a retry runs afresh."""
-    conn.execute(
+    driver.execute(
+        conn,
         _RELEASE,
         {"principal": scope, "key": request.key, "request_sha256": request.request_sha256},
+        postgres=conn.dialect.name == "postgresql",
     )
 
 

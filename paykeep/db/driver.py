@@ -46,3 +46,16 @@ def fetch_all(
     conn: Connection, sql: str, params: Mapping[str, Any], *, postgres: bool
 ) -> list[Sequence[Any]]:
     return list(execute(conn, sql, params, postgres=postgres).fetchall())
+
+
+def execute_many(
+    conn: Connection, sql: str, rows: Sequence[Mapping[str, Any]], *, postgres: bool
+) -> None:
+    """``sql`` once per row of ``rows`` on ``conn``'s DBAPI connection (same transaction)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None, "the connection is open"
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(driver_sql(sql, postgres=postgres), rows)
+    finally:
+        cursor.close()

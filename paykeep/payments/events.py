@@ -11,14 +11,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from paykeep.db import driver
 from paykeep.ids import new_token
 
 EVENT_ID_PREFIX = "evt_"
 
-_INSERT = sa.text(
+# Every money-moving request writes one or more: on the driver's connection (paykeep.db.driver).
+_INSERT = (
     "INSERT INTO payments_events (id, merchant_id, type, object_id, payload, created_at_ns) "
     "VALUES (:id, :merchant_id, :type, :object_id, :payload, :created_at_ns)"
 )
@@ -46,7 +47,8 @@ def record_event(
 ) -> str:
     """Append one event inside the caller's transaction; returns its id."""
     event_id = new_token(EVENT_ID_PREFIX, 16)
-    conn.execute(
+    driver.execute(
+        conn,
         _INSERT,
         {
             "id": event_id,
@@ -56,5 +58,6 @@ def record_event(
             "payload": event_payload(event_id, type_, now_ns, obj),
             "created_at_ns": now_ns,
         },
+        postgres=conn.dialect.name == "postgresql",
     )
     return event_id

@@ -166,13 +166,19 @@ class RulesRepository:
         )
 
     def pointers(self, *, for_update_rule: str | None = None) -> dict[str, ActivePointer]:
-        query = _POINTERS
-        if for_update_rule is not None:
-            query = query.where(rule_active.c.rule == for_update_rule).with_for_update()
-        return {
-            r.rule: ActivePointer(r.rule, r.live_version, r.shadow_version)
-            for r in self.conn.execute(query).all()
-        }
+        if for_update_rule is None:  # every decision: on the driver's connection
+            rows: Iterable[Sequence[Any]] = self._driver_all(_POINTERS_SQL, {})
+        else:
+            query = _POINTERS.where(rule_active.c.rule == for_update_rule).with_for_update()
+            rows = [(r.rule, r.live_version, r.shadow_version) for r in self.conn.execute(query)]
+        return {rule: ActivePointer(rule, live, shadow) for rule, live, shadow in rows}
+
+    def _driver_all(self, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+        return driver.fetch_all(self.conn, sql, params, postgres=self._postgres)
+
+    @property
+    def _postgres(self) -> bool:
+        return self.conn.dialect.name == "postgresql"
 
     def active_configs(self) -> list[RuleConfig]:
         """Every stored config that is some rule's live or shadow version (one query)."""
@@ -205,6 +211,10 @@ class RulesRepository:
     # --- decisions -----------------------------------------------------------------------
 
     def decision(self, event_id: str) -> StoredDecision | None:
+        # Asked before every decision, and almost always answered "none": probed on the
+        # driver's connection, read whole only when there is one.
+        if not self._driver_all(_DECISION_EXISTS_SQL, {"event_id": event_id}):
+            return None
         row = self.conn.execute(_DECISION_BY_EVENT, {"event_id": event_id}).first()
         if row is None:
             return None
@@ -239,18 +249,17 @@ class RulesRepository:
         decided_at_ns: int,
         decision_alerts: Iterable[Alert],
     ) -> int:
-        decision_id = int(
-            self.conn.execute(
-                _INSERT_DECISION,
-                {
-                    **event_fields(event),
-                    "fingerprint": fingerprint,
-                    "outcome": outcome.value,
-                    "case_id": case_id,
-                    "decided_at_ns": decided_at_ns,
-                },
-            ).scalar_one()
+        inserted = self._driver_all(
+            _INSERT_DECISION_SQL,
+            {
+                **event_fields(event),
+                "fingerprint": fingerprint,
+                "outcome": outcome.value,
+                "case_id": case_id,
+                "decided_at_ns": decided_at_ns,
+            },
         )
+        decision_id = int(inserted[0][0])
         rows = [
             {
                 "decision_id": decision_id,
@@ -292,7 +301,7 @@ class RulesRepository:
             "until": until_ns,
             "limit": limit,
         }
-        postgres = self.conn.dialect.name == "postgresql"
+        postgres = self._postgres
         of_kinds = ""
         if kinds is not None:
             values = sorted(k.value for k in kinds)
@@ -345,7 +354,7 @@ class RulesRepository:
             for party_id, e in entries
         ]
         if rows:
-            self.conn.execute(_INSERT_HISTORY, rows)
+            driver.execute_many(self.conn, _INSERT_HISTORY_SQL, rows, postgres=self._postgres)
 
 
 # Run on the driver's connection (paykeep.db.driver): read for every decision, for every
@@ -382,7 +391,24 @@ def _history_sql(of_kinds: str, *, firsts_only: bool, postgres: bool) -> str:
 
 # Built once: a statement built per call pays SQLAlchemy's cache-key walk every time (hot:
 # every decision writes one decision row, its alerts and its history entries).
-_INSERT_DECISION = sa.insert(decisions).returning(decisions.c.id)
+_DECISION_COLUMNS = (
+    "event_id, fingerprint, kind, at_ns, amount_minor, currency, payer_id, payee_id, outcome, "
+    "case_id, decided_at_ns"
+)
+_INSERT_DECISION_SQL = (
+    f"INSERT INTO aml_decisions ({_DECISION_COLUMNS}) VALUES "
+    f"({', '.join(':' + c for c in _DECISION_COLUMNS.split(', '))}) RETURNING id"
+)
+_DECISION_EXISTS_SQL = "SELECT 1 FROM aml_decisions WHERE event_id = :event_id"
+_POINTERS_SQL = "SELECT rule, live_version, shadow_version FROM aml_rule_active"
+_HISTORY_ROW_COLUMNS = (
+    "party_id, event_id, at_ns, kind, direction, amount_minor, currency, counterparty_id, "
+    "counterparty_opened_at_ns, card_approved"
+)
+_INSERT_HISTORY_SQL = (
+    f"INSERT INTO aml_party_events ({_HISTORY_ROW_COLUMNS}) VALUES "
+    f"({', '.join(':' + c for c in _HISTORY_ROW_COLUMNS.split(', '))})"
+)
 _DECISION_BY_EVENT = sa.select(decisions).where(decisions.c.event_id == sa.bindparam("event_id"))
 _ALERTS_OF_DECISION = (
     sa.select(alerts)
@@ -391,6 +417,5 @@ _ALERTS_OF_DECISION = (
 )
 _POINTERS = sa.select(rule_active)
 _INSERT_ALERT = sa.insert(alerts)
-_INSERT_HISTORY = sa.insert(party_events)
 _KINDS = {k.value: k for k in EventKind}
 _DIRECTIONS = {d.value: d for d in Direction}
