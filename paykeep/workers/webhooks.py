@@ -707,19 +707,17 @@ class WebhookService:
             return 0, []
         finished = set(ended)
         busy = Counter(c.endpoint_id for f, c in in_flight.items() if f not in finished)
-        avoid = self._record_blocked() if free else frozenset()
         now_ns = self.clock.now_ns()
+        picked = (
+            self._scan(free, per_endpoint_max, busy, now_ns, self._record_blocked()) if free else []
+        )
         refused: list[tuple[str, Exception]] = []
         with self.database.write() as conn:
             if ended:
                 refused = self._record_in(
                     conn, [in_flight[f] for f in ended], [f.result() for f in ended], now_ns
                 )
-            claims = (
-                self._claim_in(conn, free, per_endpoint_max, busy, now_ns, avoid, refused)
-                if free
-                else []
-            )
+            claims = self._lease_picked(conn, picked, now_ns, refused) if picked else []
         recorded = [in_flight[f] for f in ended]
         for future in ended:
             del in_flight[future]
@@ -734,35 +732,35 @@ class WebhookService:
         by endpoint). An endpoint with its share busy is left out of the scan itself: a slow
         endpoint's backlog is the longest due, so it would fill the scan and starve the
         rest."""
-        avoid = self._record_blocked()
         now_ns = self.clock.now_ns()
+        picked = self._scan(limit, per_endpoint_max, busy or {}, now_ns, self._record_blocked())
+        if not picked:
+            return []
         refused: list[tuple[str, Exception]] = []
         with self.database.write() as conn:
-            claims = self._claim_in(
-                conn, limit, per_endpoint_max, busy or {}, now_ns, avoid, refused
-            )
+            claims = self._lease_picked(conn, picked, now_ns, refused)
         self._record_refused(refused)
         return claims
 
-    def _claim_in(
+    def _scan(
         self,
-        conn: sa.Connection,
         limit: int,
         per_endpoint_max: int,
         busy: Mapping[str, int],
         now_ns: int,
         avoid: frozenset[str] = frozenset(),
-        refused: list[tuple[str, Exception]] | None = None,
-    ) -> list[_Claim]:
-        """:meth:`_claim` inside the caller's write transaction; ``avoid``: deliveries whose
+    ) -> list[str]:
+        """Up to ``limit`` due deliveries to lease, the longest due first, at most
+        ``per_endpoint_max`` per endpoint counting ``busy``; ``avoid``: deliveries whose
         result could not be recorded or leased, backed off or parked (left out of the scan
-        itself, so they never fill it); ``refused`` collects the deliveries whose lease the
-        database refused (see :meth:`_lease`)."""
-        if refused is None:
-            refused = []
+        itself, so they never fill it).
+
+        In a read transaction of its own, before the write that leases them
+        (:meth:`_lease_picked` checks each again under the lock). The scan passes over every
+        due delivery of the endpoints that have their share in flight: with a backlog it
+        grows with it, and under the database's one write lock it made the API's writer wait
+        that long at every pump round."""
         full = sorted(e for e, n in busy.items() if n >= per_endpoint_max)
-        lease_until_ns = now_ns + model.lease_s(self.http_timeout_s) * NS_PER_S
-        postgres = self.database.is_postgres
         scan = sa.text(
             "SELECT id, endpoint_id FROM payments_webhook_deliveries "
             "WHERE state = 'pending' AND next_attempt_at_ns <= :now"
@@ -777,7 +775,8 @@ class WebhookService:
         if avoid:
             scan = scan.bindparams(sa.bindparam("avoid", expanding=True))
             params["avoid"] = sorted(avoid)
-        due = conn.execute(scan, params).all()
+        with self.database.read() as conn:
+            due = conn.execute(scan, params).all()
         picked: list[str] = []
         per_endpoint: dict[str, int] = dict(busy)
         for row in due:
@@ -787,8 +786,20 @@ class WebhookService:
                 picked.append(row.id)
                 if len(picked) == limit:
                     break
-        if not picked:
-            return []
+        return picked
+
+    def _lease_picked(
+        self,
+        conn: sa.Connection,
+        picked: Sequence[str],
+        now_ns: int,
+        refused: list[tuple[str, Exception]],
+    ) -> list[_Claim]:
+        """Lease the deliveries :meth:`_scan` picked that are still due, inside the caller's
+        write transaction; ``refused`` collects those whose lease the database refused (see
+        :meth:`_lease`)."""
+        lease_until_ns = now_ns + model.lease_s(self.http_timeout_s) * NS_PER_S
+        postgres = self.database.is_postgres
         # Re-checked under the lock: another worker may have leased some meanwhile.
         rows = conn.execute(
             sa.text(

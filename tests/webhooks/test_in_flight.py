@@ -324,3 +324,43 @@ def test_a_round_records_and_claims_in_one_write_transaction(
             sa.text("SELECT state, count(*) FROM payments_webhook_deliveries GROUP BY state")
         ).all()
     assert dict(states) == {"delivered": 3}
+
+
+def test_the_claim_scan_reads_while_another_transaction_holds_the_write_lock(
+    service: WebhookService, database: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    """The scan for due deliveries passes over the backlog of every endpoint with its share in
+    flight; it runs in a read transaction, so the API's writer never waits for it. Here a
+    write transaction is held open meanwhile (on SQLite a scan under the write lock would wait
+    for it, and give up after the lock timeout)."""
+    add_merchant(database, "mer_a")
+    add_merchant(database, "mer_b")
+    busy, _ = service.create_endpoint("mer_a", receiver.url("/a"), None)
+    other, _ = service.create_endpoint("mer_b", receiver.url("/b"), None)
+    for _ in range(5):
+        add_event(database, clock, "mer_a")
+    add_event(database, clock, "mer_b")
+    service.fan_out()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with database.write():
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        picked = service._scan(10, 2, {busy.id: 2}, clock.now_ns())
+    finally:
+        release.set()
+        holder.join()
+    # The busy endpoint's five are passed over: its share is in flight.
+    assert [r.id for r in _rows(database, other.id)] == picked
+    assert len(picked) == 1
+    with database.write() as conn:
+        claims = service._lease_picked(conn, picked, clock.now_ns(), [])
+    assert [c.delivery_id for c in claims] == picked
+    # Leased, it is no longer due: a second scan does not offer it again.
+    assert service._scan(10, 2, {busy.id: 2}, clock.now_ns()) == []
