@@ -245,7 +245,7 @@ def claim(
         "now": now_ns,
         "expires": now_ns + IDEMPOTENCY_TTL_S * NS_PER_S,
     }
-    postgres = conn.dialect.name == "postgresql"
+    postgres = driver.is_postgres(conn)
     select = _SELECT_FOR_UPDATE if postgres else _SELECT
     for _ in range(_CLAIM_ATTEMPTS):
         if driver.execute(conn, _INSERT_IN_FLIGHT, params, postgres=postgres).rowcount == 1:
@@ -285,7 +285,6 @@ def complete(conn: Connection, scope: str, key: str, status: int, body: bytes) -
         conn,
         _COMPLETE,
         {"principal": scope, "key": key, "status": status, "body": body},
-        postgres=conn.dialect.name == "postgresql",
     ).rowcount
     assert updated == 1, "complete() without a claim in this or an earlier transaction"
 
@@ -296,7 +295,6 @@ def release(conn: Connection, scope: str, request: IdempotentRequest) -> None:
         conn,
         _RELEASE,
         {"principal": scope, "key": request.key, "request_sha256": request.request_sha256},
-        postgres=conn.dialect.name == "postgresql",
     )
 
 

@@ -23,6 +23,11 @@ _STATEMENTS_MAX: Final = 4_096
 _converted: dict[str, str] = {}
 
 
+def is_postgres(conn: Connection) -> bool:
+    """Whether ``conn`` is PostgreSQL's (psycopg) rather than SQLite's."""
+    return bool(conn.dialect.name == "postgresql")
+
+
 def driver_sql(sql: str, *, postgres: bool) -> str:
     """``sql`` in the driver's parameter style."""
     if not postgres:
@@ -35,25 +40,29 @@ def driver_sql(sql: str, *, postgres: bool) -> str:
     return found
 
 
-def execute(conn: Connection, sql: str, params: Mapping[str, Any], *, postgres: bool) -> Any:
-    """Run ``sql`` on ``conn``'s DBAPI connection (same transaction); returns its cursor."""
+def execute(
+    conn: Connection, sql: str, params: Mapping[str, Any], *, postgres: bool | None = None
+) -> Any:
+    """Run ``sql`` on ``conn``'s DBAPI connection (same transaction); returns its cursor.
+    ``postgres``: the caller's cached :func:`is_postgres`, asked of ``conn`` when not given."""
     raw = conn.connection.driver_connection
     assert raw is not None, "the connection is open"
+    if postgres is None:
+        postgres = is_postgres(conn)
     return raw.execute(driver_sql(sql, postgres=postgres), params)
 
 
 def fetch_all(
-    conn: Connection, sql: str, params: Mapping[str, Any], *, postgres: bool
+    conn: Connection, sql: str, params: Mapping[str, Any], *, postgres: bool | None = None
 ) -> list[Sequence[Any]]:
     return list(execute(conn, sql, params, postgres=postgres).fetchall())
 
 
-def execute_many(
-    conn: Connection, sql: str, rows: Sequence[Mapping[str, Any]], *, postgres: bool
-) -> None:
+def execute_many(conn: Connection, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """``sql`` once per row of ``rows`` on ``conn``'s DBAPI connection (same transaction)."""
     raw = conn.connection.driver_connection
     assert raw is not None, "the connection is open"
+    postgres = is_postgres(conn)
     cursor = raw.cursor()
     try:
         cursor.executemany(driver_sql(sql, postgres=postgres), rows)

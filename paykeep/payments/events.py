@@ -58,6 +58,5 @@ def record_event(
             "payload": event_payload(event_id, type_, now_ns, obj),
             "created_at_ns": now_ns,
         },
-        postgres=conn.dialect.name == "postgresql",
     )
     return event_id

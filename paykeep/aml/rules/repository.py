@@ -174,11 +174,7 @@ class RulesRepository:
         return {rule: ActivePointer(rule, live, shadow) for rule, live, shadow in rows}
 
     def _driver_all(self, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
-        return driver.fetch_all(self.conn, sql, params, postgres=self._postgres)
-
-    @property
-    def _postgres(self) -> bool:
-        return self.conn.dialect.name == "postgresql"
+        return driver.fetch_all(self.conn, sql, params)
 
     def active_configs(self) -> list[RuleConfig]:
         """Every stored config that is some rule's live or shadow version (one query)."""
@@ -301,7 +297,7 @@ class RulesRepository:
             "until": until_ns,
             "limit": limit,
         }
-        postgres = self._postgres
+        postgres = driver.is_postgres(self.conn)
         of_kinds = ""
         if kinds is not None:
             values = sorted(k.value for k in kinds)
@@ -354,7 +350,7 @@ class RulesRepository:
             for party_id, e in entries
         ]
         if rows:
-            driver.execute_many(self.conn, _INSERT_HISTORY_SQL, rows, postgres=self._postgres)
+            driver.execute_many(self.conn, _INSERT_HISTORY_SQL, rows)
 
 
 # Run on the driver's connection (paykeep.db.driver): read for every decision, for every
