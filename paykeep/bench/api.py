@@ -7,7 +7,10 @@ the orders and checkout sessions up front (not timed), then for ``seconds`` lets
 concurrent clients on 127.0.0.1 drive the escrow flow — pay (from the wallet), ship,
 confirm — each a durable money-moving transaction (ledger hold / state / release with fee and
 reserve as one linked batch / outbox event). The baseline, measured in the same run with
-the same client, is a trivial authenticated GET (``/v1/whoami``) on the same server.
+the same client, is a trivial authenticated GET (``/v1/whoami``) on the same server. A second
+reference, measured while that server idles, is the floor (:mod:`paykeep.bench.floor`): the
+cheapest durable POST (one row, group commit) and trivial GET the same framework, server and
+database answer on this machine — every money-moving request does at least that write.
 
 Paying from the wallet and confirming receipt need the buyer signed in: each bench buyer signs
 in once during the setup (a code read from the server's mail folder), and the timed flow sends
@@ -23,6 +26,7 @@ are drained before the clock starts, so the figure is the steady state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 import subprocess
@@ -68,7 +72,8 @@ def _session(
     )
 
 
-async def _drive_baseline(url: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
+async def _drive_get(url: str, path: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` concurrent clients sending one authenticated GET after another."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -77,11 +82,11 @@ async def _drive_baseline(url: str, key: str, clients: int, seconds: float) -> d
         async def client() -> None:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                async with http.get("/v1/whoami") as response:
+                async with http.get(path) as response:
                     await response.read()
                     latencies.append(time.perf_counter() - start)
                     if response.status != 200:
-                        raise RuntimeError(f"baseline GET failed: {response.status}")
+                        raise RuntimeError(f"GET {path} failed: {response.status}")
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -90,6 +95,43 @@ async def _drive_baseline(url: str, key: str, clients: int, seconds: float) -> d
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": _pct(latencies, 0.5) * 1000,
         "p99_ms": _pct(latencies, 0.99) * 1000,
+    }
+
+
+async def _drive_floor_writes(url: str, clients: int, seconds: float) -> dict[str, Any]:
+    """The floor's durable POST (:mod:`paykeep.bench.floor`), each under a key of its own."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    numbers = itertools.count()
+
+    async with _session(url, clients) as http:
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                n = next(numbers)
+                start = time.perf_counter()
+                async with http.post(
+                    "/v1/floor/writes",
+                    json={"carrier": "bench-post", "tracking_number": f"BP{n:012d}"},
+                    headers={"Idempotency-Key": f"floor-{n}"},
+                ) as response:
+                    await response.read()
+                    latencies.append(time.perf_counter() - start)
+                    if response.status != 200:
+                        raise RuntimeError(f"the floor's write failed: {response.status}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+        async with http.get("/v1/floor/count") as response:
+            rows = int((await response.json())["rows"])
+    if rows != len(latencies):  # every answered write must be a committed row, no more
+        raise RuntimeError(f"the floor answered {len(latencies)} writes but holds {rows} rows")
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": _pct(latencies, 0.5) * 1000,
+        "p99_ms": _pct(latencies, 0.99) * 1000,
+        "rows": rows,
     }
 
 
@@ -153,20 +195,34 @@ async def _drive_escrow(
 
 
 @contextmanager
+def _child(module: str) -> Iterator[dict[str, Any]]:
+    """``python -m module``, which prints its address as one JSON line; yields that line."""
+    child = subprocess.Popen([sys.executable, "-m", module], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{module} did not start")
+        yield dict(json.loads(line))
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+
+
+@contextmanager
 def _webhook_sink() -> Iterator[str]:
     """A :mod:`paykeep.bench.sink` process; yields its URL."""
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "paykeep.bench.sink"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert sink.stdout is not None
-        line = sink.stdout.readline()
-        if not line:
-            raise RuntimeError("the webhook sink did not start")
-        yield f"http://127.0.0.1:{json.loads(line)['port']}"
-    finally:
-        sink.terminate()
-        sink.wait(timeout=10)
+    with _child("paykeep.bench.sink") as started:
+        yield f"http://127.0.0.1:{started['port']}"
+
+
+def _measure_floor(clients: int, seconds: float) -> dict[str, Any]:
+    """The trivial GET and the durable POST of :mod:`paykeep.bench.floor`, one after the other."""
+    with _child("paykeep.bench.floor") as started:
+        url = f"http://127.0.0.1:{started['port']}"
+        get = asyncio.run(_drive_get(url, "/v1/floor/whoami", started["token"], clients, seconds))
+        write = asyncio.run(_drive_floor_writes(url, clients, seconds))
+    return {"get": get, "write": write}
 
 
 def _point_webhooks_at(http: httpx.Client, keys: list[str], sink_url: str) -> None:
@@ -353,9 +409,12 @@ def run_api_bench(
         ):
             keys, work = _setup(server, clients, per_client, sink_url)
             delivered_in_setup = _drain_webhooks(server, sink_url)
+            reference_s = min(seconds, 10)
             baseline = asyncio.run(
-                _drive_baseline(server.url, server.operator_key, clients, min(seconds, 10))
+                _drive_get(server.url, "/v1/whoami", server.operator_key, clients, reference_s)
             )
+            # While the server under test idles, as during its baseline.
+            floor = _measure_floor(clients, reference_s)
             escrow = asyncio.run(_drive_escrow(server.url, keys, work, seconds))
             delivered = int(httpx.get(f"{sink_url}/count", timeout=10).json()["received"])
     return {
@@ -376,6 +435,14 @@ def run_api_bench(
         "baseline_latency_ms_p99": round(baseline["p99_ms"], 2),
         "ratio": round(escrow["requests_per_s"] / baseline["requests_per_s"], 3),
         "webhooks_delivered_while_timed": delivered - delivered_in_setup,
+        # The cheapest durable POST this machine and stack answer (paykeep.bench.floor), same
+        # client, same concurrency: what the money path's rate is bounded by.
+        "floor_get_requests_per_s": round(floor["get"]["requests_per_s"], 1),
+        "floor_durable_post_requests_per_s": round(floor["write"]["requests_per_s"], 1),
+        "floor_durable_post_latency_ms_p99": round(floor["write"]["p99_ms"], 2),
+        "ratio_to_floor_post": round(
+            escrow["requests_per_s"] / floor["write"]["requests_per_s"], 3
+        ),
         "flow": "pay (wallet) + ship + confirm per order, the buyer's session header on pay and "
         "confirm; orders created and buyers signed in beforehand",
     }
