@@ -377,13 +377,15 @@ class HistoryNeed:
     firsts_only: bool = False
 
 
-class PartyNeed(NamedTuple):
-    """What the engine reads of one party's history for one event: every active rule's
-    needs of that party together."""
+class HistoryRead(NamedTuple):
+    """One read of a party's history for one event: the entries of ``kinds`` with
+    ``at - oldest_s < t <= at - newest_s`` (seconds before the event), or only their
+    :func:`firsts`. A party's reads never overlap; together they hold what every active
+    rule's needs of that party ask for (:func:`history_needs`)."""
 
-    window_s: int
     kinds: frozenset[EventKind]
-    #: Every need of the party is ``firsts_only``, all with this one window.
+    newest_s: int
+    oldest_s: int
     firsts_only: bool = False
 
 
@@ -582,12 +584,21 @@ def _run(spec: RuleSpec, config: RuleConfig, data: RuleInput, shadow: bool) -> l
     return alerts
 
 
-def history_needs(event: MoneyEvent, rules: Sequence[ActiveRule]) -> dict[str, PartyNeed]:
-    """Per party, the widest window and every kind that the enabled live and shadow rule
-    versions will read for ``event`` — only the firsts when every need of the party asks for
-    no more, over one window (the earliest entry in a wider window may precede a narrower
-    one that holds a later entry of the same key)."""
-    wanted: dict[str, PartyNeed] = {}
+def history_needs(
+    event: MoneyEvent, rules: Sequence[ActiveRule]
+) -> dict[str, tuple[HistoryRead, ...]]:
+    """Per party, the reads that hold what the enabled live and shadow rule versions will read
+    for ``event``, without reading a day of entries where a rule wants only the firsts.
+
+    Per kind: every entry within the widest window a rule reads whole (``full``); beyond it,
+    each band between consecutive wider windows of the ``firsts_only`` needs, only its firsts.
+    A firsts rule with window ``w`` then finds, for each key in its window, the band holding
+    that key's earliest entry, so it sees the earliest entry of every key it would see in the
+    whole history and nothing outside that history — the same answer, by its contract.
+    (Merged into one window instead, a rule reading card authorisations over ten minutes
+    turned fan-in's firsts of a day of payments into every payment of the day.)"""
+    full: dict[str, dict[EventKind, int]] = {}
+    first_windows: dict[str, dict[EventKind, set[int]]] = {}
     for active in rules:
         if active.spec.needs is None:
             continue
@@ -595,16 +606,55 @@ def history_needs(event: MoneyEvent, rules: Sequence[ActiveRule]) -> dict[str, P
             if config is None or config.params.get("enabled", 1) == 0:
                 continue
             for need in active.spec.needs(event, config.params):
-                prior = wanted.get(need.party_id)
-                if prior is None:
-                    wanted[need.party_id] = PartyNeed(need.window_s, need.kinds, need.firsts_only)
-                    continue
-                wanted[need.party_id] = PartyNeed(
-                    max(prior.window_s, need.window_s),
-                    prior.kinds | need.kinds,
-                    prior.firsts_only and need.firsts_only and prior.window_s == need.window_s,
-                )
+                if need.firsts_only:
+                    windows = first_windows.setdefault(need.party_id, {})
+                    for kind in need.kinds:
+                        windows.setdefault(kind, set()).add(need.window_s)
+                else:
+                    widest = full.setdefault(need.party_id, {})
+                    for kind in need.kinds:
+                        widest[kind] = max(widest.get(kind, 0), need.window_s)
+    wanted: dict[str, tuple[HistoryRead, ...]] = {}
+    for party_id in full.keys() | first_windows.keys():
+        whole = full.get(party_id, {})
+        bands: dict[tuple[int, int, bool], set[EventKind]] = {}
+        for kind in whole.keys() | first_windows.get(party_id, {}).keys():
+            newest = whole.get(kind, 0)
+            if newest:
+                bands.setdefault((0, newest, False), set()).add(kind)
+            for oldest in sorted(first_windows.get(party_id, {}).get(kind, ())):
+                if oldest > newest:
+                    bands.setdefault((newest, oldest, True), set()).add(kind)
+                    newest = oldest
+        wanted[party_id] = tuple(
+            HistoryRead(frozenset(kinds), newest_s, oldest_s, firsts_only)
+            for (newest_s, oldest_s, firsts_only), kinds in sorted(
+                bands.items(), key=lambda band: band[0]
+            )
+        )
     return wanted
+
+
+def read_history(
+    entries: Sequence[HistoryEntry], at_ns: int, reads: Sequence[HistoryRead], limit: int
+) -> list[HistoryEntry]:
+    """What ``reads`` take of ``entries`` (one party's, oldest first) for an event at
+    ``at_ns``: the definition the database's reads follow (``RulesRepository.history``) —
+    each read's newest ``limit`` entries (or firsts), merged oldest first, the newest
+    ``limit`` of them kept."""
+    taken: list[HistoryEntry] = []
+    for read in reads:
+        since, until = at_ns - read.oldest_s * NS_PER_S, at_ns - read.newest_s * NS_PER_S
+        band = [e for e in entries if e.kind in read.kinds and since < e.at_ns <= until]
+        taken.extend((firsts(band) if read.firsts_only else band)[-limit:])
+    return merge_reads([taken], limit)
+
+
+def merge_reads(reads: Sequence[Sequence[HistoryEntry]], limit: int) -> list[HistoryEntry]:
+    """Several reads of one party's history as one, oldest first, the newest ``limit``."""
+    merged = [entry for read in reads for entry in read]
+    merged.sort(key=_at_ns)
+    return merged[-limit:]
 
 
 def evaluate(

@@ -42,6 +42,7 @@ from paykeep.aml.rules.model import (
     DecisionPolicy,
     Direction,
     HistoryEntry,
+    HistoryRead,
     MoneyEvent,
     Outcome,
     ParamValue,
@@ -55,6 +56,7 @@ from paykeep.aml.rules.model import (
     event_fingerprint,
     history_entries,
     history_needs,
+    merge_reads,
     records_history,
     validate_event,
 )
@@ -289,6 +291,25 @@ def _transaction_body(event: MoneyEvent, outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _read_history(
+    repo: RulesRepository, party_id: str, at_ns: int, reads: Sequence[HistoryRead]
+) -> Sequence[HistoryEntry]:
+    """One party's history as ``reads`` ask for it (``model.read_history`` is the definition)."""
+    limit = limits.HISTORY_ENTRIES_PER_PARTY_MAX
+    taken = [
+        repo.history(
+            party_id,
+            at_ns - read.oldest_s * NS_PER_S,
+            at_ns - read.newest_s * NS_PER_S,
+            limit,
+            read.kinds,
+            firsts_only=read.firsts_only,
+        )
+        for read in reads
+    ]
+    return taken[0] if len(taken) == 1 else merge_reads(taken, limit)
+
+
 @dataclass
 class DecisionEngine:
     """``decide(event)`` before money moves. ``sanctions`` is required: a deployment without
@@ -336,15 +357,8 @@ class DecisionEngine:
         # they look at (a release reads no payment history; a busy merchant's payments are
         # read for fan-in alone, not for every rule and every event).
         history = {
-            party_id: repo.history(
-                party_id,
-                event.at_ns - need.window_s * NS_PER_S,
-                event.at_ns,
-                limits.HISTORY_ENTRIES_PER_PARTY_MAX,
-                need.kinds,
-                firsts_only=need.firsts_only,
-            )
-            for party_id, need in history_needs(event, active).items()
+            party_id: _read_history(repo, party_id, event.at_ns, reads)
+            for party_id, reads in history_needs(event, active).items()
         }
         hits = self._screen(event, active)
         evaluation = evaluate(RuleInput(event, history, hits), active, self.policy)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from paykeep.aml.cases.model import CaseAction, CaseState, EvidenceKind, RiskLevel
 from paykeep.aml.cases.service import CaseService
+from paykeep.aml.rules import limits
 from paykeep.aml.rules.errors import (
     PaymentBlocked,
     PaymentUnderReview,
@@ -23,12 +24,14 @@ from paykeep.aml.rules.model import (
     NS_PER_S,
     Direction,
     HistoryEntry,
+    HistoryRead,
     Outcome,
     SanctionsHit,
     firsts,
+    read_history,
 )
 from paykeep.aml.rules.repository import RulesRepository
-from paykeep.aml.rules.service import DecisionEngine, RulesService
+from paykeep.aml.rules.service import DecisionEngine, RulesService, _read_history
 from paykeep.clock import FakeClock
 from paykeep.db import Database
 from tests.aml.rules.helpers import DAY, T0, FakeSanctions, K, ev
@@ -301,3 +304,49 @@ def test_the_database_reads_the_same_firsts_as_the_model(database: Database) -> 
             assert [e.at_ns for e in read] == [e.at_ns for e in expected]  # oldest first
             checked += len(expected)
     assert checked > 50  # not vacuous: many keys per window
+
+
+def test_the_database_reads_a_partys_bands_as_the_model(database: Database) -> None:
+    """A party's reads (a whole band, firsts bands beyond it, other kinds beside) come back
+    from the database as ``model.read_history`` takes them from the same entries: merged
+    oldest first, each entry once."""
+    rng = random.Random("bands")
+    entries = [
+        (
+            "merchant-1",
+            HistoryEntry(
+                T0 + rng.randrange(0, 60) * NS_PER_S,
+                f"be-{n}",
+                rng.choice((K.PAYMENT, K.PAYMENT, K.CARD_AUTHORISATION, K.TOP_UP)),
+                rng.choice(list(Direction)),
+                100,
+                "EUR",
+                rng.choice(("buyer-1", "buyer-2", "buyer-3")),
+                T0,
+            ),
+        )
+        for n in range(400)
+    ]
+    with database.write() as conn:
+        RulesRepository(conn).append_history(entries)
+    mine = sorted((e for _p, e in entries), key=lambda e: e.at_ns)
+    at = T0 + 60 * NS_PER_S
+    payments, cards = frozenset({K.PAYMENT}), frozenset({K.CARD_AUTHORISATION})
+    plans = (
+        (HistoryRead(cards, 0, 10), HistoryRead(payments, 0, 60, firsts_only=True)),
+        (
+            HistoryRead(payments | cards, 0, 15),
+            HistoryRead(payments, 15, 40, firsts_only=True),
+            HistoryRead(payments, 40, 60, firsts_only=True),
+        ),
+    )
+    for reads in plans:
+        expected = read_history(mine, at, reads, limits.HISTORY_ENTRIES_PER_PARTY_MAX)
+        with database.read() as conn:
+            read = _read_history(RulesRepository(conn), "merchant-1", at, reads)
+        # Among a key's entries at its earliest time, either may stand for the key.
+        assert sorted(
+            (e.at_ns, e.kind.value, e.direction.value, e.counterparty_id) for e in read
+        ) == sorted((e.at_ns, e.kind.value, e.direction.value, e.counterparty_id) for e in expected)
+        assert [e.at_ns for e in read] == sorted(e.at_ns for e in read)  # oldest first
+        assert {e.kind for e in read} == {K.PAYMENT, K.CARD_AUTHORISATION}  # not vacuous
