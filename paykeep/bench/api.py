@@ -195,9 +195,11 @@ async def _drive_escrow(
 
 
 @contextmanager
-def _child(module: str) -> Iterator[dict[str, Any]]:
-    """``python -m module``, which prints its address as one JSON line; yields that line."""
-    child = subprocess.Popen([sys.executable, "-m", module], stdout=subprocess.PIPE, text=True)
+def _child(module: str, *args: str) -> Iterator[dict[str, Any]]:
+    """``python -m module args``, which prints its address as one JSON line; yields it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
@@ -216,9 +218,11 @@ def _webhook_sink() -> Iterator[str]:
         yield f"http://127.0.0.1:{started['port']}"
 
 
-def _measure_floor(clients: int, seconds: float) -> dict[str, Any]:
-    """The trivial GET and the durable POST of :mod:`paykeep.bench.floor`, one after the other."""
-    with _child("paykeep.bench.floor") as started:
+def _measure_floor(directory: Path, clients: int, seconds: float) -> dict[str, Any]:
+    """The trivial GET and the durable POST of :mod:`paykeep.bench.floor` (its database in
+    ``directory``), one after the other."""
+    directory.mkdir()
+    with _child("paykeep.bench.floor", str(directory)) as started:
         url = f"http://127.0.0.1:{started['port']}"
         get = asyncio.run(_drive_get(url, "/v1/floor/whoami", started["token"], clients, seconds))
         write = asyncio.run(_drive_floor_writes(url, clients, seconds))
@@ -414,7 +418,7 @@ def run_api_bench(
                 _drive_get(server.url, "/v1/whoami", server.operator_key, clients, reference_s)
             )
             # While the server under test idles, as during its baseline.
-            floor = _measure_floor(clients, reference_s)
+            floor = _measure_floor(Path(tmp) / "floor", clients, reference_s)
             escrow = asyncio.run(_drive_escrow(server.url, keys, work, seconds))
             delivered = int(httpx.get(f"{sink_url}/count", timeout=10).json()["received"])
     return {

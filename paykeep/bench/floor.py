@@ -18,8 +18,9 @@ The write route is ``async`` and the commit wakes it through the event loop: mea
 plain-function route (run in the thread pool) made the same write a third slower, and the
 floor is the cheapest way, not Paykeep's way.
 
-``python -m paykeep.bench.floor`` prints ``{"port": N, "token": T}`` on one line, then serves
-until killed; its database lives in a temporary directory removed on exit.
+``python -m paykeep.bench.floor DIR`` prints ``{"port": N, "token": T}`` on one line, then
+serves until killed, its database in ``DIR`` (the caller's to remove: uvicorn ends the process
+by the signal that stopped it, so nothing here runs after it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import queue
 import secrets
 import socket
 import sqlite3
-import tempfile
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Final
@@ -124,16 +125,17 @@ def create_floor_app(path: Path, token: str) -> FastAPI:
 
 
 def main() -> None:
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python -m paykeep.bench.floor DIR (an existing directory)")
     token = secrets.token_urlsafe(16)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(2048)  # connections wait in the backlog until uvicorn serves, not refused
-    with tempfile.TemporaryDirectory(prefix="paykeep-bench-floor-") as tmp:
-        app = create_floor_app(Path(tmp) / "floor.sqlite3", token)
-        print(json.dumps({"port": listener.getsockname()[1], "token": token}), flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        uvicorn.Server(config).run(sockets=[listener])
+    app = create_floor_app(Path(sys.argv[1]) / "floor.sqlite3", token)
+    print(json.dumps({"port": listener.getsockname()[1], "token": token}), flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 if __name__ == "__main__":

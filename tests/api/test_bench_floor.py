@@ -19,9 +19,12 @@ from paykeep.bench.floor import GroupCommit
 
 
 @pytest.fixture(scope="module")
-def floor() -> Iterator[tuple[httpx.Client, str]]:
+def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str]]:
+    directory = tmp_path_factory.mktemp("floor")
     child = subprocess.Popen(
-        [sys.executable, "-m", "paykeep.bench.floor"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "paykeep.bench.floor", str(directory)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None
@@ -63,6 +66,14 @@ def test_what_the_floor_refuses_writes_nothing(floor: tuple[httpx.Client, str]) 
     assert http.get("/v1/floor/whoami").status_code == 422
     answer = http.get("/v1/floor/whoami", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200 and answer.json()["kind"] == "floor"
+
+
+def test_the_floor_wants_a_directory(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "paykeep.bench.floor", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "DIR" in done.stderr and not done.stdout
 
 
 def test_a_committed_write_is_on_disk_for_another_connection(tmp_path: Path) -> None:
