@@ -10,7 +10,10 @@ reserve as one linked batch / outbox event). The baseline, measured in the same 
 the same client, is a trivial authenticated GET (``/v1/whoami``) on the same server. A second
 reference, measured while that server idles, is the floor (:mod:`paykeep.bench.floor`): the
 cheapest durable POST (one row, group commit) and trivial GET the same framework, server and
-database answer on this machine — every money-moving request does at least that write.
+database answer on this machine — every money-moving request does at least that write. Over
+the timed phase the bench also counts the CPU of every process of the run (the server's API and
+workers processes, banksim, the webhook sink, this client) per money-moving request: two cores
+allow at most 2,000 ms / that total requests per second, whatever else the machine is doing.
 
 Paying from the wallet and confirming receipt need the buyer signed in: each bench buyer signs
 in once during the setup (a code read from the server's mail folder), and the timed flow sends
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -49,6 +53,57 @@ from paykeep.payments.buyer_auth import BUYER_SESSION_HEADER
 BUYERS_PER_CLIENT: Final = 8
 ORDER_AMOUNT_MINOR: Final = 1_000
 ORDERS_PER_CLIENT_MAX: Final = 5_000
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux ``/proc``); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """``root`` and every process under it, each with its command line."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            found[pid] = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode()
+        except OSError:
+            continue
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _role(command: str) -> str:
+    if "paykeep.workers" in command:
+        return "workers"
+    if "paykeep.banksim" in command:
+        return "banksim"
+    if "paykeep.bench.sink" in command:
+        return "webhook_receiver"
+    return "api"
+
+
+def _cpu_by_role(pids: dict[int, str]) -> dict[str, float]:
+    spent: dict[str, float] = {}
+    for pid, command in pids.items():
+        role = _role(command)
+        spent[role] = spent.get(role, 0.0) + _cpu_s(pid)
+    spent["bench_client"] = time.process_time()
+    return spent
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -205,17 +260,17 @@ def _child(module: str, *args: str) -> Iterator[dict[str, Any]]:
         line = child.stdout.readline()
         if not line:
             raise RuntimeError(f"{module} did not start")
-        yield dict(json.loads(line))
+        yield {**json.loads(line), "pid": child.pid}
     finally:
         child.terminate()
         child.wait(timeout=10)
 
 
 @contextmanager
-def _webhook_sink() -> Iterator[str]:
-    """A :mod:`paykeep.bench.sink` process; yields its URL."""
+def _webhook_sink() -> Iterator[tuple[str, int]]:
+    """A :mod:`paykeep.bench.sink` process; yields its URL and process id."""
     with _child("paykeep.bench.sink") as started:
-        yield f"http://127.0.0.1:{started['port']}"
+        yield f"http://127.0.0.1:{started['port']}", int(started["pid"])
 
 
 def _measure_floor(directory: Path, clients: int, seconds: float) -> dict[str, Any]:
@@ -388,6 +443,15 @@ def _order(http: httpx.Client, key: str, buyer_id: str) -> tuple[str, str]:
     return order.json()["id"], str(session.json()["url"]).rsplit("/", 1)[-1]
 
 
+def _per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    spent = {role: after[role] - before.get(role, 0.0) for role in after}
+    per = {role: round(1000 * cpu / max(requests, 1), 3) for role, cpu in sorted(spent.items())}
+    per["total"] = round(sum(per.values()), 3)
+    return per
+
+
 def run_api_bench(
     *,
     clients: int,
@@ -400,7 +464,7 @@ def run_api_bench(
     with tempfile.TemporaryDirectory(prefix="paykeep-bench-api-") as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=database_url)
         with (
-            _webhook_sink() as sink_url,
+            _webhook_sink() as (sink_url, sink_pid),
             ServerProcess(
                 settings,
                 "--workers",
@@ -419,7 +483,13 @@ def run_api_bench(
             )
             # While the server under test idles, as during its baseline.
             floor = _measure_floor(Path(tmp) / "floor", clients, reference_s)
+            # Every process of the run (the server's tree, the sink, this client) is counted
+            # over the timed phase: CPU ms per money-moving request, by role, says what the
+            # two cores allow (2,000 ms / the total) whatever the machine is doing besides.
+            pids = {**_descendants(server.process.pid), **_descendants(sink_pid)}
+            cpu_before = _cpu_by_role(pids)
             escrow = asyncio.run(_drive_escrow(server.url, keys, work, seconds))
+            cpu_after = _cpu_by_role(pids)
             delivered = int(httpx.get(f"{sink_url}/count", timeout=10).json()["received"])
     return {
         "backend": "postgres" if database_url else "sqlite",
@@ -447,6 +517,7 @@ def run_api_bench(
         "ratio_to_floor_post": round(
             escrow["requests_per_s"] / floor["write"]["requests_per_s"], 3
         ),
+        "cpu_ms_per_money_moving_request": _per_request(cpu_before, cpu_after, escrow["requests"]),
         "flow": "pay (wallet) + ship + confirm per order, the buyer's session header on pay and "
         "confirm; orders created and buyers signed in beforehand",
     }

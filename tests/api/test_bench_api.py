@@ -34,6 +34,11 @@ def test_bench_api_drives_the_escrow_flow_and_prints_figures_beside_a_baseline()
     # The floor was measured in the same run: a durable POST and a GET of its own server.
     assert figures["floor_durable_post_requests_per_s"] > 0
     assert figures["floor_get_requests_per_s"] > 0
+    # CPU per request by role, over the timed phase: the API and its workers did the work.
+    cpu = figures["cpu_ms_per_money_moving_request"]
+    assert {"api", "workers", "webhook_receiver", "bench_client", "total"} <= set(cpu)
+    assert cpu["api"] > 0 and cpu["workers"] > 0 and cpu["bench_client"] > 0
+    assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"), abs=0.01)
     assert figures["ratio_to_floor_post"] == pytest.approx(
         figures["money_moving_requests_per_s"] / figures["floor_durable_post_requests_per_s"],
         abs=2e-3,
