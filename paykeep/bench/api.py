@@ -316,6 +316,29 @@ def _drain_webhooks(server: ServerProcess, sink_url: str, limit_s: float = 300) 
     raise RuntimeError(f"the setup's webhooks were not delivered within {limit_s:.0f} s")
 
 
+#: Pending deliveries counted after the timed phase, at most (a page of 100 at a time).
+PENDING_COUNT_MAX: Final = 100_000
+
+
+def _pending_deliveries(server: ServerProcess) -> int:
+    """Webhook deliveries not yet made (the backlog), counted through the operator's API."""
+    operator = {"Authorization": f"Bearer {server.operator_key}"}
+    count, after = 0, None
+    with httpx.Client(base_url=server.url, headers=operator, timeout=60) as http:
+        while count < PENDING_COUNT_MAX:
+            params: dict[str, str | int] = {"state": "pending", "limit": 100}
+            if after is not None:
+                params["starting_after"] = after
+            page = http.get("/v1/webhook_deliveries", params=params)
+            page.raise_for_status()
+            found = page.json()
+            count += len(found["data"])
+            if not found["has_more"] or not found["data"]:
+                return count
+            after = found["data"][-1]["id"]
+    return count
+
+
 def _setup(server: ServerProcess, clients: int, orders_per_client: int, sink_url: str) -> tuple[
     list[str], list[list[Work]]
 ]:  # fmt: skip
@@ -491,6 +514,7 @@ def run_api_bench(
             escrow = asyncio.run(_drive_escrow(server.url, keys, work, seconds))
             cpu_after = _cpu_by_role(pids)
             delivered = int(httpx.get(f"{sink_url}/count", timeout=10).json()["received"])
+            backlog = _pending_deliveries(server)
     return {
         "backend": "postgres" if database_url else "sqlite",
         "sqlite_synchronous": None if database_url else "FULL (WAL)",
@@ -509,6 +533,9 @@ def run_api_bench(
         "baseline_latency_ms_p99": round(baseline["p99_ms"], 2),
         "ratio": round(escrow["requests_per_s"] / baseline["requests_per_s"], 3),
         "webhooks_delivered_while_timed": delivered - delivered_in_setup,
+        # Deliveries still to make when the clock stopped (none when it started): what the
+        # deliveries fell behind the events by.
+        "webhook_deliveries_pending_after": backlog,
         # The cheapest durable POST this machine and stack answer (paykeep.bench.floor), same
         # client, same concurrency: what the money path's rate is bounded by.
         "floor_get_requests_per_s": round(floor["get"]["requests_per_s"], 1),

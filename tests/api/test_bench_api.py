@@ -31,6 +31,8 @@ def test_bench_api_drives_the_escrow_flow_and_prints_figures_beside_a_baseline()
     assert set(figures["per_step_p99_ms"]) == {"pay", "ship", "confirm"}
     # The escrow flow's events reached the sink while the clock ran (not the demo receiver).
     assert figures["webhooks_delivered_while_timed"] > 0
+    assert isinstance(figures["webhook_deliveries_pending_after"], int)
+    assert figures["webhook_deliveries_pending_after"] >= 0
     # The floor was measured in the same run: a durable POST and a GET of its own server.
     assert figures["floor_durable_post_requests_per_s"] > 0
     assert figures["floor_get_requests_per_s"] > 0
