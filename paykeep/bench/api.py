@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -127,67 +127,67 @@ def _session(
     )
 
 
-async def _drive_get(url: str, path: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` concurrent clients sending one authenticated GET after another."""
+async def _closed_loop(
+    clients: int, seconds: float, request: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    """``clients`` concurrent clients each sending ``request()`` after the last one answered,
+    for ``seconds``: requests/s, p50 and p99 latency."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
-    async with _session(url, clients, {"Authorization": f"Bearer {key}"}) as http:
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await request()
+            latencies.append(time.perf_counter() - start)
 
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                async with http.get(path) as response:
-                    await response.read()
-                    latencies.append(time.perf_counter() - start)
-                    if response.status != 200:
-                        raise RuntimeError(f"GET {path} failed: {response.status}")
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
     return {
+        "requests": len(latencies),
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": _pct(latencies, 0.5) * 1000,
         "p99_ms": _pct(latencies, 0.99) * 1000,
     }
+
+
+async def _drive_get(url: str, path: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` concurrent clients sending one authenticated GET after another."""
+    async with _session(url, clients, {"Authorization": f"Bearer {key}"}) as http:
+
+        async def get() -> None:
+            async with http.get(path) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"GET {path} failed: {response.status}")
+
+        return await _closed_loop(clients, seconds, get)
 
 
 async def _drive_floor_writes(url: str, clients: int, seconds: float) -> dict[str, Any]:
     """The floor's durable POST (:mod:`paykeep.bench.floor`), each under a key of its own."""
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
     numbers = itertools.count()
 
     async with _session(url, clients) as http:
 
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                n = next(numbers)
-                start = time.perf_counter()
-                async with http.post(
-                    "/v1/floor/writes",
-                    json={"carrier": "bench-post", "tracking_number": f"BP{n:012d}"},
-                    headers={"Idempotency-Key": f"floor-{n}"},
-                ) as response:
-                    await response.read()
-                    latencies.append(time.perf_counter() - start)
-                    if response.status != 200:
-                        raise RuntimeError(f"the floor's write failed: {response.status}")
+        async def write() -> None:
+            n = next(numbers)
+            async with http.post(
+                "/v1/floor/writes",
+                json={"carrier": "bench-post", "tracking_number": f"BP{n:012d}"},
+                headers={"Idempotency-Key": f"floor-{n}"},
+            ) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"the floor's write failed: {response.status}")
 
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+        figures = await _closed_loop(clients, seconds, write)
         async with http.get("/v1/floor/count") as response:
             rows = int((await response.json())["rows"])
-    if rows != len(latencies):  # every answered write must be a committed row, no more
-        raise RuntimeError(f"the floor answered {len(latencies)} writes but holds {rows} rows")
-    return {
-        "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": _pct(latencies, 0.5) * 1000,
-        "p99_ms": _pct(latencies, 0.99) * 1000,
-        "rows": rows,
-    }
+    if rows != figures["requests"]:  # every answered write must be a committed row, no more
+        raise RuntimeError(f"the floor answered {figures['requests']} writes but holds {rows}")
+    return {**figures, "rows": rows}
 
 
 #: One order of the timed flow: (merchant index, order id, checkout token, buyer session).
