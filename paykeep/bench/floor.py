@@ -26,6 +26,7 @@ by the signal that stopped it, so nothing here runs after it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import secrets
@@ -57,6 +58,7 @@ class GroupCommit:
     """One writer thread: each COMMIT makes every write queued since the last one durable."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -75,7 +77,9 @@ class GroupCommit:
         return await done
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM writes").fetchone()[0])
+        """Rows committed: read on a connection of its own (the writer's sees its open group)."""
+        with contextlib.closing(sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT count(*) FROM writes").fetchone()[0])
 
     def _loop(self) -> None:
         while True:
@@ -85,17 +89,28 @@ class GroupCommit:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            created: list[bool] = []
-            self._db.execute("BEGIN IMMEDIATE")
-            for key, body, _loop, _done in group:
-                cursor = self._db.execute(
-                    "INSERT INTO writes (key, body) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                    (key, body),
-                )
-                created.append(cursor.rowcount == 1)
-            self._db.execute("COMMIT")
+            try:
+                created = self._commit(group)
+            except sqlite3.Error as exc:  # its writers get the error instead of waiting forever
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                for _key, _body, loop, done in group:
+                    loop.call_soon_threadsafe(done.set_exception, exc)
+                continue
             for (_key, _body, loop, done), fresh in zip(group, created, strict=True):
                 loop.call_soon_threadsafe(done.set_result, fresh)
+
+    def _commit(self, group: list[_Pending]) -> list[bool]:
+        created: list[bool] = []
+        self._db.execute("BEGIN IMMEDIATE")
+        for key, body, _loop, _done in group:
+            cursor = self._db.execute(
+                "INSERT INTO writes (key, body) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, body),
+            )
+            created.append(cursor.rowcount == 1)
+        self._db.execute("COMMIT")
+        return created
 
 
 def create_floor_app(path: Path, token: str) -> FastAPI:

@@ -87,3 +87,26 @@ def test_a_committed_write_is_on_disk_for_another_connection(tmp_path: Path) -> 
         rows = other.execute("SELECT key, body FROM writes").fetchall()
         mode = other.execute("PRAGMA journal_mode").fetchone()[0]
     assert rows == [("k", '{"carrier": "x"}')] and mode == "wal"
+
+
+def test_a_failed_group_fails_its_writers_and_the_next_group_commits(tmp_path: Path) -> None:
+    """A group the database refuses answers its writers with the error (none waits forever),
+    and the writer thread goes on with the next group."""
+    path = tmp_path / "floor.sqlite3"
+    commit = GroupCommit(path)
+    with sqlite3.connect(path) as other:
+        other.execute("DROP TABLE writes")
+
+    async def refused() -> None:
+        await asyncio.wait_for(commit.write("lost", "{}"), timeout=10)
+
+    with pytest.raises(sqlite3.OperationalError, match="writes"):
+        asyncio.run(refused())
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE writes (id INTEGER PRIMARY KEY, key TEXT UNIQUE, body TEXT)")
+
+    async def after() -> bool:
+        return await asyncio.wait_for(commit.write("kept", "{}"), timeout=10)
+
+    assert asyncio.run(after()) is True
+    assert commit.count() == 1
